@@ -1,0 +1,128 @@
+//! Who holds which TCP port in this network namespace, from one sock_diag
+//! dump: what the predictor needs to know about step D of the decision
+//! procedure.
+//!
+//! Linux keeps one bind bucket per port (shared by IPv4 and IPv6, whatever
+//! the address). A bucket made by `bind()` or `listen()` makes `connect()`
+//! skip the port entirely; a bucket made only by `connect()` does not: the
+//! port is reused whenever the 4-tuple differs. So a port that is merely the
+//! source port of other connections gives no protection.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::ports::PortSet;
+use crate::sys::diag::{self, state, DiagSocket};
+
+/// The sockets on one port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortUse {
+    /// Listening sockets bound to this port.
+    pub listen: Vec<SocketAddr>,
+    /// Sockets bound to it that neither listen nor are connected.
+    pub bound: Vec<SocketAddr>,
+    /// Other sockets whose local port it is (connected, closing...). They may
+    /// have got the port from `connect()` (no protection) or from an explicit
+    /// `bind()` (protection): the dump does not say which.
+    pub connected: u32,
+    /// Self-connected sockets on this port (any state, TIME-WAIT included).
+    pub loops: Vec<DiagSocket>,
+}
+
+/// The port usage of a namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    ports: HashMap<u16, PortUse>,
+    /// Whether sockets that are only bound were visible (Linux 6.9+).
+    pub bound_visible: bool,
+    /// Sockets seen in the dump.
+    pub sockets: u64,
+}
+
+impl Inventory {
+    /// Builds the inventory from dumped sockets.
+    pub fn from_sockets<'a>(
+        sockets: impl IntoIterator<Item = &'a DiagSocket>,
+        bound_visible: bool,
+    ) -> Inventory {
+        let mut inv = Inventory {
+            bound_visible,
+            ..Inventory::default()
+        };
+        for s in sockets {
+            inv.add(s);
+        }
+        inv
+    }
+
+    /// Adds one socket.
+    pub fn add(&mut self, s: &DiagSocket) {
+        self.sockets += 1;
+        let port = s.local.port();
+        if port == 0 {
+            return;
+        }
+        let u = self.ports.entry(port).or_default();
+        match s.state {
+            state::LISTEN => u.listen.push(s.local),
+            state::BOUND_INACTIVE | state::CLOSE => u.bound.push(s.local),
+            // request sockets belong to a listener already counted
+            state::NEW_SYN_RECV => {}
+            _ => {
+                if tcploop_guard::is_loop(s.local, s.peer) {
+                    u.loops.push(*s);
+                } else {
+                    u.connected += 1;
+                }
+            }
+        }
+    }
+
+    /// Dumps the caller's namespace (IPv4 and IPv6, every state).
+    pub fn read(bound_visible: bool) -> Result<Inventory, diag::DiagError> {
+        let mut inv = Inventory {
+            bound_visible,
+            ..Inventory::default()
+        };
+        diag::dump_all(diag::ALL_STATES, |s| inv.add(s))?;
+        Ok(inv)
+    }
+
+    /// The usage of `port` (empty if nothing uses it).
+    pub fn port(&self, port: u16) -> PortUse {
+        self.ports.get(&port).cloned().unwrap_or_default()
+    }
+
+    /// Whether `bind()` or `listen()` holds `port`, so `connect()` skips it.
+    pub fn bind_held(&self, port: u16) -> bool {
+        self.ports
+            .get(&port)
+            .is_some_and(|u| !u.listen.is_empty() || !u.bound.is_empty())
+    }
+
+    /// Every port that `bind()` or `listen()` holds.
+    pub fn bind_held_ports(&self) -> PortSet {
+        PortSet::from_ports(
+            self.ports
+                .iter()
+                .filter(|(_, u)| !u.listen.is_empty() || !u.bound.is_empty())
+                .map(|(p, _)| *p),
+        )
+    }
+
+    /// Ports with a listening socket, with their addresses.
+    pub fn listeners(&self) -> impl Iterator<Item = (u16, &[SocketAddr])> {
+        self.ports
+            .iter()
+            .filter(|(_, u)| !u.listen.is_empty())
+            .map(|(p, u)| (*p, u.listen.as_slice()))
+    }
+
+    /// Ports that are the local port of other sockets (not bind-held).
+    pub fn connected_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports
+            .iter()
+            .filter(|(_, u)| u.connected > 0)
+            .map(|(p, _)| *p)
+    }
+}

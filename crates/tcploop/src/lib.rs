@@ -1,0 +1,34 @@
+//! tcploop: make the TCP loop connect visible, predictable and impossible.
+//!
+//! A TCP client that `connect()`s to a port of its own host where nothing
+//! listens can end up connected to itself: if the port lies in the ephemeral
+//! range, the kernel may pick that very port as the client's source port,
+//! the SYN arrives at the sending socket, and TCP's simultaneous open makes
+//! the connection ESTABLISHED with local address == peer address. The client
+//! reads its own bytes and the port is held, so the real server cannot bind
+//! it. This library is the engine of the `tcploop` tool:
+//!
+//! - [`ports`]: the ephemeral-port facts of a network namespace;
+//! - [`host`]: whether a destination is an address of this namespace;
+//! - [`inventory`]: who holds which port (bind, listen, connect), from sock_diag;
+//! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
+//! - [`repro`]: the reproducer (the article's program, done right);
+//! - [`survey`]: one look at a namespace, gathered for the predictor;
+//! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
+//! - [`report`]: the JSON Lines envelope shared by every command;
+//! - [`sys`]: the only module that talks to the kernel.
+//!
+//! The library never reads argv, prints to the terminal or exits: the binary
+//! does that.
+
+pub mod host;
+pub mod inventory;
+pub mod ports;
+pub mod predict;
+pub mod report;
+pub mod repro;
+pub mod sandbox;
+pub mod survey;
+pub mod sys;
+
+pub use tcploop_guard::is_loop;

@@ -1,0 +1,56 @@
+//! Output shared by every command.
+//!
+//! Machine output is JSON Lines: one object a line, each
+//! `{"type": "<kind>", "data": {...}}` (the envelope of ripgrep's `--json`).
+//! The `data` types are serialize-only wire types, kept apart from the
+//! engine's own types so that the schema changes only on purpose. Each
+//! command documents its line types in its module.
+
+use std::io::{self, Write};
+
+use serde::Serialize;
+
+/// One JSON Lines record: `{"type": ty, "data": data}`.
+#[derive(Debug, Serialize)]
+pub struct Line<'a, T: Serialize> {
+    /// The kind of record.
+    #[serde(rename = "type")]
+    pub ty: &'a str,
+    /// Its content.
+    pub data: &'a T,
+}
+
+/// Writes one JSON Lines record and a newline.
+pub fn json_line<T: Serialize>(out: &mut dyn Write, ty: &str, data: &T) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, &Line { ty, data })?;
+    out.write_all(b"\n")
+}
+
+/// Formats a socket address as `127.0.0.1:40004` or `[::1]:40004`.
+pub fn addr(a: std::net::SocketAddr) -> String {
+    a.to_string()
+}
+
+/// `12345` as `12,345`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+}

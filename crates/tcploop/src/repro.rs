@@ -1,0 +1,349 @@
+//! The reproducer: the article's program, done right.
+//!
+//! A client `connect()`s to host:port again and again while nothing listens
+//! there; each refusal (ECONNREFUSED) costs a few microseconds on loopback.
+//! When the kernel picks the destination port as the source port, the SYN
+//! reaches the sending socket itself (simultaneous open) and `connect()`
+//! succeeds: the socket is connected to itself.
+//!
+//! Two ways to try, as in the article: [`SocketMode::Reuse`] keeps one socket
+//! and calls `connect()` on it again after each refusal (the article's C
+//! program; Linux allows it), [`SocketMode::Fresh`] makes a new socket per
+//! try (the article's pseudo-code, and what most high-level clients do).
+//! Several workers may run at once; all stop at the first success.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// One socket for every try, or a new one per try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketMode {
+    /// One socket, `connect()` again after each refusal.
+    Reuse,
+    /// A fresh socket for every try.
+    Fresh,
+}
+
+/// What to reproduce.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The destination.
+    pub target: SocketAddr,
+    /// Socket reuse.
+    pub mode: SocketMode,
+    /// Parallel workers (at least 1).
+    pub jobs: usize,
+    /// Stop after this many tries in all (None: unlimited).
+    pub max_tries: Option<u64>,
+    /// Stop after this long (None: unlimited).
+    pub timeout: Option<Duration>,
+    /// Set SO_REUSEADDR on the client socket, as the article's program does.
+    /// Off by default, as in most clients: then a looped port cannot be
+    /// bound by a server even with SO_REUSEADDR.
+    pub reuseaddr: bool,
+}
+
+/// Live counters, shared with whoever shows progress.
+#[derive(Debug, Default)]
+pub struct Progress {
+    tries: AtomicU64,
+    last_port: AtomicU32,
+    stop: AtomicBool,
+}
+
+impl Progress {
+    /// Tries so far, all workers together.
+    pub fn tries(&self) -> u64 {
+        self.tries.load(Ordering::Relaxed)
+    }
+    /// The last source port seen (0: none yet). Refused tries are reset
+    /// before their port can be read, so this is sampled.
+    pub fn last_port(&self) -> u16 {
+        self.last_port.load(Ordering::Relaxed) as u16
+    }
+    /// Asks every worker to stop (Ctrl-C).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed)
+    }
+    /// Whether a stop was asked for.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `connect()` succeeded with local == peer: the socket is returned,
+    /// still connected to itself.
+    SelfConnect(Socket),
+    /// `connect()` succeeded to something else: a real listener answered.
+    Listener(Socket),
+    /// The try limit was reached.
+    MaxTries,
+    /// The time limit was reached.
+    Timeout,
+    /// [`Progress::stop`] was called.
+    Interrupted,
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Report {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Tries made, all workers together (the successful one included).
+    pub tries: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Local address of the connected socket.
+    pub local: Option<SocketAddr>,
+    /// Peer address of the connected socket.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Report {
+    /// Tries per second.
+    pub fn rate(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 {
+            self.tries as f64 / s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// A failure that is not a refusal: the target cannot be reached at all.
+#[derive(Debug, thiserror::Error)]
+#[error("connect to {target}")]
+pub struct ReproError {
+    /// The destination.
+    pub target: SocketAddr,
+    /// What connect() said.
+    #[source]
+    pub source: io::Error,
+}
+
+enum Stop {
+    Found(Socket),
+    Limit,
+    Timeout,
+    Interrupted,
+}
+
+/// Runs the reproducer until a connect succeeds or a limit is reached.
+pub fn run(cfg: &Config, progress: &Progress) -> Result<Report, ReproError> {
+    let start = Instant::now();
+    let deadline = cfg.timeout.map(|t| start + t);
+    let winner: Mutex<Option<Stop>> = Mutex::new(None);
+    let error: Mutex<Option<io::Error>> = Mutex::new(None);
+    let jobs = cfg.jobs.max(1);
+    std::thread::scope(|s| {
+        for w in 0..jobs {
+            let (winner, error) = (&winner, &error);
+            s.spawn(move || {
+                let r = worker(cfg, progress, deadline, w == 0);
+                match r {
+                    Ok(Some(stop)) => {
+                        let mut slot = winner.lock().unwrap_or_else(|e| e.into_inner());
+                        // the first found socket wins; a later one is dropped (RST below)
+                        match (&*slot, &stop) {
+                            (Some(Stop::Found(_)), _) => {}
+                            (_, Stop::Found(_)) | (None, _) => *slot = Some(stop),
+                            _ => {}
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                    }
+                }
+                progress.stop();
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    let tries = progress.tries().min(cfg.max_tries.unwrap_or(u64::MAX));
+    let stop = winner.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !matches!(stop, Some(Stop::Found(_))) {
+        if let Some(e) = error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(ReproError {
+                target: cfg.target,
+                source: e,
+            });
+        }
+    }
+    let (outcome, local, peer) = match stop {
+        Some(Stop::Found(sock)) => {
+            let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+            let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+            let is_loop =
+                matches!((local, peer), (Some(l), Some(p)) if tcploop_guard::is_loop(l, p));
+            let o = if is_loop {
+                Outcome::SelfConnect(sock)
+            } else {
+                Outcome::Listener(sock)
+            };
+            (o, local, peer)
+        }
+        Some(Stop::Limit) => (Outcome::MaxTries, None, None),
+        Some(Stop::Timeout) => (Outcome::Timeout, None, None),
+        Some(Stop::Interrupted) | None => (Outcome::Interrupted, None, None),
+    };
+    Ok(Report {
+        outcome,
+        tries,
+        elapsed,
+        local,
+        peer,
+    })
+}
+
+fn new_socket(cfg: &Config) -> io::Result<Socket> {
+    let s = Socket::new(
+        Domain::for_address(cfg.target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if cfg.reuseaddr {
+        s.set_reuse_address(true)?;
+    }
+    Ok(s)
+}
+
+/// Every this many tries, a worker looks at the clock and samples the port.
+const CHECK_EVERY: u64 = 64;
+
+fn worker(
+    cfg: &Config,
+    progress: &Progress,
+    deadline: Option<Instant>,
+    sampler: bool,
+) -> io::Result<Option<Stop>> {
+    let target = SockAddr::from(cfg.target);
+    let max = cfg.max_tries.unwrap_or(u64::MAX);
+    let mut sock = new_socket(cfg)?;
+    let mut n: u64 = 0;
+    loop {
+        if progress.stopped() {
+            return Ok(Some(Stop::Interrupted));
+        }
+        if progress.tries.fetch_add(1, Ordering::Relaxed) >= max {
+            return Ok(Some(Stop::Limit));
+        }
+        n += 1;
+        if n % CHECK_EVERY == 0 && deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Some(Stop::Timeout));
+        }
+        if cfg.mode == SocketMode::Fresh && n > 1 {
+            sock = new_socket(cfg)?;
+        }
+        // The sampled try uses a side socket of its own: a socket whose
+        // non-blocking connect failed answers the next connect() with
+        // ECONNABORTED. The port walk depends on the destination only.
+        let r = if sampler && n % CHECK_EVERY == 1 {
+            let side = new_socket(cfg)?;
+            connect_sampled(&side, &target, progress).map(|()| Some(side))
+        } else {
+            sock.connect(&target).map(|()| None)
+        };
+        match r {
+            Ok(side) => {
+                let sock = side.unwrap_or(sock);
+                if progress.stop.swap(true, Ordering::Relaxed) {
+                    // another worker won first; reset ours quietly
+                    release(sock, true);
+                    return Ok(None);
+                }
+                if let Some(p) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
+                    progress
+                        .last_port
+                        .store(u32::from(p.port()), Ordering::Relaxed);
+                }
+                return Ok(Some(Stop::Found(sock)));
+            }
+            Err(e) => match e.raw_os_error() {
+                // refused: nothing listens, and the chosen port was not the target
+                Some(libc::ECONNREFUSED) => {}
+                // every candidate port busy for this 4-tuple right now: retry
+                Some(libc::EADDRNOTAVAIL) => {}
+                // interrupted by a signal (Ctrl-C handler): loop checks stop
+                Some(libc::EINTR) => {}
+                // the socket is wedged after an odd failure: start afresh
+                Some(libc::EISCONN)
+                | Some(libc::EALREADY)
+                | Some(libc::EINVAL)
+                | Some(libc::ECONNABORTED) => {
+                    sock = new_socket(cfg)?;
+                }
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
+/// One try that also learns the source port the kernel picked: a
+/// non-blocking `connect()`, `getsockname()` while the handshake is in
+/// flight, then `poll()` and `SO_ERROR` for the result. A blocking refused
+/// connect resets the socket before its port can be read, so this is how
+/// the live progress line shows the port walk (every [`CHECK_EVERY`] tries).
+fn connect_sampled(sock: &Socket, target: &SockAddr, progress: &Progress) -> io::Result<()> {
+    sock.set_nonblocking(true)?;
+    let r = match sock.connect(target) {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            if let Some(p) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
+                if p.port() != 0 {
+                    progress
+                        .last_port
+                        .store(u32::from(p.port()), Ordering::Relaxed);
+                }
+            }
+            wait_connected(sock)
+        }
+        other => other,
+    };
+    sock.set_nonblocking(false)?;
+    r
+}
+
+fn wait_connected(sock: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // poll(2) through libc: socket2 has no poll; one fd, 5 s at most.
+    #[allow(unsafe_code)]
+    // SAFETY: pfd is a valid pollfd for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    match sock.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Closes a socket: with `rst`, by SO_LINGER {1, 0} so that it sends RST
+/// and leaves nothing behind; otherwise gracefully (FIN), which leaves the
+/// 4-tuple in TIME-WAIT (about 1 s on loopback, 60 s otherwise).
+pub fn release(sock: Socket, rst: bool) {
+    if rst {
+        let _ = sock.set_linger(Some(Duration::ZERO));
+    }
+    drop(sock);
+}

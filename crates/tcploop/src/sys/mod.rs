@@ -1,0 +1,31 @@
+//! The only place that talks to the kernel: system calls, netlink and the
+//! files under `/proc`. Everything above this module takes and returns plain
+//! data and is tested from fixtures.
+//!
+//! One file per kernel interface:
+//! - [`procsys`]: `/proc/sys` (ephemeral port range, reserved ports, kernel release);
+//! - [`ns`]: `unshare(2)`, user-namespace id maps, bringing `lo` up;
+//! - [`diag`]: the `NETLINK_SOCK_DIAG` socket dump (`sock_diag(7)`);
+//! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`).
+#![allow(unsafe_code)]
+
+pub mod diag;
+pub mod ifaddrs;
+pub mod ns;
+pub mod procsys;
+
+/// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        // SAFETY: every call site passes valid pointers and lengths for the
+        // named libc function; see the comment at each use.
+        #[allow(unused_unsafe)]
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+pub(crate) use syscall;
