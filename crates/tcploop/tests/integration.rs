@@ -1,2 +1,13 @@
-//! The integration tests: the tcploop binary driven as a user would, inside
-//! namespaces the tests create.
+//! The integration tests: the `tcploop` binary driven as a user would, inside
+//! network namespaces the tests create (`tcploop sandbox`), so that nothing
+//! touches the host's own ports. One test binary, one module per area.
+
+mod common;
+
+mod audit;
+mod check;
+mod connect;
+mod demo;
+mod free_port;
+mod run;
+mod scan;

@@ -1,0 +1,10 @@
+//! Benchmark: preload (not written yet).
+
+/// Options.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+/// Runs the benchmark.
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("the preload benchmark is not written yet")
+}

@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests.
+//!
+//! Two ways to run something inside a throwaway namespace:
+//! - [`sandboxed`]: `tcploop sandbox --range R -- tcploop ARGS`, the binary
+//!   as a user runs it;
+//! - [`scenario`]: re-runs *this test binary* inside a sandbox, for one
+//!   `#[ignore]`d test that sets up sockets and then runs real connects; the
+//!   child writes its findings to the file named by `TCPLOOP_SCENARIO_OUT`.
+//!   The libtest harness is threaded, so a test cannot enter a namespace
+//!   itself; its re-executed child starts inside one.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `tcploop` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tcploop"))
+}
+
+/// `tcploop ARGS`.
+pub fn tcploop(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args);
+    c
+}
+
+/// `tcploop sandbox --range RANGE -- tcploop ARGS`.
+pub fn sandboxed(range: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["sandbox", "--range", range, "--"])
+        .arg(bin())
+        .args(args);
+    c
+}
+
+/// Runs a command, returning its output; panics with stderr if it could
+/// not start.
+pub fn output(c: &mut Command) -> Output {
+    c.output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"))
+}
+
+/// Stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The JSON Lines of an output, parsed.
+pub fn json_lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+/// The `data` of the lines of one `type`.
+pub fn of_type(lines: &[serde_json::Value], ty: &str) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .filter(|l| l["type"] == ty)
+        .map(|l| l["data"].clone())
+        .collect()
+}
+
+const SCENARIO_ENV: &str = "TCPLOOP_SCENARIO_OUT";
+
+/// Inside a scenario child: where to write findings. `None` in a normal run
+/// (the scenario test then does nothing).
+pub fn scenario_out() -> Option<PathBuf> {
+    std::env::var_os(SCENARIO_ENV).map(PathBuf::from)
+}
+
+/// Runs the `#[ignore]`d test `name` (its full path, e.g.
+/// `check::scenario_bind_held`) of this binary inside a sandbox with port
+/// range `range` (and reserved ports), and returns what it wrote.
+pub fn scenario(range: &str, reserve: Option<&str>, name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!(
+        "tcploop-scenario-{}-{}",
+        std::process::id(),
+        name.replace("::", "-")
+    ));
+    let _ = std::fs::remove_file(&dir);
+    let mut c = Command::new(bin());
+    c.args(["sandbox", "--range", range]);
+    if let Some(r) = reserve {
+        c.args(["--reserve", r]);
+    }
+    c.arg("--")
+        .arg(std::env::current_exe().expect("test binary path"))
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SCENARIO_ENV, &dir);
+    let o = output(&mut c);
+    assert!(
+        o.status.success(),
+        "scenario {name} failed: {}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let text = std::fs::read_to_string(&dir)
+        .unwrap_or_else(|e| panic!("scenario {name} wrote nothing ({e}): {}", stdout(&o)));
+    let _ = std::fs::remove_file(&dir);
+    text
+}
+
+/// Runs `f` as uid/gid 65534 (nobody), for the unprivileged paths.
+pub fn as_nobody(c: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    c.uid(65534).gid(65534)
+}
