@@ -14,6 +14,7 @@
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
+//! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
 //! - [`sys`]: the only module that talks to the kernel.
@@ -21,6 +22,7 @@
 //! The library never reads argv, prints to the terminal or exits: the binary
 //! does that.
 
+pub mod demo;
 pub mod host;
 pub mod inventory;
 pub mod ports;

@@ -6,12 +6,14 @@
 //! - [`procsys`]: `/proc/sys` (ephemeral port range, reserved ports, kernel release);
 //! - [`ns`]: `unshare(2)`, user-namespace id maps, bringing `lo` up;
 //! - [`diag`]: the `NETLINK_SOCK_DIAG` socket dump (`sock_diag(7)`);
+//! - [`packet`]: `AF_PACKET` capture on one interface (`packet(7)`);
 //! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`).
 #![allow(unsafe_code)]
 
 pub mod diag;
 pub mod ifaddrs;
 pub mod ns;
+pub mod packet;
 pub mod procsys;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
