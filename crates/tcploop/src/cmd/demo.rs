@@ -201,6 +201,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let pcap_out = create(args.pcap.as_ref())?;
     let svg_out = create(args.svg.as_ref())?;
 
+    anyhow::ensure!(
+        !args.netns_only || tcploop::sys::ns::euid() == 0,
+        "--netns-only needs root (a plain network namespace needs CAP_SYS_ADMIN); \
+         without it the demo uses a user+net namespace, which needs no privilege"
+    );
     let sandbox = Sandbox {
         range: Some(range),
         reserved: None,
@@ -295,11 +300,15 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         if !files.is_empty() {
             writeln!(o.w, "\nWrote {}.", files.join(" and "))?;
         }
-        writeln!(
+        writeln!(o.w)?;
+        say(
             o.w,
-            "\nDone in {} ms, namespace set-up included. The namespace ends with this process: \
-             nothing is left on the host.",
-            start.elapsed().as_millis()
+            "",
+            &format!(
+                "Done in {} ms, namespace set-up included. The namespace ends with this \
+                 process: nothing is left on the host.",
+                start.elapsed().as_millis()
+            ),
         )?;
     }
     Ok(code)
@@ -344,24 +353,19 @@ fn intro(o: &mut Out<'_>, entered: Entered, target: SocketAddr, odd: bool) -> an
         if odd { " (the parity lesson)" } else { "" }
     )?;
     let ns = match entered {
-        Entered::UserAndNet => {
-            "a fresh user+net namespace, lo up, nothing listening (no root needed)"
-        }
+        Entered::UserAndNet => "a fresh user+net namespace with lo up (no root needed)",
         Entered::NetOnly => {
-            "a fresh network namespace (user namespaces are unavailable here, and we are root), \
-             lo up, nothing listening"
+            "a fresh network namespace with lo up (as root: user namespaces are \
+             unavailable here, or --netns-only)"
         }
     };
-    writeln!(o.w, "  sandbox  {ns}")?;
-    writeln!(
+    let _ = par;
+    say(o.w, "  sandbox  ", ns)?;
+    say(o.w, "  range    ", &format!("ip_local_port_range {r}"))?;
+    say(
         o.w,
-        "  range    ip_local_port_range {r}: connect() picks {par} source ports first"
-    )?;
-    writeln!(
-        o.w,
-        "  target   {} ({}), nothing listening there",
-        report::addr(target),
-        Parity::of(target.port())
+        "  target   ",
+        &format!("{}, nothing listening there", report::addr(target)),
     )?;
     Ok(())
 }
@@ -369,8 +373,8 @@ fn intro(o: &mut Out<'_>, entered: Entered, target: SocketAddr, odd: bool) -> an
 fn reasons(o: &mut Out<'_>, pred: &Prediction) -> anyhow::Result<()> {
     // The first reason is about the address (it is this host's): the
     // intro said so already.
-    for r in pred.reasons.iter().skip(1) {
-        writeln!(o.w, "  why      {r}")?;
+    for (i, r) in pred.reasons.iter().skip(1).enumerate() {
+        say(o.w, if i == 0 { "  why      " } else { "           " }, r)?;
     }
     Ok(())
 }
@@ -396,7 +400,7 @@ fn odd_lesson(o: &mut Out<'_>, args: &Args, target: SocketAddr) -> anyhow::Resul
             "\n1. With the {pref} ports free, {port} does not loop:"
         )?;
         for reason in pred.reasons.iter().skip(1) {
-            writeln!(o.w, "     {reason}")?;
+            say(o.w, "     ", reason)?;
         }
     }
     attempt(o, "parity", target, &pred, &[], args.tries, false)?;
@@ -416,7 +420,7 @@ fn odd_lesson(o: &mut Out<'_>, args: &Args, target: SocketAddr) -> anyhow::Resul
             join(&evens)
         )?;
         for reason in pred.reasons.iter().skip(1) {
-            writeln!(o.w, "     {reason}")?;
+            say(o.w, "     ", reason)?;
         }
     }
     let phase = attempt(o, "held", target, &pred, &evens, args.max_tries, true)?;
@@ -731,11 +735,14 @@ fn show_no_loop(o: &mut Out<'_>, story: &Story, tries: u64, looped: bool) -> any
     if looped {
         writeln!(o.w, "   It looped after {tries} tries (unexpected).")?;
     } else {
-        writeln!(
+        say(
             o.w,
-            "   {} tries, all refused. Source ports the kernel picked: {}{all}.",
-            report::thousands(tries),
-            join(&ports)
+            "   ",
+            &format!(
+                "{} tries, all refused. Source ports the kernel picked: {}{all}.",
+                report::thousands(tries),
+                join(&ports)
+            ),
         )?;
     }
     Ok(())
@@ -789,6 +796,35 @@ fn show_proof(o: &mut Out<'_>, target: SocketAddr, w: &Work) -> anyhow::Result<(
     Ok(())
 }
 
+/// The width human output wraps at.
+const WIDTH: usize = 78;
+
+/// Writes `text` after `prefix`, wrapped at [`WIDTH`] with later lines
+/// indented as deep as the prefix.
+fn say(w: &mut dyn Write, prefix: &str, text: &str) -> std::io::Result<()> {
+    let indent = prefix.chars().count();
+    let mut line = prefix.to_string();
+    let mut len = indent;
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        let wl = word.chars().count();
+        if !empty && len + 1 + wl > WIDTH {
+            writeln!(w, "{line}")?;
+            line = " ".repeat(indent);
+            len = indent;
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+            len += 1;
+        }
+        line.push_str(word);
+        len += wl;
+        empty = false;
+    }
+    writeln!(w, "{line}")
+}
+
 fn join(ports: &[u16]) -> String {
     ports
         .iter()
@@ -800,6 +836,20 @@ fn join(ports: &[u16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wraps_with_a_hanging_indent() {
+        let mut v = vec![];
+        let text = "word ".repeat(30);
+        say(&mut v, "  why      ", &text).unwrap();
+        let out = String::from_utf8(v).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() > 1);
+        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH));
+        assert!(lines[0].starts_with("  why      word"));
+        assert!(lines[1].starts_with("           word"));
+        assert_eq!(out.matches("word").count(), 30);
+    }
 
     #[test]
     fn default_targets() {
