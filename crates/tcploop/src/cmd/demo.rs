@@ -759,7 +759,7 @@ fn show_loop(o: &mut Out<'_>, l: &Loop) -> anyhow::Result<()> {
     }
     writeln!(o.w)?;
     for n in ladder::notes(l) {
-        writeln!(o.w, "  {n}")?;
+        say(o.w, "  ", &n)?;
     }
     Ok(())
 }

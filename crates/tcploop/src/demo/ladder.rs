@@ -4,11 +4,12 @@
 //! the state on the right of one row is the state on the left of the next.
 //!
 //! ```text
-//!       time   127.0.0.1:40004                                  127.0.0.1:40004
-//!              sends, in state                               receives, then is
-//!              CLOSED
-//!     0.0 µs   SYN-SENT      ── SYN      seq=x ─────────────▶ SYN-RECEIVED
-//!     6.9 µs   SYN-RECEIVED  ── SYN-ACK  seq=x ack=x+1 ─────▶ ESTABLISHED
+//!           127.0.0.1:40004                                  127.0.0.1:40004
+//!           sends, in state                                  receives, then is
+//!           CLOSED
+//!   0.0 µs  SYN-SENT      ── SYN      seq=x ───────────────▶ SYN-RECEIVED
+//!   4.6 µs  SYN-RECEIVED  ── SYN-ACK  seq=x ack=x+1 ───────▶ ESTABLISHED
+//!  13.8 µs  ESTABLISHED   ── ACK      seq=x+1 ack=x+1 ─────▶ ESTABLISHED
 //! ```
 //!
 //! Sequence numbers are shown relative to the initial sequence number x.
@@ -21,7 +22,7 @@ use super::story::{since, Loop, Step};
 /// A timestamp relative to the loop's SYN: `6.9 µs`, `1.25 ms`.
 pub fn fmt_time(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
-    if us < 10_000.0 {
+    if us < 999.95 {
         format!("{us:.1} µs")
     } else {
         format!("{:.2} ms", us / 1000.0)
@@ -82,7 +83,7 @@ pub fn meaning(step: &Step) -> String {
 }
 
 const STATE_W: usize = 12; // "SYN-RECEIVED"
-const TIME_W: usize = 9;
+const TIME_W: usize = 8;
 
 /// The ladder's lines (no trailing newlines).
 pub fn render(l: &Loop) -> Vec<String> {
@@ -121,23 +122,26 @@ pub fn render(l: &Loop) -> Vec<String> {
     out
 }
 
-/// The notes under the ladder: the ISN and the count of handshake segments.
+/// The notes under the ladder: the ISN, and why there are three handshake
+/// segments.
 pub fn notes(l: &Loop) -> Vec<String> {
     let mut v = vec![];
     if l.same_isn() {
         v.push(format!(
-            "x = {}: the SYN and the SYN-ACK carry the same initial sequence number.",
+            "x = {}: SYN and SYN-ACK carry the same initial sequence number.",
             l.isn
         ));
     }
     let hs = l.handshake();
     let names: Vec<String> = hs.iter().map(|s| s.seg.flags.name()).collect();
+    let count = match hs.len() {
+        3 => "three".to_string(),
+        n => n.to_string(),
+    };
     v.push(format!(
-        "{} handshake segments ({}), not four: one socket is both ends.",
-        match hs.len() {
-            3 => "Three".to_string(),
-            n => n.to_string(),
-        },
+        "Its own SYN reached it in SYN-SENT: the Simultaneous Open path of the TCP \
+         state diagram, with one socket at both ends, so {count} handshake segments \
+         ({}), not four.",
         names.join(", ")
     ));
     v
@@ -160,6 +164,7 @@ mod tests {
     fn times() {
         assert_eq!(fmt_time(Duration::from_nanos(6_940)), "6.9 µs");
         assert_eq!(fmt_time(Duration::from_micros(12_500)), "12.50 ms");
+        assert_eq!(fmt_time(Duration::from_micros(1_234)), "1.23 ms");
     }
 
     #[test]
@@ -167,21 +172,23 @@ mod tests {
         let (segs, target) = demo_run(false);
         let l = tell(&segs, target).0.looped.unwrap();
         let text = render(&l).join("\n");
-        let expected = r#"           127.0.0.1:40004                                    127.0.0.1:40004
-           sends, in state                                    receives, then is
-           CLOSED
-   0.0 µs  SYN-SENT      ── SYN      seq=x ─────────────────▶ SYN-RECEIVED
-   6.0 µs  SYN-RECEIVED  ── SYN-ACK  seq=x ack=x+1 ─────────▶ ESTABLISHED
-  15.0 µs  ESTABLISHED   ── ACK      seq=x+1 ack=x+1 ───────▶ ESTABLISHED
-  80.0 µs  ESTABLISHED   ── PSH-ACK  seq=x+1 ack=x+1 len=7 ─▶ ESTABLISHED
-  90.0 µs  ESTABLISHED   ── ACK      seq=x+8 ack=x+8 ───────▶ ESTABLISHED
- 240.0 µs  ESTABLISHED   ── RST-ACK  seq=x+8 ack=x+8 ───────▶ CLOSED"#;
+        let expected = r#"          127.0.0.1:40004                                    127.0.0.1:40004
+          sends, in state                                    receives, then is
+          CLOSED
+  0.0 µs  SYN-SENT      ── SYN      seq=x ─────────────────▶ SYN-RECEIVED
+  6.0 µs  SYN-RECEIVED  ── SYN-ACK  seq=x ack=x+1 ─────────▶ ESTABLISHED
+ 15.0 µs  ESTABLISHED   ── ACK      seq=x+1 ack=x+1 ───────▶ ESTABLISHED
+ 80.0 µs  ESTABLISHED   ── PSH-ACK  seq=x+1 ack=x+1 len=7 ─▶ ESTABLISHED
+ 90.0 µs  ESTABLISHED   ── ACK      seq=x+8 ack=x+8 ───────▶ ESTABLISHED
+240.0 µs  ESTABLISHED   ── RST-ACK  seq=x+8 ack=x+8 ───────▶ CLOSED"#;
         assert_eq!(text, expected, "\n{text}");
         assert_eq!(
             notes(&l),
             [
-                "x = 1088729886: the SYN and the SYN-ACK carry the same initial sequence number.",
-                "Three handshake segments (SYN, SYN-ACK, ACK), not four: one socket is both ends."
+                "x = 1088729886: SYN and SYN-ACK carry the same initial sequence number.",
+                "Its own SYN reached it in SYN-SENT: the Simultaneous Open path of the TCP \
+                 state diagram, with one socket at both ends, so three handshake segments \
+                 (SYN, SYN-ACK, ACK), not four."
             ]
         );
     }
