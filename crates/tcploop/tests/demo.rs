@@ -146,9 +146,11 @@ fn human_output_draws_the_ladder() {
         assert!(line.contains(&format!("── {flags}")), "{line}");
         assert_eq!(words.last().unwrap(), &then, "{line}");
     }
-    assert!(text.contains("the SYN and the SYN-ACK carry the same initial sequence number"));
-    assert!(text.contains("gets EADDRINUSE"));
-    assert!(text.contains("read \"tcploop\" back"));
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("SYN and SYN-ACK carry the same initial sequence number"));
+    assert!(words.contains("the Simultaneous Open path"));
+    assert!(words.contains("gets EADDRINUSE"));
+    assert!(words.contains("read \"tcploop\" back"));
 }
 
 fn tcpdump(pcap: &Path) -> String {
@@ -317,4 +319,34 @@ fn ports_that_cannot_loop_are_explained() {
     assert!(stderr(&o).contains("outside the range"), "{}", stderr(&o));
     let o = output(&mut tcploop(&["demo", "--range", "40010-40000"]));
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// `tcploop demo --json` inside `unshare -r` (the test's own user
+/// namespace, where it is root), after `shell` ran there.
+fn in_own_userns(shell: &str) -> Vec<Value> {
+    let mut c = Command::new("unshare");
+    c.args([
+        "-r",
+        "sh",
+        "-c",
+        &format!("{shell} exec \"$0\" demo --json"),
+    ])
+    .arg(bin());
+    let o = c
+        .output()
+        .expect("unshare (util-linux) is needed by this test");
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    json_lines(&o)
+}
+
+#[test]
+fn falls_back_to_a_network_namespace_without_user_namespaces() {
+    // control: user namespaces allowed, a nested user+net namespace
+    let lines = in_own_userns("");
+    assert_eq!(of_type(&lines, "result")[0]["namespace"], "user+net");
+    // user.max_user_namespaces is per user namespace: 0 here forbids new
+    // ones below, and root of this namespace falls back to a netns alone
+    let lines = in_own_userns("echo 0 > /proc/sys/user/max_user_namespaces &&");
+    assert_eq!(of_type(&lines, "result")[0]["namespace"], "net");
+    assert_loop(&lines, "loop", "127.0.0.1:40004");
 }

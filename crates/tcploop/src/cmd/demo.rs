@@ -298,7 +298,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             files.push(format!("{} (the ladder)", p.display()));
         }
         if !files.is_empty() {
-            writeln!(o.w, "\nWrote {}.", files.join(" and "))?;
+            writeln!(o.w)?;
+            say(o.w, "", &format!("Wrote {}.", files.join(" and ")))?;
         }
         writeln!(o.w)?;
         say(
