@@ -164,6 +164,12 @@ impl Loop {
     pub fn consequence(&self) -> String {
         let p = self.port();
         let a = self.socket.local;
+        if self.socket.state == state::CLOSE {
+            return format!(
+                "port {p} is held until the owner closes this socket (the connection was \
+                 aborted, the socket is still open): a server binding {a} gets EADDRINUSE"
+            );
+        }
         match self.held_for() {
             Some(d) => format!(
                 "port {p} is held for at most {} s more (TIME-WAIT of a closed loop): \
@@ -266,8 +272,18 @@ struct NsDump {
     fallback: Option<String>,
 }
 
-/// Reads the socket table of the calling *thread's* namespace.
+/// Reads the socket table of the calling *thread's* namespace. A table
+/// that changes during the read can show a socket twice (both the netlink
+/// dump and the /proc file resume by position): loops are deduplicated.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
+    let mut d = dump_raw(source, port)?;
+    d.loops
+        .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
+    d.loops.dedup();
+    Ok(d)
+}
+
+fn dump_raw(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
     let mut loops = vec![];
     let mut seen = 0u64;
     let mut keep = |s: &DiagSocket| {
@@ -375,10 +391,11 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
             }
         }
     } else {
+        let pid = std::process::id();
         let l = NetnsLabel {
             inode: own,
-            pid: Some(std::process::id()),
-            comm: None,
+            pid: Some(pid),
+            comm: Proc::open().ok().and_then(|p| p.comm(pid)),
             name: None,
             path: None,
         };
@@ -466,6 +483,10 @@ pub enum Killed {
     NotALoop,
     /// Destroyed, yet still in the socket table right after.
     StillThere,
+    /// Nothing left to destroy: the connection was already aborted (state
+    /// CLOSE) but its owner still has the socket open, bound to the port;
+    /// only closing it releases the port.
+    AlreadyAborted,
 }
 
 /// Why a kill failed.
@@ -498,6 +519,9 @@ pub enum KillError {
 pub fn kill(l: &Loop) -> Result<Killed, KillError> {
     if !is_loop_socket(&l.socket) {
         return Ok(Killed::NotALoop);
+    }
+    if l.socket.state == state::CLOSE {
+        return Ok(Killed::AlreadyAborted);
     }
     let ns = l.netns.describe();
     match &l.netns.path {
