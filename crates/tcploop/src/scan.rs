@@ -276,14 +276,22 @@ struct NsDump {
 /// that changes during the read can show a socket twice (both the netlink
 /// dump and the /proc file resume by position): loops are deduplicated.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
-    let mut d = dump_raw(source, port)?;
+    let netlink = |f: &mut dyn FnMut(&DiagSocket)| diag::dump_all(diag::ALL_STATES, f);
+    let mut d = dump_with(source, port, netlink, Path::new(procnet::THREAD_NET))?;
     d.loops
         .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
     d.loops.dedup();
     Ok(d)
 }
 
-fn dump_raw(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
+/// The choice between the sources: `netlink` is the sock_diag dump,
+/// `proc_dir` the `net` directory holding `tcp` and `tcp6`.
+fn dump_with(
+    source: Source,
+    port: Option<u16>,
+    netlink: impl FnOnce(&mut dyn FnMut(&DiagSocket)) -> Result<(), DiagError>,
+    proc_dir: &Path,
+) -> Result<NsDump, ScanError> {
     let mut loops = vec![];
     let mut seen = 0u64;
     let mut keep = |s: &DiagSocket| {
@@ -295,7 +303,7 @@ fn dump_raw(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
     let netlink_err = if source == Source::Proc {
         None
     } else {
-        match diag::dump_all(diag::ALL_STATES, &mut keep) {
+        match netlink(&mut keep) {
             Ok(()) => {
                 return Ok(NsDump {
                     loops,
@@ -311,7 +319,7 @@ fn dump_raw(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
     // netlink failed part-way, or was not wanted: start over from /proc
     loops.clear();
     seen = 0;
-    let dir = Path::new(procnet::THREAD_NET);
+    let dir = proc_dir;
     let mut keep = |s: &DiagSocket| {
         seen += 1;
         if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
@@ -674,6 +682,51 @@ mod tests {
         assert_eq!(l.held_for(), Some(Duration::from_millis(59_200)));
         assert!(l.consequence().contains("at most 59 s more"));
         assert_eq!(ns.describe(), "net:[1] (pid 5 a)");
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn netlink_failing_falls_back_to_proc_and_says_why() {
+        let dir = std::env::temp_dir().join(format!("tcploop-scan-fb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             0: 0100007F:9C44 0100007F:9C44 01 00000000:00000000 00:00000000 00000000  1000        0 555 1 0 20 4 30 10 -1\n\
+             1: 0100007F:9C48 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 556 1 0 20 4 30 10 -1\n",
+        )
+        .unwrap();
+        // no tcp6: IPv6 off, an empty table
+        let refused = || DiagError::Socket(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT));
+        // netlink fails after a partial dump: its rows are dropped, /proc is read
+        let partial = |f: &mut dyn FnMut(&DiagSocket)| {
+            f(&sock(
+                "127.0.0.1:40010",
+                "127.0.0.1:40010",
+                state::ESTABLISHED,
+            ));
+            Err(refused())
+        };
+        let d = dump_with(Source::Auto, None, partial, &dir).unwrap();
+        assert_eq!(d.used, SourceUsed::Proc);
+        assert_eq!(d.seen, 2);
+        assert_eq!(d.loops.len(), 1);
+        assert_eq!(d.loops[0].local.port(), 40004);
+        assert!(d.fallback.unwrap().contains("Protocol not supported"));
+        // forced netlink: the error, no fallback
+        let fail = |_: &mut dyn FnMut(&DiagSocket)| Err(refused());
+        assert!(matches!(
+            dump_with(Source::Netlink, None, fail, &dir),
+            Err(ScanError::Netlink(_))
+        ));
+        // forced /proc: netlink is not even tried
+        let untouched = |_: &mut dyn FnMut(&DiagSocket)| -> Result<(), DiagError> { panic!() };
+        let d = dump_with(Source::Proc, Some(40004), untouched, &dir).unwrap();
+        assert_eq!((d.loops.len(), d.fallback), (1, None));
+        // both failing: both errors, named
+        let e = dump_with(Source::Auto, None, fail, &dir.join("missing")).unwrap_err();
+        assert!(matches!(e, ScanError::Both { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
