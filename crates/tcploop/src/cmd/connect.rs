@@ -40,7 +40,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Destination port: a closed port of this host
-    #[arg(value_parser = super::parse_port)]
+    #[arg(value_parser = super::parse_port, allow_negative_numbers = true)]
     pub port: u16,
     /// Destination address or name (IPv4, IPv6)
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
