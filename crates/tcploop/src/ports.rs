@@ -129,7 +129,7 @@ impl PortSet {
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (a, b) = match item.split_once('-') {
                 Some((a, b)) if !a.trim().is_empty() => (parse_port(a)?, parse_port(b)?),
-                None => {
+                _ => {
                     let p = parse_port(item)?;
                     (p, p)
                 }
