@@ -133,3 +133,11 @@ pub fn as_nobody(c: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     c.uid(65534).gid(65534)
 }
+
+/// Sends `sig` (e.g. `libc::SIGINT`) to process `pid`.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+    let r = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+}
