@@ -239,7 +239,11 @@ fn port_bound_on_another_address_never_loops() {
 
 #[test]
 fn port_bound_by_ipv6_protects_ipv4() {
-    expect(&case(NARROW, None, "bind-held-ipv6"), "impossible", "[::1]:40004");
+    expect(
+        &case(NARROW, None, "bind-held-ipv6"),
+        "impossible",
+        "[::1]:40004",
+    );
 }
 
 #[test]
@@ -253,7 +257,11 @@ fn a_connected_source_port_gives_no_protection() {
 
 #[test]
 fn listening_port_reaches_the_listener() {
-    expect(&case(NARROW, None, "listening"), "listening", "0.0.0.0:40004");
+    expect(
+        &case(NARROW, None, "listening"),
+        "listening",
+        "0.0.0.0:40004",
+    );
 }
 
 #[test]
@@ -283,7 +291,11 @@ fn v4_mapped_loopback_loops() {
 
 #[test]
 fn other_loopback_address_never_loops() {
-    expect(&case(NARROW, None, "other-loopback"), "impossible", "127.0.0.1");
+    expect(
+        &case(NARROW, None, "other-loopback"),
+        "impossible",
+        "127.0.0.1",
+    );
 }
 
 #[test]
@@ -337,7 +349,13 @@ fn expected_tries_match_the_measured_mean() {
 #[test]
 fn article_port_is_refused_on_the_default_range() {
     // The sandbox keeps the kernel's default range 32768-60999.
-    let o = output(&mut tcploop(&["sandbox", "--", bin().to_str().unwrap(), "check", "33333"]));
+    let o = output(&mut tcploop(&[
+        "sandbox",
+        "--",
+        bin().to_str().unwrap(),
+        "check",
+        "33333",
+    ]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("127.0.0.1:33333  impossible"), "{text}");
@@ -346,7 +364,10 @@ fn article_port_is_refused_on_the_default_range() {
 
 #[test]
 fn ranges_and_lists_of_ports_are_accepted() {
-    let o = output(&mut sandboxed(NARROW, &["check", "--json", "40000-40003,40008"]));
+    let o = output(&mut sandboxed(
+        NARROW,
+        &["check", "--json", "40000-40003,40008"],
+    ));
     let ports: Vec<u64> = of_type(&json_lines(&o), "check")
         .iter()
         .map(|c| c["port"].as_u64().unwrap())

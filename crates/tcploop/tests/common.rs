@@ -139,5 +139,10 @@ pub fn as_nobody(c: &mut Command) -> &mut Command {
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a pid and a signal number; no memory involved.
     let r = unsafe { libc::kill(pid as i32, sig) };
-    assert_eq!(r, 0, "kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }

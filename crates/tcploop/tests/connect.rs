@@ -187,7 +187,14 @@ fn a_real_listener_is_not_a_loop() {
 fn limits_end_the_run_without_a_loop() {
     let o = output(&mut sandboxed(
         NARROW,
-        &["connect", "40005", "--force", "--max-tries", "2000", "--json"],
+        &[
+            "connect",
+            "40005",
+            "--force",
+            "--max-tries",
+            "2000",
+            "--json",
+        ],
     ));
     assert_eq!(o.status.code(), Some(1));
     let r = &of_type(&json_lines(&o), "result")[0];
@@ -214,7 +221,15 @@ fn limits_end_the_run_without_a_loop() {
 fn ctrl_c_stops_cleanly_with_exit_130() {
     let child = sandboxed(
         NARROW,
-        &["connect", "40005", "--force", "--max-tries", "0", "--timeout", "60s"],
+        &[
+            "connect",
+            "40005",
+            "--force",
+            "--max-tries",
+            "0",
+            "--timeout",
+            "60s",
+        ],
     )
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())

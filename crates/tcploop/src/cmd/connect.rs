@@ -191,6 +191,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         max_tries: (args.max_tries > 0).then_some(args.max_tries),
         timeout: args.timeout,
         reuseaddr: args.reuseaddr,
+        sample_port: false,
     };
     super::catch_interrupts();
     let progress = Progress::default();
@@ -200,6 +201,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Style::Live
     } else {
         Style::Dots
+    };
+    let cfg = Config {
+        sample_port: style == Style::Live,
+        ..cfg
     };
     if style != Style::None {
         write!(out, "Trying to connect...")?;
