@@ -253,7 +253,7 @@ fn off_a_terminal_it_prints_the_article_dots() {
     ));
     let text = stdout(&o);
     assert!(text.contains("Trying to connect....."), "{text}");
-    assert!(text.contains("Gave up after 5000 tries"), "{text}");
+    assert!(text.contains("Gave up after 5,000 tries"), "{text}");
 }
 
 #[test]

@@ -224,8 +224,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         ..ResultLine::default()
     };
     let summary = format!(
-        "in {:.3} s ({} tries/s)",
-        report.elapsed.as_secs_f64(),
+        "in {} ({} tries/s)",
+        report::duration(report.elapsed),
         report::thousands(report.rate().round() as u64)
     );
     match report.outcome {
@@ -233,7 +233,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             let echo = echo_back(&sock);
             let stolen = port_stolen(target);
             if human {
-                writeln!(out, "Connected after {} tries", report.tries)?;
+                writeln!(
+                    out,
+                    "Connected after {}",
+                    report::count(report.tries, "try", "tries")
+                )?;
                 writeln!(
                     out,
                     "  local {}  peer {}  {summary}",
@@ -298,7 +302,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Outcome::Listener(sock) => {
             repro::release(sock, true);
             if human {
-                writeln!(out, "Connected after {} tries", report.tries)?;
+                writeln!(
+                    out,
+                    "Connected after {}",
+                    report::count(report.tries, "try", "tries")
+                )?;
                 writeln!(
                     out,
                     "  local {}  peer {}  {summary}",
@@ -331,8 +339,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             if human {
                 writeln!(
                     out,
-                    "Gave up after {} tries {summary}: {why} was reached without a loop.",
-                    report.tries
+                    "Gave up after {} {summary}: {why} was reached without a loop.",
+                    report::count(report.tries, "try", "tries")
                 )?;
             } else {
                 report::json_line(
@@ -348,7 +356,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
         Outcome::Interrupted => {
             if human {
-                writeln!(out, "Interrupted after {} tries {summary}.", report.tries)?;
+                writeln!(
+                    out,
+                    "Interrupted after {} {summary}.",
+                    report::count(report.tries, "try", "tries")
+                )?;
             } else {
                 report::json_line(
                     out,
