@@ -240,9 +240,9 @@ impl KernelVersion {
     pub fn local_range_disables_parity(self) -> bool {
         self >= KernelVersion(6, 8, 0)
     }
-    /// sock_diag dumps sockets that are only bound (6.9, TCP_BOUND_INACTIVE).
+    /// sock_diag dumps sockets that are only bound (6.8, TCP_BOUND_INACTIVE).
     pub fn dumps_bound_sockets(self) -> bool {
-        self >= KernelVersion(6, 9, 0)
+        self >= KernelVersion(6, 8, 0)
     }
 }
 

@@ -233,7 +233,7 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
         }
         if !inv.bound_visible {
             acc.say(
-                "this kernel's socket dump does not show sockets that are only bound (Linux 6.9+ does): \
+                "this kernel's socket dump does not show sockets that are only bound (Linux 6.8+ does): \
                  such a holder would make the port safe",
             );
         }
