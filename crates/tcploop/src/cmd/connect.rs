@@ -480,7 +480,11 @@ fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
     let hint = format!("(`ss -tnp 'sport = :{port}'` or `lsof -i :{port}` show it now)");
     if let Some(d) = args.hold {
         if human {
-            writeln!(out, "Holding the loop for {:?} {hint}...", d)?;
+            writeln!(
+                out,
+                "Holding the loop for {} {hint}...",
+                report::duration(d)
+            )?;
             out.flush()?;
         }
         let end = Instant::now() + d;
