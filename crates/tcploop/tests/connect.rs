@@ -284,3 +284,32 @@ fn works_as_an_unprivileged_user() {
         "self-connect"
     );
 }
+
+#[test]
+fn every_command_has_help_and_completions_work() {
+    for cmd in [
+        "connect",
+        "ports",
+        "check",
+        "scan",
+        "kill",
+        "demo",
+        "audit",
+        "watch",
+        "free-port",
+        "run",
+        "sandbox",
+        "completions",
+    ] {
+        let o = output(&mut tcploop(&[cmd, "--help"]));
+        assert_eq!(o.status.code(), Some(0), "{cmd} --help");
+        assert!(stdout(&o).contains("Usage: tcploop"), "{cmd} --help");
+    }
+    let o = output(&mut tcploop(&["completions", "bash"]));
+    assert!(stdout(&o).contains("free-port"));
+    let o = output(&mut tcploop(&["completions", "man"]));
+    assert!(stdout(&o).starts_with(".ie"), "{}", stdout(&o));
+    // no argument at all: the help, and exit 2 as for any usage error
+    let o = output(&mut tcploop(&[]));
+    assert_eq!(o.status.code(), Some(2));
+}
