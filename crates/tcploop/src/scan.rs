@@ -110,9 +110,14 @@ impl NetnsLabel {
         self.path.is_none()
     }
 
-    /// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`.
+    /// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`,
+    /// `net:[...] (the current one)`.
     pub fn describe(&self) -> String {
         let mut s = format!("net:[{}]", self.inode);
+        if self.is_own() {
+            s.push_str(" (the current one)");
+            return s;
+        }
         if let Some(n) = &self.name {
             s.push_str(&format!(" \"{n}\""));
         }
@@ -218,6 +223,9 @@ pub struct ScanReport {
     /// Processes whose namespace could not be read (`all_netns`): their
     /// namespaces may be missing from both lists.
     pub netns_unreadable_pids: u64,
+    /// Namespaces whose process exited between listing and entering
+    /// (`all_netns`): not an error, and not scanned.
+    pub netns_vanished: u64,
 }
 
 /// Why a scan failed.
@@ -367,6 +375,7 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         namespaces: vec![],
         skipped: vec![],
         netns_unreadable_pids: 0,
+        netns_vanished: 0,
     };
     let mut found: Vec<(NetnsLabel, NsDump)> = vec![];
     if opts.all_netns {
@@ -379,6 +388,12 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
                 None => dump_here(opts.source, opts.port),
                 Some(p) => match netns::run_in(p, || dump_here(opts.source, opts.port)) {
                     Ok(r) => r,
+                    Err(NetnsError::Open { source, .. })
+                        if source.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        report.netns_vanished += 1;
+                        continue;
+                    }
                     Err(e) => {
                         report.skipped.push(Skipped {
                             netns: l,
@@ -502,9 +517,9 @@ pub enum Killed {
 pub enum KillError {
     /// `SOCK_DESTROY` answered EPERM.
     #[error(
-        "SOCK_DESTROY was refused (EPERM): destroying a socket needs CAP_NET_ADMIN over the \
-         network namespace {0} (its owning user namespace); run as root, or as root of the \
-         user namespace that owns the network namespace"
+        "SOCK_DESTROY was refused (EPERM): destroying a socket needs CAP_NET_ADMIN in the user \
+         namespace that owns network namespace {0}; run as root (or as root of that user \
+         namespace)"
     )]
     Denied(String),
     /// The kernel lacks `CONFIG_INET_DIAG_DESTROY`.
@@ -681,7 +696,13 @@ mod tests {
         l.socket.expires_ms = 59_200;
         assert_eq!(l.held_for(), Some(Duration::from_millis(59_200)));
         assert!(l.consequence().contains("at most 59 s more"));
-        assert_eq!(ns.describe(), "net:[1] (pid 5 a)");
+        assert_eq!(ns.describe(), "net:[1] (the current one)");
+        let other = NetnsLabel {
+            path: Some("/proc/5/ns/net".into()),
+            name: Some("blue".into()),
+            ..ns
+        };
+        assert_eq!(other.describe(), "net:[1] \"blue\" (pid 5 a)");
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         let outcome = match scan::kill(l) {
             Ok(k) => k,
             Err(e) => {
+                if !args.json {
+                    writeln!(out, "{}{who}\n    not destroyed: {e}", loop_line(l))?;
+                }
                 error = Some(e);
                 break;
             }

@@ -14,7 +14,7 @@
 //!   `{"source": "netlink"|"proc", "fallback": null|"why netlink was not used",
 //!     "sockets_seen": 4023, "loops_found": 1, "owners_unknown": 0, "processes_unreadable": 0,
 //!     "namespaces_scanned": 1, "namespaces_skipped": [{"netns": {...}, "reason": "..."}],
-//!     "netns_unreadable_pids": 0}`.
+//!     "netns_unreadable_pids": 0, "namespaces_vanished": 0}`.
 
 use std::io::Write;
 
@@ -189,6 +189,7 @@ struct SummaryWire {
     namespaces_scanned: usize,
     namespaces_skipped: Vec<SkippedWire>,
     netns_unreadable_pids: u64,
+    namespaces_vanished: u64,
 }
 
 /// The options of a scan, from the arguments shared by scan and kill.
@@ -230,6 +231,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     })
                     .collect(),
                 netns_unreadable_pids: r.netns_unreadable_pids,
+                namespaces_vanished: r.netns_vanished,
             },
         )?;
     } else {
@@ -328,8 +330,8 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
     if r.netns_unreadable_pids > 0 {
         writeln!(
             out,
-            "note: the namespaces of {} process(es) could not be read (run as root): \
-             some namespaces may be missing",
+            "note: the namespaces of {} process(es) could not be read (permission denied; \
+             root can read more): some namespaces may be missing",
             r.netns_unreadable_pids
         )?;
     }
@@ -346,10 +348,14 @@ fn human(r: &ScanReport, opts: &ScanOptions, out: &mut dyn Write) -> std::io::Re
         }
         writeln!(out, "LOOP {}", loop_line(l))?;
         writeln!(out, "     {}", owners_text(l, r))?;
+        let all = if l.netns.is_own() { "" } else { " --all-netns" };
         let fix = if l.is_time_wait() {
-            format!("; `tcploop kill --port {} --yes` frees it now", l.port())
+            format!(
+                "; `tcploop kill --port {}{all} --yes` frees it now",
+                l.port()
+            )
         } else {
-            format!("; free it: tcploop kill --port {} --yes", l.port())
+            format!("; free it: tcploop kill --port {}{all} --yes", l.port())
         };
         writeln!(out, "     {}{fix}", l.consequence())?;
     }
