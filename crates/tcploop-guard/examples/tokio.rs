@@ -1,0 +1,67 @@
+//! The tokio guard: a client that reconnects to a server that is down,
+//! with `tcploop_guard::tokio::connect` instead of
+//! `tokio::net::TcpStream::connect` (`--plain`).
+//!
+//! ```text
+//! cargo build -p tcploop-guard --features tokio --example tokio
+//! tcploop sandbox --range 40000-40009 -- target/debug/examples/tokio 127.0.0.1:40004 --plain
+//! tcploop sandbox --range 40000-40009 -- target/debug/examples/tokio 127.0.0.1:40004
+//! ```
+//!
+//! Usage: `tokio ADDR [TRIES] [--plain]`.
+
+use std::io::ErrorKind;
+use std::process::ExitCode;
+
+use tcploop_guard::SelfConnectError;
+use tokio::net::TcpStream;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let plain = args.iter().any(|a| a == "--plain");
+    let mut pos = args.iter().filter(|a| !a.starts_with("--"));
+    let Some(addr) = pos.next() else {
+        eprintln!("usage: tokio ADDR [TRIES] [--plain]");
+        return ExitCode::from(2);
+    };
+    let tries: u64 = match pos.next().map(|t| t.parse()) {
+        None => 10_000,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            eprintln!("TRIES: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (mut refused, mut caught, mut other) = (0u64, 0u64, 0u64);
+    for i in 1..=tries {
+        let r = if plain {
+            TcpStream::connect(addr.as_str()).await
+        } else {
+            tcploop_guard::tokio::connect(addr.as_str()).await
+        };
+        match r {
+            Ok(s) => {
+                let (local, peer) = (s.local_addr().ok(), s.peer_addr().ok());
+                if tcploop_guard::is_self_connected(&s).unwrap_or(false) {
+                    println!("attempt {i}: connected TO ITSELF: local {local:?} == peer {peer:?}");
+                    return ExitCode::from(1);
+                }
+                println!("attempt {i}: connected to a real server ({local:?} -> {peer:?})");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) if SelfConnectError::of(&e).is_some() => caught += 1,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => refused += 1,
+            Err(e) => {
+                other += 1;
+                eprintln!("attempt {i}: {e}");
+            }
+        }
+    }
+    println!(
+        "{tries} attempts with {}: {refused} refused, {caught} refused after looping every retry, \
+         {other} other errors, no stream connected to itself",
+        if plain { "tokio" } else { "the guard" }
+    );
+    ExitCode::SUCCESS
+}
