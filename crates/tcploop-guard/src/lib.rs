@@ -99,8 +99,8 @@
 //! and Node's `net` have none.
 //!
 //! The check costs one `getsockname()` per connection (plus one
-//! `getpeername()` when the ports match): no measurable cost next to the
-//! connection itself.
+//! `getpeername()` only when the ports match): one system call, about 2%
+//! of a loopback `connect()` on a small VM, less against a real network.
 //!
 //! ```
 //! # fn main() -> std::io::Result<()> {
