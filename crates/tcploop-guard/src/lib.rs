@@ -1,7 +1,7 @@
 //! Never connect a TCP client to itself.
 //!
 //! Swap [`std::net::TcpStream::connect`] for [`tcploop_guard::connect`](connect)
-//! (and `tokio::net::TcpStream::connect` for [`tcploop_guard::tokio::connect`],
+//! (and `tokio::net::TcpStream::connect` for `tcploop_guard::tokio::connect`,
 //! feature `tokio`) and a client can no longer end up connected to itself.
 //!
 //! # The problem: a client connected to itself
@@ -317,8 +317,12 @@ impl Guard {
 
 /// Whether a stream just connected to `target` is a loop. The peer of a
 /// connected socket is the address it connected to, so one `getsockname()`
-/// decides, except for an unspecified target (`0.0.0.0`, `::`), which the
-/// kernel replaces with a local address: `getpeername()` tells which.
+/// decides: a loop needs the local port to equal the target's. Only then,
+/// if the addresses differ, is `getpeername()` asked, since the kernel may
+/// have connected elsewhere than `target` reads (`0.0.0.0`, `::` and
+/// `::ffff:0.0.0.0` are replaced with a local address). If that fails (the
+/// connection was reset meanwhile), it was no loop: the stream is returned
+/// and its next read says what happened, as with std.
 pub(crate) fn looped<S: AsSocket>(stream: &S, target: &SocketAddr) -> io::Result<bool> {
     let sock = socket2::SockRef::from(stream);
     let Some(local) = sock.local_addr()?.as_socket() else {
@@ -327,10 +331,10 @@ pub(crate) fn looped<S: AsSocket>(stream: &S, target: &SocketAddr) -> io::Result
     if local.port() != target.port() {
         return Ok(false);
     }
-    if target.ip().is_unspecified() {
-        return is_self_connected(stream);
+    if is_loop(local, *target) {
+        return Ok(true);
     }
-    Ok(is_loop(local, *target))
+    Ok(is_self_connected(stream).unwrap_or(false))
 }
 
 /// Arms `SO_LINGER` 0 so that dropping the socket sends RST and leaves no
@@ -466,6 +470,18 @@ mod tests {
         let me = s.local_addr().unwrap();
         let unspecified = SocketAddr::new("0.0.0.0".parse().unwrap(), me.port());
         assert!(looped(&s, &unspecified).unwrap());
+        // Through IPv6 too: a v4-mapped unspecified address is not
+        // "unspecified" to std, and still reaches the socket itself.
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).unwrap();
+        let any: SocketAddr = "[::ffff:127.0.0.1]:0".parse().unwrap();
+        sock.bind(&any.into()).unwrap();
+        let me = sock.local_addr().unwrap().as_socket().unwrap();
+        let mapped_any: SocketAddr = format!("[::ffff:0.0.0.0]:{}", me.port()).parse().unwrap();
+        sock.connect(&mapped_any.into()).unwrap();
+        let s: TcpStream = sock.into();
+        assert!(is_self_connected(&s).unwrap(), "{:?}", s.peer_addr());
+        assert!(looped(&s, &mapped_any).unwrap());
     }
 
     #[test]
