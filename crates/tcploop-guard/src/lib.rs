@@ -238,6 +238,7 @@ impl Guard {
 
     /// Sets how many times a looped connection is retried with a fresh
     /// socket (0: fail on the first loop).
+    #[must_use]
     pub const fn retries(mut self, retries: u32) -> Guard {
         self.retries = retries;
         self
