@@ -9,12 +9,15 @@
 //! it. This library is the engine of the `tcploop` tool:
 //!
 //! - [`ports`]: the ephemeral-port facts of a network namespace;
+//! - [`freeport`]: ports a test server can listen on with no risk of a loop;
 //! - [`host`]: whether a destination is an address of this namespace;
 //! - [`inventory`]: who holds which port (bind, listen, connect), from sock_diag;
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
 //! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
+//! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
+//! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
 //! - [`sys`]: the only module that talks to the kernel.
@@ -23,13 +26,16 @@
 //! does that.
 
 pub mod demo;
+pub mod freeport;
 pub mod host;
 pub mod inventory;
+pub mod owners;
 pub mod ports;
 pub mod predict;
 pub mod report;
 pub mod repro;
 pub mod sandbox;
+pub mod scan;
 pub mod survey;
 pub mod sys;
 
