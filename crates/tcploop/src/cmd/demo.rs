@@ -464,6 +464,7 @@ fn attempt(
         max_tries: Some(max_tries),
         timeout: Some(Duration::from_secs(10)),
         reuseaddr: false,
+        sample_port: false,
     };
     let (work, cap) = session::capture_while(|| -> Result<Work, repro::ReproError> {
         let rep = repro::run(&cfg, &Progress::default())?;
