@@ -350,3 +350,19 @@ fn falls_back_to_a_network_namespace_without_user_namespaces() {
     assert_eq!(of_type(&lines, "result")[0]["namespace"], "net");
     assert_loop(&lines, "loop", "127.0.0.1:40004");
 }
+
+#[test]
+fn odd_with_an_even_target_is_bad_usage() {
+    let o = output(&mut tcploop(&["demo", "--odd", "40004"]));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stdout(&o).is_empty(),
+        "nothing before the error: {}",
+        stdout(&o)
+    );
+    assert!(
+        stderr(&o).contains("--odd needs a target"),
+        "{}",
+        stderr(&o)
+    );
+}

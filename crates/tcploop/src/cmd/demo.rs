@@ -195,6 +195,15 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         range.contains(port),
         "port {port} is outside the range {range}: choose a port inside it (or another --range)"
     );
+    let pref = range.connect_parity();
+    anyhow::ensure!(
+        !args.odd || Parity::of(port) != pref,
+        "--odd needs a target of the parity connect() does not try first: {} here, since \
+         the range starts at {}; {port} is {}",
+        pref.other(),
+        range.low,
+        pref
+    );
     let target = SocketAddr::new(ip, port);
     // Open the output files first: the paths are the host's, and errors
     // come before any work.
@@ -347,7 +356,6 @@ fn predict_here(survey: &Survey, target: SocketAddr) -> Prediction {
 
 fn intro(o: &mut Out<'_>, entered: Entered, target: SocketAddr, odd: bool) -> anyhow::Result<()> {
     let r = o.range;
-    let par = r.connect_parity();
     writeln!(
         o.w,
         "tcploop demo: a TCP socket connects to itself{}\n",
@@ -360,7 +368,6 @@ fn intro(o: &mut Out<'_>, entered: Entered, target: SocketAddr, odd: bool) -> an
              unavailable here, or --netns-only)"
         }
     };
-    let _ = par;
     say(o.w, "  sandbox  ", ns)?;
     say(o.w, "  range    ", &format!("ip_local_port_range {r}"))?;
     say(
@@ -386,13 +393,6 @@ fn odd_lesson(o: &mut Out<'_>, args: &Args, target: SocketAddr) -> anyhow::Resul
     let r = o.range;
     let pref = r.connect_parity();
     let port = target.port();
-    anyhow::ensure!(
-        Parity::of(port) != pref,
-        "--odd needs a target of the parity connect() does not use ({} here, as {}); {port} is {}",
-        pref.other(),
-        r.low,
-        pref
-    );
     let survey = Survey::take().context("reading the sandbox's port facts")?;
     let pred = predict_here(&survey, target);
     if !o.json {

@@ -22,23 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::syscall;
 
-/// `PACKET_IGNORE_OUTGOING` from `<linux/if_packet.h>` (Linux 4.20), not in
-/// the `libc` crate yet.
-pub const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-/// `PACKET_STATISTICS` from `<linux/if_packet.h>`.
-const PACKET_STATISTICS: libc::c_int = 6;
-/// `sll_pkttype` of a frame seen as it leaves the host.
-const PACKET_OUTGOING: u8 = 4;
-/// `SO_TIMESTAMPNS` (= `SCM_TIMESTAMPNS`) on x86, arm and most arches.
-const SO_TIMESTAMPNS: libc::c_int = 35;
-
-/// `struct tpacket_stats` from `<linux/if_packet.h>`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-struct TpacketStats {
-    tp_packets: u32,
-    tp_drops: u32,
-}
+/// `PACKET_IGNORE_OUTGOING` from `<linux/if_packet.h>` (Linux 4.20).
+pub const PACKET_IGNORE_OUTGOING: libc::c_int = libc::PACKET_IGNORE_OUTGOING;
 
 /// One captured frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +92,7 @@ impl Capture {
         }
         let ignores_outgoing =
             setsockopt_int(&fd, libc::SOL_PACKET, PACKET_IGNORE_OUTGOING, 1).is_ok();
-        setsockopt_int(&fd, libc::SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
             .map_err(|e| err("setsockopt(SO_TIMESTAMPNS)", e))?;
         // A larger buffer rides out bursts while the reader thread is off
         // the CPU; the kernel caps it at net.core.rmem_max.
@@ -181,7 +166,7 @@ impl Capture {
             &mut msg,
             libc::MSG_TRUNC | libc::MSG_DONTWAIT
         ))? as usize;
-        if !self.ignores_outgoing && from.sll_pkttype == PACKET_OUTGOING {
+        if !self.ignores_outgoing && from.sll_pkttype == libc::PACKET_OUTGOING {
             return Ok(None);
         }
         let mut ts = None;
@@ -190,7 +175,7 @@ impl Capture {
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&msg);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == SO_TIMESTAMPNS {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
                     let t: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                     ts = Some(UNIX_EPOCH + Duration::new(t.tv_sec as u64, t.tv_nsec as u32));
                 }
@@ -207,13 +192,16 @@ impl Capture {
     /// The kernel's counters since the capture opened or since the last
     /// call (`getsockopt(PACKET_STATISTICS)` resets them).
     pub fn stats(&self) -> io::Result<Stats> {
-        let mut st = TpacketStats::default();
-        let mut len = size_of::<TpacketStats>() as libc::socklen_t;
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
         syscall!(getsockopt(
             self.fd.as_raw_fd(),
             libc::SOL_PACKET,
-            PACKET_STATISTICS,
-            (&mut st as *mut TpacketStats).cast(),
+            libc::PACKET_STATISTICS,
+            (&mut st as *mut libc::tpacket_stats).cast(),
             &mut len
         ))?;
         // tp_packets counts the dropped frames too
