@@ -74,7 +74,14 @@ fn read_until(cap: &Capture, done: &AtomicBool) -> (Vec<Frame>, Option<io::Error
             Duration::from_millis(2)
         };
         match cap.next(&mut buf, wait) {
-            Ok(Some(f)) => frames.push(f),
+            Ok(Some(mut f)) => {
+                // Frames arrive in order; their CLOCK_REALTIME stamps can
+                // step back (an NTP step): never let them go backwards.
+                if let Some(prev) = frames.last().map(|p: &Frame| p.ts) {
+                    f.ts = f.ts.max(prev);
+                }
+                frames.push(f)
+            }
             Ok(None) if finishing => return (frames, None),
             Ok(None) => {}
             Err(e) => return (frames, Some(e)),

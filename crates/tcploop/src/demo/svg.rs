@@ -22,6 +22,28 @@ const ROW: i32 = 70;
 const TOP: i32 = 172; // first row
 const SLANT: i32 = 24; // how far an arrow drops while it crosses
 
+/// Characters of a note line (13 px text across the 900 px picture).
+const NOTE_CHARS: usize = 110;
+
+/// Splits text into lines of at most `width` characters, at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = vec![];
+    let mut cur = String::new();
+    for word in text.split_whitespace() {
+        if !cur.is_empty() && cur.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
 /// Escapes text for XML.
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -79,7 +101,8 @@ fn state_box(svg: &mut String, cx: i32, cy: i32, s: TcpState) {
 pub fn render(l: &Loop) -> String {
     let n = l.steps.len() as i32;
     let foot = TOP + n * ROW + 10;
-    let h = foot + 86;
+    let note_lines: usize = notes(l).iter().map(|n| wrap(n, NOTE_CHARS).len()).sum();
+    let h = foot + 40 + 20 * note_lines as i32;
     let addr = esc(&l.socket.to_string());
     let mut svg = String::new();
     let _ = writeln!(
@@ -161,12 +184,13 @@ pub fn render(l: &Loop) -> String {
             esc(&meaning(step))
         );
     }
-    for (i, note) in notes(l).iter().enumerate() {
+    let lines: Vec<String> = notes(l).iter().flat_map(|n| wrap(n, NOTE_CHARS)).collect();
+    for (i, line) in lines.iter().enumerate() {
         let _ = writeln!(
             svg,
             r##"<text x="24" y="{}" class="note">{}</text>"##,
-            foot + 22 + i as i32 * 22,
-            esc(note)
+            foot + 22 + i as i32 * 20,
+            esc(line)
         );
     }
     svg.push_str("</svg>\n");
@@ -200,6 +224,17 @@ mod tests {
         // text is escaped: the payload's quotes
         assert!(svg.contains("&quot;tcploop&quot;"));
         assert!(!svg.contains("\"tcploop\""));
+    }
+
+    #[test]
+    fn notes_wrap_to_the_picture() {
+        let w = wrap("aaa bbb ccc", 7);
+        assert_eq!(w, ["aaa bbb", "ccc"]);
+        let (segs, target) = demo_run(false);
+        let l = tell(&segs, target).0.looped.unwrap();
+        for line in notes(&l).iter().flat_map(|n| wrap(n, NOTE_CHARS)) {
+            assert!(line.chars().count() <= NOTE_CHARS, "{line}");
+        }
     }
 
     #[test]
