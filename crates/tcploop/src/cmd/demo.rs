@@ -703,8 +703,9 @@ fn show_tries(
         rest.dedup();
         writeln!(
             o.w,
-            "  ... {} more refused, SYN then RST each (source ports {})",
+            "  ... {} more refused the same way, from source port{} {}",
             n - SHOWN_TRIES,
+            if rest.len() == 1 { "" } else { "s" },
             join(&rest)
         )?;
     }
