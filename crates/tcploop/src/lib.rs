@@ -11,6 +11,7 @@
 //! - [`ports`]: the ephemeral-port facts of a network namespace;
 //! - [`host`]: whether a destination is an address of this namespace;
 //! - [`inventory`]: who holds which port (bind, listen, connect), from sock_diag;
+//! - [`preload`]: `tcploop run`: finding the preload guard, and which programs it can protect;
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
@@ -25,6 +26,7 @@ pub mod host;
 pub mod inventory;
 pub mod ports;
 pub mod predict;
+pub mod preload;
 pub mod report;
 pub mod repro;
 pub mod sandbox;
