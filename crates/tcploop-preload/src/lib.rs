@@ -26,6 +26,16 @@
 //! [`tcploop_guard::is_loop`] says it is: local address and port equal the
 //! peer's (and the socket is `SOCK_STREAM`).
 //!
+//! # What it costs
+//!
+//! A loop needs the kernel to pick the destination port as the source port,
+//! and it picks source ports from `ip_local_port_range`. So a connect to a
+//! port outside that range (a service port: 443, 5432, 8080...) is let
+//! through at once, without a system call; the range is read from
+//! `/proc/sys/net/ipv4/ip_local_port_range` and trusted for a second. A
+//! connect to a port inside it costs one `getsockname()` (blocking) or a
+//! `getpeername()` and a `getsockname()` (non-blocking, in `SO_ERROR`).
+//!
 //! # How a loop is undone
 //!
 //! The program owns the file descriptor, so it is never closed here. Instead
@@ -47,13 +57,17 @@
 //!   `connect()` again, and takes writability alone as success (Rust's
 //!   `TcpStream::connect_timeout` does this): the loop stays connected.
 //! - `connect` issued through `syscall(SYS_connect)` or io_uring.
+//! - A program that binds its source port itself to a port outside the
+//!   ephemeral range and connects to that same port of its own address: it
+//!   connects to itself every time, by construction, not by the kernel's
+//!   draw that this guard is about.
 //!
 //! # Rules of this code
 //!
 //! Every exported function is called from C, in any thread, possibly in a
 //! signal handler's neighbourhood: nothing here allocates, panics, or keeps
-//! mutable state apart from the lazily resolved addresses of the real libc
-//! functions and the cached `TCPLOOP_LOG` switch, both atomics. `errno` is
+//! mutable state apart from atomics: the lazily resolved addresses of the
+//! real libc functions, the cached port range and the `TCPLOOP_LOG` switch. `errno` is
 //! restored on every path where this library made calls of its own. The
 //! library never calls its own exported symbols (`libc::connect` or
 //! `libc::getsockopt` would resolve to them); it goes through `next_*`.
@@ -67,7 +81,7 @@ use std::fmt::{self, Write as _};
 use std::mem::{size_of, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use libc::{c_int, c_void, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t};
 
@@ -166,18 +180,43 @@ enum Via {
 }
 
 /// If `fd` is a TCP socket connected to itself, disconnects it (RST, port
-/// freed) and logs it; returns whether it did. `want_port`, the port just
-/// connected to, lets the common case (not a loop) end after one
-/// `getsockname()`.
-fn prevent_loop(fd: c_int, want_port: Option<u16>, via: Via) -> bool {
-    let Some(local) = sock_name(fd, libc::getsockname) else {
-        return false;
-    };
-    if want_port.is_some_and(|p| p != local.port()) {
-        return false;
-    }
-    let Some(peer) = sock_name(fd, libc::getpeername) else {
-        return false; // not connected (yet, or any more)
+/// freed) and logs it; returns whether it did.
+///
+/// A loop needs the source port, which the kernel picks from the ephemeral
+/// range, to equal the destination port: a destination port outside the
+/// range cannot loop, and most connects (to service ports) end here without
+/// a system call. `dest_port`, the port just connected to (the `connect()`
+/// path), allows that test first; the `SO_ERROR` path learns it from
+/// `getpeername()`.
+fn prevent_loop(fd: c_int, dest_port: Option<u16>, via: Via) -> bool {
+    let (local, peer) = match dest_port {
+        Some(port) => {
+            if !may_be_ephemeral(port) {
+                return false;
+            }
+            let Some(local) = sock_name(fd, libc::getsockname) else {
+                return false;
+            };
+            if local.port() != port {
+                return false;
+            }
+            let Some(peer) = sock_name(fd, libc::getpeername) else {
+                return false;
+            };
+            (local, peer)
+        }
+        None => {
+            let Some(peer) = sock_name(fd, libc::getpeername) else {
+                return false; // not connected (yet, or any more)
+            };
+            if !may_be_ephemeral(peer.port()) {
+                return false;
+            }
+            let Some(local) = sock_name(fd, libc::getsockname) else {
+                return false;
+            };
+            (local, peer)
+        }
     };
     if !tcploop_guard::is_loop(local, peer) || !is_stream(fd) {
         return false;
@@ -386,6 +425,95 @@ fn set_errno(e: c_int) {
 }
 
 // ---------------------------------------------------------------------------
+// The ephemeral port range of this network namespace, cached for a second.
+
+/// The path of the range: two numbers, e.g. `32768\t60999\n`.
+const RANGE_PATH: &CStr = c"/proc/sys/net/ipv4/ip_local_port_range";
+/// How long a reading of the range is trusted, in milliseconds: a range
+/// changed while the program runs is seen within this time.
+const RANGE_TTL_MS: u64 = 1000;
+/// The range, packed `(low << 16) | high`; 0: unknown (unreadable).
+static RANGE: AtomicU32 = AtomicU32::new(0);
+/// Until when (`CLOCK_MONOTONIC_COARSE`, ms) [`RANGE`] holds; 0: never read.
+static RANGE_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `port` may be a source port `connect()` picks here: inside the
+/// ephemeral range, or the range is unknown (then every port is checked).
+fn may_be_ephemeral(port: u16) -> bool {
+    match ephemeral_range() {
+        Some((low, high)) => (low..=high).contains(&port),
+        None => true,
+    }
+}
+
+fn ephemeral_range() -> Option<(u16, u16)> {
+    let now = coarse_ms();
+    if now != 0 && now < RANGE_UNTIL.load(Ordering::Acquire) {
+        return unpack_range(RANGE.load(Ordering::Acquire));
+    }
+    let range = read_range();
+    RANGE.store(range.map_or(0, pack_range), Ordering::Release);
+    RANGE_UNTIL.store(now.saturating_add(RANGE_TTL_MS), Ordering::Release);
+    range
+}
+
+fn pack_range((low, high): (u16, u16)) -> u32 {
+    (u32::from(low) << 16) | u32::from(high)
+}
+
+fn unpack_range(v: u32) -> Option<(u16, u16)> {
+    (v != 0).then_some(((v >> 16) as u16, v as u16))
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in milliseconds (a vDSO read, no system call);
+/// 0 if unavailable (then the range is read every time).
+fn coarse_ms() -> u64 {
+    let mut ts = MaybeUninit::<libc::timespec>::zeroed();
+    // SAFETY: a valid timespec to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, ts.as_mut_ptr()) } != 0 {
+        return 0;
+    }
+    // SAFETY: zero-initialised, then filled by clock_gettime.
+    let ts = unsafe { ts.assume_init() };
+    (ts.tv_sec as u64).saturating_mul(1000) + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// Reads the range with open/read/close on a stack buffer; `None` when it
+/// cannot be read (no /proc in a chroot, no free descriptor...).
+fn read_range() -> Option<(u16, u16)> {
+    let mut buf = [0u8; 64];
+    // SAFETY: a NUL-terminated path; the descriptor is ours and closed below.
+    let fd = unsafe { libc::open(RANGE_PATH.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: reads at most buf.len() bytes into buf.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    parse_range(buf.get(..usize::try_from(n).ok()?)?)
+}
+
+/// Parses `ip_local_port_range`: two decimal numbers, low then high.
+fn parse_range(text: &[u8]) -> Option<(u16, u16)> {
+    let mut nums = text
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.iter().try_fold(0u16, |acc, &d| {
+                if d.is_ascii_digit() {
+                    acc.checked_mul(10)?.checked_add(u16::from(d - b'0'))
+                } else {
+                    None
+                }
+            })
+        });
+    let low = nums.next()??;
+    let high = nums.next()??;
+    (low <= high && low > 0).then_some((low, high))
+}
+
+// ---------------------------------------------------------------------------
 // TCPLOOP_LOG=1: one line on stderr per prevented loop.
 
 /// 0: not read yet; 1: off; 2: on.
@@ -589,6 +717,29 @@ mod tests {
         line.finish();
         assert_eq!(line.len, LineBuf::CAP);
         assert_eq!(line.as_bytes().last(), Some(&b'\n'));
+    }
+
+    #[test]
+    fn port_range_text() {
+        assert_eq!(parse_range(b"32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_range(b"40000 40009"), Some((40000, 40009)));
+        assert_eq!(parse_range(b"40009 40000\n"), None);
+        assert_eq!(parse_range(b"70000 80000\n"), None);
+        assert_eq!(parse_range(b"32768\n"), None);
+        assert_eq!(parse_range(b"a b\n"), None);
+        assert_eq!(parse_range(b""), None);
+        assert_eq!(unpack_range(pack_range((1024, 65535))), Some((1024, 65535)));
+        assert_eq!(unpack_range(0), None);
+    }
+
+    #[test]
+    fn this_namespace_range_is_read() {
+        let r = read_range().expect("/proc/sys/net/ipv4/ip_local_port_range");
+        assert!(r.0 <= r.1);
+        assert!(may_be_ephemeral(r.0) && may_be_ephemeral(r.1));
+        if r.0 > 1 {
+            assert!(!may_be_ephemeral(r.0 - 1));
+        }
     }
 
     #[test]
