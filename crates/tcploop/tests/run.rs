@@ -225,9 +225,10 @@ fn prove(name: &str, args: impl Fn(u32) -> Vec<OsString>, via: Option<&str>) {
 const PYTHON_CLIENT: &str = r#"
 import json, socket, sys
 mode, n, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-dst = ("127.0.0.1", port)
+family = socket.AF_INET6 if mode == "ipv6" else socket.AF_INET
+dst = ("::1" if mode == "ipv6" else "127.0.0.1", port)
 def sock():
-    s = socket.socket()
+    s = socket.socket(family)
     if mode == "timeout":
         s.settimeout(5)  # CPython then connects non-blocking: poll + SO_ERROR
     return s
@@ -246,7 +247,7 @@ for _ in range(n):
         other += 1
     s.close()
 bound, served = True, False
-srv = socket.socket()
+srv = socket.socket(family)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     srv.bind(dst)
@@ -279,6 +280,13 @@ fn python_blocking_connect_never_loops() {
 }
 
 #[test]
+fn python_ipv6_connect_never_loops() {
+    if have("python3", "python_ipv6_connect_never_loops") {
+        prove("python3 (IPv6, ::1)", python("ipv6"), Some("connect()"));
+    }
+}
+
+#[test]
 fn python_connect_with_timeout_never_loops() {
     if have("python3", "python_connect_with_timeout_never_loops") {
         prove(
@@ -298,6 +306,7 @@ const C_CLIENT: &str = r#"
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,10 +315,11 @@ const C_CLIENT: &str = r#"
 
 static struct sockaddr_in dst;
 static const char *mode;
+static long loops, refused, other;
 
 /* One connect in the chosen style: 0 when connected, else the error. */
 static int attempt(int fd) {
-    if (strcmp(mode, "blocking") == 0)
+    if (strcmp(mode, "blocking") == 0 || strcmp(mode, "threads") == 0)
         return connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0 ? 0 : errno;
     fcntl(fd, F_SETFL, O_NONBLOCK);
     if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) return 0;
@@ -334,6 +344,18 @@ static int is_loop(int fd) {
     return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr;
 }
 
+static void *attempts(void *arg) {
+    long n = *(long *)arg;
+    for (long i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        int e = attempt(fd);
+        if (e == 0) __atomic_fetch_add(is_loop(fd) ? &loops : &other, 1, __ATOMIC_RELAXED);
+        else __atomic_fetch_add(e == ECONNREFUSED ? &refused : &other, 1, __ATOMIC_RELAXED);
+        close(fd);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc != 4) return 2;
     mode = argv[1];
@@ -341,14 +363,13 @@ int main(int argc, char **argv) {
     dst.sin_family = AF_INET;
     dst.sin_port = htons(atoi(argv[3]));
     dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    long loops = 0, refused = 0, other = 0;
-    for (long i = 0; i < n; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        int e = attempt(fd);
-        if (e == 0) { if (is_loop(fd)) loops++; else other++; }
-        else if (e == ECONNREFUSED) refused++;
-        else other++;
-        close(fd);
+    if (strcmp(mode, "threads") == 0) { /* 4 threads at once, n/4 each */
+        pthread_t t[4];
+        long each = n / 4;
+        for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, attempts, &each);
+        for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    } else {
+        attempts(&n);
     }
     char bound[160] = "true";
     int served = 0;
@@ -375,7 +396,8 @@ int main(int argc, char **argv) {
 /// The C client, compiled once with the system's `cc`.
 fn c_client() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| cc("client", C_CLIENT, &[])).clone()
+    BIN.get_or_init(|| cc("client", C_CLIENT, &["-pthread"]))
+        .clone()
 }
 
 /// Compiles `src` with `cc -O2 FLAGS` into the scratch directory.
@@ -410,6 +432,13 @@ fn c(mode: &'static str) -> impl Fn(u32) -> Vec<OsString> {
 fn c_blocking_connect_never_loops() {
     if have("cc", "c_blocking_connect_never_loops") {
         prove("C (blocking)", c("blocking"), Some("connect()"));
+    }
+}
+
+#[test]
+fn c_client_with_four_threads_never_loops() {
+    if have("cc", "c_client_with_four_threads_never_loops") {
+        prove("C (4 threads, blocking)", c("threads"), Some("connect()"));
     }
 }
 
