@@ -98,7 +98,8 @@ static int cmp(const void *x, const void *y) {
    connbench STYLE N PORT interleave B  -> pairs of batches of B connects, one
       through connect() as linked (the guard, when preloaded), one through
       libc's own connect()/getsockopt() (dlsym on libc.so.6), in alternating
-      order; prints the median over pairs of linked/libc time */
+      order; prints the median over pairs of linked/libc time, and the median
+      time of one connection through libc, in ns */
 int main(int argc, char **argv) {
     if (argc != 4 && argc != 6) return 2;
     nonblocking = strcmp(argv[1], "nonblocking") == 0;
@@ -120,7 +121,7 @@ int main(int argc, char **argv) {
     getsockopt_fn libc_getsockopt = (getsockopt_fn)dlsym(libc, "getsockopt");
     if (!libc_connect || !libc_getsockopt) { fprintf(stderr, "no libc connect\n"); return 1; }
     long pairs = n / (2 * b);
-    double *r = calloc(pairs, sizeof *r);
+    double *r = calloc(pairs, sizeof *r), *d = calloc(pairs, sizeof *d);
     batch(libc_connect, libc_getsockopt, b); /* warm-up */
     for (long i = 0; i < pairs; i++) {
         double linked, direct;
@@ -132,9 +133,11 @@ int main(int argc, char **argv) {
             linked = batch(connect, getsockopt, b);
         }
         r[i] = linked / direct;
+        d[i] = direct / b * 1e9;
     }
     qsort(r, pairs, sizeof *r, cmp);
-    printf("%.6f\n", pairs % 2 ? r[pairs / 2] : (r[pairs / 2 - 1] + r[pairs / 2]) / 2);
+    qsort(d, pairs, sizeof *d, cmp);
+    printf("%.6f %.1f\n", r[pairs / 2], d[pairs / 2]);
     return 0;
 }
 "#;
@@ -168,27 +171,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.batch
     );
     println!();
-    println!(
-        "| listener port | style | under | time through connect() / through libc | overhead |"
-    );
-    println!("| --- | --- | --- | ---: | ---: |");
+    println!("| listener port | style | under | time through connect() / through libc | overhead | one connection through libc | added per connection |");
+    println!("| --- | --- | --- | ---: | ---: | ---: | ---: |");
     for (port_name, port) in PORTS {
         for style in STYLES {
             for guarded in [true, false] {
-                let mut ratios = vec![];
+                let (mut ratios, mut costs) = (vec![], vec![]);
                 for _ in 0..args.rounds {
                     let args = [style, &n, port, "interleave", &args.batch.to_string()];
-                    ratios.push(parse(&b.one(guarded, &args)?)?);
+                    let v = parse(&b.one(guarded, &args)?, 2)?;
+                    ratios.push(v[0]);
+                    costs.push(v[1]);
                 }
                 let ratio = common::median(&mut ratios);
+                let cost = common::median(&mut costs);
                 println!(
-                    "| {port_name} | {style} | {} | {ratio:.4} | {:+.2}% |",
+                    "| {port_name} | {style} | {} | {ratio:.4} | {:+.2}% | {:.1} µs | {:+.0} ns |",
                     if guarded {
                         "tcploop run"
                     } else {
                         "plain (control)"
                     },
-                    (ratio - 1.0) * 100.0
+                    (ratio - 1.0) * 100.0,
+                    cost / 1000.0,
+                    (ratio - 1.0) * cost
                 );
             }
         }
@@ -209,7 +215,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 };
                 let mut r = [0.0; 2];
                 for g in order {
-                    r[usize::from(g)] = parse(&b.one(g, &[style, &n, port])?)?;
+                    r[usize::from(g)] = parse(&b.one(g, &[style, &n, port])?, 1)?[0];
                 }
                 plain.push(r[0]);
                 guarded.push(r[1]);
@@ -260,11 +266,15 @@ impl Bench<'_> {
     }
 }
 
-/// The number the client printed.
-fn parse(out: &str) -> anyhow::Result<f64> {
-    out.trim()
-        .parse()
-        .with_context(|| format!("bad client output {out:?}"))
+/// The `n` numbers the client printed.
+fn parse(out: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let v = out
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<Vec<f64>, _>>()
+        .with_context(|| format!("bad client output {out:?}"))?;
+    anyhow::ensure!(v.len() == n, "bad client output {out:?}");
+    Ok(v)
 }
 
 /// The release preload library, built if needed (`TCPLOOP_PRELOAD` overrides).
