@@ -97,7 +97,7 @@ fn bounded(mut c: Command) -> Output {
     match rx.recv_timeout(LIMIT) {
         Ok(o) => o.expect("wait"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            common::signal(pid, libc::SIGKILL);
             panic!("{c:?} ran longer than {LIMIT:?}");
         }
     }
