@@ -542,7 +542,7 @@ fn log_value_on(v: &[u8]) -> bool {
 }
 
 fn log_prevented(fd: c_int, local: SocketAddr, via: Via) {
-    if !log_enabled() {
+    if !log_enabled() || !stderr_is_ours(fd) {
         return;
     }
     // SAFETY: getpid cannot fail.
@@ -552,6 +552,14 @@ fn log_prevented(fd: c_int, local: SocketAddr, via: Via) {
     // SAFETY: writes `len` initialised bytes of our buffer to stderr; a
     // failed or short write is ignored (best effort, like any log).
     unsafe { libc::write(2, line.buf.as_ptr().cast(), line.len) };
+}
+
+/// Whether fd 2 can take a log line: not the socket just reset (a program
+/// that closed its stderr may get fd 2 for a socket), nor any other IP
+/// socket, whose byte stream a log line would corrupt. A UNIX socket (the
+/// journal's stderr under systemd), a pipe, a file or a terminal can.
+fn stderr_is_ours(reset_fd: c_int) -> bool {
+    reset_fd != 2 && sock_name(2, libc::getsockname).is_none()
 }
 
 /// The log line, always ending in a newline (the buffer keeps room for it).

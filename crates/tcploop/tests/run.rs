@@ -319,7 +319,7 @@ static long loops, refused, other;
 
 /* One connect in the chosen style: 0 when connected, else the error. */
 static int attempt(int fd) {
-    if (strcmp(mode, "blocking") == 0 || strcmp(mode, "threads") == 0)
+    if (strcmp(mode, "nonblocking") != 0 && strcmp(mode, "again") != 0)
         return connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0 ? 0 : errno;
     fcntl(fd, F_SETFL, O_NONBLOCK);
     if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) return 0;
@@ -363,6 +363,7 @@ int main(int argc, char **argv) {
     dst.sin_family = AF_INET;
     dst.sin_port = htons(atoi(argv[3]));
     dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (strcmp(mode, "nostderr") == 0) close(2); /* the next socket gets fd 2 */
     if (strcmp(mode, "threads") == 0) { /* 4 threads at once, n/4 each */
         pthread_t t[4];
         long each = n / 4;
@@ -440,6 +441,27 @@ fn c_client_with_four_threads_never_loops() {
     if have("cc", "c_client_with_four_threads_never_loops") {
         prove("C (4 threads, blocking)", c("threads"), Some("connect()"));
     }
+}
+
+/// A program that closed its stderr gets fd 2 for its next socket: the
+/// guard's log line must not go into that socket (a write to the reset
+/// socket would raise SIGPIPE and kill the program).
+#[test]
+fn c_client_without_stderr_is_not_hurt_by_the_log() {
+    if !have("cc", "c_client_without_stderr_is_not_hurt_by_the_log") {
+        return;
+    }
+    let control = tally(&bounded(in_sandbox(false, &c("nostderr")(CONTROL))));
+    assert!(control.loops >= 1, "control: {control:?}");
+    let o = bounded(in_sandbox(true, &c("nostderr")(GUARDED)));
+    assert!(o.status.success(), "{:?}\n{}", o.status, common::stderr(&o));
+    let g = tally(&o);
+    assert_eq!(
+        (g.loops, g.refused, g.other),
+        (0, u64::from(GUARDED), 0),
+        "{g:?}"
+    );
+    assert_eq!(g.bound, serde_json::Value::Bool(true), "{g:?}");
 }
 
 #[test]
@@ -830,10 +852,18 @@ fn scripts_are_followed_to_their_interpreter() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let o = common::output(&mut run(&["--", script.to_str().unwrap()]));
     assert_eq!(o.status.code(), Some(3));
+    let err = common::stderr(&o);
     assert!(
-        common::stderr(&o).contains(&format!("{} is statically linked", bin.display())),
-        "{}",
-        common::stderr(&o)
+        err.contains(&format!(
+            "{} is a script run by {}",
+            script.display(),
+            bin.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} is statically linked", bin.display())),
+        "{err}"
     );
 }
 

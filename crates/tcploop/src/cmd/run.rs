@@ -74,8 +74,16 @@ pub fn run(args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
     let path_env = std::env::var_os("PATH");
     let program = preload::resolve_command(name, path_env.as_deref())
         .with_context(|| format!("{}: command not found", name.to_string_lossy()))?;
-    let (gaps, _chain) = preload::gaps(&program, &lib.elf, path_env.as_deref());
+    let (gaps, chain) = preload::gaps(&program, &lib.elf, path_env.as_deref());
     let mut stderr = std::io::stderr().lock();
+    if let (false, [first, .., last]) = (gaps.is_empty(), chain.as_slice()) {
+        writeln!(
+            stderr,
+            "tcploop run: note: {} is a script run by {}",
+            first.display(),
+            last.display()
+        )?;
+    }
     for gap in &gaps {
         let level = if gap.certain() { "warning" } else { "note" };
         writeln!(stderr, "tcploop run: {level}: {gap}")?;
