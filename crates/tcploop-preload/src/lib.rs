@@ -67,13 +67,13 @@
 //! Every exported function is called from C, in any thread, possibly in a
 //! signal handler's neighbourhood: nothing here allocates, panics, or keeps
 //! mutable state apart from atomics: the lazily resolved addresses of the
-//! real libc functions, the cached port range and the `TCPLOOP_LOG` switch. `errno` is
-//! restored on every path where this library made calls of its own. The
-//! library never calls its own exported symbols (`libc::connect` or
-//! `libc::getsockopt` would resolve to them); it goes through `next_*`.
+//! real libc functions, the cached port range and the `TCPLOOP_LOG` switch.
+//! `errno` is restored on every path where this library made calls of its
+//! own. The library never calls its own exported symbols (`libc::connect`
+//! or `libc::getsockopt` would resolve to them); it goes through `next_*`.
 //!
 //! With `TCPLOOP_LOG=1` in the environment, each prevented loop writes one
-//! line to stderr (fd 2, a single `write(2)`).
+//! line to stderr (fd 2, a single `write(2)`), unless fd 2 is an IP socket.
 #![allow(unsafe_code)] // the whole crate is a C ABI boundary
 
 use std::ffi::CStr;
