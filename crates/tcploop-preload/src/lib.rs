@@ -33,8 +33,11 @@
 //! port outside that range (a service port: 443, 5432, 8080...) is let
 //! through at once, without a system call; the range is read from
 //! `/proc/sys/net/ipv4/ip_local_port_range` and trusted for a second. A
-//! connect to a port inside it costs one `getsockname()` (blocking) or a
-//! `getpeername()` and a `getsockname()` (non-blocking, in `SO_ERROR`).
+//! non-blocking connect's port is remembered from its `EINPROGRESS` to its
+//! `SO_ERROR` read (a lock-free table of one atomic per descriptor), so the
+//! same holds there. A connect to a port inside the range costs one
+//! `getsockname()` (and a `getpeername()` when the ports match, or when
+//! `SO_ERROR` is read for a connect the table does not know).
 //!
 //! # How a loop is undone
 //!
@@ -67,7 +70,8 @@
 //! Every exported function is called from C, in any thread, possibly in a
 //! signal handler's neighbourhood: nothing here allocates, panics, or keeps
 //! mutable state apart from atomics: the lazily resolved addresses of the
-//! real libc functions, the cached port range and the `TCPLOOP_LOG` switch.
+//! real libc functions, the cached port range, the pending-connect table and
+//! the `TCPLOOP_LOG` switch.
 //! `errno` is restored on every path where this library made calls of its
 //! own. The library never calls its own exported symbols (`libc::connect`
 //! or `libc::getsockopt` would resolve to them); it goes through `next_*`.
@@ -81,7 +85,7 @@ use std::fmt::{self, Write as _};
 use std::mem::{size_of, MaybeUninit};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use libc::{c_int, c_void, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t};
 
@@ -124,10 +128,12 @@ pub unsafe extern "C" fn getsockopt(
 ) -> c_int {
     // SAFETY: forwarded from our caller, who holds getsockopt(2)'s contract.
     let ret = unsafe { next_getsockopt(fd, level, name, val, len) };
-    if ret != 0 || level != libc::SOL_SOCKET || name != libc::SO_ERROR {
+    if level != libc::SOL_SOCKET || name != libc::SO_ERROR {
         return ret;
     }
-    if val.is_null() || len.is_null() {
+    // Reading SO_ERROR ends what this descriptor's pending connect told us.
+    let dest_port = take_pending(fd);
+    if ret != 0 || val.is_null() || len.is_null() {
         return ret;
     }
     // SAFETY: `len` is non-null and, by the caller's contract, readable;
@@ -140,7 +146,7 @@ pub unsafe extern "C" fn getsockopt(
         }
     }
     let saved = errno();
-    if prevent_loop(fd, None, Via::SoError) {
+    if prevent_loop(fd, dest_port, Via::SoError) {
         // SAFETY: checked above: `val` has room for an int.
         unsafe { ptr::write_unaligned(val.cast::<c_int>(), libc::ECONNREFUSED) };
     }
@@ -156,13 +162,17 @@ pub unsafe extern "C" fn getsockopt(
 unsafe fn guarded_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
     // SAFETY: forwarded; our caller holds connect(2)'s contract.
     let ret = unsafe { next_connect(fd, addr, len) };
-    if ret != 0 {
-        return ret;
-    }
-    // SAFETY: `addr` was valid for `len` bytes: the kernel just accepted it.
+    // SAFETY: `addr` is null or valid for `len` bytes, by the contract.
     let Some(port) = (unsafe { dest_port(addr, len) }) else {
         return ret; // AF_UNIX, AF_UNSPEC, AF_NETLINK...: cannot loop
     };
+    if ret != 0 {
+        if matches!(errno(), libc::EINPROGRESS | libc::EINTR) {
+            // Still connecting: its SO_ERROR will tell the result.
+            set_pending(fd, port);
+        }
+        return ret;
+    }
     let saved = errno();
     if prevent_loop(fd, Some(port), Via::Connect) {
         set_errno(libc::ECONNREFUSED);
@@ -185,9 +195,9 @@ enum Via {
 /// A loop needs the source port, which the kernel picks from the ephemeral
 /// range, to equal the destination port: a destination port outside the
 /// range cannot loop, and most connects (to service ports) end here without
-/// a system call. `dest_port`, the port just connected to (the `connect()`
-/// path), allows that test first; the `SO_ERROR` path learns it from
-/// `getpeername()`.
+/// a system call. `dest_port`, the port connected to (known in `connect()`,
+/// and in `SO_ERROR` from the pending table), allows that test first;
+/// otherwise `getpeername()` tells it.
 fn prevent_loop(fd: c_int, dest_port: Option<u16>, via: Via) -> bool {
     let (local, peer) = match dest_port {
         Some(port) => {
@@ -224,6 +234,36 @@ fn prevent_loop(fd: c_int, dest_port: Option<u16>, via: Via) -> bool {
     disconnect(fd);
     log_prevented(fd, local, via);
     true
+}
+
+/// The destination port of the connect in progress on each descriptor (the
+/// index), from `connect()`'s `EINPROGRESS` to the next `SO_ERROR` read on
+/// that descriptor, which takes it; 0: not known. It lets the `SO_ERROR`
+/// check of a connect to a port outside the ephemeral range end without a
+/// system call, and the others with one. A descriptor above the table, or
+/// one with no port pending, gets the full check. 128 KiB of zeroed memory,
+/// touched only where used.
+///
+/// An entry left behind (a connect abandoned before its `SO_ERROR` was
+/// read) is overwritten by the next non-blocking connect on that descriptor
+/// number; it could only mislead the check of a socket that was connected
+/// non-blocking under another number and then `dup2()`ed onto this one
+/// before its `SO_ERROR` was read there.
+static PENDING: [AtomicU16; PENDING_FDS] = [const { AtomicU16::new(0) }; PENDING_FDS];
+const PENDING_FDS: usize = 65536;
+
+fn set_pending(fd: c_int, port: u16) {
+    if let Some(slot) = usize::try_from(fd).ok().and_then(|i| PENDING.get(i)) {
+        slot.store(port, Ordering::Relaxed);
+    }
+}
+
+fn take_pending(fd: c_int) -> Option<u16> {
+    let slot = usize::try_from(fd).ok().and_then(|i| PENDING.get(i))?;
+    match slot.swap(0, Ordering::Relaxed) {
+        0 => None,
+        port => Some(port),
+    }
 }
 
 /// The port of an `AF_INET`/`AF_INET6` destination, `None` for any other
@@ -748,6 +788,18 @@ mod tests {
         if r.0 > 1 {
             assert!(!may_be_ephemeral(r.0 - 1));
         }
+    }
+
+    #[test]
+    fn pending_ports_are_taken_once() {
+        set_pending(7, 8080);
+        assert_eq!(take_pending(7), Some(8080));
+        assert_eq!(take_pending(7), None);
+        // Outside the table: nothing kept, the full check runs.
+        set_pending(-1, 1);
+        set_pending(PENDING_FDS as c_int, 1);
+        assert_eq!(take_pending(-1), None);
+        assert_eq!(take_pending(PENDING_FDS as c_int), None);
     }
 
     #[test]

@@ -319,7 +319,8 @@ static long loops, refused, other;
 
 /* One connect in the chosen style: 0 when connected, else the error. */
 static int attempt(int fd) {
-    if (strcmp(mode, "nonblocking") != 0 && strcmp(mode, "again") != 0)
+    if (strcmp(mode, "nonblocking") != 0 && strcmp(mode, "again") != 0 &&
+        strcmp(mode, "dup") != 0)
         return connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0 ? 0 : errno;
     fcntl(fd, F_SETFL, O_NONBLOCK);
     if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) return 0;
@@ -330,9 +331,11 @@ static int attempt(int fd) {
         if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) return 0;
         return errno == EISCONN ? 0 : errno;
     }
-    int e = 0;
+    int e = 0, d = fd;
     socklen_t l = sizeof e;
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &l) != 0) return errno;
+    if (strcmp(mode, "dup") == 0) d = dup(fd); /* ask through another descriptor */
+    if (getsockopt(d, SOL_SOCKET, SO_ERROR, &e, &l) != 0) e = errno;
+    if (d != fd) close(d);
     return e;
 }
 
@@ -470,6 +473,22 @@ fn c_nonblocking_connect_with_so_error_never_loops() {
         prove(
             "C (non-blocking, poll, SO_ERROR)",
             c("nonblocking"),
+            Some("getsockopt(SO_ERROR)"),
+        );
+    }
+}
+
+/// `SO_ERROR` asked through a `dup()` of the socket: the guard has no
+/// pending port for that descriptor and checks it in full.
+#[test]
+fn c_nonblocking_connect_checked_through_a_dup_never_loops() {
+    if have(
+        "cc",
+        "c_nonblocking_connect_checked_through_a_dup_never_loops",
+    ) {
+        prove(
+            "C (non-blocking, SO_ERROR through a dup)",
+            c("dup"),
             Some("getsockopt(SO_ERROR)"),
         );
     }
