@@ -9,12 +9,16 @@
 //! it. This library is the engine of the `tcploop` tool:
 //!
 //! - [`ports`]: the ephemeral-port facts of a network namespace;
+//! - [`freeport`]: ports a test server can listen on with no risk of a loop;
 //! - [`host`]: whether a destination is an address of this namespace;
 //! - [`inventory`]: who holds which port (bind, listen, connect), from sock_diag;
 //! - [`preload`]: `tcploop run`: finding the preload guard, and which programs it can protect;
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
+//! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
+//! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
+//! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
 //! - [`sys`]: the only module that talks to the kernel.
@@ -22,14 +26,18 @@
 //! The library never reads argv, prints to the terminal or exits: the binary
 //! does that.
 
+pub mod demo;
+pub mod freeport;
 pub mod host;
 pub mod inventory;
+pub mod owners;
 pub mod ports;
 pub mod predict;
 pub mod preload;
 pub mod report;
 pub mod repro;
 pub mod sandbox;
+pub mod scan;
 pub mod survey;
 pub mod sys;
 
