@@ -55,6 +55,7 @@ pub enum Command {
     /// Print ports a test server can listen on without any risk of a loop
     FreePort(cmd::free_port::Args),
     /// Run a program with the preload guard: it can no longer connect to itself
+    #[command(after_help = cmd::run::AFTER_HELP)]
     Run(cmd::run::Args),
     /// Run a command in a throwaway user+net namespace with its own port range
     #[command(after_help = cmd::sandbox::AFTER_HELP)]

@@ -12,6 +12,7 @@
 //! - [`freeport`]: ports a test server can listen on with no risk of a loop;
 //! - [`host`]: whether a destination is an address of this namespace;
 //! - [`inventory`]: who holds which port (bind, listen, connect), from sock_diag;
+//! - [`preload`]: `tcploop run`: finding the preload guard, and which programs it can protect;
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
@@ -32,6 +33,7 @@ pub mod inventory;
 pub mod owners;
 pub mod ports;
 pub mod predict;
+pub mod preload;
 pub mod report;
 pub mod repro;
 pub mod sandbox;

@@ -1,14 +1,120 @@
-//! `tcploop run`: not built yet.
+//! `tcploop run [--log] -- COMMAND ARGS...`: runs a program with the preload
+//! guard (`libtcploop_preload.so`) in `LD_PRELOAD`, so that none of its
+//! `connect()`s can end up connected to itself; a loop is reset and the
+//! program sees `ECONNREFUSED`, as if the loop had not happened. The command
+//! replaces tcploop (`exec`), so its exit status, signals and terminal pass
+//! through untouched. See [`tcploop::preload`] for what can and cannot be
+//! protected.
 
+use std::ffi::OsString;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
+
+use anyhow::Context;
+use tcploop::preload::{self, Gap};
 
 use crate::exit::Exit;
 
+pub const AFTER_HELP: &str = "\
+The command replaces tcploop (exec): its exit status passes through. LD_PRELOAD
+keeps any value it had, after the guard, and is inherited by the command's
+children, which are protected too when they are dynamically linked.
+
+What is covered: any dynamically linked program that connects through libc
+(C, C++, Python, curl, Java, Node, Ruby, Rust std/tokio). A blocking connect()
+that comes back connected to itself fails with ECONNREFUSED; a non-blocking one
+reports ECONNREFUSED through getsockopt(SO_ERROR). Either way the loop is reset
+(RST) and its port freed at once.
+
+Not covered, and said before the command starts: statically linked programs,
+setuid/setgid programs (the loader ignores LD_PRELOAD), Go programs (Go calls
+the kernel directly; its net.Dial retries a loop twice, then returns it).
+Also not covered: a non-blocking connect whose program never reads SO_ERROR
+(e.g. Rust's TcpStream::connect_timeout), and connects made by raw syscall or
+io_uring.
+
+The library is found in $TCPLOOP_PRELOAD, else beside the tcploop binary, else
+in ../lib from it. `cargo install` installs only the binary: build the library
+with `cargo build --release -p tcploop-preload` and copy
+target/release/libtcploop_preload.so beside tcploop.
+
+Examples:
+  tcploop run -- java -jar app.jar
+  tcploop run --log -- python3 healthcheck.py
+  tcploop sandbox --range 40000-40009 -- tcploop run --log -- curl -sS http://127.0.0.1:40004/";
+
 /// Arguments of `tcploop run`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Log each prevented loop to stderr, one line each (sets TCPLOOP_LOG=1)
+    #[arg(long)]
+    pub log: bool,
+    /// Refuse to start (exit 2) when the guard certainly cannot protect the
+    /// command (static, setuid, Go, other architecture), instead of warning
+    #[arg(long)]
+    pub strict: bool,
+    /// The command and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+}
 
-/// Runs the command.
-pub fn run(_args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
-    anyhow::bail!("`tcploop run` is not available yet")
+/// Runs the command; returns only on error.
+pub fn run(args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let exe = std::env::current_exe().ok();
+    let lib = preload::find_library(
+        std::env::var_os(preload::ENV_LIB).as_deref(),
+        exe.as_deref(),
+    )?;
+    let name = &args.command[0];
+    let path_env = std::env::var_os("PATH");
+    let program = preload::resolve_command(name, path_env.as_deref())
+        .with_context(|| format!("{}: command not found", name.to_string_lossy()))?;
+    let (gaps, chain) = preload::gaps(&program, &lib.elf, path_env.as_deref());
+    let mut stderr = std::io::stderr().lock();
+    if let (false, [first, .., last]) = (gaps.is_empty(), chain.as_slice()) {
+        writeln!(
+            stderr,
+            "tcploop run: note: {} is a script run by {}",
+            first.display(),
+            last.display()
+        )?;
+    }
+    for gap in &gaps {
+        let level = if gap.certain() { "warning" } else { "note" };
+        writeln!(stderr, "tcploop run: {level}: {gap}")?;
+    }
+    if args.strict {
+        if let Some(g) = gaps.iter().find(|g| g.certain()) {
+            anyhow::bail!("--strict: not running {}: {}", program.display(), short(g));
+        }
+    }
+    drop(stderr);
+
+    let mut cmd = std::process::Command::new(name);
+    cmd.args(&args.command[1..]).env(
+        preload::LD_PRELOAD,
+        preload::ld_preload_value(&lib.path, std::env::var_os(preload::LD_PRELOAD).as_deref()),
+    );
+    if args.log {
+        cmd.env(preload::ENV_LOG, "1");
+    }
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("running {}", program.display()))
+}
+
+/// A gap's kind, for the one-line `--strict` error.
+fn short(g: &Gap) -> &'static str {
+    match g {
+        Gap::Static { .. } => "statically linked",
+        Gap::Setuid { .. } => "setuid",
+        Gap::Setgid { .. } => "setgid",
+        Gap::Go { .. } => "a Go program",
+        Gap::Arch { .. } => "another architecture than the guard library",
+        Gap::Unknown { .. } => "unknown format",
+    }
 }
