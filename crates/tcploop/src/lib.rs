@@ -21,8 +21,10 @@
 //! The library never reads argv, prints to the terminal or exits: the binary
 //! does that.
 
+pub mod audit;
 pub mod host;
 pub mod inventory;
+pub mod metrics;
 pub mod ports;
 pub mod predict;
 pub mod report;
