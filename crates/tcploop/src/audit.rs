@@ -253,7 +253,7 @@ pub fn analyze(
             },
             port,
         );
-        let advice = advice(facts, status, port);
+        let advice = advice(facts, status, port, &listeners);
         out.push(PortAudit {
             port,
             status,
@@ -316,7 +316,12 @@ fn destination(ls: &[Listener]) -> IpAddr {
     }
 }
 
-fn advice(facts: &EphemeralFacts, status: Status, port: u16) -> Vec<String> {
+fn advice(
+    facts: &EphemeralFacts,
+    status: Status,
+    port: u16,
+    listening: &BTreeMap<u16, Vec<Listener>>,
+) -> Vec<String> {
     let r = facts.range;
     let mut v = vec![];
     match status {
@@ -349,7 +354,12 @@ fn advice(facts: &EphemeralFacts, status: Status, port: u16) -> Vec<String> {
     if split && Parity::of(port) == pref {
         let alt = [port.wrapping_sub(1), port.wrapping_add(1)]
             .into_iter()
-            .find(|&p| r.contains(p) && Parity::of(p) != pref);
+            .find(|&p| {
+                r.contains(p)
+                    && Parity::of(p) != pref
+                    && !listening.contains_key(&p)
+                    && !facts.reserved.contains(p)
+            });
         v.push(format!(
             "or move it to a port of the other parity ({}{}): plain connect() uses {pref} ports here \
              and takes {} ones only when every {pref} port is taken; clients that bind(addr, 0) \
@@ -360,7 +370,7 @@ fn advice(facts: &EphemeralFacts, status: Status, port: u16) -> Vec<String> {
         ));
     } else if split {
         v.push(format!(
-            "{port} is {}: plain connect() does not pick it while a {pref} port is free, but clients \
+            "{port} is {}: plain connect() does not pick it while an {pref} port is free, but clients \
              that bind(addr, 0) before connect() (they prefer {} ports) or set IP_LOCAL_PORT_RANGE \
              (Linux 6.8+) can: reserve it all the same",
             Parity::of(port),

@@ -48,6 +48,7 @@ pub enum Command {
     /// Show a loop happen, packet by packet, in a throwaway namespace
     Demo(cmd::demo::Args),
     /// Audit exposed service ports and apply the kernel fix (reserved ports)
+    #[command(after_help = cmd::audit::AFTER_HELP)]
     Audit(cmd::audit::Args),
     /// Watch for loops continuously; serve Prometheus metrics
     Watch(cmd::watch::Args),
