@@ -210,7 +210,12 @@ pub fn analyze(
     // bind()/listen() holder of other ports, plus every other socket on P.
     let holders: Vec<&DiagSocket> = sockets
         .iter()
-        .filter(|s| matches!(s.state, state::LISTEN | state::BOUND_INACTIVE | state::CLOSE))
+        .filter(|s| {
+            matches!(
+                s.state,
+                state::LISTEN | state::BOUND_INACTIVE | state::CLOSE
+            )
+        })
         .collect();
     let mut on_port: BTreeMap<u16, Vec<&DiagSocket>> = BTreeMap::new();
     for s in sockets {
@@ -302,7 +307,13 @@ pub fn take(configured: &PortSet) -> Result<Audit, AuditError> {
     let mut sockets = vec![];
     crate::sys::diag::dump_all(crate::sys::diag::ALL_STATES, |s| sockets.push(*s))?;
     let ifaddrs = crate::sys::ifaddrs::list().unwrap_or_default();
-    Ok(analyze(&facts, &sockets, bound_visible, &ifaddrs, configured))
+    Ok(analyze(
+        &facts,
+        &sockets,
+        bound_visible,
+        &ifaddrs,
+        configured,
+    ))
 }
 
 /// The address clients of these listeners dial: the listener's own address,
@@ -553,7 +564,10 @@ mod tests {
         // 40000..40008 even = 5, minus 40000 held by the other listener
         assert_eq!(p.when_down.expected_tries, Some(4.0));
         assert_eq!(a.fix.add.to_string(), "40000,40004");
-        assert_eq!(a.fix.command(), format!("sysctl -w {SYSCTL_KEY}=40000,40004"));
+        assert_eq!(
+            a.fix.command(),
+            format!("sysctl -w {SYSCTL_KEY}=40000,40004")
+        );
     }
 
     #[test]

@@ -481,7 +481,10 @@ mod tests {
         let r = get("GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.contains("application/openmetrics-text"));
-        assert!(r.ends_with("\r\n\r\ntcploop_loops_present 0\n# EOF\n"), "{r}");
+        assert!(
+            r.ends_with("\r\n\r\ntcploop_loops_present 0\n# EOF\n"),
+            "{r}"
+        );
         let r = get("GET /metrics HTTP/1.1\r\nAccept: */*\r\n\r\n");
         assert!(r.contains("text/plain; version=0.0.4"), "{r}");
         assert!(r.ends_with("\r\n\r\ntcploop_loops_present 0\n"), "{r}");

@@ -254,9 +254,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 "applied",
                 &AppliedLine {
                     value: got.to_string(),
-                    file: args
-                        .persist
-                        .then(|| args.sysctl_file.display().to_string()),
+                    file: args.persist.then(|| args.sysctl_file.display().to_string()),
                     file_written,
                 },
             )?;
