@@ -14,6 +14,8 @@
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
+//! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
 //! - [`sys`]: the only module that talks to the kernel.
@@ -32,5 +34,6 @@ pub mod repro;
 pub mod sandbox;
 pub mod survey;
 pub mod sys;
+pub mod watch;
 
 pub use tcploop_guard::is_loop;
