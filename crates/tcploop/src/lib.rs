@@ -14,6 +14,8 @@
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
+//! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
+//! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`audit`]: exposed services and the reserved-ports fix;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
@@ -26,12 +28,14 @@
 pub mod audit;
 pub mod host;
 pub mod inventory;
+pub mod owners;
 pub mod metrics;
 pub mod ports;
 pub mod predict;
 pub mod report;
 pub mod repro;
 pub mod sandbox;
+pub mod scan;
 pub mod survey;
 pub mod sys;
 pub mod watch;

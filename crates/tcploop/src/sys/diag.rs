@@ -220,6 +220,32 @@ impl DiagSocketFd {
         }
     }
 
+    /// Looks up one socket by its exact 4-tuple, interface and cookie (a
+    /// `SOCK_DIAG_BY_FAMILY` request without `NLM_F_DUMP`). `Ok(None)` when
+    /// no such socket exists any more: the kernel answers ENOENT both when
+    /// the 4-tuple is gone and when it now belongs to another socket (the
+    /// cookie differs).
+    pub fn get(&mut self, sock: &DiagSocket) -> Result<Option<DiagSocket>, DiagError> {
+        self.seq = self.seq.wrapping_add(1);
+        let req = request(
+            SOCK_DIAG_BY_FAMILY,
+            libc::NLM_F_REQUEST as u16,
+            self.seq,
+            sock.family,
+            ALL_STATES,
+            &sockid(sock),
+        );
+        self.send(&req)?;
+        let mut buf = vec![0u8; 4096];
+        let n = self.recv(&mut buf)?;
+        let mut found = None;
+        match parse(&buf[..n], &mut |s| found = Some(*s)) {
+            Ok(_) => Ok(found),
+            Err(DiagError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `SOCK_DESTROY` for one socket, identified by its 4-tuple, interface
     /// and cookie exactly as the dump gave them. The kernel aborts it
     /// (`tcp_abort`: the owner gets ECONNABORTED). Needs CAP_NET_ADMIN over
@@ -250,6 +276,25 @@ pub fn dump_all(states: u32, mut f: impl FnMut(&DiagSocket)) -> Result<(), DiagE
     let mut s = DiagSocketFd::open()?;
     s.dump(Family::V4, states, &mut f)?;
     s.dump(Family::V6, states, &mut f)
+}
+
+/// Whether a server could `bind(2)` `addr` now, in the caller's namespace:
+/// a TCP socket without `SO_REUSEADDR` (IPv6: `IPV6_V6ONLY`) is bound to it
+/// and closed at once. `Ok(false)` is EADDRINUSE.
+pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    match s.bind(&addr.into()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn request(ty: u16, flags: u16, seq: u32, family: u8, states: u32, id: &[u8]) -> Vec<u8> {

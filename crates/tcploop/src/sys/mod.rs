@@ -6,12 +6,18 @@
 //! - [`procsys`]: `/proc/sys` (ephemeral port range, reserved ports, kernel release);
 //! - [`ns`]: `unshare(2)`, user-namespace id maps, bringing `lo` up;
 //! - [`diag`]: the `NETLINK_SOCK_DIAG` socket dump (`sock_diag(7)`);
-//! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`).
+//! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`);
+//! - [`procnet`]: `/proc/net/tcp` and `tcp6`, the fallback socket table;
+//! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
+//! - [`netns`]: the host's other network namespaces, entered with `setns(2)`.
 #![allow(unsafe_code)]
 
 pub mod diag;
 pub mod ifaddrs;
+pub mod netns;
 pub mod ns;
+pub mod procfd;
+pub mod procnet;
 pub mod procsys;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.

@@ -1,0 +1,670 @@
+//! Finding and destroying TCP loops on a live host: the engine of
+//! `tcploop scan` and `tcploop kill`.
+//!
+//! A loop is a socket whose local address and port equal its peer's
+//! ([`tcploop_guard::is_loop`]). A normal loopback connection shows up as
+//! two sockets with swapped 4-tuples; a loop is one socket, alone, talking
+//! to itself. While it lives, its port is held: a server that (re)starts on
+//! that port gets `EADDRINUSE`. After its owner closes it gracefully it
+//! stays in TIME-WAIT (60 s) and still blocks a `bind()` of the port.
+//!
+//! [`scan`] reads every TCP socket of the network namespace (IPv4 and IPv6,
+//! all states) from the sock_diag netlink dump, or from `/proc/net/tcp{,6}`
+//! when netlink is unavailable ([`Source`]), keeps the loops, and then looks
+//! up the processes holding *only those* ([`crate::owners`]). With
+//! [`ScanOptions::all_netns`] it does the same in every network namespace
+//! of the host, entered with `setns(2)`.
+//!
+//! [`kill`] destroys one loop with `SOCK_DESTROY` (what `ss -K` does): the
+//! kernel aborts the socket, its owner gets `ECONNABORTED` and the port is
+//! free at once (unless the owner had `bind()`ed it explicitly: then it is
+//! free when the owner closes the socket). Right before, the socket is
+//! looked up again by its exact 4-tuple and cookie, so that a socket that
+//! is not a loop, or one that took the place of a vanished loop, is never
+//! touched; the kernel checks the same 4-tuple and cookie once more.
+//!
+//! ```no_run
+//! use tcploop::scan::{scan, kill, ScanOptions};
+//! let report = scan(&ScanOptions::default()).unwrap();
+//! for l in &report.loops {
+//!     println!("{} {:?}: {}", l.socket.local, l.owners, l.consequence());
+//!     let killed = kill(l).unwrap();
+//!     println!("{killed:?}");
+//! }
+//! ```
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::owners::{self, Owner, Owners, Search};
+use crate::sys::diag::{self, state, DiagError, DiagSocket, DiagSocketFd, Family};
+use crate::sys::netns::{self, NetnsError};
+use crate::sys::procfd::Proc;
+use crate::sys::procnet::{self, ProcNetError};
+
+/// Where the socket table comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Source {
+    /// sock_diag netlink, falling back to `/proc/net/tcp{,6}` when netlink
+    /// is unavailable (the report says so).
+    #[default]
+    Auto,
+    /// sock_diag netlink only: an error if unavailable.
+    Netlink,
+    /// `/proc/net/tcp` and `/proc/net/tcp6` only (no socket cookies).
+    Proc,
+}
+
+/// The source that was really used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceUsed {
+    /// The sock_diag netlink dump.
+    Netlink,
+    /// `/proc/net/tcp` and `/proc/net/tcp6`.
+    Proc,
+}
+
+impl SourceUsed {
+    /// `netlink` or `proc`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceUsed::Netlink => "netlink",
+            SourceUsed::Proc => "proc",
+        }
+    }
+}
+
+/// What to scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Where the socket table comes from.
+    pub source: Source,
+    /// Only loops on this port.
+    pub port: Option<u16>,
+    /// Skip the owner lookup (the loops are still reported).
+    pub no_owners: bool,
+    /// Every network namespace of the host, not only the caller's.
+    pub all_netns: bool,
+}
+
+/// A network namespace, as a scan labels it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsLabel {
+    /// The namespace's inode (`net:[INODE]` in `/proc/PID/ns/net`).
+    pub inode: u64,
+    /// A process in it (the lowest pid), if any.
+    pub pid: Option<u32>,
+    /// That process's command name.
+    pub comm: Option<String>,
+    /// Its `/run/netns` name, if any.
+    pub name: Option<String>,
+    /// The file to `setns(2)` into (`None`: the caller's own namespace).
+    pub path: Option<PathBuf>,
+}
+
+impl NetnsLabel {
+    /// Whether this is the caller's own namespace.
+    pub fn is_own(&self) -> bool {
+        self.path.is_none()
+    }
+
+    /// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`.
+    pub fn describe(&self) -> String {
+        let mut s = format!("net:[{}]", self.inode);
+        if let Some(n) = &self.name {
+            s.push_str(&format!(" \"{n}\""));
+        }
+        if let Some(pid) = self.pid {
+            match &self.comm {
+                Some(c) => s.push_str(&format!(" (pid {pid} {c})")),
+                None => s.push_str(&format!(" (pid {pid})")),
+            }
+        }
+        s
+    }
+}
+
+/// One self-connected socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loop {
+    /// The socket as the dump reported it (4-tuple, state, uid, inode,
+    /// cookie; the cookie is 0 when read from `/proc`).
+    pub socket: DiagSocket,
+    /// The processes holding it (empty for TIME-WAIT, and when unknown).
+    pub owners: Vec<Owner>,
+    /// The namespace it lives in.
+    pub netns: NetnsLabel,
+}
+
+impl Loop {
+    /// The port it holds.
+    pub fn port(&self) -> u16 {
+        self.socket.local.port()
+    }
+
+    /// Whether it is a closed loop waiting out TIME-WAIT (no owner).
+    pub fn is_time_wait(&self) -> bool {
+        self.socket.state == state::TIME_WAIT
+    }
+
+    /// Whether an owner can be expected (a live socket has an inode).
+    pub fn has_inode(&self) -> bool {
+        self.socket.inode != 0
+    }
+
+    /// For TIME-WAIT: the longest it can still block the port.
+    pub fn held_for(&self) -> Option<Duration> {
+        self.is_time_wait()
+            .then(|| Duration::from_millis(u64::from(self.socket.expires_ms)))
+    }
+
+    /// The consequence, in words.
+    pub fn consequence(&self) -> String {
+        let p = self.port();
+        let a = self.socket.local;
+        match self.held_for() {
+            Some(d) => format!(
+                "port {p} is held for at most {} s more (TIME-WAIT of a closed loop): \
+                 a server binding {a} gets EADDRINUSE until then",
+                d.as_secs().max(1)
+            ),
+            None => format!(
+                "port {p} is held: a server binding {a} gets EADDRINUSE, \
+                 and the holder reads back its own bytes"
+            ),
+        }
+    }
+}
+
+/// A namespace that could not be scanned, and why.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The namespace.
+    pub netns: NetnsLabel,
+    /// Why (e.g. `setns: Operation not permitted`).
+    pub reason: String,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone)]
+pub struct ScanReport {
+    /// The loops found, by namespace, then port.
+    pub loops: Vec<Loop>,
+    /// TCP sockets seen in the socket tables (every namespace scanned).
+    pub sockets_seen: u64,
+    /// Loops with an inode whose owner was not found.
+    pub owners_unknown: u64,
+    /// Processes whose fd table could not be read (the likely holders of
+    /// the unknown ones).
+    pub processes_unreadable: u64,
+    /// The owner lookup's details (`None` when skipped or not needed).
+    pub owner_lookup: Option<Owners>,
+    /// The source used (`Proc` if any namespace fell back).
+    pub source: SourceUsed,
+    /// Why netlink was not used, when [`Source::Auto`] fell back to /proc.
+    pub fallback: Option<String>,
+    /// The namespaces scanned.
+    pub namespaces: Vec<NetnsLabel>,
+    /// The namespaces that could not be scanned (`all_netns` without root).
+    pub skipped: Vec<Skipped>,
+    /// Processes whose namespace could not be read (`all_netns`): their
+    /// namespaces may be missing from both lists.
+    pub netns_unreadable_pids: u64,
+}
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The netlink dump failed and the source was forced to netlink.
+    #[error("sock_diag dump failed (--source proc reads /proc/net/tcp instead): {0}")]
+    Netlink(#[source] DiagError),
+    /// Reading `/proc/net/tcp*` failed.
+    #[error("{0}")]
+    ProcNet(#[source] ProcNetError),
+    /// Both failed.
+    #[error("sock_diag dump failed ({netlink}), and so did /proc: {proc}")]
+    Both {
+        /// The netlink error.
+        netlink: DiagError,
+        /// The /proc error.
+        proc: ProcNetError,
+    },
+    /// `/proc` could not be listed (owners or namespaces).
+    #[error("listing /proc: {0}")]
+    Proc(#[source] io::Error),
+    /// The own namespace could not be identified.
+    #[error("reading /proc/thread-self/ns/net: {0}")]
+    OwnNetns(#[source] io::Error),
+}
+
+/// Whether a dumped socket is a loop: local == peer, on a real address and
+/// port (an unbound socket shows `0.0.0.0:0` on both sides and is none).
+pub fn is_loop_socket(s: &DiagSocket) -> bool {
+    s.local.port() != 0 && !s.local.ip().is_unspecified() && tcploop_guard::is_loop(s.local, s.peer)
+}
+
+/// The loops among `sockets`, on `port` if given (pure: the whole decision).
+pub fn find_loops<'a>(
+    sockets: impl IntoIterator<Item = &'a DiagSocket>,
+    port: Option<u16>,
+) -> Vec<DiagSocket> {
+    sockets
+        .into_iter()
+        .filter(|s| is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p))
+        .copied()
+        .collect()
+}
+
+/// The socket table of one namespace, reduced to its loops.
+#[derive(Debug)]
+struct NsDump {
+    loops: Vec<DiagSocket>,
+    seen: u64,
+    used: SourceUsed,
+    fallback: Option<String>,
+}
+
+/// Reads the socket table of the calling *thread's* namespace.
+fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
+    let mut loops = vec![];
+    let mut seen = 0u64;
+    let mut keep = |s: &DiagSocket| {
+        seen += 1;
+        if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
+            loops.push(*s);
+        }
+    };
+    let netlink_err = if source == Source::Proc {
+        None
+    } else {
+        match diag::dump_all(diag::ALL_STATES, &mut keep) {
+            Ok(()) => {
+                return Ok(NsDump {
+                    loops,
+                    seen,
+                    used: SourceUsed::Netlink,
+                    fallback: None,
+                })
+            }
+            Err(e) if source == Source::Netlink => return Err(ScanError::Netlink(e)),
+            Err(e) => Some(e),
+        }
+    };
+    // netlink failed part-way, or was not wanted: start over from /proc
+    loops.clear();
+    seen = 0;
+    let dir = Path::new(procnet::THREAD_NET);
+    let mut keep = |s: &DiagSocket| {
+        seen += 1;
+        if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
+            loops.push(*s);
+        }
+    };
+    let res = procnet::read(&procnet::file_in(dir, Family::V4), Family::V4, &mut keep)
+        .and_then(|()| procnet::read(&procnet::file_in(dir, Family::V6), Family::V6, &mut keep));
+    match (res, netlink_err) {
+        (Ok(()), e) => Ok(NsDump {
+            loops,
+            seen,
+            used: SourceUsed::Proc,
+            fallback: e.map(|e| e.to_string()),
+        }),
+        (Err(p), Some(n)) => Err(ScanError::Both {
+            netlink: n,
+            proc: p,
+        }),
+        (Err(p), None) => Err(ScanError::ProcNet(p)),
+    }
+}
+
+fn label(proc: &Proc, n: &netns::Netns, own: u64) -> NetnsLabel {
+    NetnsLabel {
+        inode: n.inode,
+        pid: n.pid,
+        comm: n.pid.and_then(|p| proc.comm(p)),
+        name: n.name.clone(),
+        path: (n.inode != own).then(|| n.path.clone()),
+    }
+}
+
+/// Scans for loops (see the module documentation).
+pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
+    let own = netns::current().map_err(ScanError::OwnNetns)?;
+    let mut report = ScanReport {
+        loops: vec![],
+        sockets_seen: 0,
+        owners_unknown: 0,
+        processes_unreadable: 0,
+        owner_lookup: None,
+        source: SourceUsed::Netlink,
+        fallback: None,
+        namespaces: vec![],
+        skipped: vec![],
+        netns_unreadable_pids: 0,
+    };
+    let mut found: Vec<(NetnsLabel, NsDump)> = vec![];
+    if opts.all_netns {
+        let proc = Proc::open().map_err(ScanError::Proc)?;
+        let list = netns::list(&proc).map_err(ScanError::Proc)?;
+        report.netns_unreadable_pids = list.unreadable_pids;
+        for n in &list.found {
+            let l = label(&proc, n, own);
+            let res = match &l.path {
+                None => dump_here(opts.source, opts.port),
+                Some(p) => match netns::run_in(p, || dump_here(opts.source, opts.port)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        report.skipped.push(Skipped {
+                            netns: l,
+                            reason: skip_reason(&e),
+                        });
+                        continue;
+                    }
+                },
+            };
+            match res {
+                Ok(d) => found.push((l, d)),
+                // own namespace: a real error; others: skipped, said why
+                Err(e) if l.is_own() => return Err(e),
+                Err(e) => report.skipped.push(Skipped {
+                    netns: l,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    } else {
+        let l = NetnsLabel {
+            inode: own,
+            pid: Some(std::process::id()),
+            comm: None,
+            name: None,
+            path: None,
+        };
+        found.push((l, dump_here(opts.source, opts.port)?));
+    }
+    for (l, d) in found {
+        report.sockets_seen += d.seen;
+        if d.used == SourceUsed::Proc {
+            report.source = SourceUsed::Proc;
+        }
+        if report.fallback.is_none() {
+            report.fallback = d.fallback;
+        }
+        report.loops.extend(d.loops.into_iter().map(|socket| Loop {
+            socket,
+            owners: vec![],
+            netns: l.clone(),
+        }));
+        report.namespaces.push(l);
+    }
+    report
+        .loops
+        .sort_by_key(|l| (l.netns.inode, l.port(), l.socket.family, l.socket.inode));
+    let inodes: Vec<u64> = report
+        .loops
+        .iter()
+        .map(|l| u64::from(l.socket.inode))
+        .collect();
+    if !opts.no_owners && inodes.iter().any(|i| *i != 0) {
+        let o = owners::find_owners(inodes.iter().copied(), Search::FirstOwner)
+            .map_err(ScanError::Proc)?;
+        for l in &mut report.loops {
+            l.owners = o.of(u64::from(l.socket.inode)).to_vec();
+        }
+        report.owners_unknown = o.unknown(inodes.iter().copied());
+        report.processes_unreadable = o.processes_denied + o.processes_failed;
+        report.owner_lookup = Some(o);
+    } else if opts.no_owners {
+        report.owners_unknown = inodes.iter().filter(|i| **i != 0).count() as u64;
+    }
+    Ok(report)
+}
+
+fn skip_reason(e: &NetnsError) -> String {
+    let io = e.io();
+    let needs = match (e, io.raw_os_error()) {
+        (NetnsError::Open { .. }, Some(libc::EACCES | libc::EPERM)) => {
+            ": reading another user's namespace needs root (ptrace rights over its processes)"
+        }
+        (NetnsError::Setns { .. }, Some(libc::EPERM)) => {
+            ": entering it needs CAP_SYS_ADMIN over the user namespace that owns it (run as root)"
+        }
+        _ => "",
+    };
+    format!("{e}{needs}")
+}
+
+/// Whether the port of a destroyed loop can be bound again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortState {
+    /// A server can bind it now.
+    Free,
+    /// Still held by the destroyed socket itself: its owner had `bind()`ed
+    /// the port explicitly, and the kernel keeps that until the owner closes
+    /// the socket (which it does on `ECONNABORTED`, if it handles errors).
+    HeldUntilOwnerCloses,
+    /// Held by other sockets (this many) on the same port.
+    HeldByOthers(u64),
+    /// Could not be checked.
+    Unknown(String),
+}
+
+/// What [`kill`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Killed {
+    /// Destroyed, confirmed gone from the socket table.
+    Destroyed {
+        /// Whether the port can be bound again.
+        port: PortState,
+    },
+    /// It was already gone (closed, or TIME-WAIT ended) before the destroy.
+    Gone,
+    /// The socket found at that 4-tuple is not this loop (another socket,
+    /// or no longer self-connected): left alone.
+    NotALoop,
+    /// Destroyed, yet still in the socket table right after.
+    StillThere,
+}
+
+/// Why a kill failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KillError {
+    /// `SOCK_DESTROY` answered EPERM.
+    #[error(
+        "SOCK_DESTROY was refused (EPERM): destroying a socket needs CAP_NET_ADMIN over the \
+         network namespace {0} (its owning user namespace); run as root, or as root of the \
+         user namespace that owns the network namespace"
+    )]
+    Denied(String),
+    /// The kernel lacks `CONFIG_INET_DIAG_DESTROY`.
+    #[error(
+        "SOCK_DESTROY is not supported by this kernel (EOPNOTSUPP): it needs \
+         CONFIG_INET_DIAG_DESTROY=y"
+    )]
+    Unsupported,
+    /// Any other netlink failure.
+    #[error("{0}")]
+    Diag(#[source] DiagError),
+    /// The loop's namespace could not be entered.
+    #[error("{0}")]
+    Netns(#[source] NetnsError),
+}
+
+/// Destroys one loop (see the module documentation): looks it up again by
+/// its exact 4-tuple and cookie, checks that it still is a loop, destroys
+/// it, confirms that it is gone, and checks whether its port can be bound.
+pub fn kill(l: &Loop) -> Result<Killed, KillError> {
+    if !is_loop_socket(&l.socket) {
+        return Ok(Killed::NotALoop);
+    }
+    let ns = l.netns.describe();
+    match &l.netns.path {
+        None => kill_here(&l.socket, &ns),
+        Some(p) => netns::run_in(p, || kill_here(&l.socket, &ns)).map_err(KillError::Netns)?,
+    }
+}
+
+/// `INET_DIAG_NOCOOKIE`: match on the 4-tuple alone (loops read from /proc).
+const NO_COOKIE: [u32; 2] = [!0, !0];
+
+fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
+    let map = |e: DiagError| match &e {
+        DiagError::Kernel(io) if io.raw_os_error() == Some(libc::EPERM) => {
+            KillError::Denied(ns.to_string())
+        }
+        DiagError::Kernel(io) if io.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            KillError::Unsupported
+        }
+        _ => KillError::Diag(e),
+    };
+    let mut nl = DiagSocketFd::open().map_err(map)?;
+    let mut wanted = *sock;
+    if wanted.cookie == [0, 0] {
+        wanted.cookie = NO_COOKIE;
+    }
+    // the re-check: the same 4-tuple, the same cookie, still a loop
+    let Some(now) = nl.get(&wanted).map_err(map)? else {
+        return Ok(Killed::Gone);
+    };
+    let same = now.local == sock.local
+        && now.peer == sock.peer
+        && (sock.cookie == [0, 0] || now.cookie == sock.cookie);
+    if !same || !is_loop_socket(&now) {
+        return Ok(Killed::NotALoop);
+    }
+    match nl.destroy(&now) {
+        Ok(()) => {}
+        Err(DiagError::Kernel(e)) if e.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(Killed::Gone)
+        }
+        Err(e) => return Err(map(e)),
+    }
+    if nl.get(&now).map_err(map)?.is_some() {
+        return Ok(Killed::StillThere);
+    }
+    Ok(Killed::Destroyed {
+        port: port_state(&now),
+    })
+}
+
+fn port_state(s: &DiagSocket) -> PortState {
+    match diag::port_bindable(s.local) {
+        Ok(true) => PortState::Free,
+        Ok(false) => {
+            // who holds it: the destroyed socket itself (explicitly bound,
+            // now shown as bound-but-inactive) or others
+            let (mut itself, mut others) = (false, 0u64);
+            let res = diag::dump_all(diag::ALL_STATES, |d| {
+                if d.local.port() == s.local.port() {
+                    if s.inode != 0 && d.inode == s.inode {
+                        itself = true;
+                    } else {
+                        others += 1;
+                    }
+                }
+            });
+            match res {
+                Ok(()) if others == 0 => PortState::HeldUntilOwnerCloses,
+                Ok(()) => PortState::HeldByOthers(others),
+                Err(e) => PortState::Unknown(format!("bind: EADDRINUSE; dump: {e}")),
+            }
+        }
+        Err(e) => PortState::Unknown(format!("bind {}: {e}", s.local)),
+    }
+}
+
+/// A socket address for messages: `127.0.0.1:40004`, `[::1]:40004`.
+pub fn addr(a: SocketAddr) -> String {
+    a.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(local: &str, peer: &str, st: u8) -> DiagSocket {
+        let local: SocketAddr = local.parse().unwrap();
+        DiagSocket {
+            family: if local.is_ipv4() { 2 } else { 10 },
+            state: st,
+            local,
+            peer: peer.parse().unwrap(),
+            ifindex: 0,
+            cookie: [1, 0],
+            expires_ms: 0,
+            uid: 0,
+            inode: 7,
+        }
+    }
+
+    #[test]
+    fn only_self_connected_sockets_are_loops() {
+        let table = [
+            sock("127.0.0.1:40004", "127.0.0.1:40004", state::ESTABLISHED),
+            // a normal loopback connection: two sockets, swapped
+            sock("127.0.0.1:40006", "127.0.0.1:50000", state::ESTABLISHED),
+            sock("127.0.0.1:50000", "127.0.0.1:40006", state::ESTABLISHED),
+            // same port, other address: not a loop
+            sock("127.0.0.1:40008", "127.0.0.2:40008", state::ESTABLISHED),
+            // unbound and listening sockets
+            sock("0.0.0.0:0", "0.0.0.0:0", state::CLOSE),
+            sock("[::]:0", "[::]:0", state::CLOSE),
+            sock("0.0.0.0:40010", "0.0.0.0:0", state::LISTEN),
+            sock("[::1]:40012", "[::1]:40012", state::TIME_WAIT),
+            sock(
+                "[::ffff:127.0.0.1]:40014",
+                "[::ffff:127.0.0.1]:40014",
+                state::ESTABLISHED,
+            ),
+        ];
+        let loops: Vec<u16> = find_loops(&table, None)
+            .iter()
+            .map(|s| s.local.port())
+            .collect();
+        assert_eq!(loops, [40004, 40012, 40014]);
+        assert_eq!(find_loops(&table, Some(40012)).len(), 1);
+        assert!(find_loops(&table, Some(40006)).is_empty());
+    }
+
+    #[test]
+    fn consequences_in_words() {
+        let ns = NetnsLabel {
+            inode: 1,
+            pid: Some(5),
+            comm: Some("a".into()),
+            name: None,
+            path: None,
+        };
+        let mut l = Loop {
+            socket: sock("127.0.0.1:40004", "127.0.0.1:40004", state::ESTABLISHED),
+            owners: vec![],
+            netns: ns.clone(),
+        };
+        assert!(l
+            .consequence()
+            .starts_with("port 40004 is held: a server binding 127.0.0.1:40004 gets EADDRINUSE"));
+        l.socket.state = state::TIME_WAIT;
+        l.socket.expires_ms = 59_200;
+        assert_eq!(l.held_for(), Some(Duration::from_millis(59_200)));
+        assert!(l.consequence().contains("at most 59 s more"));
+        assert_eq!(ns.describe(), "net:[1] (pid 5 a)");
+    }
+
+    #[test]
+    fn a_socket_that_is_no_loop_is_never_killed() {
+        let l = Loop {
+            socket: sock("127.0.0.1:40006", "127.0.0.1:50000", state::ESTABLISHED),
+            owners: vec![],
+            netns: NetnsLabel {
+                inode: 1,
+                pid: None,
+                comm: None,
+                name: None,
+                path: None,
+            },
+        };
+        assert_eq!(kill(&l).unwrap(), Killed::NotALoop);
+    }
+}
