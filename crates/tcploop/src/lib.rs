@@ -28,8 +28,8 @@
 pub mod audit;
 pub mod host;
 pub mod inventory;
-pub mod owners;
 pub mod metrics;
+pub mod owners;
 pub mod ports;
 pub mod predict;
 pub mod report;
