@@ -10,8 +10,8 @@
 //! never reuses within a namespace, so a loop that goes away and a new one
 //! on the same port are two loops.
 //!
-//! [`Tracker`] is pure and tested from fixtures; [`scan`] and [`destroy`]
-//! are the only parts that talk to the kernel.
+//! [`Tracker`] is pure and tested from fixtures; [`scan`], [`owners_of`] and
+//! [`kill`] are the only parts that talk to the kernel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -221,11 +221,50 @@ pub fn scan() -> Result<Snapshot, ScanError> {
     Ok(snap)
 }
 
-/// Destroys a self-connected socket with `SOCK_DESTROY` (its owner gets
-/// `ECONNABORTED`; the port is free at once, with no TIME-WAIT). Needs
-/// CAP_NET_ADMIN over the namespace.
-pub fn destroy(sock: &DiagSocket) -> Result<(), DiagError> {
-    diag::DiagSocketFd::open()?.destroy(sock)
+/// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
+/// stopping once each has an owner), by inode.
+pub fn owners_of<'a>(
+    socks: impl IntoIterator<Item = &'a DiagSocket>,
+) -> std::io::Result<HashMap<u32, Vec<OwnerInfo>>> {
+    let inodes: Vec<u64> = socks.into_iter().map(|s| u64::from(s.inode)).collect();
+    let found =
+        crate::owners::find_owners(inodes.iter().copied(), crate::owners::Search::FirstOwner)?;
+    Ok(inodes
+        .iter()
+        .filter_map(|&i| {
+            let o = found.of(i);
+            (!o.is_empty()).then(|| {
+                let v = o
+                    .iter()
+                    .map(|o| OwnerInfo {
+                        pid: o.pid,
+                        command: o.comm.clone(),
+                        fd: o.fd,
+                    })
+                    .collect();
+                (i as u32, v)
+            })
+        })
+        .collect())
+}
+
+/// Destroys a loop of the caller's namespace with `SOCK_DESTROY` through
+/// [`crate::scan::kill`], which first checks that the socket at that exact
+/// 4-tuple and cookie still is this loop. Its owner gets `ECONNABORTED`.
+/// Needs CAP_NET_ADMIN over the namespace.
+pub fn kill(sock: &DiagSocket) -> Result<crate::scan::Killed, crate::scan::KillError> {
+    let own = crate::scan::NetnsLabel {
+        inode: 0,
+        pid: Some(std::process::id()),
+        comm: None,
+        name: None,
+        path: None,
+    };
+    crate::scan::kill(&crate::scan::Loop {
+        socket: *sock,
+        owners: vec![],
+        netns: own,
+    })
 }
 
 #[cfg(test)]

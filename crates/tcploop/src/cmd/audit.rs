@@ -20,13 +20,13 @@
 //! - `summary`: `{"kernel": "6.18.44", "range": "32768-60999", "reserved": "8080", "exposed": 1,
 //!   "loops": 0, "owners_unknown": 0, "processes_unreadable": 0}`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Serialize;
 use tcploop::audit::{self, Audit, Persisted, PortAudit, Status};
+use tcploop::owners::{self, Owners, Search};
 use tcploop::ports::PortSet;
 use tcploop::report;
 use tcploop::sys::diag::state;
@@ -151,34 +151,51 @@ struct SummaryLine {
 /// Owners of the sockets the audit names, by inode.
 #[derive(Debug, Default)]
 struct Lookup {
-    by_inode: HashMap<u32, Vec<(u32, String, i32)>>,
-    unreadable: u64,
+    found: Option<Owners>,
+    error: Option<String>,
 }
 
 impl Lookup {
     fn of(&self, inode: u32) -> Vec<OwnerOut> {
-        self.by_inode
-            .get(&inode)
-            .into_iter()
-            .flatten()
-            .map(|(pid, c, fd)| OwnerOut {
-                pid: *pid,
-                command: c.clone(),
-                fd: *fd,
+        self.found
+            .as_ref()
+            .map(|o| o.of(u64::from(inode)))
+            .unwrap_or_default()
+            .iter()
+            .map(|o| OwnerOut {
+                pid: o.pid,
+                command: o.comm.clone(),
+                fd: o.fd,
             })
             .collect()
     }
-    fn unknown(&self, inodes: impl IntoIterator<Item = u32>) -> u64 {
-        inodes
-            .into_iter()
-            .filter(|i| *i != 0 && !self.by_inode.contains_key(i))
-            .count() as u64
+    fn unknown(&self, inodes: Vec<u32>) -> u64 {
+        let n = inodes.iter().filter(|i| **i != 0).count() as u64;
+        match &self.found {
+            Some(o) => o.unknown(inodes.into_iter().map(u64::from)),
+            None => n,
+        }
+    }
+    fn unreadable(&self) -> u64 {
+        self.found
+            .as_ref()
+            .map_or(0, |o| o.processes_denied + o.processes_failed)
     }
 }
 
+/// One walk over /proc for the listeners and loops the audit names.
 fn lookup_owners(a: &Audit) -> Lookup {
-    let _inodes = inodes(a);
-    Lookup::default()
+    let inodes: Vec<u64> = inodes(a).into_iter().map(u64::from).collect();
+    match owners::find_owners(inodes, Search::FirstOwner) {
+        Ok(o) => Lookup {
+            found: Some(o),
+            error: None,
+        },
+        Err(e) => Lookup {
+            found: None,
+            error: Some(e.to_string()),
+        },
+    }
 }
 
 fn inodes(a: &Audit) -> Vec<u32> {
@@ -275,17 +292,15 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             }
             writeln!(out, "After the fix:")?;
         }
-        let owners_after = lookup_owners(&after);
         let r = Renderer {
             json: args.json,
-            owners: &owners_after,
+            owners: &owners,
         };
         r.ports(out, &after)?;
         fin = after;
     }
 
     let exposed = fin.exposed().count();
-    let owners = lookup_owners(&fin);
     if args.json {
         report::json_line(
             out,
@@ -297,16 +312,23 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 exposed,
                 loops: fin.loops.len(),
                 owners_unknown: owners.unknown(inodes(&fin)),
-                processes_unreadable: owners.unreadable,
+                processes_unreadable: owners.unreadable(),
             },
         )?;
     } else {
         let unknown = owners.unknown(inodes(&fin));
-        if unknown > 0 {
+        if let Some(e) = &owners.error {
+            writeln!(out, "note: owners not looked up: {e}")?;
+        } else if unknown > 0 && owners.unreadable() > 0 {
             writeln!(
                 out,
-                "note: owners unknown for {unknown} socket(s); {} process(es) could not be read (run as root)",
-                owners.unreadable
+                "note: owners unknown for {unknown} socket(s): {} process(es) could not be read (run as root)",
+                owners.unreadable()
+            )?;
+        } else if unknown > 0 {
+            writeln!(
+                out,
+                "note: owners unknown for {unknown} socket(s) (held by a process of another PID namespace?)"
             )?;
         }
     }

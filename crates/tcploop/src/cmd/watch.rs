@@ -12,6 +12,7 @@
 //! - `kill_failed`: the same fields plus `"error": string`;
 //! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
 //! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
+//! - `owner_error`: `{"time", "error": string}` (the owner lookup failed; the loop is reported without);
 //! - `watch_stopped`: `{"time", "scans": 10, "scan_errors": 0, "loops_seen": 1, "kills": 0}`.
 
 use std::collections::HashMap;
@@ -25,8 +26,9 @@ use anyhow::Context;
 use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
 use tcploop::report;
-use tcploop::sys::diag::{state, DiagSocket};
-use tcploop::watch::{self, Change, OwnerInfo, Tracked, Tracker};
+use tcploop::scan::Killed;
+use tcploop::sys::diag::state;
+use tcploop::watch::{self, Change, Tracked, Tracker};
 
 use crate::exit::Exit;
 
@@ -120,12 +122,6 @@ struct Stopped {
 
 fn now_text() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
-
-/// Looks up the owners of these sockets (by inode).
-fn lookup_owners(socks: &[&DiagSocket]) -> HashMap<u32, Vec<OwnerInfo>> {
-    let _ = socks;
-    HashMap::new()
 }
 
 struct Log<'a> {
@@ -283,7 +279,13 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 let owners = if fresh.is_empty() {
                     HashMap::new()
                 } else {
-                    lookup_owners(&fresh)
+                    match watch::owners_of(fresh) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log.error("owner_error", format!("looking up owners: {e}"), None)?;
+                            HashMap::new()
+                        }
+                    }
                 };
                 let changes = tracker.observe(t0, &snap.loops, &owners);
                 let mut appeared = vec![];
@@ -300,12 +302,21 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 if let Some(after) = args.kill_after {
                     for t in tracker.due(Instant::now(), after) {
                         let seen = Some(t0.saturating_duration_since(t.since));
-                        match watch::destroy(&t.sock) {
-                            Ok(()) => {
+                        match watch::kill(&t.sock) {
+                            Ok(Killed::Destroyed { .. }) => {
                                 kills += 1;
                                 metrics.record_kill(true);
                                 tracker.forget(&t.sock);
                                 log.loop_event("loop_killed", &t, seen, None)?;
+                            }
+                            Ok(Killed::Gone | Killed::NotALoop) => {
+                                // closed by its owner meanwhile: the next
+                                // scan reports it gone
+                            }
+                            Ok(Killed::StillThere) => {
+                                metrics.record_kill(false);
+                                let e = "destroyed, yet still in the socket table".to_string();
+                                log.loop_event("kill_failed", &t, seen, Some(e))?;
                             }
                             Err(e) => {
                                 metrics.record_kill(false);
