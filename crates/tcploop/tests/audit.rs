@@ -208,3 +208,286 @@ fn nothing_exposed_exits_0_and_bad_input_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(common::stderr(&o).contains("/nonexistent/ports"));
 }
+
+// ---- tcploop watch ----
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// A background `tcploop watch`, killed if the test fails half-way (else it
+/// would outlive the scenario and hold its output pipes open).
+struct Watch(Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tcploop watch ARGS` in the background; its JSON lines arrive on the
+/// channel.
+fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
+    let mut child = common::tcploop(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcploop watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    (Watch(child), rx)
+}
+
+/// The next event of type `ty` (others are skipped), within 20 s.
+fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if v["type"] == ty => return v["data"].clone(),
+            Ok(_) => {}
+            Err(e) => panic!("no {ty} event from watch: {e}"),
+        }
+    }
+}
+
+/// Makes a loop to 127.0.0.1:port (bounded), as a plain client would.
+fn make_loop(port: u16) -> TcpStream {
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..5000 {
+        if let Ok(s) = TcpStream::connect(dest) {
+            if s.local_addr().unwrap() == dest {
+                return s;
+            }
+        }
+    }
+    panic!("no loop to {dest} in 5000 tries");
+}
+
+/// GET /metrics with curl, optionally asking for OpenMetrics.
+fn scrape(addr: &str, openmetrics: bool) -> String {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--max-time", "5"]);
+    if openmetrics {
+        c.args(["-H", "Accept: application/openmetrics-text;version=1.0.0"]);
+    }
+    let o = output(c.arg(format!("http://{addr}/metrics")));
+    assert!(o.status.success(), "curl: {}", common::stderr(&o));
+    stdout(&o)
+}
+
+/// Scrapes until the loop gauge for `port` reads `want` (bounded).
+fn scrape_until(addr: &str, port: u16, want: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let prefix = format!("tcploop_loops{{port=\"{port}\",");
+    loop {
+        let text = scrape(addr, false);
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string);
+        if value.as_deref() == Some(&want.to_string()) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "gauge never read {want}: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `promtool check metrics` (the classic text format) on `text`.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut c = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        stdout(&o),
+        common::stderr(&o)
+    );
+}
+
+/// The OpenMetrics text through Prometheus's own OpenMetrics parser
+/// (`promtool tsdb create-blocks-from openmetrics`, which needs a timestamp
+/// on each sample: one is added).
+fn promtool_openmetrics(text: &str, dir: &std::path::Path) {
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let stamped: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} 1700000000\n")
+            }
+        })
+        .collect();
+    let f = dir.join("metrics.om");
+    std::fs::write(&f, stamped).unwrap();
+    let o = output(
+        std::process::Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&f)
+            .arg(dir.join("blocks")),
+    );
+    assert!(
+        o.status.success(),
+        "OpenMetrics parse: {}{}\n{text}",
+        stdout(&o),
+        common::stderr(&o)
+    );
+}
+
+#[test]
+fn watch_reports_a_loop_and_its_disappearance_and_metrics_read_1_then_0() {
+    assert_eq!(scenario("40000-40009", None, "audit::scenario_watch"), "ok");
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from watch_reports_a_loop_..."]
+fn scenario_watch() {
+    let Some(out) = scenario_out() else { return };
+    let dir = out.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let textfile = dir.join("tcploop.prom");
+    let addr = "127.0.0.1:9977";
+    // an exposed listener, for the gauge; bound before the first scan (a
+    // dump is no atomic snapshot: a listener bound during it may be missed)
+    let _service = TcpListener::bind("127.0.0.1:40001").unwrap();
+    let (mut watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "100ms",
+        "--prometheus",
+        addr,
+        "--textfile",
+        textfile.to_str().unwrap(),
+    ]);
+    let started = wait_for(&rx, "watch_started");
+    assert_eq!(started["prometheus"], addr);
+
+    let looped = make_loop(40004);
+    let ev = wait_for(&rx, "loop_appeared");
+    assert_eq!(ev["local"], "127.0.0.1:40004");
+    assert!(
+        ev["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["pid"] == std::process::id()),
+        "{ev}"
+    );
+    let text = scrape_until(addr, 40004, 1);
+    assert!(text.contains("\ntcploop_loops_present 1\n"), "{text}");
+    assert!(text.contains("\ntcploop_exposed_listeners 1\n"), "{text}");
+    promtool_check(&text);
+    promtool_openmetrics(&scrape(addr, true), &dir);
+    promtool_check(&std::fs::read_to_string(&textfile).unwrap());
+
+    // kill it the way `tcploop kill` does
+    let report = tcploop::scan::scan(&tcploop::scan::ScanOptions::default()).unwrap();
+    assert_eq!(report.loops.len(), 1);
+    let killed = tcploop::scan::kill(&report.loops[0]).unwrap();
+    assert!(
+        matches!(killed, tcploop::scan::Killed::Destroyed { .. }),
+        "{killed:?}"
+    );
+    let ev = wait_for(&rx, "loop_gone");
+    assert_eq!(ev["local"], "127.0.0.1:40004");
+    let text = scrape_until(addr, 40004, 0);
+    assert!(text.contains("\ntcploop_loops_present 0\n"), "{text}");
+    assert!(
+        text.contains("tcploop_loops_seen_total{port=\"40004\","),
+        "{text}"
+    );
+    promtool_check(&text);
+    drop(looped);
+
+    // SIGTERM: a clean stop, exit 0, a last line
+    let st = output(std::process::Command::new("kill").args(["-TERM", &watch.0.id().to_string()]));
+    assert!(st.status.success());
+    let stopped = wait_for(&rx, "watch_stopped");
+    assert!(stopped["scans"].as_u64().unwrap() >= 2);
+    assert_eq!(stopped["loops_seen"], 1);
+    assert_eq!(watch.0.wait().unwrap().code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(out, "ok").unwrap();
+}
+
+#[test]
+fn watch_kill_after_destroys_a_loop_that_persists() {
+    assert_eq!(
+        scenario("40000-40009", None, "audit::scenario_watch_kill_after"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from watch_kill_after_destroys_a_loop_that_persists"]
+fn scenario_watch_kill_after() {
+    use std::io::Read;
+    let Some(out) = scenario_out() else { return };
+    let (watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "100ms",
+        "--kill-after",
+        "300ms",
+    ]);
+    wait_for(&rx, "watch_started");
+    let mut looped = make_loop(40006);
+    wait_for(&rx, "loop_appeared");
+    let ev = wait_for(&rx, "loop_killed");
+    assert_eq!(ev["local"], "127.0.0.1:40006");
+    assert!(ev["seen_s"].as_f64().unwrap() >= 0.3, "{ev}");
+    // the owner learns it: ECONNABORTED
+    looped
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let err = looped.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+    drop(watch);
+    std::fs::write(out, "ok").unwrap();
+}
+
+#[test]
+fn watch_rejects_bad_arguments() {
+    for bad in [
+        &["watch", "--interval", "0s", "--count", "1"][..],
+        &["watch", "--interval", "soon"],
+        &["watch", "--prometheus", "not-an-address", "--count", "1"],
+    ] {
+        let o = output(&mut sandboxed("40000-40009", bad));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stdout(&o));
+        assert!(!common::stderr(&o).contains("panicked"));
+    }
+    let o = output(&mut sandboxed(
+        "40000-40009",
+        &["watch", "--count", "2", "--interval", "50ms", "--json"],
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    let lines = json_lines(&o);
+    assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
+}

@@ -300,8 +300,9 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     }
                 }
                 if let Some(after) = args.kill_after {
-                    for t in tracker.due(Instant::now(), after) {
-                        let seen = Some(t0.saturating_duration_since(t.since));
+                    let now = Instant::now();
+                    for t in tracker.due(now, after) {
+                        let seen = Some(now.saturating_duration_since(t.since));
                         match watch::kill(&t.sock) {
                             Ok(Killed::Destroyed { .. }) => {
                                 kills += 1;
