@@ -10,7 +10,7 @@
 //! never reuses within a namespace, so a loop that goes away and a new one
 //! on the same port are two loops.
 //!
-//! [`Tracker`] is pure and tested from fixtures; [`scan`], [`owners_of`] and
+//! [`Tracker`] is pure and tested from fixtures; [`Scanner`], [`owners_of`] and
 //! [`kill`] are the only parts that talk to the kernel.
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
 use crate::sys::diag::{self, state, DiagError, DiagSocket};
+use crate::sys::tcpdiag;
 
 /// One process holding a loop's socket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -209,16 +210,57 @@ pub enum ScanError {
     Dump(#[from] DiagError),
 }
 
-/// Scans the caller's network namespace once: the facts, one dump of every
-/// TCP socket (IPv4 and IPv6), streamed (memory stays flat however many
-/// sockets there are).
-pub fn scan() -> Result<Snapshot, ScanError> {
-    let facts = EphemeralFacts::read()?;
-    let mut snap = Snapshot::default();
-    let mut exposed = vec![];
-    diag::dump_all(diag::ALL_STATES, |s| snap.add(&facts, s, &mut exposed))?;
-    snap.exposed_listeners = PortSet::from_ports(exposed);
-    Ok(snap)
+/// Scans the caller's network namespace, again and again: the facts, then
+/// one dump of every TCP socket (IPv4 and IPv6) that can be a loop or a
+/// listener, streamed (memory stays flat however many sockets there are).
+/// It dumps both families in one walk of the kernel's tables
+/// ([`crate::sys::tcpdiag`]), and falls back for good to one dump a family
+/// if the kernel refuses that request.
+#[derive(Debug)]
+pub struct Scanner {
+    single_walk: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner { single_walk: true }
+    }
+}
+
+impl Scanner {
+    /// A scanner that tries the single-walk dump first.
+    pub fn new() -> Scanner {
+        Scanner::default()
+    }
+
+    /// Whether the single-walk dump is in use.
+    pub fn single_walk(&self) -> bool {
+        self.single_walk
+    }
+
+    /// Scans once.
+    pub fn scan(&mut self) -> Result<Snapshot, ScanError> {
+        let facts = EphemeralFacts::read()?;
+        let mut snap = Snapshot::default();
+        let mut exposed = vec![];
+        if self.single_walk {
+            match tcpdiag::dump_both(tcpdiag::WATCH_STATES, |s| snap.add(&facts, s, &mut exposed)) {
+                Ok(()) => {
+                    snap.exposed_listeners = PortSet::from_ports(exposed);
+                    return Ok(snap);
+                }
+                Err(DiagError::Kernel(_)) => {
+                    self.single_walk = false;
+                    snap = Snapshot::default();
+                    exposed.clear();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        diag::dump_all(tcpdiag::WATCH_STATES, |s| snap.add(&facts, s, &mut exposed))?;
+        snap.exposed_listeners = PortSet::from_ports(exposed);
+        Ok(snap)
+    }
 }
 
 /// Looks up the processes holding these loops (one walk over `/proc/*/fd`,

@@ -263,9 +263,9 @@ fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
     }
 }
 
-/// Makes a loop to 127.0.0.1:port (bounded), as a plain client would.
-fn make_loop(port: u16) -> TcpStream {
-    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+/// Makes a loop to ip:port (bounded), as a plain client would.
+fn make_loop(ip: &str, port: u16) -> TcpStream {
+    let dest = SocketAddr::new(ip.parse().unwrap(), port);
     for _ in 0..5000 {
         if let Ok(s) = TcpStream::connect(dest) {
             if s.local_addr().unwrap() == dest {
@@ -387,7 +387,7 @@ fn scenario_watch() {
     let started = wait_for(&rx, "watch_started");
     assert_eq!(started["prometheus"], addr);
 
-    let looped = make_loop(40004);
+    let looped = make_loop("127.0.0.1", 40004);
     let ev = wait_for(&rx, "loop_appeared");
     assert_eq!(ev["local"], "127.0.0.1:40004");
     assert!(
@@ -457,10 +457,11 @@ fn scenario_watch_kill_after() {
         "300ms",
     ]);
     wait_for(&rx, "watch_started");
-    let mut looped = make_loop(40006);
+    // IPv6: the watch dumps both families in one request
+    let mut looped = make_loop("::1", 40006);
     wait_for(&rx, "loop_appeared");
     let ev = wait_for(&rx, "loop_killed");
-    assert_eq!(ev["local"], "127.0.0.1:40006");
+    assert_eq!(ev["local"], "[::1]:40006");
     assert!(ev["seen_s"].as_f64().unwrap() >= 0.3, "{ev}");
     // the owner learns it: ECONNABORTED
     looped

@@ -269,11 +269,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     log.out.flush()?;
 
     let mut tracker = Tracker::new();
+    let mut scanner = watch::Scanner::new();
     let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
     let mut next = Instant::now();
     while !super::interrupted() {
         let t0 = Instant::now();
-        match watch::scan() {
+        match scanner.scan() {
             Ok(snap) => {
                 let fresh = tracker.new_loops(&snap.loops);
                 let owners = if fresh.is_empty() {
