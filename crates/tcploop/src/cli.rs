@@ -60,6 +60,11 @@ pub enum Command {
     /// Run a command in a throwaway user+net namespace with its own port range
     #[command(after_help = cmd::sandbox::AFTER_HELP)]
     Sandbox(cmd::sandbox::Args),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) or a man page
+    #[command(
+        after_help = "Examples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1"
+    )]
+    Completions(cmd::completions::Args),
 }
 
 /// Parses argv; `tcploop PORT ...` (the article's form) means `tcploop connect PORT ...`.

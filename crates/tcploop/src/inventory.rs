@@ -33,7 +33,7 @@ pub struct PortUse {
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     ports: HashMap<u16, PortUse>,
-    /// Whether sockets that are only bound were visible (Linux 6.9+).
+    /// Whether sockets that are only bound were visible (Linux 6.8+).
     pub bound_visible: bool,
     /// Sockets seen in the dump.
     pub sockets: u64,

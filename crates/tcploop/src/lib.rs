@@ -9,6 +9,7 @@
 //! it. This library is the engine of the `tcploop` tool:
 //!
 //! - [`ports`]: the ephemeral-port facts of a network namespace;
+//! - [`freeport`]: ports a test server can listen on with no risk of a loop;
 //! - [`host`]: whether a destination is an address of this namespace;
 //! - [`inventory`]: who holds which port (bind, listen, connect), from sock_diag;
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
@@ -26,6 +27,7 @@
 //! does that.
 
 pub mod audit;
+pub mod freeport;
 pub mod host;
 pub mod inventory;
 pub mod metrics;

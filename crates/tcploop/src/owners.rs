@@ -30,6 +30,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::sys::procfd::{FdError, Proc};
 
@@ -102,62 +104,128 @@ impl Owners {
 /// Finds the processes holding the sockets with these inodes (0s, the
 /// TIME-WAIT and request sockets, are ignored). Fails only if `/proc`
 /// cannot be listed at all.
+///
+/// The walk is spread over up to 4 threads (as many as CPUs), each taking
+/// every Nth process of the same fewest-fds-first order.
 pub fn find_owners(inodes: impl IntoIterator<Item = u64>, search: Search) -> io::Result<Owners> {
     let wanted: HashSet<u64> = inodes.into_iter().filter(|i| *i != 0).collect();
-    let mut out = Owners::default();
     if wanted.is_empty() {
-        return Ok(out);
+        return Ok(Owners::default());
     }
     let proc = Proc::open()?;
-    let pids = proc.pids()?;
-    // the fewest fds first: a stat each, far cheaper than reading the fds
-    let mut order: Vec<(u64, u32)> = pids
-        .iter()
-        .map(|&pid| (proc.fd_count(pid).unwrap_or(u64::MAX), pid))
+    // the fewest fds first: a `stat` of /proc/PID/fd each, far cheaper than
+    // reading the fds
+    let mut order: Vec<(u64, u32)> = proc
+        .pids()?
+        .into_iter()
+        .map(|pid| (proc.fd_count(pid).unwrap_or(u64::MAX), pid))
         .collect();
     order.sort_unstable();
-    let mut missing = wanted.len();
-    let mut comms: HashMap<u32, String> = HashMap::new();
-    for (i, &(_, pid)) in order.iter().enumerate() {
-        if missing == 0 && search == Search::FirstOwner {
-            out.processes_skipped = (order.len() - i) as u64;
-            break;
-        }
-        let by_inode = &mut out.by_inode;
-        let res = proc.socket_fds(pid, |fd, inode| {
-            if wanted.contains(&inode) {
-                let owners = by_inode.entry(inode).or_default();
-                if owners.is_empty() {
-                    missing -= 1;
-                }
-                let comm = comms
-                    .entry(pid)
-                    .or_insert_with(|| proc.comm(pid).unwrap_or_default())
-                    .clone();
-                owners.push(Owner { pid, comm, fd });
-                if missing == 0 && search == Search::FirstOwner {
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        });
-        match res {
-            Ok(n) => {
-                out.processes_read += 1;
-                out.fds_read += n;
-            }
-            Err(FdError::Denied) => out.processes_denied += 1,
-            Err(FdError::Vanished) => out.processes_vanished += 1,
-            Err(FdError::Other(e)) => {
-                out.processes_failed += 1;
-                out.last_error = Some(format!("/proc/{pid}/fd: {e}"));
-            }
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let workers = if order.len() < 32 { 1 } else { workers };
+    let shared = Shared {
+        wanted: &wanted,
+        search,
+        missing: AtomicUsize::new(wanted.len()),
+        found: Mutex::new(HashMap::new()),
+        proc: &proc,
+    };
+    let parts: Vec<Owners> = if workers == 1 {
+        vec![shared.walk(order.iter().map(|o| o.1))]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..workers)
+                .map(|w| {
+                    let (shared, order) = (&shared, &order);
+                    s.spawn(move || shared.walk(order.iter().skip(w).step_by(workers).map(|o| o.1)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        })
+    };
+    let mut out = Owners {
+        by_inode: shared.found.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ..Owners::default()
+    };
+    for p in parts {
+        out.processes_read += p.processes_read;
+        out.processes_denied += p.processes_denied;
+        out.processes_vanished += p.processes_vanished;
+        out.processes_skipped += p.processes_skipped;
+        out.processes_failed += p.processes_failed;
+        out.fds_read += p.fds_read;
+        if p.last_error.is_some() {
+            out.last_error = p.last_error;
         }
     }
     for owners in out.by_inode.values_mut() {
         owners.sort_by_key(|o| (o.pid, o.fd));
     }
     Ok(out)
+}
+
+/// What the walking threads share.
+struct Shared<'a> {
+    wanted: &'a HashSet<u64>,
+    search: Search,
+    /// Wanted inodes with no owner yet.
+    missing: AtomicUsize,
+    found: Mutex<HashMap<u64, Vec<Owner>>>,
+    proc: &'a Proc,
+}
+
+impl Shared<'_> {
+    fn done(&self) -> bool {
+        self.search == Search::FirstOwner && self.missing.load(Ordering::Relaxed) == 0
+    }
+
+    /// Walks these processes; returns the counters (owners go to `found`).
+    fn walk(&self, pids: impl Iterator<Item = u32>) -> Owners {
+        let mut out = Owners::default();
+        for pid in pids {
+            if self.done() {
+                out.processes_skipped += 1;
+                continue;
+            }
+            let mut comm: Option<String> = None;
+            let res = self.proc.socket_fds(pid, |fd, inode| {
+                if self.wanted.contains(&inode) {
+                    let comm = comm
+                        .get_or_insert_with(|| self.proc.comm(pid).unwrap_or_default())
+                        .clone();
+                    let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
+                    let owners = found.entry(inode).or_default();
+                    if owners.is_empty() {
+                        self.missing.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    owners.push(Owner { pid, comm, fd });
+                    drop(found);
+                    if self.done() {
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            });
+            match res {
+                Ok(n) => {
+                    out.processes_read += 1;
+                    out.fds_read += n;
+                }
+                Err(FdError::Denied) => out.processes_denied += 1,
+                Err(FdError::Vanished) => out.processes_vanished += 1,
+                Err(FdError::Other(e)) => {
+                    out.processes_failed += 1;
+                    out.last_error = Some(format!("/proc/{pid}/fd: {e}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -128,8 +128,8 @@ impl PortSet {
         let mut v = Vec::new();
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let (a, b) = match item.split_once('-') {
-                Some((a, b)) => (parse_port(a)?, parse_port(b)?),
-                None => {
+                Some((a, b)) if !a.trim().is_empty() => (parse_port(a)?, parse_port(b)?),
+                _ => {
                     let p = parse_port(item)?;
                     (p, p)
                 }
@@ -200,7 +200,7 @@ impl fmt::Display for PortSet {
 /// Parses a TCP port 1-65535 with a one-line error naming the input.
 pub fn parse_port(s: &str) -> Result<u16, String> {
     let t = s.trim();
-    match t.parse::<u32>() {
+    match t.parse::<i64>() {
         Ok(p @ 1..=65535) => Ok(p as u16),
         Ok(_) => Err(format!("port {t} is out of range (1-65535)")),
         Err(_) if t.is_empty() => Err("empty port".to_string()),
@@ -240,9 +240,9 @@ impl KernelVersion {
     pub fn local_range_disables_parity(self) -> bool {
         self >= KernelVersion(6, 8, 0)
     }
-    /// sock_diag dumps sockets that are only bound (6.9, TCP_BOUND_INACTIVE).
+    /// sock_diag dumps sockets that are only bound (6.8, TCP_BOUND_INACTIVE).
     pub fn dumps_bound_sockets(self) -> bool {
-        self >= KernelVersion(6, 9, 0)
+        self >= KernelVersion(6, 8, 0)
     }
 }
 

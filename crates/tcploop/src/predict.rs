@@ -33,6 +33,7 @@ use std::net::IpAddr;
 use crate::host::{Host, HostClass};
 use crate::inventory::Inventory;
 use crate::ports::{EphemeralFacts, KernelVersion, Parity, PortRange};
+use crate::report::thousands;
 
 /// The verdict for one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +233,7 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
         }
         if !inv.bound_visible {
             acc.say(
-                "this kernel's socket dump does not show sockets that are only bound (Linux 6.9+ does): \
+                "this kernel's socket dump does not show sockets that are only bound (Linux 6.8+ does): \
                  such a holder would make the port safe",
             );
         }
@@ -307,8 +308,9 @@ fn connect_rules(
     } else {
         acc.say(format!(
             "{port} is {par}: connect() tries {pref} ports (the parity of the range's low end {}) and \
-             uses {par} ones only when all {pref} ports are taken; {same} are free (kernel 4.6+)",
-            r.low
+             uses {par} ones only when all {pref} ports are taken; {} are free (kernel 4.6+)",
+            r.low,
+            thousands(same as u64)
         ));
         return (Verdict::Impossible, None);
     };
@@ -319,6 +321,7 @@ fn connect_rules(
 
 fn rate_reason(kernel: KernelVersion, n: usize) -> String {
     if kernel.has_perturb_walk() {
+        let n = thousands(n as u64);
         format!(
             "{n} usable candidates of that parity: each try hits with probability about 1/{n}, \
              so about {n} tries on average"

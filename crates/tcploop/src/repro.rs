@@ -46,6 +46,9 @@ pub struct Config {
     /// Off by default, as in most clients: then a looped port cannot be
     /// bound by a server even with SO_REUSEADDR.
     pub reuseaddr: bool,
+    /// Sample the source port for [`Progress::last_port`] (a live display
+    /// wants it; costs a few system calls every [`CHECK_EVERY`] tries).
+    pub sample_port: bool,
 }
 
 /// Live counters, shared with whoever shows progress.
@@ -148,7 +151,7 @@ pub fn run(cfg: &Config, progress: &Progress) -> Result<Report, ReproError> {
         for w in 0..jobs {
             let (winner, error) = (&winner, &error);
             s.spawn(move || {
-                let r = worker(cfg, progress, deadline, w == 0);
+                let r = worker(cfg, progress, deadline, w == 0 && cfg.sample_port);
                 match r {
                     Ok(Some(stop)) => {
                         let mut slot = winner.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,14 +248,22 @@ fn worker(
             return Ok(Some(Stop::Timeout));
         }
         if cfg.mode == SocketMode::Fresh && n > 1 {
+            // close first, then open, as a client that reconnects does
+            drop(sock);
             sock = new_socket(cfg)?;
         }
-        // The sampled try uses a side socket of its own: a socket whose
-        // non-blocking connect failed answers the next connect() with
-        // ECONNABORTED. The port walk depends on the destination only.
+        // In reuse mode the sampled try uses a side socket of its own: a
+        // socket whose non-blocking connect failed answers the next
+        // connect() with ECONNABORTED. The port walk depends on the
+        // destination only, not on the socket.
         let r = if sampler && n % CHECK_EVERY == 1 {
-            let side = new_socket(cfg)?;
-            connect_sampled(&side, &target, progress).map(|()| Some(side))
+            match cfg.mode {
+                SocketMode::Fresh => connect_sampled(&sock, &target, progress).map(|()| None),
+                SocketMode::Reuse => {
+                    let side = new_socket(cfg)?;
+                    connect_sampled(&side, &target, progress).map(|()| Some(side))
+                }
+            }
         } else {
             sock.connect(&target).map(|()| None)
         };

@@ -110,9 +110,14 @@ impl NetnsLabel {
         self.path.is_none()
     }
 
-    /// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`.
+    /// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`,
+    /// `net:[...] (the current one)`.
     pub fn describe(&self) -> String {
         let mut s = format!("net:[{}]", self.inode);
+        if self.is_own() {
+            s.push_str(" (the current one)");
+            return s;
+        }
         if let Some(n) = &self.name {
             s.push_str(&format!(" \"{n}\""));
         }
@@ -164,6 +169,12 @@ impl Loop {
     pub fn consequence(&self) -> String {
         let p = self.port();
         let a = self.socket.local;
+        if self.socket.state == state::CLOSE {
+            return format!(
+                "port {p} is held until the owner closes this socket (the connection was \
+                 aborted, the socket is still open): a server binding {a} gets EADDRINUSE"
+            );
+        }
         match self.held_for() {
             Some(d) => format!(
                 "port {p} is held for at most {} s more (TIME-WAIT of a closed loop): \
@@ -212,6 +223,9 @@ pub struct ScanReport {
     /// Processes whose namespace could not be read (`all_netns`): their
     /// namespaces may be missing from both lists.
     pub netns_unreadable_pids: u64,
+    /// Namespaces whose process exited between listing and entering
+    /// (`all_netns`): not an error, and not scanned.
+    pub netns_vanished: u64,
 }
 
 /// Why a scan failed.
@@ -266,8 +280,26 @@ struct NsDump {
     fallback: Option<String>,
 }
 
-/// Reads the socket table of the calling *thread's* namespace.
+/// Reads the socket table of the calling *thread's* namespace. A table
+/// that changes during the read can show a socket twice (both the netlink
+/// dump and the /proc file resume by position): loops are deduplicated.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
+    let netlink = |f: &mut dyn FnMut(&DiagSocket)| diag::dump_all(diag::ALL_STATES, f);
+    let mut d = dump_with(source, port, netlink, Path::new(procnet::THREAD_NET))?;
+    d.loops
+        .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
+    d.loops.dedup();
+    Ok(d)
+}
+
+/// The choice between the sources: `netlink` is the sock_diag dump,
+/// `proc_dir` the `net` directory holding `tcp` and `tcp6`.
+fn dump_with(
+    source: Source,
+    port: Option<u16>,
+    netlink: impl FnOnce(&mut dyn FnMut(&DiagSocket)) -> Result<(), DiagError>,
+    proc_dir: &Path,
+) -> Result<NsDump, ScanError> {
     let mut loops = vec![];
     let mut seen = 0u64;
     let mut keep = |s: &DiagSocket| {
@@ -279,7 +311,7 @@ fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
     let netlink_err = if source == Source::Proc {
         None
     } else {
-        match diag::dump_all(diag::ALL_STATES, &mut keep) {
+        match netlink(&mut keep) {
             Ok(()) => {
                 return Ok(NsDump {
                     loops,
@@ -295,7 +327,7 @@ fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
     // netlink failed part-way, or was not wanted: start over from /proc
     loops.clear();
     seen = 0;
-    let dir = Path::new(procnet::THREAD_NET);
+    let dir = proc_dir;
     let mut keep = |s: &DiagSocket| {
         seen += 1;
         if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
@@ -343,6 +375,7 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         namespaces: vec![],
         skipped: vec![],
         netns_unreadable_pids: 0,
+        netns_vanished: 0,
     };
     let mut found: Vec<(NetnsLabel, NsDump)> = vec![];
     if opts.all_netns {
@@ -355,6 +388,12 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
                 None => dump_here(opts.source, opts.port),
                 Some(p) => match netns::run_in(p, || dump_here(opts.source, opts.port)) {
                     Ok(r) => r,
+                    Err(NetnsError::Open { source, .. })
+                        if source.raw_os_error() == Some(libc::ENOENT) =>
+                    {
+                        report.netns_vanished += 1;
+                        continue;
+                    }
                     Err(e) => {
                         report.skipped.push(Skipped {
                             netns: l,
@@ -375,10 +414,11 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
             }
         }
     } else {
+        let pid = std::process::id();
         let l = NetnsLabel {
             inode: own,
-            pid: Some(std::process::id()),
-            comm: None,
+            pid: Some(pid),
+            comm: Proc::open().ok().and_then(|p| p.comm(pid)),
             name: None,
             path: None,
         };
@@ -466,6 +506,10 @@ pub enum Killed {
     NotALoop,
     /// Destroyed, yet still in the socket table right after.
     StillThere,
+    /// Nothing left to destroy: the connection was already aborted (state
+    /// CLOSE) but its owner still has the socket open, bound to the port;
+    /// only closing it releases the port.
+    AlreadyAborted,
 }
 
 /// Why a kill failed.
@@ -473,9 +517,9 @@ pub enum Killed {
 pub enum KillError {
     /// `SOCK_DESTROY` answered EPERM.
     #[error(
-        "SOCK_DESTROY was refused (EPERM): destroying a socket needs CAP_NET_ADMIN over the \
-         network namespace {0} (its owning user namespace); run as root, or as root of the \
-         user namespace that owns the network namespace"
+        "SOCK_DESTROY was refused (EPERM): destroying a socket needs CAP_NET_ADMIN in the user \
+         namespace that owns network namespace {0}; run as root (or as root of that user \
+         namespace)"
     )]
     Denied(String),
     /// The kernel lacks `CONFIG_INET_DIAG_DESTROY`.
@@ -498,6 +542,9 @@ pub enum KillError {
 pub fn kill(l: &Loop) -> Result<Killed, KillError> {
     if !is_loop_socket(&l.socket) {
         return Ok(Killed::NotALoop);
+    }
+    if l.socket.state == state::CLOSE {
+        return Ok(Killed::AlreadyAborted);
     }
     let ns = l.netns.describe();
     match &l.netns.path {
@@ -649,7 +696,58 @@ mod tests {
         l.socket.expires_ms = 59_200;
         assert_eq!(l.held_for(), Some(Duration::from_millis(59_200)));
         assert!(l.consequence().contains("at most 59 s more"));
-        assert_eq!(ns.describe(), "net:[1] (pid 5 a)");
+        assert_eq!(ns.describe(), "net:[1] (the current one)");
+        let other = NetnsLabel {
+            path: Some("/proc/5/ns/net".into()),
+            name: Some("blue".into()),
+            ..ns
+        };
+        assert_eq!(other.describe(), "net:[1] \"blue\" (pid 5 a)");
+    }
+
+    #[test]
+    #[cfg(target_endian = "little")]
+    fn netlink_failing_falls_back_to_proc_and_says_why() {
+        let dir = std::env::temp_dir().join(format!("tcploop-scan-fb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("tcp"),
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+             0: 0100007F:9C44 0100007F:9C44 01 00000000:00000000 00:00000000 00000000  1000        0 555 1 0 20 4 30 10 -1\n\
+             1: 0100007F:9C48 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 556 1 0 20 4 30 10 -1\n",
+        )
+        .unwrap();
+        // no tcp6: IPv6 off, an empty table
+        let refused = || DiagError::Socket(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT));
+        // netlink fails after a partial dump: its rows are dropped, /proc is read
+        let partial = |f: &mut dyn FnMut(&DiagSocket)| {
+            f(&sock(
+                "127.0.0.1:40010",
+                "127.0.0.1:40010",
+                state::ESTABLISHED,
+            ));
+            Err(refused())
+        };
+        let d = dump_with(Source::Auto, None, partial, &dir).unwrap();
+        assert_eq!(d.used, SourceUsed::Proc);
+        assert_eq!(d.seen, 2);
+        assert_eq!(d.loops.len(), 1);
+        assert_eq!(d.loops[0].local.port(), 40004);
+        assert!(d.fallback.unwrap().contains("Protocol not supported"));
+        // forced netlink: the error, no fallback
+        let fail = |_: &mut dyn FnMut(&DiagSocket)| Err(refused());
+        assert!(matches!(
+            dump_with(Source::Netlink, None, fail, &dir),
+            Err(ScanError::Netlink(_))
+        ));
+        // forced /proc: netlink is not even tried
+        let untouched = |_: &mut dyn FnMut(&DiagSocket)| -> Result<(), DiagError> { panic!() };
+        let d = dump_with(Source::Proc, Some(40004), untouched, &dir).unwrap();
+        assert_eq!((d.loops.len(), d.fallback), (1, None));
+        // both failing: both errors, named
+        let e = dump_with(Source::Auto, None, fail, &dir.join("missing")).unwrap_err();
+        assert!(matches!(e, ScanError::Both { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -81,9 +81,21 @@ pub fn scenario_out() -> Option<PathBuf> {
 /// `check::scenario_bind_held`) of this binary inside a sandbox with port
 /// range `range` (and reserved ports), and returns what it wrote.
 pub fn scenario(range: &str, reserve: Option<&str>, name: &str) -> String {
+    scenario_with(range, reserve, name, &[])
+}
+
+/// [`scenario`] with extra environment variables for the child.
+pub fn scenario_with(
+    range: &str,
+    reserve: Option<&str>,
+    name: &str,
+    envs: &[(&str, &str)],
+) -> String {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "tcploop-scenario-{}-{}",
+        "tcploop-scenario-{}-{}-{}",
         std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         name.replace("::", "-")
     ));
     let _ = std::fs::remove_file(&dir);
@@ -101,7 +113,8 @@ pub fn scenario(range: &str, reserve: Option<&str>, name: &str) -> String {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(SCENARIO_ENV, &dir);
+        .env(SCENARIO_ENV, &dir)
+        .envs(envs.iter().copied());
     let o = output(&mut c);
     assert!(
         o.status.success(),
@@ -119,4 +132,17 @@ pub fn scenario(range: &str, reserve: Option<&str>, name: &str) -> String {
 pub fn as_nobody(c: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     c.uid(65534).gid(65534)
+}
+
+/// Sends `sig` (e.g. `libc::SIGINT`) to process `pid`.
+#[allow(unsafe_code)]
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid and a signal number; no memory involved.
+    let r = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -30,7 +30,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Ports or ranges: 40004, 40000-40010, 80,443
-    #[arg(required = true, value_name = "PORT")]
+    #[arg(required = true, value_name = "PORT", allow_negative_numbers = true)]
     pub ports: Vec<String>,
     /// Destination address or name
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]

@@ -40,7 +40,7 @@ Examples:
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Destination port: a closed port of this host
-    #[arg(value_parser = super::parse_port)]
+    #[arg(value_parser = super::parse_port, allow_negative_numbers = true)]
     pub port: u16,
     /// Destination address or name (IPv4, IPv6)
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
@@ -191,6 +191,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         max_tries: (args.max_tries > 0).then_some(args.max_tries),
         timeout: args.timeout,
         reuseaddr: args.reuseaddr,
+        sample_port: false,
     };
     super::catch_interrupts();
     let progress = Progress::default();
@@ -200,6 +201,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Style::Live
     } else {
         Style::Dots
+    };
+    let cfg = Config {
+        sample_port: style == Style::Live,
+        ..cfg
     };
     if style != Style::None {
         write!(out, "Trying to connect...")?;
@@ -219,8 +224,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         ..ResultLine::default()
     };
     let summary = format!(
-        "in {:.3} s ({} tries/s)",
-        report.elapsed.as_secs_f64(),
+        "in {} ({} tries/s)",
+        report::duration(report.elapsed),
         report::thousands(report.rate().round() as u64)
     );
     match report.outcome {
@@ -228,7 +233,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             let echo = echo_back(&sock);
             let stolen = port_stolen(target);
             if human {
-                writeln!(out, "Connected after {} tries", report.tries)?;
+                writeln!(
+                    out,
+                    "Connected after {}",
+                    report::count(report.tries, "try", "tries")
+                )?;
                 writeln!(
                     out,
                     "  local {}  peer {}  {summary}",
@@ -293,7 +302,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Outcome::Listener(sock) => {
             repro::release(sock, true);
             if human {
-                writeln!(out, "Connected after {} tries", report.tries)?;
+                writeln!(
+                    out,
+                    "Connected after {}",
+                    report::count(report.tries, "try", "tries")
+                )?;
                 writeln!(
                     out,
                     "  local {}  peer {}  {summary}",
@@ -326,8 +339,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             if human {
                 writeln!(
                     out,
-                    "Gave up after {} tries {summary}: {why} was reached without a loop.",
-                    report.tries
+                    "Gave up after {} {summary}: {why} was reached without a loop.",
+                    report::count(report.tries, "try", "tries")
                 )?;
             } else {
                 report::json_line(
@@ -343,7 +356,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
         Outcome::Interrupted => {
             if human {
-                writeln!(out, "Interrupted after {} tries {summary}.", report.tries)?;
+                writeln!(
+                    out,
+                    "Interrupted after {} {summary}.",
+                    report::count(report.tries, "try", "tries")
+                )?;
             } else {
                 report::json_line(
                     out,
@@ -463,7 +480,11 @@ fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
     let hint = format!("(`ss -tnp 'sport = :{port}'` or `lsof -i :{port}` show it now)");
     if let Some(d) = args.hold {
         if human {
-            writeln!(out, "Holding the loop for {:?} {hint}...", d)?;
+            writeln!(
+                out,
+                "Holding the loop for {} {hint}...",
+                report::duration(d)
+            )?;
             out.flush()?;
         }
         let end = Instant::now() + d;

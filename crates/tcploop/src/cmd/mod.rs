@@ -9,6 +9,7 @@ use crate::exit::Exit;
 
 pub mod audit;
 pub mod check;
+pub mod completions;
 pub mod connect;
 pub mod demo;
 pub mod free_port;
@@ -35,6 +36,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::FreePort(a) => free_port::run(a, &mut out),
         Command::Run(a) => run::run(a, &mut out),
         Command::Sandbox(a) => sandbox::run(a),
+        Command::Completions(a) => completions::run(a, &mut out),
     }?;
     out.flush()?;
     Ok(code)

@@ -9,13 +9,13 @@
 //!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}`;
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
 //! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`);
-//! - `kill_failed`: the same fields plus `"error": string`;
+//! - `kill_failed`: the same fields plus `"error": string` (said once a loop; not retried);
 //! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
 //! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
 //! - `owner_error`: `{"time", "error": string}` (the owner lookup failed; the loop is reported without);
 //! - `watch_stopped`: `{"time", "scans": 10, "scan_errors": 0, "loops_seen": 1, "kills": 0}`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
 use tcploop::report;
 use tcploop::scan::Killed;
 use tcploop::sys::diag::state;
-use tcploop::watch::{self, Change, Tracked, Tracker};
+use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 
 use crate::exit::Exit;
 
@@ -270,6 +270,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
 
     let mut tracker = Tracker::new();
     let mut scanner = watch::Scanner::new();
+    let mut given_up: HashSet<LoopKey> = HashSet::new();
     let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
     let mut next = Instant::now();
     while !super::interrupted() {
@@ -303,27 +304,37 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 if let Some(after) = args.kill_after {
                     let now = Instant::now();
                     for t in tracker.due(now, after) {
+                        let key = LoopKey::of(&t.sock);
+                        if given_up.contains(&key) {
+                            continue;
+                        }
                         let seen = Some(now.saturating_duration_since(t.since));
-                        match watch::kill(&t.sock) {
+                        let failure = match watch::kill(&t.sock) {
                             Ok(Killed::Destroyed { .. }) => {
                                 kills += 1;
                                 metrics.record_kill(true);
                                 tracker.forget(&t.sock);
                                 log.loop_event("loop_killed", &t, seen, None)?;
+                                None
                             }
-                            Ok(Killed::Gone | Killed::NotALoop) => {
-                                // closed by its owner meanwhile: the next
-                                // scan reports it gone
-                            }
+                            // closed by its owner meanwhile: the next scan
+                            // reports it gone
+                            Ok(Killed::Gone | Killed::NotALoop) => None,
                             Ok(Killed::StillThere) => {
-                                metrics.record_kill(false);
-                                let e = "destroyed, yet still in the socket table".to_string();
-                                log.loop_event("kill_failed", &t, seen, Some(e))?;
+                                Some("destroyed, yet still in the socket table".to_string())
                             }
-                            Err(e) => {
-                                metrics.record_kill(false);
-                                log.loop_event("kill_failed", &t, seen, Some(e.to_string()))?;
-                            }
+                            Ok(Killed::AlreadyAborted) => Some(
+                                "already aborted; its owner still has the socket open, bound to \
+                                 the port: only closing it releases the port"
+                                    .to_string(),
+                            ),
+                            Err(e) => Some(e.to_string()),
+                        };
+                        if let Some(e) = failure {
+                            // said once, not retried every scan
+                            given_up.insert(key);
+                            metrics.record_kill(false);
+                            log.loop_event("kill_failed", &t, seen, Some(e))?;
                         }
                     }
                 }

@@ -44,6 +44,23 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// A duration for people: `840 µs`, `12.3 ms`, `1.52 s`.
+pub fn duration(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1e-3 {
+        format!("{:.0} µs", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.1} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+/// `1 try`, `2 tries`: a count with its noun, in English.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -52,5 +69,15 @@ mod tests {
         assert_eq!(super::thousands(999), "999");
         assert_eq!(super::thousands(1000), "1,000");
         assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn durations_and_counts() {
+        use std::time::Duration;
+        assert_eq!(super::duration(Duration::from_micros(840)), "840 µs");
+        assert_eq!(super::duration(Duration::from_micros(12_340)), "12.3 ms");
+        assert_eq!(super::duration(Duration::from_millis(1520)), "1.52 s");
+        assert_eq!(super::count(1, "try", "tries"), "1 try");
+        assert_eq!(super::count(1200, "try", "tries"), "1,200 tries");
     }
 }

@@ -5,7 +5,7 @@
 //! Written by hand on `libc` rather than with `netlink-packet-sock-diag`:
 //! the request and the records have a fixed layout (a 72-byte request,
 //! 88-byte records when no extension is asked for), the crate's state flags
-//! leave out states 12 and 13 (13, `TCP_BOUND_INACTIVE`, is how Linux 6.9+
+//! leave out states 12 and 13 (13, `TCP_BOUND_INACTIVE`, is how Linux 6.8+
 //! dumps sockets that are bound but neither listening nor connected, which
 //! the predictor needs) and its example receive loop drops `NLMSG_ERROR`.
 //! The parser is pure and tested on annotated byte fixtures below.
@@ -44,7 +44,7 @@ pub mod state {
     pub const LISTEN: u8 = 10;
     pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
-    /// Bound by `bind()` but neither listening nor connected (Linux 6.9+).
+    /// Bound by `bind()` but neither listening nor connected (Linux 6.8+).
     pub const BOUND_INACTIVE: u8 = 13;
 
     /// The name `ss` prints for a state.
