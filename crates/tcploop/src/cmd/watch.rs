@@ -290,6 +290,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     }
                 };
                 let changes = tracker.observe(t0, &snap.loops, &owners);
+                given_up.retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
                 let mut appeared = vec![];
                 for c in &changes {
                     match c {
