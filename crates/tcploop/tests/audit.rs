@@ -492,3 +492,101 @@ fn watch_rejects_bad_arguments() {
     let lines = json_lines(&o);
     assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
 }
+
+/// A child process killed when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asks the Prometheus server at `addr` for `query`; the first sample's
+/// value, if any.
+fn prom_query(addr: &str, query: &str) -> Option<String> {
+    let o = output(std::process::Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{addr}/api/v1/query"),
+        "--data-urlencode",
+        &format!("query={query}"),
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Polls `query` until it reads `want` (bounded).
+fn prom_until(addr: &str, query: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prom_query(addr, query).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never read {query} = {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_prometheus_server_scraping_watch_sees_the_loop_come_and_go() {
+    assert_eq!(
+        scenario("40000-40009", None, "audit::scenario_prometheus_server"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from a_prometheus_server_scraping_watch_sees_the_loop_come_and_go"]
+fn scenario_prometheus_server() {
+    let Some(out) = scenario_out() else { return };
+    let dir = out.with_extension("prom.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "200ms",
+        "--prometheus",
+        "127.0.0.1:9977",
+    ]);
+    wait_for(&rx, "watch_started");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n\
+         scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+    )
+    .unwrap();
+    let web = "127.0.0.1:9090";
+    let prometheus = Reaped(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus) must be installed"),
+    );
+    // scraped and stored: the gauge reads 0 before any loop
+    prom_until(web, "tcploop_loops_present", "0");
+    let looped = make_loop("127.0.0.1", 40004);
+    prom_until(web, "tcploop_loops_present", "1");
+    prom_until(web, "tcploop_loops{port=\"40004\"}", "1");
+    let report = tcploop::scan::scan(&tcploop::scan::ScanOptions::default()).unwrap();
+    tcploop::scan::kill(&report.loops[0]).unwrap();
+    prom_until(web, "tcploop_loops{port=\"40004\"}", "0");
+    drop(looped);
+    drop(prometheus);
+    std::fs::write(out, "ok").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
