@@ -3,7 +3,9 @@
 //!
 //! The metrics are kept and encoded by `prometheus-client` (the Prometheus
 //! organisation's crate) in the OpenMetrics text format, which Prometheus
-//! scrapes and node_exporter's textfile collector reads:
+//! asks for when it scrapes; [`to_prometheus_text`] derives the classic text
+//! format from it, for node_exporter's textfile collector, `promtool check
+//! metrics` and any client that does not ask for OpenMetrics:
 //!
 //! | metric | type | meaning |
 //! | --- | --- | --- |
