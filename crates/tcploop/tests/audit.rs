@@ -491,6 +491,29 @@ fn watch_rejects_bad_arguments() {
     assert_eq!(o.status.code(), Some(0));
     let lines = json_lines(&o);
     assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
+    // an output that cannot be written is logged, each time, and not fatal
+    let o = output(&mut sandboxed(
+        "40000-40009",
+        &[
+            "watch",
+            "--count",
+            "2",
+            "--interval",
+            "50ms",
+            "--json",
+            "--textfile",
+            "/nonexistent/dir/tcploop.prom",
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    let lines = json_lines(&o);
+    let errors = of_type(&lines, "output_error");
+    assert_eq!(errors.len(), 2, "{lines:?}");
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/dir/tcploop.prom"));
+    assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
 }
 
 /// A child process killed when the test ends, however it ends.
