@@ -46,6 +46,7 @@ pub enum Command {
     /// Destroy self-connected sockets (SOCK_DESTROY) so their ports are free
     Kill(cmd::kill::Args),
     /// Show a loop happen, packet by packet, in a throwaway namespace
+    #[command(after_help = cmd::demo::AFTER_HELP)]
     Demo(cmd::demo::Args),
     /// Audit exposed service ports and apply the kernel fix (reserved ports)
     #[command(after_help = cmd::audit::AFTER_HELP)]

@@ -15,6 +15,7 @@
 //! - [`predict`]: can a `connect()` to host:port loop here, and after how many tries;
 //! - [`repro`]: the reproducer (the article's program, done right);
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
+//! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
 //! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`audit`]: exposed services and the reserved-ports fix;
@@ -27,6 +28,7 @@
 //! does that.
 
 pub mod audit;
+pub mod demo;
 pub mod freeport;
 pub mod host;
 pub mod inventory;

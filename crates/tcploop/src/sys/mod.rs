@@ -6,6 +6,7 @@
 //! - [`procsys`]: `/proc/sys` (ephemeral port range, reserved ports, kernel release);
 //! - [`ns`]: `unshare(2)`, user-namespace id maps, bringing `lo` up;
 //! - [`diag`]: the `NETLINK_SOCK_DIAG` socket dump (`sock_diag(7)`);
+//! - [`packet`]: `AF_PACKET` capture on one interface (`packet(7)`);
 //! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`);
 //! - [`procnet`]: `/proc/net/tcp` and `tcp6`, the fallback socket table;
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
@@ -17,6 +18,7 @@ pub mod diag;
 pub mod ifaddrs;
 pub mod netns;
 pub mod ns;
+pub mod packet;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;
