@@ -21,7 +21,9 @@ fn hammer(port: u16, tries: u32) -> u32 {
 
 fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>) {
     let o = output(&mut common::tcploop(args));
-    (json_lines(&o), o.status.code())
+    let lines = json_lines(&o);
+    lines.iter().for_each(schema::check);
+    (lines, o.status.code())
 }
 
 #[test]
@@ -242,6 +244,7 @@ fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
             let Ok(line) = line else { break };
             let v: serde_json::Value =
                 serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+            schema::check(&v);
             if tx.send(v).is_err() {
                 break;
             }
@@ -507,6 +510,7 @@ fn watch_rejects_bad_arguments() {
     ));
     assert_eq!(o.status.code(), Some(0));
     let lines = json_lines(&o);
+    lines.iter().for_each(schema::check);
     let errors = of_type(&lines, "output_error");
     assert_eq!(errors.len(), 2, "{lines:?}");
     assert!(errors[0]["error"]
@@ -612,4 +616,148 @@ fn scenario_prometheus_server() {
     drop(prometheus);
     std::fs::write(out, "ok").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The JSON Lines contract of `audit` and `watch`: every line's `data`
+/// deserializes into these, with no unknown field (see the README's JSON
+/// section and the rustdoc of cmd/audit.rs and cmd/watch.rs).
+mod schema {
+    #![allow(dead_code)]
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Owner {
+        pid: u32,
+        command: String,
+        fd: i32,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Listener {
+        addr: String,
+        inode: u32,
+        uid: u32,
+        owners: Vec<Owner>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WhenDown {
+        verdict: String,
+        reasons: Vec<String>,
+        expected_tries: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Port {
+        port: u16,
+        status: String,
+        configured: bool,
+        listening: Vec<Listener>,
+        host: String,
+        when_down: WhenDown,
+        advice: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Loop {
+        local: String,
+        state: String,
+        inode: u32,
+        owners: Vec<Owner>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fix {
+        key: String,
+        current: String,
+        add: String,
+        value: String,
+        needed: bool,
+        command: String,
+        sysctl_d: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Applied {
+        value: String,
+        file: Option<String>,
+        file_written: bool,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Summary {
+        kernel: String,
+        range: String,
+        reserved: String,
+        exposed: u64,
+        loops: u64,
+        owners_unknown: u64,
+        processes_unreadable: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Started {
+        time: String,
+        interval_s: f64,
+        prometheus: Option<String>,
+        textfile: Option<String>,
+        kill_after_s: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LoopEvent {
+        time: String,
+        local: String,
+        state: String,
+        inode: u32,
+        cookie: u64,
+        owners: Vec<Owner>,
+        #[serde(default)]
+        seen_s: Option<f64>,
+        #[serde(default)]
+        error: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ErrorEvent {
+        time: String,
+        error: String,
+        #[serde(default)]
+        errors_total: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Stopped {
+        time: String,
+        scans: u64,
+        scan_errors: u64,
+        loops_seen: u64,
+        kills: u64,
+    }
+
+    fn parse<T: for<'a> Deserialize<'a>>(ty: &str, d: &serde_json::Value) {
+        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
+            panic!("{ty} line off its schema: {e}: {d}");
+        }
+    }
+
+    /// Checks one `{"type", "data"}` line.
+    pub fn check(line: &serde_json::Value) {
+        let d = &line["data"];
+        match line["type"].as_str().expect("a type") {
+            t @ "port" => parse::<Port>(t, d),
+            t @ "loop" => parse::<Loop>(t, d),
+            t @ "fix" => parse::<Fix>(t, d),
+            t @ "applied" => parse::<Applied>(t, d),
+            t @ "summary" => parse::<Summary>(t, d),
+            t @ "watch_started" => parse::<Started>(t, d),
+            t @ ("loop_appeared" | "loop_gone" | "loop_killed" | "kill_failed") => {
+                parse::<LoopEvent>(t, d)
+            }
+            t @ ("scan_error" | "owner_error" | "output_error") => parse::<ErrorEvent>(t, d),
+            t @ "watch_stopped" => parse::<Stopped>(t, d),
+            other => panic!("unknown line type {other}: {line}"),
+        }
+    }
 }
