@@ -257,6 +257,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             };
             anyhow::anyhow!("applying the fix: {e}{hint}")
         })?;
+        let wrote = fin.fix.needed();
         let mut file_written = false;
         if args.persist {
             let text = audit::Fix::new(&got, &PortSet::default()).sysctl_d();
@@ -277,7 +278,16 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             )?;
         } else {
             writeln!(out)?;
-            writeln!(out, "Applied: {} = {}", audit::SYSCTL_KEY, or_none(&got))?;
+            if wrote {
+                writeln!(out, "Applied: {} = {}", audit::SYSCTL_KEY, or_none(&got))?;
+            } else {
+                writeln!(
+                    out,
+                    "Already applied: {} = {} (nothing written)",
+                    audit::SYSCTL_KEY,
+                    or_none(&got)
+                )?;
+            }
             if args.persist {
                 writeln!(
                     out,
@@ -290,13 +300,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     }
                 )?;
             }
-            writeln!(out, "After the fix:")?;
+            if wrote {
+                writeln!(out, "After the fix:")?;
+            }
         }
-        let r = Renderer {
-            json: args.json,
-            owners: &owners,
-        };
-        r.ports(out, &after)?;
+        if args.json || wrote {
+            let r = Renderer {
+                json: args.json,
+                owners: &owners,
+            };
+            r.ports(out, &after)?;
+        }
         fin = after;
     }
 
