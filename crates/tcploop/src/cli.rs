@@ -49,8 +49,10 @@ pub enum Command {
     #[command(after_help = cmd::demo::AFTER_HELP)]
     Demo(cmd::demo::Args),
     /// Audit exposed service ports and apply the kernel fix (reserved ports)
+    #[command(after_help = cmd::audit::AFTER_HELP)]
     Audit(cmd::audit::Args),
     /// Watch for loops continuously; serve Prometheus metrics
+    #[command(after_help = cmd::watch::AFTER_HELP)]
     Watch(cmd::watch::Args),
     /// Print ports a test server can listen on without any risk of a loop
     FreePort(cmd::free_port::Args),

@@ -19,6 +19,8 @@
 //! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
 //! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
+//! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
 //! - [`sys`]: the only module that talks to the kernel.
@@ -26,10 +28,12 @@
 //! The library never reads argv, prints to the terminal or exits: the binary
 //! does that.
 
+pub mod audit;
 pub mod demo;
 pub mod freeport;
 pub mod host;
 pub mod inventory;
+pub mod metrics;
 pub mod owners;
 pub mod ports;
 pub mod predict;
@@ -40,5 +44,6 @@ pub mod sandbox;
 pub mod scan;
 pub mod survey;
 pub mod sys;
+pub mod watch;
 
 pub use tcploop_guard::is_loop;

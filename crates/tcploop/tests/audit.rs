@@ -1,1 +1,763 @@
-//! Integration tests of `tcploop audit`.
+//! Integration tests of `tcploop audit`, each in a namespace of its own.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+
+use crate::common::{self, json_lines, of_type, output, sandboxed, scenario, scenario_out, stdout};
+
+/// Plain `connect()`s to 127.0.0.1:port, `tries` times (a client that keeps
+/// reconnecting to a service that is down); returns how many looped.
+fn hammer(port: u16, tries: u32) -> u32 {
+    let dest: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut loops = 0;
+    for _ in 0..tries {
+        if let Ok(s) = TcpStream::connect(dest) {
+            if s.local_addr().ok() == Some(dest) {
+                loops += 1;
+            }
+        }
+    }
+    loops
+}
+
+fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>) {
+    let o = output(&mut common::tcploop(args));
+    let lines = json_lines(&o);
+    lines.iter().for_each(schema::check);
+    (lines, o.status.code())
+}
+
+#[test]
+fn a_listener_on_an_exposed_port_is_reported_with_its_pid() {
+    assert_eq!(
+        scenario("40000-40009", None, "audit::scenario_listener_reported"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from a_listener_on_an_exposed_port_is_reported_with_its_pid"]
+fn scenario_listener_reported() {
+    let Some(out) = scenario_out() else { return };
+    let _l = TcpListener::bind("0.0.0.0:40004").unwrap();
+    let _odd = TcpListener::bind("[::1]:40007").unwrap();
+    let _outside = TcpListener::bind("127.0.0.1:39000").unwrap();
+    let (lines, code) = audit_json(&["audit", "--json", "--ports", "40002"]);
+    assert_eq!(code, Some(1), "exposed ports: exit 1");
+    let ports = of_type(&lines, "port");
+    let nums: Vec<u64> = ports.iter().map(|p| p["port"].as_u64().unwrap()).collect();
+    assert_eq!(nums, [40002, 40004, 40007], "{lines:?}");
+    let p = &ports[1];
+    assert_eq!(p["status"], "exposed");
+    assert_eq!(p["when_down"]["verdict"], "possible");
+    // while it is down: the even candidates 40000..40008, all 5 free
+    assert_eq!(p["when_down"]["expected_tries"], 5.0);
+    let owners = &p["listening"][0]["owners"];
+    assert!(
+        owners
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["pid"] == std::process::id()),
+        "our pid {} among the owners: {owners}",
+        std::process::id()
+    );
+    assert_eq!(ports[0]["configured"], true);
+    assert_eq!(ports[0]["listening"].as_array().unwrap().len(), 0);
+    assert_eq!(ports[2]["when_down"]["verdict"], "impossible", "odd port");
+    let fix = &of_type(&lines, "fix")[0];
+    assert_eq!(fix["value"], "40002,40004,40007");
+    std::fs::write(out, "ok").unwrap();
+}
+
+#[test]
+fn apply_reserves_the_port_and_then_clients_never_loop_while_a_control_port_does() {
+    assert_eq!(
+        scenario("40000-40009", Some("50000"), "audit::scenario_apply"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from apply_reserves_the_port_..."]
+fn scenario_apply() {
+    let Some(out) = scenario_out() else { return };
+    let service = TcpListener::bind("127.0.0.1:40004").unwrap();
+    let file = out.with_extension("conf");
+    let file_s = file.to_str().unwrap();
+    let (lines, code) = audit_json(&[
+        "audit",
+        "--json",
+        "--apply",
+        "--persist",
+        "--sysctl-file",
+        file_s,
+    ]);
+    assert_eq!(code, Some(0), "fixed: nothing exposed any more: {lines:?}");
+    let applied = &of_type(&lines, "applied")[0];
+    assert_eq!(
+        applied["value"], "40004,50000",
+        "the existing 50000 is kept"
+    );
+    assert_eq!(applied["file_written"], true);
+    let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap();
+    assert_eq!(reserved.trim(), "40004,50000");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("\nnet.ipv4.ip_local_reserved_ports = 40004,50000\n"),
+        "{text}"
+    );
+    // the port lines after the fix: the predictor says impossible
+    let after: Vec<_> = of_type(&lines, "port")
+        .into_iter()
+        .filter(|p| p["status"] == "reserved")
+        .collect();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["when_down"]["verdict"], "impossible");
+
+    // idempotent: again, nothing changes and the file is not rewritten
+    let (lines, code) = audit_json(&[
+        "audit",
+        "--json",
+        "--apply",
+        "--persist",
+        "--sysctl-file",
+        file_s,
+    ]);
+    assert_eq!(code, Some(0));
+    assert_eq!(of_type(&lines, "fix")[0]["needed"], false);
+    assert_eq!(of_type(&lines, "applied")[0]["file_written"], false);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
+            .unwrap()
+            .trim(),
+        "40004,50000"
+    );
+
+    // The service goes down; its clients keep reconnecting. The reserved
+    // port never loops; the control port 40006, same parity, unreserved,
+    // loops (4 even candidates left: about 1 in 4 tries).
+    drop(service);
+    let reserved_loops = hammer(40004, 2000);
+    let control_loops = hammer(40006, 2000);
+    assert_eq!(reserved_loops, 0, "a reserved port looped");
+    assert!(
+        control_loops > 0,
+        "the control port never looped: the test proves nothing"
+    );
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(out, "ok").unwrap();
+}
+
+#[test]
+fn the_sysctl_d_text_is_what_sysctl_p_accepts() {
+    // In a sandbox with 50000 reserved: emit the file for 40004, load it
+    // with the real sysctl, read the kernel's value back.
+    let dir = std::env::temp_dir().join(format!("tcploop-audit-sysctl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("60-tcploop.conf");
+    let script = format!(
+        "set -e; {bin} audit --emit-sysctl --ports 40004 > {f}; sysctl -p {f}; \
+         echo reserved=$(cat /proc/sys/net/ipv4/ip_local_reserved_ports)",
+        bin = common::bin().display(),
+        f = f.display()
+    );
+    let o = output(
+        std::process::Command::new(common::bin())
+            .args([
+                "sandbox",
+                "--range",
+                "40000-40009",
+                "--reserve",
+                "50000",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg(&script),
+    );
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}{}", common::stderr(&o));
+    assert!(
+        text.contains("net.ipv4.ip_local_reserved_ports = 40004,50000\n"),
+        "{text}"
+    );
+    assert!(text.contains("reserved=40004,50000\n"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nothing_exposed_exits_0_and_bad_input_exits_2() {
+    let o = output(&mut sandboxed("40000-40009", &["audit", "--json"]));
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let lines = json_lines(&o);
+    assert_eq!(of_type(&lines, "summary")[0]["exposed"], 0);
+    assert_eq!(of_type(&lines, "fix")[0]["needed"], false);
+    for bad in [
+        &["audit", "--ports", "70000"][..],
+        &["audit", "--ports", "x"],
+        &["audit", "--persist"],
+    ] {
+        let o = output(&mut sandboxed("40000-40009", bad));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        let err = common::stderr(&o);
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // --ports-file: a missing file is a one-line error
+    let o = output(&mut sandboxed(
+        "40000-40009",
+        &["audit", "--ports-file", "/nonexistent/ports"],
+    ));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(common::stderr(&o).contains("/nonexistent/ports"));
+}
+
+// ---- tcploop watch ----
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+/// A background `tcploop watch`, killed if the test fails half-way (else it
+/// would outlive the scenario and hold its output pipes open).
+struct Watch(Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tcploop watch ARGS` in the background; its JSON lines arrive on the
+/// channel.
+fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
+    let mut child = common::tcploop(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcploop watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+            schema::check(&v);
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    (Watch(child), rx)
+}
+
+/// The next event of type `ty` (others are skipped), within 20 s.
+fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if v["type"] == ty => return v["data"].clone(),
+            Ok(_) => {}
+            Err(e) => panic!("no {ty} event from watch: {e}"),
+        }
+    }
+}
+
+/// Makes a loop to ip:port (bounded), as a plain client would.
+fn make_loop(ip: &str, port: u16) -> TcpStream {
+    let dest = SocketAddr::new(ip.parse().unwrap(), port);
+    for _ in 0..5000 {
+        if let Ok(s) = TcpStream::connect(dest) {
+            if s.local_addr().unwrap() == dest {
+                return s;
+            }
+        }
+    }
+    panic!("no loop to {dest} in 5000 tries");
+}
+
+/// GET /metrics with curl, optionally asking for OpenMetrics.
+fn scrape(addr: &str, openmetrics: bool) -> String {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-sS", "--max-time", "5"]);
+    if openmetrics {
+        c.args(["-H", "Accept: application/openmetrics-text;version=1.0.0"]);
+    }
+    let o = output(c.arg(format!("http://{addr}/metrics")));
+    assert!(o.status.success(), "curl: {}", common::stderr(&o));
+    stdout(&o)
+}
+
+/// Scrapes until the loop gauge for `port` reads `want` (bounded).
+fn scrape_until(addr: &str, port: u16, want: u32) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let prefix = format!("tcploop_loops{{port=\"{port}\",");
+    loop {
+        let text = scrape(addr, false);
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string);
+        if value.as_deref() == Some(&want.to_string()) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "gauge never read {want}: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `promtool check metrics` (the classic text format) on `text`.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut c = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        stdout(&o),
+        common::stderr(&o)
+    );
+}
+
+/// The OpenMetrics text through Prometheus's own OpenMetrics parser
+/// (`promtool tsdb create-blocks-from openmetrics`, which needs a timestamp
+/// on each sample: one is added).
+fn promtool_openmetrics(text: &str, dir: &std::path::Path) {
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let stamped: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with('#') {
+                format!("{l}\n")
+            } else {
+                format!("{l} 1700000000\n")
+            }
+        })
+        .collect();
+    let f = dir.join("metrics.om");
+    std::fs::write(&f, stamped).unwrap();
+    let o = output(
+        std::process::Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&f)
+            .arg(dir.join("blocks")),
+    );
+    assert!(
+        o.status.success(),
+        "OpenMetrics parse: {}{}\n{text}",
+        stdout(&o),
+        common::stderr(&o)
+    );
+}
+
+#[test]
+fn watch_reports_a_loop_and_its_disappearance_and_metrics_read_1_then_0() {
+    assert_eq!(scenario("40000-40009", None, "audit::scenario_watch"), "ok");
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from watch_reports_a_loop_..."]
+fn scenario_watch() {
+    let Some(out) = scenario_out() else { return };
+    let dir = out.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let textfile = dir.join("tcploop.prom");
+    let addr = "127.0.0.1:9977";
+    // an exposed listener, for the gauge; bound before the first scan (a
+    // dump is no atomic snapshot: a listener bound during it may be missed)
+    let _service = TcpListener::bind("127.0.0.1:40001").unwrap();
+    let (mut watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "100ms",
+        "--prometheus",
+        addr,
+        "--textfile",
+        textfile.to_str().unwrap(),
+    ]);
+    let started = wait_for(&rx, "watch_started");
+    assert_eq!(started["prometheus"], addr);
+
+    let looped = make_loop("127.0.0.1", 40004);
+    let ev = wait_for(&rx, "loop_appeared");
+    assert_eq!(ev["local"], "127.0.0.1:40004");
+    assert!(
+        ev["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["pid"] == std::process::id()),
+        "{ev}"
+    );
+    let text = scrape_until(addr, 40004, 1);
+    assert!(text.contains("\ntcploop_loops_present 1\n"), "{text}");
+    assert!(text.contains("\ntcploop_exposed_listeners 1\n"), "{text}");
+    promtool_check(&text);
+    promtool_openmetrics(&scrape(addr, true), &dir);
+    promtool_check(&std::fs::read_to_string(&textfile).unwrap());
+
+    // kill it the way `tcploop kill` does
+    let report = tcploop::scan::scan(&tcploop::scan::ScanOptions::default()).unwrap();
+    assert_eq!(report.loops.len(), 1);
+    let killed = tcploop::scan::kill(&report.loops[0]).unwrap();
+    assert!(
+        matches!(killed, tcploop::scan::Killed::Destroyed { .. }),
+        "{killed:?}"
+    );
+    let ev = wait_for(&rx, "loop_gone");
+    assert_eq!(ev["local"], "127.0.0.1:40004");
+    let text = scrape_until(addr, 40004, 0);
+    assert!(text.contains("\ntcploop_loops_present 0\n"), "{text}");
+    assert!(
+        text.contains("tcploop_loops_seen_total{port=\"40004\","),
+        "{text}"
+    );
+    promtool_check(&text);
+    drop(looped);
+
+    // SIGTERM: a clean stop, exit 0, a last line
+    let st = output(std::process::Command::new("kill").args(["-TERM", &watch.0.id().to_string()]));
+    assert!(st.status.success());
+    let stopped = wait_for(&rx, "watch_stopped");
+    assert!(stopped["scans"].as_u64().unwrap() >= 2);
+    assert_eq!(stopped["loops_seen"], 1);
+    assert_eq!(watch.0.wait().unwrap().code(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(out, "ok").unwrap();
+}
+
+#[test]
+fn watch_kill_after_destroys_a_loop_that_persists() {
+    assert_eq!(
+        scenario("40000-40009", None, "audit::scenario_watch_kill_after"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from watch_kill_after_destroys_a_loop_that_persists"]
+fn scenario_watch_kill_after() {
+    use std::io::Read;
+    let Some(out) = scenario_out() else { return };
+    let (watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "100ms",
+        "--kill-after",
+        "300ms",
+    ]);
+    wait_for(&rx, "watch_started");
+    // IPv6: the watch dumps both families in one request
+    let mut looped = make_loop("::1", 40006);
+    wait_for(&rx, "loop_appeared");
+    let ev = wait_for(&rx, "loop_killed");
+    assert_eq!(ev["local"], "[::1]:40006");
+    assert!(ev["seen_s"].as_f64().unwrap() >= 0.3, "{ev}");
+    // the owner learns it: ECONNABORTED
+    looped
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let err = looped.read(&mut [0u8; 8]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNABORTED), "{err}");
+    drop(watch);
+    std::fs::write(out, "ok").unwrap();
+}
+
+#[test]
+fn watch_rejects_bad_arguments() {
+    for bad in [
+        &["watch", "--interval", "0s", "--count", "1"][..],
+        &["watch", "--interval", "soon"],
+        &["watch", "--prometheus", "not-an-address", "--count", "1"],
+    ] {
+        let o = output(&mut sandboxed("40000-40009", bad));
+        assert_eq!(o.status.code(), Some(2), "{bad:?}: {}", stdout(&o));
+        assert!(!common::stderr(&o).contains("panicked"));
+    }
+    let o = output(&mut sandboxed(
+        "40000-40009",
+        &["watch", "--count", "2", "--interval", "50ms", "--json"],
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    let lines = json_lines(&o);
+    assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
+    // an output that cannot be written is logged, each time, and not fatal
+    let o = output(&mut sandboxed(
+        "40000-40009",
+        &[
+            "watch",
+            "--count",
+            "2",
+            "--interval",
+            "50ms",
+            "--json",
+            "--textfile",
+            "/nonexistent/dir/tcploop.prom",
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    let lines = json_lines(&o);
+    lines.iter().for_each(schema::check);
+    let errors = of_type(&lines, "output_error");
+    assert_eq!(errors.len(), 2, "{lines:?}");
+    assert!(errors[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("/nonexistent/dir/tcploop.prom"));
+    assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asks the Prometheus server at `addr` for `query`; the first sample's
+/// value, if any.
+fn prom_query(addr: &str, query: &str) -> Option<String> {
+    let o = output(std::process::Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "5",
+        &format!("http://{addr}/api/v1/query"),
+        "--data-urlencode",
+        &format!("query={query}"),
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Polls `query` until it reads `want` (bounded).
+fn prom_until(addr: &str, query: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while prom_query(addr, query).as_deref() != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never read {query} = {want}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_prometheus_server_scraping_watch_sees_the_loop_come_and_go() {
+    assert_eq!(
+        scenario("40000-40009", None, "audit::scenario_prometheus_server"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from a_prometheus_server_scraping_watch_sees_the_loop_come_and_go"]
+fn scenario_prometheus_server() {
+    let Some(out) = scenario_out() else { return };
+    let dir = out.with_extension("prom.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "200ms",
+        "--prometheus",
+        "127.0.0.1:9977",
+    ]);
+    wait_for(&rx, "watch_started");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n\
+         scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+    )
+    .unwrap();
+    let web = "127.0.0.1:9090";
+    let prometheus = Reaped(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus) must be installed"),
+    );
+    // scraped and stored: the gauge reads 0 before any loop
+    prom_until(web, "tcploop_loops_present", "0");
+    let looped = make_loop("127.0.0.1", 40004);
+    prom_until(web, "tcploop_loops_present", "1");
+    prom_until(web, "tcploop_loops{port=\"40004\"}", "1");
+    let report = tcploop::scan::scan(&tcploop::scan::ScanOptions::default()).unwrap();
+    tcploop::scan::kill(&report.loops[0]).unwrap();
+    prom_until(web, "tcploop_loops{port=\"40004\"}", "0");
+    drop(looped);
+    drop(prometheus);
+    std::fs::write(out, "ok").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The JSON Lines contract of `audit` and `watch`: every line's `data`
+/// deserializes into these, with no unknown field (see the README's JSON
+/// section and the rustdoc of cmd/audit.rs and cmd/watch.rs).
+mod schema {
+    #![allow(dead_code)]
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Owner {
+        pid: u32,
+        command: String,
+        fd: i32,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Listener {
+        addr: String,
+        inode: u32,
+        uid: u32,
+        owners: Vec<Owner>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WhenDown {
+        verdict: String,
+        reasons: Vec<String>,
+        expected_tries: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Port {
+        port: u16,
+        status: String,
+        configured: bool,
+        listening: Vec<Listener>,
+        host: String,
+        when_down: WhenDown,
+        advice: Vec<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Loop {
+        local: String,
+        state: String,
+        inode: u32,
+        owners: Vec<Owner>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fix {
+        key: String,
+        current: String,
+        add: String,
+        value: String,
+        needed: bool,
+        command: String,
+        sysctl_d: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Applied {
+        value: String,
+        file: Option<String>,
+        file_written: bool,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Summary {
+        kernel: String,
+        range: String,
+        reserved: String,
+        exposed: u64,
+        loops: u64,
+        owners_unknown: u64,
+        processes_unreadable: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Started {
+        time: String,
+        interval_s: f64,
+        prometheus: Option<String>,
+        textfile: Option<String>,
+        kill_after_s: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct LoopEvent {
+        time: String,
+        local: String,
+        state: String,
+        inode: u32,
+        cookie: u64,
+        owners: Vec<Owner>,
+        #[serde(default)]
+        seen_s: Option<f64>,
+        #[serde(default)]
+        error: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ErrorEvent {
+        time: String,
+        error: String,
+        #[serde(default)]
+        errors_total: Option<u64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Stopped {
+        time: String,
+        scans: u64,
+        scan_errors: u64,
+        loops_seen: u64,
+        kills: u64,
+    }
+
+    fn parse<T: for<'a> Deserialize<'a>>(ty: &str, d: &serde_json::Value) {
+        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
+            panic!("{ty} line off its schema: {e}: {d}");
+        }
+    }
+
+    /// Checks one `{"type", "data"}` line.
+    pub fn check(line: &serde_json::Value) {
+        let d = &line["data"];
+        match line["type"].as_str().expect("a type") {
+            t @ "port" => parse::<Port>(t, d),
+            t @ "loop" => parse::<Loop>(t, d),
+            t @ "fix" => parse::<Fix>(t, d),
+            t @ "applied" => parse::<Applied>(t, d),
+            t @ "summary" => parse::<Summary>(t, d),
+            t @ "watch_started" => parse::<Started>(t, d),
+            t @ ("loop_appeared" | "loop_gone" | "loop_killed" | "kill_failed") => {
+                parse::<LoopEvent>(t, d)
+            }
+            t @ ("scan_error" | "owner_error" | "output_error") => parse::<ErrorEvent>(t, d),
+            t @ "watch_stopped" => parse::<Stopped>(t, d),
+            other => panic!("unknown line type {other}: {line}"),
+        }
+    }
+}

@@ -1,14 +1,565 @@
-//! `tcploop audit`: not built yet.
+//! `tcploop audit`: which services of this network namespace are exposed to
+//! the TCP loop (listening, or configured, inside the ephemeral range and not
+//! reserved), what the predictor says for each while it is down, the loops
+//! present now, and the `net.ipv4.ip_local_reserved_ports` fix, printed,
+//! emitted as an /etc/sysctl.d file, or applied.
+//!
+//! JSON Lines (`--json`), in this order:
+//! - `port`, one per audited port:
+//!   `{"port": 40004, "status": "exposed"|"reserved"|"outside_range", "configured": bool,
+//!     "listening": [{"addr": "0.0.0.0:40004", "inode": 123, "uid": 0,
+//!                    "owners": [{"pid": 1, "command": "python3", "fd": 3}]}],
+//!     "host": "127.0.0.1", "when_down": {"verdict": "possible"|"impossible"|"listening"|"unknown",
+//!     "reasons": [string], "expected_tries": number|null}, "advice": [string]}`;
+//! - `loop`, one per self-connected socket present:
+//!   `{"local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123, "owners": [...]}`;
+//! - `fix`: `{"key": "net.ipv4.ip_local_reserved_ports", "current": "8080", "add": "40004",
+//!   "value": "8080,40004", "needed": bool, "command": "sysctl -w ...", "sysctl_d": string}`;
+//! - `applied` (with `--apply`): `{"value": "8080,40004", "file": "/etc/sysctl.d/60-tcploop.conf"|null,
+//!   "file_written": bool}`, then the `port` lines again as the predictor sees them after the fix;
+//! - `summary`: `{"kernel": "6.18.44", "range": "32768-60999", "reserved": "8080", "exposed": 1,
+//!   "loops": 0, "owners_unknown": 0, "processes_unreadable": 0}`.
 
 use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+use tcploop::audit::{self, Audit, Persisted, PortAudit, Status};
+use tcploop::owners::{self, Owners, Search};
+use tcploop::ports::PortSet;
+use tcploop::report;
+use tcploop::sys::diag::state;
 
 use crate::exit::Exit;
 
+pub const AFTER_HELP: &str = "\
+A service whose port lies in the ephemeral range (ip_local_port_range) and is
+not reserved is safe only while it listens: while it is down or restarting,
+its local clients may be handed that very port as their source port and
+connect to themselves, and the service then cannot bind it. The fix is
+net.ipv4.ip_local_reserved_ports: reserved ports are never handed out, and the
+service can still bind them. The value printed keeps every existing
+reservation and adds the exposed ports.
+
+Exit codes: 0 nothing exposed and no loop (after --apply: the state after the
+fix); 1 exposed ports or loops; 2 error. --emit-sysctl exits 0 once the file
+is printed.
+
+Examples:
+  tcploop audit                                   listeners in the range, and the fix
+  tcploop audit --ports 33333,40000-40010         also ports of services now down
+  tcploop audit --emit-sysctl > /etc/sysctl.d/60-tcploop.conf
+  sudo tcploop audit --apply --persist            reserve now and at every boot";
+
 /// Arguments of `tcploop audit`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Also audit these service ports, listening or not: 33333,40000-40010
+    #[arg(long, value_name = "LIST")]
+    pub ports: Vec<String>,
+    /// Also audit the ports listed in FILE (commas, spaces or lines; # comments)
+    #[arg(long, value_name = "FILE")]
+    pub ports_file: Option<PathBuf>,
+    /// Print only the /etc/sysctl.d file that applies the fix
+    #[arg(long, conflicts_with_all = ["apply", "json"])]
+    pub emit_sysctl: bool,
+    /// Write the fix to /proc/sys now (root, or CAP_NET_ADMIN over the namespace)
+    #[arg(long)]
+    pub apply: bool,
+    /// With --apply, also write the sysctl.d file so the fix survives a reboot
+    #[arg(long, requires = "apply")]
+    pub persist: bool,
+    /// The file --persist writes
+    #[arg(long, value_name = "PATH", default_value = audit::DEFAULT_SYSCTL_FILE)]
+    pub sysctl_file: PathBuf,
+    /// JSON Lines output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct OwnerOut {
+    pid: u32,
+    command: String,
+    fd: i32,
+}
+
+#[derive(Debug, Serialize)]
+struct ListenerOut {
+    addr: String,
+    inode: u32,
+    uid: u32,
+    owners: Vec<OwnerOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct WhenDown<'a> {
+    verdict: &'a str,
+    reasons: &'a [String],
+    expected_tries: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct PortLine<'a> {
+    port: u16,
+    status: &'a str,
+    configured: bool,
+    listening: Vec<ListenerOut>,
+    host: String,
+    when_down: WhenDown<'a>,
+    advice: &'a [String],
+}
+
+#[derive(Debug, Serialize)]
+struct LoopLine {
+    local: String,
+    state: &'static str,
+    inode: u32,
+    owners: Vec<OwnerOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct FixLine<'a> {
+    key: &'a str,
+    current: String,
+    add: String,
+    value: String,
+    needed: bool,
+    command: String,
+    sysctl_d: String,
+}
+
+#[derive(Debug, Serialize)]
+struct AppliedLine {
+    value: String,
+    file: Option<String>,
+    file_written: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct SummaryLine {
+    kernel: String,
+    range: String,
+    reserved: String,
+    exposed: usize,
+    loops: usize,
+    owners_unknown: u64,
+    processes_unreadable: u64,
+}
+
+/// Owners of the sockets the audit names, by inode.
+#[derive(Debug, Default)]
+struct Lookup {
+    found: Option<Owners>,
+    error: Option<String>,
+}
+
+impl Lookup {
+    fn of(&self, inode: u32) -> Vec<OwnerOut> {
+        self.found
+            .as_ref()
+            .map(|o| o.of(u64::from(inode)))
+            .unwrap_or_default()
+            .iter()
+            .map(|o| OwnerOut {
+                pid: o.pid,
+                command: o.comm.clone(),
+                fd: o.fd,
+            })
+            .collect()
+    }
+    fn unknown(&self, inodes: Vec<u32>) -> u64 {
+        let n = inodes.iter().filter(|i| **i != 0).count() as u64;
+        match &self.found {
+            Some(o) => o.unknown(inodes.into_iter().map(u64::from)),
+            None => n,
+        }
+    }
+    fn unreadable(&self) -> u64 {
+        self.found
+            .as_ref()
+            .map_or(0, |o| o.processes_denied + o.processes_failed)
+    }
+}
+
+/// One walk over /proc for the listeners and loops the audit names.
+fn lookup_owners(a: &Audit) -> Lookup {
+    let inodes: Vec<u64> = inodes(a).into_iter().map(u64::from).collect();
+    match owners::find_owners(inodes, Search::FirstOwner) {
+        Ok(o) => Lookup {
+            found: Some(o),
+            error: None,
+        },
+        Err(e) => Lookup {
+            found: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+fn inodes(a: &Audit) -> Vec<u32> {
+    a.ports
+        .iter()
+        .flat_map(|p| p.listeners.iter().map(|l| l.inode))
+        .chain(a.loops.iter().map(|l| l.inode))
+        .filter(|i| *i != 0)
+        .collect()
+}
 
 /// Runs the command.
-pub fn run(_args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
-    anyhow::bail!("`tcploop audit` is not available yet")
+pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let mut configured = PortSet::default();
+    for item in &args.ports {
+        let set = PortSet::parse(item).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(!set.is_empty(), "--ports: empty port list");
+        configured = configured.union(&set);
+    }
+    if let Some(path) = &args.ports_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the ports file {}", path.display()))?;
+        let set = audit::parse_ports_file(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        configured = configured.union(&set);
+    }
+    let a = audit::take(&configured).context("auditing this network namespace")?;
+
+    if args.emit_sysctl {
+        out.write_all(a.fix.sysctl_d().as_bytes())?;
+        return Ok(Exit::Ok);
+    }
+
+    let owners = lookup_owners(&a);
+    let r = Renderer {
+        json: args.json,
+        owners: &owners,
+    };
+    if !args.json {
+        writeln!(
+            out,
+            "Ephemeral range {} (plain connect() uses {} ports), reserved: {}",
+            a.facts.range,
+            a.facts.range.connect_parity(),
+            or_none(&a.facts.reserved)
+        )?;
+    }
+    r.ports(out, &a)?;
+    r.loops(out, &a)?;
+    r.fix(out, &a, args.apply)?;
+
+    let mut fin = a;
+    if args.apply {
+        let got = audit::apply(&fin.fix).map_err(|e| {
+            let hint = if e.is_permission() {
+                " (needs root, or CAP_NET_ADMIN over this network namespace)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("applying the fix: {e}{hint}")
+        })?;
+        let wrote = fin.fix.needed();
+        let mut file_written = false;
+        if args.persist {
+            let text = audit::Fix::new(&got, &PortSet::default()).sysctl_d();
+            let res = audit::persist(&args.sysctl_file, &text)
+                .map_err(|e| anyhow::anyhow!("persisting the fix: {e}"))?;
+            file_written = res == Persisted::Written;
+        }
+        let after = audit::take(&configured).context("auditing again after the fix")?;
+        if args.json {
+            report::json_line(
+                out,
+                "applied",
+                &AppliedLine {
+                    value: got.to_string(),
+                    file: args.persist.then(|| args.sysctl_file.display().to_string()),
+                    file_written,
+                },
+            )?;
+        } else {
+            writeln!(out)?;
+            if wrote {
+                writeln!(out, "Applied: {} = {}", audit::SYSCTL_KEY, or_none(&got))?;
+            } else {
+                writeln!(
+                    out,
+                    "Already applied: {} = {} (nothing written)",
+                    audit::SYSCTL_KEY,
+                    or_none(&got)
+                )?;
+            }
+            if args.persist {
+                writeln!(
+                    out,
+                    "Persisted: {} ({})",
+                    args.sysctl_file.display(),
+                    if file_written {
+                        "written"
+                    } else {
+                        "already up to date"
+                    }
+                )?;
+            }
+            if wrote {
+                writeln!(out, "After the fix:")?;
+            }
+        }
+        if args.json || wrote {
+            let r = Renderer {
+                json: args.json,
+                owners: &owners,
+            };
+            r.ports(out, &after)?;
+        }
+        fin = after;
+    }
+
+    let exposed = fin.exposed().count();
+    if args.json {
+        report::json_line(
+            out,
+            "summary",
+            &SummaryLine {
+                kernel: fin.facts.release.clone(),
+                range: fin.facts.range.to_string(),
+                reserved: fin.facts.reserved.to_string(),
+                exposed,
+                loops: fin.loops.len(),
+                owners_unknown: owners.unknown(inodes(&fin)),
+                processes_unreadable: owners.unreadable(),
+            },
+        )?;
+    } else {
+        let unknown = owners.unknown(inodes(&fin));
+        if let Some(e) = &owners.error {
+            writeln!(out, "note: owners not looked up: {e}")?;
+        } else if unknown > 0 && owners.unreadable() > 0 {
+            writeln!(
+                out,
+                "note: owners unknown for {unknown} socket(s): {} process(es) could not be read (run as root)",
+                owners.unreadable()
+            )?;
+        } else if unknown > 0 {
+            writeln!(
+                out,
+                "note: owners unknown for {unknown} socket(s) (held by a process of another PID namespace?)"
+            )?;
+        }
+    }
+    Ok(if exposed > 0 || !fin.loops.is_empty() {
+        Exit::Found
+    } else {
+        Exit::Ok
+    })
+}
+
+fn or_none(s: &PortSet) -> String {
+    if s.is_empty() {
+        "(none)".into()
+    } else {
+        s.to_string()
+    }
+}
+
+struct Renderer<'a> {
+    json: bool,
+    owners: &'a Lookup,
+}
+
+impl Renderer<'_> {
+    fn ports(&self, out: &mut dyn Write, a: &Audit) -> anyhow::Result<()> {
+        if !self.json && a.ports.is_empty() {
+            writeln!(
+                out,
+                "No listener in the range{}.",
+                if a.facts.reserved.is_empty() {
+                    ""
+                } else {
+                    " outside the reserved ports"
+                }
+            )?;
+        }
+        for p in &a.ports {
+            if self.json {
+                self.port_json(out, p)?;
+            } else {
+                self.port_text(out, p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn port_json(&self, out: &mut dyn Write, p: &PortAudit) -> anyhow::Result<()> {
+        report::json_line(
+            out,
+            "port",
+            &PortLine {
+                port: p.port,
+                status: p.status.as_str(),
+                configured: p.configured,
+                listening: p
+                    .listeners
+                    .iter()
+                    .map(|l| ListenerOut {
+                        addr: report::addr(l.addr),
+                        inode: l.inode,
+                        uid: l.uid,
+                        owners: self.owners.of(l.inode),
+                    })
+                    .collect(),
+                host: p.host.to_string(),
+                when_down: WhenDown {
+                    verdict: p.when_down.verdict.as_str(),
+                    reasons: &p.when_down.reasons,
+                    expected_tries: p.when_down.expected_tries,
+                },
+                advice: &p.advice,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn port_text(&self, out: &mut dyn Write, p: &PortAudit) -> anyhow::Result<()> {
+        let label = match p.status {
+            Status::Exposed => "EXPOSED",
+            Status::Reserved => "reserved",
+            Status::OutsideRange => "outside",
+        };
+        let what = if p.listeners.is_empty() {
+            "configured, not listening now".to_string()
+        } else {
+            let v: Vec<String> = p
+                .listeners
+                .iter()
+                .map(|l| {
+                    let o = self.owners.of(l.inode);
+                    if o.is_empty() {
+                        report::addr(l.addr)
+                    } else {
+                        let who: Vec<String> = o
+                            .iter()
+                            .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                            .collect();
+                        format!("{} ({})", report::addr(l.addr), who.join(", "))
+                    }
+                })
+                .collect();
+            format!("listening on {}", v.join(", "))
+        };
+        writeln!(out)?;
+        writeln!(out, "{label:<8} {:<5}  {what}", p.port)?;
+        let tries = p
+            .when_down
+            .expected_tries
+            .map(|t| format!(", about {} tries", report::thousands(t.round() as u64)))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "  while it is down, a client connect() to {}: {}{tries}",
+            report::addr(std::net::SocketAddr::new(p.host, p.port)),
+            p.when_down.verdict
+        )?;
+        for r in &p.when_down.reasons {
+            writeln!(out, "    - {r}")?;
+        }
+        if p.status == Status::Exposed {
+            writeln!(out, "  remedies:")?;
+            for a in &p.advice {
+                writeln!(out, "    - {a}")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn loops(&self, out: &mut dyn Write, a: &Audit) -> anyhow::Result<()> {
+        if !self.json {
+            writeln!(out)?;
+            if a.loops.is_empty() {
+                writeln!(out, "Loops present now: none")?;
+            } else {
+                writeln!(
+                    out,
+                    "Loops present now: {} (see `tcploop scan`, `tcploop kill`)",
+                    a.loops.len()
+                )?;
+            }
+        }
+        for l in &a.loops {
+            let owners = self.owners.of(l.inode);
+            if self.json {
+                report::json_line(
+                    out,
+                    "loop",
+                    &LoopLine {
+                        local: report::addr(l.local),
+                        state: state::name(l.state),
+                        inode: l.inode,
+                        owners,
+                    },
+                )?;
+            } else {
+                let who: Vec<String> = owners
+                    .iter()
+                    .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                    .collect();
+                writeln!(
+                    out,
+                    "  {} <-> itself  {}  {}",
+                    report::addr(l.local),
+                    state::name(l.state),
+                    if who.is_empty() {
+                        "owner unknown".to_string()
+                    } else {
+                        who.join(", ")
+                    }
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fix(&self, out: &mut dyn Write, a: &Audit, applying: bool) -> anyhow::Result<()> {
+        let f = &a.fix;
+        if self.json {
+            report::json_line(
+                out,
+                "fix",
+                &FixLine {
+                    key: audit::SYSCTL_KEY,
+                    current: f.current.to_string(),
+                    add: f.add.to_string(),
+                    value: f.value.to_string(),
+                    needed: f.needed(),
+                    command: f.command(),
+                    sysctl_d: f.sysctl_d(),
+                },
+            )?;
+            return Ok(());
+        }
+        writeln!(out)?;
+        if !f.needed() {
+            writeln!(
+                out,
+                "Fix: nothing to reserve; {} = {}",
+                audit::SYSCTL_KEY,
+                or_none(&f.current)
+            )?;
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "Fix: reserve {} (every existing reservation kept):",
+            f.add
+        )?;
+        writeln!(out, "  {}", f.command())?;
+        if !applying {
+            writeln!(
+                out,
+                "  `tcploop audit --apply` does it now (root); add --persist to also write {}; \
+                 --emit-sysctl prints that file",
+                audit::DEFAULT_SYSCTL_FILE
+            )?;
+        }
+        Ok(())
+    }
 }

@@ -1,14 +1,416 @@
-//! `tcploop watch`: not built yet.
+//! `tcploop watch`: scan for loops every interval, print an event when one
+//! appears and when it goes away, serve Prometheus metrics, and optionally
+//! destroy loops that persist.
+//!
+//! JSON Lines (`--json`), one event a line, each with `"time"` (RFC 3339, UTC):
+//! - `watch_started`: `{"time", "interval_s": 1.0, "prometheus": "127.0.0.1:9977"|null,
+//!   "textfile": path|null, "kill_after_s": number|null}`;
+//! - `loop_appeared`: `{"time", "local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123,
+//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}`;
+//! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
+//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`);
+//! - `kill_failed`: the same fields plus `"error": string` (said once a loop; not retried);
+//! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
+//! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
+//! - `owner_error`: `{"time", "error": string}` (the owner lookup failed; the loop is reported without);
+//! - `watch_stopped`: `{"time", "scans": 10, "scan_errors": 0, "loops_seen": 1, "kills": 0}`.
 
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use serde::Serialize;
+use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
+use tcploop::report;
+use tcploop::scan::Killed;
+use tcploop::sys::diag::state;
+use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 
 use crate::exit::Exit;
 
+pub const AFTER_HELP: &str = "\
+Each scan is one socket dump of this network namespace; the owners of a loop
+are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
+0), or --count scans. A failed scan is logged and counted
+(tcploop_scan_errors_total), never fatal.
+
+Metrics (--prometheus, --textfile): tcploop_loops{port,command} (gauge; stays
+at 0 once a loop has gone), tcploop_loops_present, tcploop_loops_seen_total,
+tcploop_exposed_listeners, tcploop_sockets, tcploop_scan_duration_seconds,
+tcploop_scans_total, tcploop_scan_errors_total, tcploop_kills_total,
+tcploop_kill_errors_total. Alert on `tcploop_loops_present > 0`.
+
+Examples:
+  tcploop watch
+  tcploop watch --json --prometheus 127.0.0.1:9977
+  tcploop watch --textfile /var/lib/prometheus/node-exporter/tcploop.prom
+  tcploop watch --kill-after 30s              destroy loops older than 30 s";
+
 /// Arguments of `tcploop watch`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Time between scans (500ms, 1s, 10s)
+    #[arg(long, default_value = "1s", value_parser = super::parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Serve GET /metrics (Prometheus) on this address, e.g. 127.0.0.1:9977
+    #[arg(long, value_name = "ADDR")]
+    pub prometheus: Option<String>,
+    /// Write the metrics to this file after each scan (node_exporter textfile collector; atomic rename)
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
+    /// Destroy (SOCK_DESTROY) loops seen for this long, logging each (needs CAP_NET_ADMIN)
+    #[arg(long, value_parser = super::parse_duration, value_name = "DURATION")]
+    pub kill_after: Option<Duration>,
+    /// Stop after N scans (default: run until SIGINT/SIGTERM)
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// JSON Lines events
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Started {
+    time: String,
+    interval_s: f64,
+    prometheus: Option<String>,
+    textfile: Option<String>,
+    kill_after_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct OwnerOut<'a> {
+    pid: u32,
+    command: &'a str,
+    fd: i32,
+}
+
+#[derive(Debug, Serialize)]
+struct LoopEvent<'a> {
+    time: String,
+    local: String,
+    state: &'static str,
+    inode: u32,
+    cookie: u64,
+    owners: Vec<OwnerOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seen_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorEvent {
+    time: String,
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors_total: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Stopped {
+    time: String,
+    scans: u64,
+    scan_errors: u64,
+    loops_seen: u64,
+    kills: u64,
+}
+
+fn now_text() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+struct Log<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+}
+
+impl Log<'_> {
+    fn loop_event(
+        &mut self,
+        ty: &str,
+        t: &Tracked,
+        seen: Option<Duration>,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        let s = &t.sock;
+        if self.json {
+            report::json_line(
+                self.out,
+                ty,
+                &LoopEvent {
+                    time: now_text(),
+                    local: report::addr(s.local),
+                    state: state::name(s.state),
+                    inode: s.inode,
+                    cookie: s.cookie(),
+                    owners: t
+                        .owners
+                        .iter()
+                        .map(|o| OwnerOut {
+                            pid: o.pid,
+                            command: &o.command,
+                            fd: o.fd,
+                        })
+                        .collect(),
+                    seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
+                    error,
+                },
+            )?;
+        } else {
+            let what = match ty {
+                "loop_appeared" => "loop appeared",
+                "loop_gone" => "loop gone    ",
+                "loop_killed" => "loop killed  ",
+                _ => "kill failed  ",
+            };
+            let who = if t.owners.is_empty() {
+                "owner unknown".to_string()
+            } else {
+                let v: Vec<String> = t
+                    .owners
+                    .iter()
+                    .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                    .collect();
+                v.join(", ")
+            };
+            let extra = match (seen, error) {
+                (_, Some(e)) => format!("  ({e})"),
+                (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
+                _ => String::new(),
+            };
+            writeln!(
+                self.out,
+                "{} {what} {} <-> itself  {}  {who}{extra}",
+                now_text(),
+                report::addr(s.local),
+                state::name(s.state)
+            )?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn error(&mut self, ty: &str, error: String, total: Option<u64>) -> anyhow::Result<()> {
+        if self.json {
+            report::json_line(
+                self.out,
+                ty,
+                &ErrorEvent {
+                    time: now_text(),
+                    error,
+                    errors_total: total,
+                },
+            )?;
+            self.out.flush()?;
+        } else {
+            eprintln!("tcploop: warning: {error}");
+        }
+        Ok(())
+    }
+}
 
 /// Runs the command.
-pub fn run(_args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
-    anyhow::bail!("`tcploop watch` is not available yet")
+pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    anyhow::ensure!(
+        args.interval >= Duration::from_millis(10),
+        "--interval must be at least 10ms"
+    );
+    let metrics = Metrics::new();
+    let page: metrics::Page = Arc::new(Mutex::new(metrics.render()));
+    let served = match &args.prometheus {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr.as_str())
+                .with_context(|| format!("--prometheus: cannot listen on {addr}"))?;
+            Some(metrics::serve(listener, page.clone()).context("starting the metrics server")?)
+        }
+        None => None,
+    };
+    super::catch_interrupts();
+
+    let mut log = Log {
+        out,
+        json: args.json,
+    };
+    if args.json {
+        report::json_line(
+            log.out,
+            "watch_started",
+            &Started {
+                time: now_text(),
+                interval_s: args.interval.as_secs_f64(),
+                prometheus: served.map(|a| a.to_string()),
+                textfile: args.textfile.as_ref().map(|p| p.display().to_string()),
+                kill_after_s: args.kill_after.map(|d| d.as_secs_f64()),
+            },
+        )?;
+    } else {
+        let mut extra = String::new();
+        if let Some(a) = served {
+            extra.push_str(&format!(", metrics at http://{a}/metrics"));
+        }
+        if let Some(p) = &args.textfile {
+            extra.push_str(&format!(", textfile {}", p.display()));
+        }
+        if let Some(d) = args.kill_after {
+            extra.push_str(&format!(", killing loops after {:.1} s", d.as_secs_f64()));
+        }
+        writeln!(
+            log.out,
+            "{} watching for loops every {:.1} s{extra} (Ctrl-C to stop)",
+            now_text(),
+            args.interval.as_secs_f64()
+        )?;
+    }
+    log.out.flush()?;
+
+    let mut tracker = Tracker::new();
+    let mut scanner = watch::Scanner::new();
+    let mut given_up: HashSet<LoopKey> = HashSet::new();
+    let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
+    let mut next = Instant::now();
+    while !super::interrupted() {
+        let t0 = Instant::now();
+        match scanner.scan() {
+            Ok(snap) => {
+                let fresh = tracker.new_loops(&snap.loops);
+                let owners = if fresh.is_empty() {
+                    HashMap::new()
+                } else {
+                    match watch::owners_of(fresh) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            log.error("owner_error", format!("looking up owners: {e}"), None)?;
+                            HashMap::new()
+                        }
+                    }
+                };
+                let changes = tracker.observe(t0, &snap.loops, &owners);
+                given_up.retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
+                let mut appeared = vec![];
+                for c in &changes {
+                    match c {
+                        Change::Appeared(t) => {
+                            loops_seen += 1;
+                            appeared.push(labels(t));
+                            log.loop_event("loop_appeared", t, None, None)?;
+                        }
+                        Change::Gone(t, d) => log.loop_event("loop_gone", t, Some(*d), None)?,
+                    }
+                }
+                if let Some(after) = args.kill_after {
+                    let now = Instant::now();
+                    for t in tracker.due(now, after) {
+                        let key = LoopKey::of(&t.sock);
+                        if given_up.contains(&key) {
+                            continue;
+                        }
+                        let seen = Some(now.saturating_duration_since(t.since));
+                        let failure = match watch::kill(&t.sock) {
+                            Ok(Killed::Destroyed { .. }) => {
+                                kills += 1;
+                                metrics.record_kill(true);
+                                tracker.forget(&t.sock);
+                                log.loop_event("loop_killed", &t, seen, None)?;
+                                None
+                            }
+                            // closed by its owner meanwhile: the next scan
+                            // reports it gone
+                            Ok(Killed::Gone | Killed::NotALoop) => None,
+                            Ok(Killed::StillThere) => {
+                                Some("destroyed, yet still in the socket table".to_string())
+                            }
+                            Ok(Killed::AlreadyAborted) => Some(
+                                "already aborted; its owner still has the socket open, bound to \
+                                 the port: only closing it releases the port"
+                                    .to_string(),
+                            ),
+                            Err(e) => Some(e.to_string()),
+                        };
+                        if let Some(e) = failure {
+                            // said once, not retried every scan
+                            given_up.insert(key);
+                            metrics.record_kill(false);
+                            log.loop_event("kill_failed", &t, seen, Some(e))?;
+                        }
+                    }
+                }
+                metrics.record_scan(&ScanSample {
+                    loops: tracker.present().map(labels).collect(),
+                    appeared,
+                    exposed_listeners: snap.exposed_listeners.iter().count() as u64,
+                    sockets: snap.sockets,
+                    duration: t0.elapsed(),
+                });
+            }
+            Err(e) => {
+                scan_errors += 1;
+                metrics.record_scan_error();
+                log.error("scan_error", format!("scan failed: {e}"), Some(scan_errors))?;
+            }
+        }
+        scans += 1;
+        if served.is_some() || args.textfile.is_some() {
+            let text = metrics.render();
+            if let Some(p) = &args.textfile {
+                if let Err(e) = metrics::write_textfile(p, &metrics::to_prometheus_text(&text)) {
+                    log.error(
+                        "output_error",
+                        format!("writing {}: {e}", p.display()),
+                        None,
+                    )?;
+                }
+            }
+            *page.lock().unwrap_or_else(|e| e.into_inner()) = text;
+        }
+        if args.count.is_some_and(|n| scans >= n) {
+            break;
+        }
+        // Sleep to the next tick (no drift), waking often enough to stop
+        // promptly on a signal.
+        next += args.interval;
+        let now = Instant::now();
+        if next < now {
+            next = now;
+        }
+        while !super::interrupted() {
+            let left = next.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+        }
+    }
+
+    if args.json {
+        report::json_line(
+            log.out,
+            "watch_stopped",
+            &Stopped {
+                time: now_text(),
+                scans,
+                scan_errors,
+                loops_seen,
+                kills,
+            },
+        )?;
+    } else {
+        writeln!(
+            log.out,
+            "{} stopped after {scans} scans: {loops_seen} loop(s) seen, {kills} killed, {scan_errors} failed scan(s)",
+            now_text()
+        )?;
+    }
+    Ok(Exit::Ok)
+}
+
+fn labels(t: &Tracked) -> LoopLabels {
+    LoopLabels {
+        port: t.sock.local.port(),
+        command: t.command(),
+    }
 }

@@ -10,7 +10,8 @@
 //! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`);
 //! - [`procnet`]: `/proc/net/tcp` and `tcp6`, the fallback socket table;
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
-//! - [`netns`]: the host's other network namespaces, entered with `setns(2)`.
+//! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
+//! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`).
 #![allow(unsafe_code)]
 
 pub mod diag;
@@ -21,6 +22,7 @@ pub mod packet;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;
+pub mod tcpdiag;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
 macro_rules! syscall {

@@ -1,0 +1,637 @@
+//! Which services of this network namespace are exposed to the TCP loop,
+//! and the kernel setting that closes the hole for good.
+//!
+//! A service whose port lies inside the ephemeral range (`ip_local_port_range`)
+//! and is not in `ip_local_reserved_ports` is safe only while it listens: a
+//! listening (bound) port is never handed out by `connect()`. The moment it
+//! is down or restarting, any local client that keeps reconnecting to it may
+//! be given that very port as its source port, connect to itself, and keep
+//! it: the service then fails to start with `EADDRINUSE`. So every listener
+//! in the range, and every configured service port in the range, is
+//! *exposed*. For each one the audit says what the predictor
+//! ([`crate::predict`]) would answer for a client `connect()` **while the
+//! service is down**: the same facts, minus that service's own listener.
+//!
+//! The fix that needs no change to any program is
+//! `net.ipv4.ip_local_reserved_ports`: the kernel never auto-assigns a
+//! reserved port, to `connect()` or to `bind(0)`, while explicit binds (the
+//! service's own) still work. [`Fix`] keeps every existing reservation and
+//! adds the exposed ports, ranges merged, in the kernel's own notation;
+//! applying it twice changes nothing. Other remedies, when they fit: move the
+//! port below the range, or to the parity plain `connect()` does not use
+//! (which does not protect against clients that `bind(addr, 0)` first or set
+//! `IP_LOCAL_PORT_RANGE`).
+//!
+//! [`analyze`] is pure (facts and sockets in, findings out) and tested from
+//! fixtures; [`apply`] and [`persist`] are the only writers.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::host::{self, Host};
+use crate::inventory::Inventory;
+use crate::ports::{EphemeralFacts, Parity, PortSet};
+use crate::predict::{self, Client, Prediction, Situation};
+use crate::sys::diag::{state, DiagSocket};
+use crate::sys::ifaddrs::IfAddr;
+use crate::sys::procsys;
+
+/// The sysctl key the fix sets.
+pub const SYSCTL_KEY: &str = "net.ipv4.ip_local_reserved_ports";
+
+/// Where `--persist` writes by default. `60-` sorts after the distribution's
+/// own `50-*.conf` files; a later file setting the same key would win.
+pub const DEFAULT_SYSCTL_FILE: &str = "/etc/sysctl.d/60-tcploop.conf";
+
+/// Where a port stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// In the ephemeral range and not reserved: clients may loop while the
+    /// service is down.
+    Exposed,
+    /// In the range but reserved: the kernel never hands it out.
+    Reserved,
+    /// Outside the range: `connect()` never picks it.
+    OutsideRange,
+}
+
+impl Status {
+    /// The name used in text and JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Exposed => "exposed",
+            Status::Reserved => "reserved",
+            Status::OutsideRange => "outside_range",
+        }
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its inode (to find the owning processes).
+    pub inode: u32,
+    /// Its owner uid.
+    pub uid: u32,
+}
+
+/// The audit of one port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortAudit {
+    /// The port.
+    pub port: u16,
+    /// Where it stands.
+    pub status: Status,
+    /// Listening sockets on it now (empty: configured, not listening).
+    pub listeners: Vec<Listener>,
+    /// Named with `--ports` / `--ports-file`.
+    pub configured: bool,
+    /// The destination the prediction is for (what clients dial).
+    pub host: IpAddr,
+    /// The predictor's answer for a plain `connect()` client while the
+    /// service is down (its own listeners left out).
+    pub when_down: Prediction,
+    /// Remedies that fit this port, the reservation first.
+    pub advice: Vec<String>,
+}
+
+/// What the audit found.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// The namespace's ephemeral-port facts.
+    pub facts: EphemeralFacts,
+    /// Every listener in the range and every configured port, by port.
+    pub ports: Vec<PortAudit>,
+    /// Self-connected sockets present now.
+    pub loops: Vec<DiagSocket>,
+    /// The reservation that closes every exposed port.
+    pub fix: Fix,
+}
+
+impl Audit {
+    /// The exposed ports.
+    pub fn exposed(&self) -> impl Iterator<Item = &PortAudit> {
+        self.ports.iter().filter(|p| p.status == Status::Exposed)
+    }
+}
+
+/// The `ip_local_reserved_ports` value that closes the exposed ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fix {
+    /// The reservation now.
+    pub current: PortSet,
+    /// The ports to add (exposed, not yet reserved).
+    pub add: PortSet,
+    /// The new value: `current` plus `add`, ranges merged.
+    pub value: PortSet,
+}
+
+impl Fix {
+    /// Keeps `current` and adds `ports`.
+    pub fn new(current: &PortSet, ports: &PortSet) -> Fix {
+        let add = PortSet::from_ports(ports.iter().filter(|&p| !current.contains(p)));
+        Fix {
+            current: current.clone(),
+            value: current.union(&add),
+            add,
+        }
+    }
+
+    /// Whether there is anything to add.
+    pub fn needed(&self) -> bool {
+        !self.add.is_empty()
+    }
+
+    /// The `sysctl -w` command that applies it now.
+    pub fn command(&self) -> String {
+        format!("sysctl -w {SYSCTL_KEY}={}", self.value)
+    }
+
+    /// An `/etc/sysctl.d` file that applies it at every boot (`sysctl -p FILE`
+    /// applies it now). An empty reservation is never written as a value: it
+    /// would clear what others reserved.
+    pub fn sysctl_d(&self) -> String {
+        let mut s = String::from(
+            "# Written by `tcploop audit`. Reserved ports are never handed out as\n\
+             # ephemeral (source) ports, so local clients of these services cannot\n\
+             # connect to themselves (TCP self-connect) while a service is down.\n\
+             # Every reservation present when it was written is kept. A later file\n\
+             # in sysctl.d that sets the same key replaces this value.\n",
+        );
+        if self.value.is_empty() {
+            s.push_str("# Nothing to reserve.\n");
+        } else {
+            s.push_str(&format!("{SYSCTL_KEY} = {}\n", self.value));
+        }
+        s
+    }
+}
+
+/// Analyzes the namespace: `sockets` is one sock_diag dump (every state),
+/// `configured` the service ports named by the user.
+pub fn analyze(
+    facts: &EphemeralFacts,
+    sockets: &[DiagSocket],
+    bound_visible: bool,
+    ifaddrs: &[IfAddr],
+    configured: &PortSet,
+) -> Audit {
+    let range = facts.range;
+    let mut listeners: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
+    for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
+        listeners.entry(s.local.port()).or_default().push(Listener {
+            addr: s.local,
+            inode: s.inode,
+            uid: s.uid,
+        });
+    }
+    for l in listeners.values_mut() {
+        l.sort_by_key(|l| (l.addr.is_ipv6(), l.addr));
+        l.dedup_by_key(|l| (l.addr, l.inode));
+    }
+    let mut ports: BTreeMap<u16, (Vec<Listener>, bool)> = BTreeMap::new();
+    for (&p, l) in &listeners {
+        if range.contains(p) {
+            ports.insert(p, (l.clone(), false));
+        }
+    }
+    for p in configured.iter() {
+        let e = ports
+            .entry(p)
+            .or_insert_with(|| (listeners.get(&p).cloned().unwrap_or_default(), false));
+        e.1 = true;
+    }
+
+    // What the predictor needs for port P with P's own listeners gone: every
+    // bind()/listen() holder of other ports, plus every other socket on P.
+    let holders: Vec<&DiagSocket> = sockets
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.state,
+                state::LISTEN | state::BOUND_INACTIVE | state::CLOSE
+            )
+        })
+        .collect();
+    let mut on_port: BTreeMap<u16, Vec<&DiagSocket>> = BTreeMap::new();
+    for s in sockets {
+        if ports.contains_key(&s.local.port()) {
+            on_port.entry(s.local.port()).or_default().push(s);
+        }
+    }
+
+    let mut out = vec![];
+    for (port, (ls, configured)) in ports {
+        let status = if !range.contains(port) {
+            Status::OutsideRange
+        } else if facts.reserved.contains(port) {
+            Status::Reserved
+        } else {
+            Status::Exposed
+        };
+        let down: Vec<&DiagSocket> = holders
+            .iter()
+            .copied()
+            .filter(|s| s.local.port() != port)
+            .chain(
+                on_port
+                    .get(&port)
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .filter(|s| s.state != state::LISTEN),
+            )
+            .collect();
+        let inv = Inventory::from_sockets(down, bound_visible);
+        let dest = destination(&ls);
+        let h: Host = host::classify(dest, 0, ifaddrs);
+        let when_down = predict::predict(
+            &Situation {
+                facts,
+                inventory: Some(&inv),
+                host: &h,
+                client: Client::Connect,
+            },
+            port,
+        );
+        let advice = advice(facts, status, port, &listeners);
+        out.push(PortAudit {
+            port,
+            status,
+            listeners: ls,
+            configured,
+            host: h.effective,
+            when_down,
+            advice,
+        });
+    }
+    let mut loops: Vec<DiagSocket> = sockets
+        .iter()
+        .filter(|s| tcploop_guard::is_loop(s.local, s.peer))
+        .copied()
+        .collect();
+    loops.sort_by_key(|s| (s.local.port(), s.local));
+    let exposed = PortSet::from_ports(
+        out.iter()
+            .filter(|p| p.status == Status::Exposed)
+            .map(|p| p.port),
+    );
+    Audit {
+        facts: facts.clone(),
+        fix: Fix::new(&facts.reserved, &exposed),
+        ports: out,
+        loops,
+    }
+}
+
+/// Why the audit could not look at the namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The port facts could not be read.
+    #[error(transparent)]
+    Facts(#[from] crate::ports::FactsError),
+    /// The socket dump failed.
+    #[error(transparent)]
+    Dump(#[from] crate::sys::diag::DiagError),
+}
+
+/// Looks at the caller's network namespace (port facts, one socket dump,
+/// interface addresses) and analyzes it.
+pub fn take(configured: &PortSet) -> Result<Audit, AuditError> {
+    let facts = EphemeralFacts::read()?;
+    let bound_visible = facts.kernel.is_some_and(|k| k.dumps_bound_sockets());
+    let mut sockets = vec![];
+    crate::sys::diag::dump_all(crate::sys::diag::ALL_STATES, |s| sockets.push(*s))?;
+    let ifaddrs = crate::sys::ifaddrs::list().unwrap_or_default();
+    Ok(analyze(
+        &facts,
+        &sockets,
+        bound_visible,
+        &ifaddrs,
+        configured,
+    ))
+}
+
+/// The address clients of these listeners dial: the listener's own address,
+/// or the loopback address for a wildcard (and for a port not listening).
+fn destination(ls: &[Listener]) -> IpAddr {
+    match ls.first().map(|l| l.addr.ip()) {
+        Some(IpAddr::V4(a)) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(IpAddr::V6(a)) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Some(a) => a,
+        None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    }
+}
+
+fn advice(
+    facts: &EphemeralFacts,
+    status: Status,
+    port: u16,
+    listening: &BTreeMap<u16, Vec<Listener>>,
+) -> Vec<String> {
+    let r = facts.range;
+    let mut v = vec![];
+    match status {
+        Status::OutsideRange => {
+            v.push(format!(
+                "{port} is outside the ephemeral range {r}: no client is ever given it as a source port"
+            ));
+            return v;
+        }
+        Status::Reserved => {
+            v.push(format!(
+                "{port} is in {SYSCTL_KEY}: the kernel never hands it out; keep the reservation"
+            ));
+            return v;
+        }
+        Status::Exposed => {}
+    }
+    v.push(format!(
+        "reserve it: add {port} to {SYSCTL_KEY} (the fix below); the service can still bind it"
+    ));
+    if r.low > 1024 {
+        v.push(format!(
+            "or move the service below the range ({}-{} are outside it), or shrink the range",
+            1024,
+            r.low - 1
+        ));
+    }
+    let split = facts.kernel.is_some_and(|k| k.has_parity_split());
+    let pref = r.connect_parity();
+    if split && Parity::of(port) == pref {
+        let alt = [port.wrapping_sub(1), port.wrapping_add(1)]
+            .into_iter()
+            .find(|&p| {
+                r.contains(p)
+                    && Parity::of(p) != pref
+                    && !listening.contains_key(&p)
+                    && !facts.reserved.contains(p)
+            });
+        v.push(format!(
+            "or move it to a port of the other parity ({}{}): plain connect() uses {pref} ports here \
+             and takes {} ones only when every {pref} port is taken; clients that bind(addr, 0) \
+             before connect() or set IP_LOCAL_PORT_RANGE (Linux 6.8+) can still get it",
+            pref.other(),
+            alt.map(|a| format!(", e.g. {a}")).unwrap_or_default(),
+            pref.other()
+        ));
+    } else if split {
+        v.push(format!(
+            "{port} is {}: plain connect() does not pick it while an {pref} port is free, but clients \
+             that bind(addr, 0) before connect() (they prefer {} ports) or set IP_LOCAL_PORT_RANGE \
+             (Linux 6.8+) can: reserve it all the same",
+            Parity::of(port),
+            pref.other()
+        ));
+    }
+    v
+}
+
+/// Why the fix could not be applied or persisted.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Writing or reading `/proc/sys` failed.
+    #[error(transparent)]
+    Proc(#[from] procsys::ProcError),
+    /// The kernel's value after the write lacks ports that should be there.
+    #[error("after writing, {SYSCTL_KEY} is {got:?}; it should contain {want}")]
+    NotTaken {
+        /// What the kernel reports.
+        got: String,
+        /// What was written.
+        want: PortSet,
+    },
+    /// The kernel's value could not be parsed.
+    #[error("{SYSCTL_KEY} reads {0:?}, which is not a port list")]
+    Parse(String),
+    /// Writing the sysctl.d file failed.
+    #[error("writing {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ApplyError {
+    /// Whether the error is a permission problem (not root).
+    pub fn is_permission(&self) -> bool {
+        let kind = match self {
+            ApplyError::Proc(e) => e.source.kind(),
+            ApplyError::File { source, .. } => source.kind(),
+            _ => return false,
+        };
+        kind == io::ErrorKind::PermissionDenied
+    }
+}
+
+/// Writes `fix.value` to `/proc/sys/net/ipv4/ip_local_reserved_ports` of
+/// the caller's network namespace, then reads it back and checks that it
+/// holds every port of the value. Returns the value the kernel reports.
+/// Does nothing (but the check) when nothing is to be added.
+pub fn apply(fix: &Fix) -> Result<PortSet, ApplyError> {
+    if fix.needed() {
+        // Re-read right before writing, so that a reservation made since
+        // the audit started is kept too.
+        let now = read_reserved()?;
+        let value = now.union(&fix.value);
+        procsys::write(procsys::RESERVED_PORTS, &value.to_string())?;
+    }
+    let got = read_reserved()?;
+    if !fix.value.iter().all(|p| got.contains(p)) {
+        return Err(ApplyError::NotTaken {
+            got: got.to_string(),
+            want: fix.value.clone(),
+        });
+    }
+    Ok(got)
+}
+
+fn read_reserved() -> Result<PortSet, ApplyError> {
+    let text = procsys::read(procsys::RESERVED_PORTS)?;
+    PortSet::parse(&text).map_err(|_| ApplyError::Parse(text.trim().to_string()))
+}
+
+/// What [`persist`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persisted {
+    /// The file was written.
+    Written,
+    /// The file already had this content.
+    Unchanged,
+}
+
+/// Writes `text` to the sysctl.d file `path` unless it already holds it,
+/// atomically (a temporary file beside it, then rename).
+pub fn persist(path: &Path, text: &str) -> Result<Persisted, ApplyError> {
+    let err = |source| ApplyError::File {
+        path: path.to_owned(),
+        source,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(old) if old == text => return Ok(Persisted::Unchanged),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    crate::metrics::write_textfile(path, text).map_err(err)?;
+    Ok(Persisted::Written)
+}
+
+/// Parses a ports file: ports and ranges separated by commas, spaces or
+/// newlines; `#` starts a comment.
+pub fn parse_ports_file(text: &str) -> Result<PortSet, String> {
+    let mut set = PortSet::default();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("");
+        for item in line.split(|c: char| c == ',' || c.is_whitespace()) {
+            if item.is_empty() {
+                continue;
+            }
+            let p = PortSet::parse(item).map_err(|e| format!("line {}: {e}", n + 1))?;
+            set = set.union(&p);
+        }
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{KernelVersion, PortRange};
+    use crate::predict::Verdict;
+
+    fn facts(low: u16, high: u16, reserved: &str) -> EphemeralFacts {
+        EphemeralFacts {
+            range: PortRange { low, high },
+            reserved: PortSet::parse(reserved).unwrap(),
+            release: "6.18.44".into(),
+            kernel: Some(KernelVersion(6, 18, 44)),
+        }
+    }
+
+    fn lo() -> Vec<IfAddr> {
+        ["127.0.0.1", "::1"]
+            .iter()
+            .map(|a| IfAddr {
+                name: "lo".into(),
+                addr: a.parse().unwrap(),
+                scope_id: 0,
+                up: true,
+            })
+            .collect()
+    }
+
+    fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
+        let local: SocketAddr = local.parse().unwrap();
+        DiagSocket {
+            family: if local.is_ipv4() { 2 } else { 10 },
+            state: st,
+            local,
+            peer: peer.parse().unwrap(),
+            ifindex: 0,
+            cookie: [inode, 0],
+            expires_ms: 0,
+            uid: 0,
+            inode,
+        }
+    }
+
+    #[test]
+    fn a_listener_in_the_range_is_exposed_with_the_verdict_when_it_is_down() {
+        let f = facts(40000, 40009, "");
+        let socks = [
+            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 11),
+            sock(state::LISTEN, "[::]:40004", "[::]:0", 12),
+            sock(state::LISTEN, "127.0.0.1:8080", "0.0.0.0:0", 13),
+            // another service holds an even port: one candidate fewer
+            sock(state::LISTEN, "127.0.0.1:40000", "0.0.0.0:0", 14),
+        ];
+        let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
+        let ports: Vec<u16> = a.ports.iter().map(|p| p.port).collect();
+        assert_eq!(ports, [40000, 40004], "8080 is outside the range");
+        let p = &a.ports[1];
+        assert_eq!(p.status, Status::Exposed);
+        assert_eq!(p.listeners.len(), 2);
+        assert_eq!(p.host, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.when_down.verdict, Verdict::Possible, "{:?}", p.when_down);
+        // 40000..40008 even = 5, minus 40000 held by the other listener
+        assert_eq!(p.when_down.expected_tries, Some(4.0));
+        assert_eq!(a.fix.add.to_string(), "40000,40004");
+        assert_eq!(
+            a.fix.command(),
+            format!("sysctl -w {SYSCTL_KEY}=40000,40004")
+        );
+    }
+
+    #[test]
+    fn odd_ports_reserved_ports_and_configured_ports() {
+        let f = facts(40000, 40009, "40002,50000-50010");
+        let socks = [
+            sock(state::LISTEN, "127.0.0.1:40005", "0.0.0.0:0", 1),
+            sock(state::LISTEN, "127.0.0.1:40002", "0.0.0.0:0", 2),
+        ];
+        let conf = PortSet::parse("40006,39999").unwrap();
+        let a = analyze(&f, &socks, true, &lo(), &conf);
+        let by: BTreeMap<u16, &PortAudit> = a.ports.iter().map(|p| (p.port, p)).collect();
+        assert_eq!(by[&39999].status, Status::OutsideRange);
+        assert!(by[&39999].configured);
+        assert_eq!(by[&40002].status, Status::Reserved);
+        assert_eq!(by[&40002].when_down.verdict, Verdict::Impossible);
+        let odd = by[&40005];
+        assert_eq!(odd.status, Status::Exposed);
+        assert_eq!(odd.when_down.verdict, Verdict::Impossible, "parity");
+        assert!(odd.advice.iter().any(|a| a.contains("bind(addr, 0)")));
+        let conf = by[&40006];
+        assert!(conf.listeners.is_empty() && conf.configured);
+        assert_eq!(conf.when_down.verdict, Verdict::Possible);
+        // 40000, 40004, 40006, 40008 (40002 reserved)
+        assert_eq!(conf.when_down.expected_tries, Some(4.0));
+        // never drops an existing reservation; merges ranges
+        assert_eq!(a.fix.value.to_string(), "40002,40005-40006,50000-50010");
+        assert_eq!(a.fix.add.to_string(), "40005-40006");
+    }
+
+    #[test]
+    fn the_fix_is_idempotent_and_never_writes_an_empty_value() {
+        let cur = PortSet::parse("8080,40000-40003").unwrap();
+        let f = Fix::new(&cur, &PortSet::parse("40003,40004").unwrap());
+        assert_eq!(f.value.to_string(), "8080,40000-40004");
+        assert_eq!(f.add.to_string(), "40004");
+        let again = Fix::new(&f.value, &PortSet::parse("40003,40004").unwrap());
+        assert!(!again.needed());
+        assert_eq!(again.value, f.value);
+        let empty = Fix::new(&PortSet::default(), &PortSet::default());
+        assert!(!empty.sysctl_d().lines().any(|l| l.starts_with(SYSCTL_KEY)));
+        assert!(f
+            .sysctl_d()
+            .lines()
+            .any(|l| l == "net.ipv4.ip_local_reserved_ports = 8080,40000-40004"));
+    }
+
+    #[test]
+    fn loops_present_are_listed() {
+        let f = facts(40000, 40009, "");
+        let socks = [
+            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 5),
+            sock(state::ESTABLISHED, "127.0.0.1:40006", "127.0.0.1:50000", 6),
+        ];
+        let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
+        assert_eq!(a.loops.len(), 1);
+        assert!(a.ports.is_empty());
+    }
+
+    #[test]
+    fn ports_files() {
+        let s = parse_ports_file("# services\n40000 40002-40004, 8080\n\n9000 # web\n").unwrap();
+        assert_eq!(s.to_string(), "8080,9000,40000,40002-40004");
+        let e = parse_ports_file("1\nnope\n").unwrap_err();
+        assert!(e.starts_with("line 2:"), "{e}");
+    }
+}

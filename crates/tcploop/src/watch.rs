@@ -1,0 +1,401 @@
+//! The engine of `tcploop watch`: scan for loops again and again, and turn
+//! each scan into events (a loop appeared, went away, was killed) and
+//! metrics.
+//!
+//! A scan is one sock_diag dump of the namespace (about a microsecond a
+//! socket, in the kernel) plus the ephemeral-port facts; the expensive part
+//! of finding a loop, the walk over `/proc/*/fd` to name its owner, is done
+//! once per loop, when it appears, never on every scan ([`Tracker`] keeps
+//! what it learnt). A loop is known by its socket cookie, which the kernel
+//! never reuses within a namespace, so a loop that goes away and a new one
+//! on the same port are two loops.
+//!
+//! [`Tracker`] is pure and tested from fixtures; [`Scanner`], [`owners_of`] and
+//! [`kill`] are the only parts that talk to the kernel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ports::{EphemeralFacts, FactsError, PortSet};
+use crate::sys::diag::{self, state, DiagError, DiagSocket};
+use crate::sys::tcpdiag;
+
+/// One process holding a loop's socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OwnerInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Command name (`comm`).
+    pub command: String,
+    /// The fd number in that process.
+    pub fd: i32,
+}
+
+/// What identifies one loop across scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LoopKey {
+    /// The socket cookie.
+    pub cookie: u64,
+    /// The loop's address (local == peer).
+    pub local: SocketAddr,
+}
+
+impl LoopKey {
+    /// The key of a dumped socket.
+    pub fn of(s: &DiagSocket) -> LoopKey {
+        LoopKey {
+            cookie: s.cookie(),
+            local: s.local,
+        }
+    }
+}
+
+/// A loop the tracker knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    /// The socket as last seen.
+    pub sock: DiagSocket,
+    /// Its owners (empty: unknown).
+    pub owners: Vec<OwnerInfo>,
+    /// When it was first seen.
+    pub since: Instant,
+}
+
+impl Tracked {
+    /// The command for metrics labels: the first owner's, or `unknown`.
+    pub fn command(&self) -> String {
+        self.owners
+            .first()
+            .map(|o| o.command.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    }
+}
+
+/// A change between two scans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A loop that was not there before.
+    Appeared(Tracked),
+    /// A loop that is no longer there, and how long it was seen.
+    Gone(Tracked, Duration),
+}
+
+/// The loops present, from scan to scan.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    present: BTreeMap<LoopKey, Tracked>,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Tracker {
+        Tracker::default()
+    }
+
+    /// The loops among `socks` that are new (their owners still to look up).
+    pub fn new_loops<'a>(&self, socks: &'a [DiagSocket]) -> Vec<&'a DiagSocket> {
+        socks
+            .iter()
+            .filter(|s| !self.present.contains_key(&LoopKey::of(s)))
+            .collect()
+    }
+
+    /// Takes the loops of one scan (`owners` holds what was looked up for
+    /// the new ones, by inode) and returns what changed: appearances in
+    /// port order, then disappearances.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        socks: &[DiagSocket],
+        owners: &HashMap<u32, Vec<OwnerInfo>>,
+    ) -> Vec<Change> {
+        let mut changes = vec![];
+        let mut next = BTreeMap::new();
+        for s in socks {
+            let key = LoopKey::of(s);
+            match self.present.remove(&key) {
+                Some(mut t) => {
+                    t.sock = *s;
+                    next.insert(key, t);
+                }
+                None => {
+                    let t = Tracked {
+                        sock: *s,
+                        owners: owners.get(&s.inode).cloned().unwrap_or_default(),
+                        since: now,
+                    };
+                    changes.push(Change::Appeared(t.clone()));
+                    next.insert(key, t);
+                }
+            }
+        }
+        for (_, t) in std::mem::replace(&mut self.present, next) {
+            let held = now.saturating_duration_since(t.since);
+            changes.push(Change::Gone(t, held));
+        }
+        changes
+    }
+
+    /// The loops present now.
+    pub fn present(&self) -> impl Iterator<Item = &Tracked> {
+        self.present.values()
+    }
+
+    /// Loops seen for at least `after` (TIME-WAIT ones excepted: they hold
+    /// no process and end by themselves), for `--kill-after`.
+    pub fn due(&self, now: Instant, after: Duration) -> Vec<Tracked> {
+        self.present
+            .values()
+            .filter(|t| t.sock.state != state::TIME_WAIT)
+            .filter(|t| now.saturating_duration_since(t.since) >= after)
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets a loop (after it was destroyed).
+    pub fn forget(&mut self, sock: &DiagSocket) -> Option<Tracked> {
+        self.present.remove(&LoopKey::of(sock))
+    }
+}
+
+/// What one scan saw.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Self-connected sockets.
+    pub loops: Vec<DiagSocket>,
+    /// Listening ports in the ephemeral range and not reserved.
+    pub exposed_listeners: PortSet,
+    /// Sockets in the dump.
+    pub sockets: u64,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from dumped sockets and the port facts. Pure.
+    pub fn from_sockets<'a>(
+        facts: &EphemeralFacts,
+        sockets: impl IntoIterator<Item = &'a DiagSocket>,
+    ) -> Snapshot {
+        let mut snap = Snapshot::default();
+        let mut exposed = vec![];
+        for s in sockets {
+            snap.add(facts, s, &mut exposed);
+        }
+        snap.exposed_listeners = PortSet::from_ports(exposed);
+        snap
+    }
+
+    fn add(&mut self, facts: &EphemeralFacts, s: &DiagSocket, exposed: &mut Vec<u16>) {
+        self.sockets += 1;
+        if s.state == state::LISTEN {
+            let p = s.local.port();
+            if facts.range.contains(p) && !facts.reserved.contains(p) {
+                exposed.push(p);
+            }
+        } else if tcploop_guard::is_loop(s.local, s.peer) {
+            self.loops.push(*s);
+        }
+    }
+}
+
+/// Why a scan failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// The port facts could not be read.
+    #[error(transparent)]
+    Facts(#[from] FactsError),
+    /// The socket dump failed.
+    #[error(transparent)]
+    Dump(#[from] DiagError),
+}
+
+/// Scans the caller's network namespace, again and again: the facts, then
+/// one dump of every TCP socket (IPv4 and IPv6) that can be a loop or a
+/// listener, streamed (memory stays flat however many sockets there are).
+/// It dumps both families in one walk of the kernel's tables
+/// ([`crate::sys::tcpdiag`]), and falls back for good to one dump a family
+/// if the kernel refuses that request.
+#[derive(Debug)]
+pub struct Scanner {
+    single_walk: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner { single_walk: true }
+    }
+}
+
+impl Scanner {
+    /// A scanner that tries the single-walk dump first.
+    pub fn new() -> Scanner {
+        Scanner::default()
+    }
+
+    /// Whether the single-walk dump is in use.
+    pub fn single_walk(&self) -> bool {
+        self.single_walk
+    }
+
+    /// Scans once.
+    pub fn scan(&mut self) -> Result<Snapshot, ScanError> {
+        let facts = EphemeralFacts::read()?;
+        let mut snap = Snapshot::default();
+        let mut exposed = vec![];
+        if self.single_walk {
+            match tcpdiag::dump_both(tcpdiag::WATCH_STATES, |s| snap.add(&facts, s, &mut exposed)) {
+                Ok(()) => {
+                    snap.exposed_listeners = PortSet::from_ports(exposed);
+                    return Ok(snap);
+                }
+                Err(DiagError::Kernel(_)) => {
+                    self.single_walk = false;
+                    snap = Snapshot::default();
+                    exposed.clear();
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        diag::dump_all(tcpdiag::WATCH_STATES, |s| snap.add(&facts, s, &mut exposed))?;
+        snap.exposed_listeners = PortSet::from_ports(exposed);
+        Ok(snap)
+    }
+}
+
+/// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
+/// stopping once each has an owner), by inode.
+pub fn owners_of<'a>(
+    socks: impl IntoIterator<Item = &'a DiagSocket>,
+) -> std::io::Result<HashMap<u32, Vec<OwnerInfo>>> {
+    let inodes: Vec<u64> = socks.into_iter().map(|s| u64::from(s.inode)).collect();
+    let found =
+        crate::owners::find_owners(inodes.iter().copied(), crate::owners::Search::FirstOwner)?;
+    Ok(inodes
+        .iter()
+        .filter_map(|&i| {
+            let o = found.of(i);
+            (!o.is_empty()).then(|| {
+                let v = o
+                    .iter()
+                    .map(|o| OwnerInfo {
+                        pid: o.pid,
+                        command: o.comm.clone(),
+                        fd: o.fd,
+                    })
+                    .collect();
+                (i as u32, v)
+            })
+        })
+        .collect())
+}
+
+/// Destroys a loop of the caller's namespace with `SOCK_DESTROY` through
+/// [`crate::scan::kill`], which first checks that the socket at that exact
+/// 4-tuple and cookie still is this loop. Its owner gets `ECONNABORTED`.
+/// Needs CAP_NET_ADMIN over the namespace.
+pub fn kill(sock: &DiagSocket) -> Result<crate::scan::Killed, crate::scan::KillError> {
+    let own = crate::scan::NetnsLabel {
+        inode: 0,
+        pid: Some(std::process::id()),
+        comm: None,
+        name: None,
+        path: None,
+    };
+    crate::scan::kill(&crate::scan::Loop {
+        socket: *sock,
+        owners: vec![],
+        netns: own,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::{KernelVersion, PortRange};
+
+    fn sock(st: u8, local: &str, peer: &str, cookie: u32) -> DiagSocket {
+        DiagSocket {
+            family: 2,
+            state: st,
+            local: local.parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            ifindex: 0,
+            cookie: [cookie, 0],
+            expires_ms: 0,
+            uid: 0,
+            inode: cookie + 1000,
+        }
+    }
+
+    #[test]
+    fn appear_stay_go() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new();
+        let a = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1);
+        let mut owners = HashMap::new();
+        owners.insert(
+            1001,
+            vec![OwnerInfo {
+                pid: 7,
+                command: "python3".into(),
+                fd: 3,
+            }],
+        );
+        assert_eq!(tr.new_loops(&[a]).len(), 1);
+        let c = tr.observe(t0, &[a], &owners);
+        assert!(matches!(&c[..], [Change::Appeared(t)] if t.command() == "python3"));
+        assert!(tr.new_loops(&[a]).is_empty(), "owners are looked up once");
+        let c = tr.observe(t0 + Duration::from_secs(1), &[a], &HashMap::new());
+        assert!(c.is_empty());
+        assert_eq!(tr.present().next().unwrap().command(), "python3");
+        // a new loop on the same port (new cookie) is another loop
+        let b = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 2);
+        let c = tr.observe(t0 + Duration::from_secs(3), &[b], &HashMap::new());
+        assert_eq!(c.len(), 2);
+        assert!(matches!(&c[0], Change::Appeared(t) if t.command() == "unknown"));
+        assert!(matches!(&c[1], Change::Gone(_, d) if *d == Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn due_for_kill_after_and_not_time_wait() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new();
+        let a = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1);
+        let tw = sock(state::TIME_WAIT, "127.0.0.1:40006", "127.0.0.1:40006", 2);
+        tr.observe(t0, &[a, tw], &HashMap::new());
+        let d = Duration::from_secs(5);
+        assert!(tr.due(t0 + Duration::from_secs(4), d).is_empty());
+        let due = tr.due(t0 + d, d);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].sock, a);
+        assert!(tr.forget(&a).is_some());
+        assert_eq!(tr.present().count(), 1);
+    }
+
+    #[test]
+    fn snapshot_counts_loops_and_exposed_listeners() {
+        let f = EphemeralFacts {
+            range: PortRange {
+                low: 40000,
+                high: 40009,
+            },
+            reserved: PortSet::parse("40002").unwrap(),
+            release: "6.18.0".into(),
+            kernel: Some(KernelVersion(6, 18, 0)),
+        };
+        let socks = [
+            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 1),
+            sock(state::LISTEN, "[::]:40004", "[::]:0", 2),
+            sock(state::LISTEN, "0.0.0.0:40002", "0.0.0.0:0", 3),
+            sock(state::LISTEN, "0.0.0.0:22", "0.0.0.0:0", 4),
+            sock(state::ESTABLISHED, "127.0.0.1:40006", "127.0.0.1:40006", 5),
+            sock(state::ESTABLISHED, "127.0.0.1:40008", "127.0.0.1:40004", 6),
+        ];
+        let s = Snapshot::from_sockets(&f, &socks);
+        assert_eq!(s.sockets, 6);
+        assert_eq!(s.exposed_listeners.to_string(), "40004");
+        assert_eq!(s.loops.len(), 1);
+        assert_eq!(s.loops[0].local.port(), 40006);
+    }
+}
