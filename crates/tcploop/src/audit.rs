@@ -529,17 +529,10 @@ mod tests {
     }
 
     fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
-        let local: SocketAddr = local.parse().unwrap();
         DiagSocket {
-            family: if local.is_ipv4() { 2 } else { 10 },
-            state: st,
-            local,
-            peer: peer.parse().unwrap(),
-            ifindex: 0,
             cookie: [inode, 0],
-            expires_ms: 0,
-            uid: 0,
             inode,
+            ..DiagSocket::fixture(st, local, peer)
         }
     }
 

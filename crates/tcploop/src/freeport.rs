@@ -294,18 +294,7 @@ mod tests {
     }
 
     fn sock(local: &str, peer: &str, st: u8) -> DiagSocket {
-        let local: SocketAddr = local.parse().unwrap();
-        DiagSocket {
-            family: if local.is_ipv4() { 2 } else { 10 },
-            state: st,
-            local,
-            peer: peer.parse().unwrap(),
-            ifindex: 0,
-            cookie: [0, 0],
-            expires_ms: 0,
-            uid: 0,
-            inode: 0,
-        }
+        DiagSocket::fixture(st, local, peer)
     }
 
     #[test]

@@ -531,17 +531,7 @@ mod tests {
     }
 
     fn sock(st: u8, local: &str, peer: &str) -> DiagSocket {
-        DiagSocket {
-            family: 2,
-            state: st,
-            local: local.parse().unwrap(),
-            peer: peer.parse().unwrap(),
-            ifindex: 0,
-            cookie: [0, 0],
-            expires_ms: 0,
-            uid: 0,
-            inode: 1,
-        }
+        DiagSocket::fixture(st, local, peer)
     }
 
     fn run(f: &EphemeralFacts, inv: &Inventory, h: &str, port: u16) -> Prediction {

@@ -228,22 +228,18 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         report::duration(report.elapsed),
         report::thousands(report.rate().round() as u64)
     );
+    let connected = format!(
+        "Connected after {}\n  local {}  peer {}  {summary}",
+        report::count(report.tries, "try", "tries"),
+        base.local.as_deref().unwrap_or("?"),
+        base.peer.as_deref().unwrap_or("?")
+    );
     match report.outcome {
         Outcome::SelfConnect(sock) => {
             let echo = echo_back(&sock);
             let stolen = port_stolen(target);
             if human {
-                writeln!(
-                    out,
-                    "Connected after {}",
-                    report::count(report.tries, "try", "tries")
-                )?;
-                writeln!(
-                    out,
-                    "  local {}  peer {}  {summary}",
-                    base.local.as_deref().unwrap_or("?"),
-                    base.peer.as_deref().unwrap_or("?")
-                )?;
+                writeln!(out, "{connected}")?;
                 writeln!(
                     out,
                     "  SELF-CONNECT: the socket is connected to itself (TCP simultaneous open)."
@@ -302,17 +298,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Outcome::Listener(sock) => {
             repro::release(sock, true);
             if human {
-                writeln!(
-                    out,
-                    "Connected after {}",
-                    report::count(report.tries, "try", "tries")
-                )?;
-                writeln!(
-                    out,
-                    "  local {}  peer {}  {summary}",
-                    base.local.as_deref().unwrap_or("?"),
-                    base.peer.as_deref().unwrap_or("?")
-                )?;
+                writeln!(out, "{connected}")?;
                 writeln!(
                     out,
                     "  Not a loop: a real listener answered on {}.",

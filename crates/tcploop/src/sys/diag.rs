@@ -101,6 +101,26 @@ impl DiagSocket {
     }
 }
 
+#[cfg(test)]
+impl DiagSocket {
+    /// A socket for tests: `state` (see [`state`]), `local` and `peer`
+    /// addresses as text, no interface, cookie `[1, 0]`, inode 1.
+    pub(crate) fn fixture(st: u8, local: &str, peer: &str) -> DiagSocket {
+        let local: SocketAddr = local.parse().expect("fixture address");
+        DiagSocket {
+            family: if local.is_ipv4() { 2 } else { 10 },
+            state: st,
+            local,
+            peer: peer.parse().expect("fixture address"),
+            ifindex: 0,
+            cookie: [1, 0],
+            expires_ms: 0,
+            uid: 0,
+            inode: 1,
+        }
+    }
+}
+
 /// Why a dump or destroy failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {
@@ -204,7 +224,19 @@ impl DiagSocketFd {
             states,
             &[0; SOCKID_LEN],
         );
-        self.send(&req)?;
+        self.run_dump(&req, |_| {}, &mut f)
+    }
+
+    /// Sends a dump request and feeds every record to `f` until
+    /// `NLMSG_DONE`; `prepare` may rewrite each received buffer before it
+    /// is parsed (see `tcpdiag`).
+    pub(super) fn run_dump(
+        &mut self,
+        req: &[u8],
+        prepare: fn(&mut [u8]),
+        f: &mut dyn FnMut(&DiagSocket),
+    ) -> Result<(), DiagError> {
+        self.send(req)?;
         // 32 KiB: the most the kernel puts in one dump message.
         let mut buf = vec![0u8; 32 * 1024];
         loop {
@@ -212,7 +244,8 @@ impl DiagSocketFd {
             if n == 0 {
                 return Err(DiagError::Malformed("empty read before NLMSG_DONE"));
             }
-            match parse(&buf[..n], &mut f)? {
+            prepare(&mut buf[..n]);
+            match parse(&buf[..n], &mut |s: &DiagSocket| f(s))? {
                 Parsed::Done => return Ok(()),
                 Parsed::More => {}
                 Parsed::Ack => return Err(DiagError::Malformed("ack in a dump")),

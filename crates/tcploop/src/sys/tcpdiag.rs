@@ -22,10 +22,7 @@
 //! A kernel that refuses the request (the compatibility path ever removed)
 //! answers with an error; the caller then falls back to two dumps.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-use super::diag::{self, DiagError, DiagSocket, Parsed};
-use super::syscall;
+use super::diag::{self, DiagError, DiagSocket, DiagSocketFd};
 
 /// `TCPDIAG_GETSOCK` (linux/inet_diag.h).
 const TCPDIAG_GETSOCK: u16 = 18;
@@ -76,49 +73,7 @@ pub fn retype(buf: &mut [u8]) {
 /// Dumps every TCP socket (IPv4 and IPv6) of the caller's namespace whose
 /// state is in `states`, in one walk, calling `f` for each.
 pub fn dump_both(states: u32, mut f: impl FnMut(&DiagSocket)) -> Result<(), DiagError> {
-    let fd = syscall!(socket(
-        libc::AF_NETLINK,
-        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-        libc::NETLINK_SOCK_DIAG
-    ))
-    .map_err(DiagError::Socket)?;
-    // SAFETY: fd was just returned by socket() and is owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let req = request(1, states);
-    // SAFETY: sockaddr_nl is plain data; zero means "the kernel".
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    syscall!(sendto(
-        fd.as_raw_fd(),
-        req.as_ptr().cast(),
-        req.len(),
-        0,
-        (&addr as *const libc::sockaddr_nl).cast(),
-        std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t
-    ))
-    .map_err(DiagError::Socket)?;
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(DiagError::Socket(e));
-        }
-        let n = n as usize;
-        if n == 0 {
-            return Err(DiagError::Malformed("empty read before NLMSG_DONE"));
-        }
-        retype(&mut buf[..n]);
-        match diag::parse(&buf[..n], &mut f)? {
-            Parsed::Done => return Ok(()),
-            Parsed::More => {}
-            Parsed::Ack => return Err(DiagError::Malformed("ack in a dump")),
-        }
-    }
+    DiagSocketFd::open()?.run_dump(&request(1, states), retype, &mut f)
 }
 
 #[cfg(test)]
