@@ -327,20 +327,9 @@ fn connect_sampled(sock: &Socket, target: &SockAddr, progress: &Progress) -> io:
 }
 
 fn wait_connected(sock: &Socket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    // poll(2) through libc: socket2 has no poll; one fd, 5 s at most.
-    #[allow(unsafe_code)]
-    // SAFETY: pfd is a valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, 5000) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n == 0 {
+    use std::os::fd::AsFd;
+    // 5 s at most: on loopback the answer is there at once.
+    if !crate::sys::poll::writable(sock.as_fd(), 5000)? {
         return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
     }
     match sock.take_error()? {

@@ -14,7 +14,6 @@
 //!   single-threaded (the `tcploop sandbox -- CMD` and test-suite way).
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use crate::ports::{PortRange, PortSet};
@@ -145,23 +144,7 @@ impl Sandbox {
     /// Spawning it fails with the namespace error if entering fails.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        let plans = self.plans();
-        // SAFETY (of the closure): Plan::apply only makes async-signal-safe
-        // system calls on buffers prepared before fork.
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(move || {
-                let mut last = io::Error::from_raw_os_error(libc::EPERM);
-                for plan in &plans {
-                    match plan.apply() {
-                        Ok(()) => return Ok(()),
-                        Err((Step::Unshare, e)) => last = e,
-                        Err((_, e)) => return Err(e),
-                    }
-                }
-                Err(last)
-            });
-        }
+        ns::enter_before_exec(&mut cmd, self.plans());
         cmd
     }
 }

@@ -11,7 +11,8 @@
 //! - [`procnet`]: `/proc/net/tcp` and `tcp6`, the fallback socket table;
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
-//! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`).
+//! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
+//! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
 #![allow(unsafe_code)]
 
 pub mod diag;
@@ -19,6 +20,7 @@ pub mod ifaddrs;
 pub mod netns;
 pub mod ns;
 pub mod packet;
+pub mod poll;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;

@@ -81,6 +81,30 @@ impl Plan {
     }
 }
 
+/// Makes `cmd` enter a namespace between `fork()` and `exec()`, trying each
+/// plan in turn while `unshare` refuses (a user+net namespace, then a plain
+/// network namespace as root). Spawning fails with the error of the last
+/// plan tried.
+pub fn enter_before_exec(cmd: &mut std::process::Command, plans: Vec<Plan>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child, where only
+    // async-signal-safe calls are allowed: Plan::apply makes only raw
+    // system calls on buffers prepared here, before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut last = io::Error::from_raw_os_error(libc::EPERM);
+            for plan in &plans {
+                match plan.apply() {
+                    Ok(()) => return Ok(()),
+                    Err((Step::Unshare, e)) => last = e,
+                    Err((_, e)) => return Err(e),
+                }
+            }
+            Err(last)
+        });
+    }
+}
+
 /// `open(2)` + one `write(2)` + `close(2)`; async-signal-safe.
 fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
     let fd = syscall!(open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC))?;
