@@ -60,7 +60,9 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Tries so far, all workers together.
+    /// Tries so far, all workers together (each worker counts a try just
+    /// before it makes it, so this may run ahead of a try limit by the
+    /// number of workers; [`Report::tries`] is exact).
     pub fn tries(&self) -> u64 {
         self.tries.load(Ordering::Relaxed)
     }

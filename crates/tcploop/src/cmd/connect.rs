@@ -212,7 +212,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
     let report = std::thread::scope(|s| -> anyhow::Result<repro::Report> {
         let h = s.spawn(|| repro::run(&cfg, &progress));
-        show_progress(&progress, style, out, &h)?;
+        show_progress(&progress, cfg.max_tries, style, out, &h)?;
         Ok(h.join().expect("reproducer thread")?)
     })?;
     let base = ResultLine {
@@ -371,6 +371,7 @@ enum Style {
 
 fn show_progress<T>(
     p: &Progress,
+    max_tries: Option<u64>,
     style: Style,
     out: &mut dyn Write,
     worker: &std::thread::ScopedJoinHandle<'_, T>,
@@ -389,7 +390,7 @@ fn show_progress<T>(
         if super::interrupted() {
             p.stop();
         }
-        let n = p.tries();
+        let n = p.tries().min(max_tries.unwrap_or(u64::MAX));
         match style {
             Style::Live => {
                 let secs = start.elapsed().as_secs_f64();
