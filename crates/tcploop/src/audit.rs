@@ -504,16 +504,10 @@ pub fn parse_ports_file(text: &str) -> Result<PortSet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{KernelVersion, PortRange};
     use crate::predict::Verdict;
 
     fn facts(low: u16, high: u16, reserved: &str) -> EphemeralFacts {
-        EphemeralFacts {
-            range: PortRange { low, high },
-            reserved: PortSet::parse(reserved).unwrap(),
-            release: "6.18.44".into(),
-            kernel: Some(KernelVersion(6, 18, 44)),
-        }
+        EphemeralFacts::fixture(low, high, reserved)
     }
 
     fn lo() -> Vec<IfAddr> {

@@ -315,6 +315,20 @@ impl EphemeralFacts {
 }
 
 #[cfg(test)]
+impl EphemeralFacts {
+    /// Facts for tests: range `low..=high`, reserved ports in the kernel's
+    /// notation, kernel 6.18.44.
+    pub(crate) fn fixture(low: u16, high: u16, reserved: &str) -> EphemeralFacts {
+        EphemeralFacts {
+            range: PortRange { low, high },
+            reserved: PortSet::parse(reserved).expect("fixture reserved ports"),
+            release: "6.18.44".into(),
+            kernel: Some(KernelVersion(6, 18, 44)),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

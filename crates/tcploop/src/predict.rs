@@ -507,17 +507,11 @@ pub fn suggest(s: &Situation<'_>, port: u16) -> Option<u16> {
 mod tests {
     use super::*;
     use crate::host::classify;
-    use crate::ports::PortSet;
     use crate::sys::diag::{state, DiagSocket};
     use crate::sys::ifaddrs::IfAddr;
 
     fn facts(low: u16, high: u16, reserved: &str) -> EphemeralFacts {
-        EphemeralFacts {
-            range: PortRange { low, high },
-            reserved: PortSet::parse(reserved).unwrap(),
-            release: "6.18.44".into(),
-            kernel: Some(KernelVersion(6, 18, 44)),
-        }
+        EphemeralFacts::fixture(low, high, reserved)
     }
 
     fn host(a: &str) -> Host {
