@@ -146,3 +146,33 @@ pub fn signal(pid: u32, sig: i32) {
         std::io::Error::last_os_error()
     );
 }
+
+/// The environment variable that turns a privilege skip into a failure. CI
+/// sets it (`.ci/run`): there every privileged test must really run.
+pub const REQUIRE_ENV: &str = "TCPLOOP_REQUIRE_PRIVILEGED";
+
+/// Whether this process is root (euid 0).
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Whether BPF programs can plausibly be loaded here: root and a kernel with
+/// BTF. The real load may still be refused; tests that need it call
+/// [`skip_unless`] with the result of the real probe.
+pub fn bpf_plausible() -> bool {
+    is_root() && std::path::Path::new("/sys/kernel/btf/vmlinux").exists()
+}
+
+/// Skips loudly: returns `true` (the caller returns at once) when `ok` is
+/// false, after printing `SKIPPED <test>: <what>` to stderr; panics instead
+/// when [`REQUIRE_ENV`] is set, so that CI cannot pass by skipping.
+pub fn skip_unless(ok: bool, test: &str, what: &str) -> bool {
+    if ok {
+        return false;
+    }
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{test} needs {what}, and {REQUIRE_ENV} is set: privileged tests must run here");
+    }
+    eprintln!("SKIPPED {test}: needs {what}");
+    true
+}

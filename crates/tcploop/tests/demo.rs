@@ -279,19 +279,9 @@ fn svg_is_well_formed_with_one_arrow_a_segment() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        == Some("0")
-}
-
 #[test]
 fn plain_network_namespace_as_root() {
-    if !is_root() {
-        eprintln!("skipped: a plain network namespace needs root");
+    if skip_unless(is_root(), "demo --netns-only", "root") {
         return;
     }
     let lines = run_json(&["--netns-only"]);

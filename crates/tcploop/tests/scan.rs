@@ -490,8 +490,7 @@ fn scenario_churn() {
 /// Like `common::scenario`, in a plain network namespace (root only), so
 /// that an unprivileged user in it lacks CAP_NET_ADMIN over it.
 fn root_netns_scenario(name: &str) -> Option<String> {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED {name}: needs root to create a plain network namespace");
+    if common::skip_unless(common::is_root(), name, "root (a plain network namespace)") {
         return None;
     }
     let file = std::env::temp_dir().join(format!("tcploop-scan-{}-{name}", std::process::id()));
@@ -571,8 +570,7 @@ fn scenario_unprivileged() {
 
 #[test]
 fn all_netns_finds_a_loop_in_another_namespace_with_its_process() {
-    if rustix::process::geteuid().as_raw() != 0 {
-        eprintln!("SKIPPED: --all-netns needs root");
+    if common::skip_unless(common::is_root(), "scan --all-netns", "root") {
         return;
     }
     // a python3 program in its own sandbox holds a loop until its stdin closes

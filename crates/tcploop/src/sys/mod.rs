@@ -15,6 +15,7 @@
 //! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod diag;
 pub mod ifaddrs;
 pub mod netns;
