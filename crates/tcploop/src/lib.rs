@@ -20,6 +20,7 @@
 //! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`trace`]: loops reported by the kernel (BPF) the instant they form, and their end;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
@@ -44,6 +45,7 @@ pub mod sandbox;
 pub mod scan;
 pub mod survey;
 pub mod sys;
+pub mod trace;
 pub mod watch;
 
 pub use tcploop_guard::is_loop;

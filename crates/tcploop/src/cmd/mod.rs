@@ -18,6 +18,7 @@ pub mod ports;
 pub mod run;
 pub mod sandbox;
 pub mod scan;
+pub mod trace;
 pub mod watch;
 
 /// Runs the chosen command.
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Kill(a) => kill::run(a, &mut out),
         Command::Demo(a) => demo::run(a, &mut out),
         Command::Audit(a) => audit::run(a, &mut out),
+        Command::Trace(a) => trace::run(a, &mut out),
         Command::Watch(a) => watch::run(a, &mut out),
         Command::FreePort(a) => free_port::run(a, &mut out),
         Command::Run(a) => run::run(a, &mut out),

@@ -10,6 +10,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub mod trace;
+
 /// One JSON Lines record: `{"type": ty, "data": data}`.
 #[derive(Debug, Serialize)]
 pub struct Line<'a, T: Serialize> {
@@ -61,8 +63,31 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{} {}", thousands(n), if n == 1 { one } else { many })
 }
 
+/// Text from the system (a process name, a path) made safe for a terminal:
+/// control characters (and backslashes) come out as escapes: `\u{1b}`, `\n`.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(super::printable("python3"), "python3");
+        assert_eq!(super::printable("a\x1b[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(super::printable("a\\b"), "a\\\\b");
+    }
+
     #[test]
     fn thousands() {
         assert_eq!(super::thousands(0), "0");

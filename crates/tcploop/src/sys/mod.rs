@@ -12,7 +12,9 @@
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
-//! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
+//! - [`poll`]: waiting for a socket to become writable, or fds readable (`poll(2)`);
+//! - [`signal`]: SIGINT, SIGTERM and SIGCHLD read from a `signalfd(2)`;
+//! - [`bpf`]: the BPF programs (aya): loading, attaching, their maps.
 #![allow(unsafe_code)]
 
 pub mod bpf;
@@ -25,6 +27,7 @@ pub mod poll;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;
+pub mod signal;
 pub mod tcpdiag;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.

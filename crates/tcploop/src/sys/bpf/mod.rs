@@ -10,6 +10,8 @@ use std::fmt;
 use std::io;
 use std::path::Path;
 
+pub mod loops;
+
 /// Where the kernel publishes its own BTF (type information). `tp_btf`
 /// programs and CO-RE relocations need it.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -44,12 +46,45 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// Checks what can be checked without loading anything.
+/// Checks what can be checked without loading anything: BTF, and whether
+/// this process runs in a user namespace other than the initial one (where
+/// no capability counts for BPF, whatever the uid inside).
 pub fn precheck() -> Result<(), Refusal> {
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(Refusal::NoBtf);
     }
+    if in_child_user_namespace() {
+        return Err(Refusal::NotPermitted(
+            "inside a user namespace (BPF checks capabilities in the initial one)".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Whether `/proc/self/uid_map` maps less than the whole id space, which
+/// is true in every user namespace but the initial one.
+fn in_child_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
+}
+
+/// Sorts an error of a loader (aya's errors nest the system call's
+/// `io::Error` as a source) into a [`Refusal`]: the first `io::Error` in the
+/// chain decides; without one, the step is refused with the error's text.
+pub fn classify_chain(step: &str, err: &(dyn std::error::Error + 'static)) -> Refusal {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return classify(step, io);
+        }
+        cur = e.source();
+    }
+    Refusal::Unsupported(format!("{step} ({err})"))
 }
 
 /// Sorts an error from a load or attach step into a [`Refusal`].
@@ -57,5 +92,27 @@ pub fn classify(step: &str, err: &io::Error) -> Refusal {
     match err.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => Refusal::NotPermitted(step.to_string()),
         _ => Refusal::Unsupported(format!("{step} ({err})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] io::Error);
+
+    #[test]
+    fn a_nested_eperm_is_a_permission_refusal() {
+        let e = Outer(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            classify_chain("loading", &e),
+            Refusal::NotPermitted("loading".into())
+        );
+        let e = Outer(io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(
+            matches!(classify_chain("loading", &e), Refusal::Unsupported(s) if s.starts_with("loading ("))
+        );
     }
 }
