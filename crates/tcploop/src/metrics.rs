@@ -11,7 +11,7 @@
 //! | --- | --- | --- |
 //! | `tcploop_loops{port,command}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read); a series that was seen stays, at 0, after its loops go away |
 //! | `tcploop_loops_present` | gauge | all self-connected sockets present now |
-//! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start |
+//! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start (with eBPF events, every loop that formed, also those gone before any scan could see them) |
 //! | `tcploop_exposed_listeners` | gauge | listening ports inside the ephemeral range and not reserved (clients of those services may loop while they are down) |
 //! | `tcploop_sockets` | gauge | TCP sockets seen by the last scan |
 //! | `tcploop_scan_duration_seconds` | gauge | how long the last scan took |
@@ -162,9 +162,19 @@ impl Metrics {
     /// Records a successful scan: every loop series is set to its count now
     /// (series seen before and absent now drop to 0).
     pub fn record_scan(&self, s: &ScanSample) {
+        self.record_loops(&s.loops, &s.appeared);
+        self.exposed_listeners.set(s.exposed_listeners as i64);
+        self.sockets.set(s.sockets as i64);
+        self.scan_duration.set(s.duration.as_secs_f64());
+        self.scans.inc();
+    }
+
+    /// Records the loops present now and those that just appeared, without
+    /// a scan: `watch` on kernel events calls it on every event.
+    pub fn record_loops(&self, present: &[LoopLabels], appeared: &[LoopLabels]) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts: std::collections::HashMap<&LoopLabels, i64> = Default::default();
-        for l in &s.loops {
+        for l in present {
             *counts.entry(l).or_default() += 1;
         }
         for l in known.iter() {
@@ -176,14 +186,10 @@ impl Metrics {
             self.loops.get_or_create(l).set(*n);
             known.insert((*l).clone());
         }
-        for l in &s.appeared {
+        for l in appeared {
             self.loops_seen.get_or_create(l).inc();
         }
-        self.loops_present.set(s.loops.len() as i64);
-        self.exposed_listeners.set(s.exposed_listeners as i64);
-        self.sockets.set(s.sockets as i64);
-        self.scan_duration.set(s.duration.as_secs_f64());
-        self.scans.inc();
+        self.loops_present.set(present.len() as i64);
     }
 
     /// Records a failed scan.

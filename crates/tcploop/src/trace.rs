@@ -29,7 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::ports::PortSet;
 use crate::scan::{self, KillError, Killed, NetnsLabel};
-use crate::sys::bpf::loops::{self as kernel, Counters, EventKind, LoopEvent, LoopSource};
+use crate::sys::bpf::loops::{self as kernel, Counters, LoopSource};
+pub use crate::sys::bpf::loops::{EventKind, LoopEvent};
 use crate::sys::bpf::Refusal;
 use crate::sys::diag::{state, DiagSocket};
 use crate::sys::netns;
@@ -276,13 +277,12 @@ pub struct Batch {
 }
 
 impl Events {
-    /// Blocks SIGINT, SIGTERM and SIGCHLD (read from a signalfd instead:
-    /// call this before starting any thread), then loads and attaches the
-    /// program for `scope`.
+    /// Loads and attaches the program for `scope`, then blocks SIGINT,
+    /// SIGTERM and SIGCHLD, read from a signalfd from now on: call this
+    /// before starting any thread. When it fails, nothing was blocked.
     pub fn open(scope: NetnsScope, ring_bytes: Option<u32>) -> Result<Events, TraceError> {
         let own_netns =
             netns::current().map_err(io_err("reading the own network namespace"))? as u32;
-        let signals = SignalFd::new().map_err(io_err("signalfd"))?;
         let source = LoopSource::open(&kernel::Options {
             netns: match scope {
                 NetnsScope::Current => Some(own_netns),
@@ -290,6 +290,7 @@ impl Events {
             },
             ring_bytes,
         })?;
+        let signals = SignalFd::new().map_err(io_err("signalfd"))?;
         Ok(Events {
             source,
             signals,

@@ -621,7 +621,7 @@ fn scenario_prometheus_server() {
 /// The JSON Lines contract of `audit` and `watch`: every line's `data`
 /// deserializes into these, with no unknown field (see the README's JSON
 /// section and the rustdoc of cmd/audit.rs and cmd/watch.rs).
-mod schema {
+pub(crate) mod schema {
     #![allow(dead_code)]
     use serde::Deserialize;
 
@@ -703,6 +703,15 @@ mod schema {
         prometheus: Option<String>,
         textfile: Option<String>,
         kill_after_s: Option<f64>,
+        source: String,
+        source_reason: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Lost {
+        time: String,
+        loops: u64,
+        ends: u64,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -757,6 +766,7 @@ mod schema {
             }
             t @ ("scan_error" | "owner_error" | "output_error") => parse::<ErrorEvent>(t, d),
             t @ "watch_stopped" => parse::<Stopped>(t, d),
+            t @ "events_lost" => parse::<Lost>(t, d),
             other => panic!("unknown line type {other}: {line}"),
         }
     }

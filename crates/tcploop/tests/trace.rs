@@ -319,3 +319,227 @@ fn scenario_overflow() {
     let lines = stop(t);
     std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
 }
+
+/// A watch whose JSON lines arrive on a channel (each checked against the
+/// schema), once it has started.
+struct Watch {
+    child: Child,
+    rx: std::sync::mpsc::Receiver<serde_json::Value>,
+    lines: Vec<serde_json::Value>,
+}
+
+impl Watch {
+    fn start(args: &[&str]) -> Watch {
+        let mut child = tcploop(args).stdout(Stdio::piped()).spawn().unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                crate::audit::schema::check(&v);
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Watch {
+            child,
+            rx,
+            lines: vec![],
+        };
+        w.wait_for("watch_started");
+        w
+    }
+
+    fn wait_for(&mut self, ty: &str) -> serde_json::Value {
+        loop {
+            let v = self.rx.recv().unwrap_or_else(|_| {
+                panic!("the watch ended before a {ty} line: {:#?}", self.lines)
+            });
+            self.lines.push(v.clone());
+            if v["type"] == ty {
+                return v["data"].clone();
+            }
+        }
+    }
+
+    /// SIGINT, then every line it printed.
+    fn stop(mut self) -> Vec<serde_json::Value> {
+        common::signal(self.child.id(), libc::SIGINT);
+        self.wait_for("watch_stopped");
+        assert_eq!(self.child.wait().unwrap().code(), Some(0));
+        self.lines
+    }
+}
+
+#[test]
+fn watch_on_events_counts_the_loops_that_polling_misses() {
+    if skip("watch_on_events_counts_the_loops_that_polling_misses") {
+        return;
+    }
+    let text = common::scenario_netns_only(RANGE, "trace::scenario_watch_sources");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let n = v["n"].as_u64().unwrap();
+    let events: Vec<serde_json::Value> = serde_json::from_value(v["ebpf"].clone()).unwrap();
+    let polled: Vec<serde_json::Value> = serde_json::from_value(v["poll"].clone()).unwrap();
+    assert_eq!(of_type(&events, "watch_started")[0]["source"], "ebpf");
+    assert_eq!(of_type(&polled, "watch_started")[0]["source"], "poll");
+    let appeared = of_type(&events, "loop_appeared");
+    assert_eq!(appeared.len() as u64, n, "{events:#?}");
+    assert!(appeared
+        .iter()
+        .all(|a| a["owners"][0]["pid"] == v["pid"] && a["local"] == format!("127.0.0.1:{PORT}")));
+    assert_eq!(of_type(&events, "loop_gone").len() as u64, n);
+    assert_eq!(of_type(&events, "watch_stopped")[0]["loops_seen"], n);
+    // the control: a scan every second does not see loops that live microseconds
+    let missed = of_type(&polled, "watch_stopped")[0]["loops_seen"]
+        .as_u64()
+        .unwrap();
+    assert!(missed < n, "polling saw {missed} of {n}");
+    // the metrics file was written on the events, not on a timer
+    let prom = v["textfile"].as_str().unwrap();
+    // (the command is the thread's name: the test's, cut to 15 bytes)
+    let seen = prom
+        .lines()
+        .find(|l| l.starts_with(&format!("tcploop_loops_seen_total{{port=\"{PORT}\",")))
+        .unwrap_or_else(|| panic!("{prom}"));
+    assert!(seen.ends_with(&format!("}} {n}")), "{prom}");
+    assert!(prom.contains("\ntcploop_loops_present 0\n"), "{prom}");
+}
+
+#[test]
+#[ignore = "runs inside a namespace, through watch_on_events_counts_the_loops_that_polling_misses"]
+fn scenario_watch_sources() {
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let textfile = out.with_extension("prom");
+    let n = 20;
+    let ebpf = Watch::start(&[
+        "watch",
+        "--json",
+        "--source",
+        "ebpf",
+        "--textfile",
+        textfile.to_str().unwrap(),
+    ]);
+    let poll = Watch::start(&["watch", "--json", "--source", "poll", "--interval", "1s"]);
+    make_loops(n, PORT);
+    let mut ebpf = ebpf;
+    for _ in 0..n {
+        ebpf.wait_for("loop_gone");
+    }
+    let ebpf = ebpf.stop();
+    let prom = std::fs::read_to_string(&textfile).unwrap();
+    let _ = std::fs::remove_file(&textfile);
+    let v = serde_json::json!({
+        "n": n,
+        "pid": std::process::id(),
+        "ebpf": ebpf,
+        "poll": poll.stop(),
+        "textfile": prom,
+    });
+    std::fs::write(out, v.to_string()).unwrap();
+}
+
+#[test]
+fn watch_catches_up_with_a_scan_after_lost_events() {
+    if skip("watch_catches_up_with_a_scan_after_lost_events") {
+        return;
+    }
+    let text = common::scenario_netns_only(RANGE, "trace::scenario_watch_overflow");
+    let lines: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let lost_at = lines
+        .iter()
+        .position(|l| l["type"] == "events_lost")
+        .unwrap_or_else(|| panic!("no events_lost: {lines:#?}"));
+    assert!(lines[lost_at]["data"]["loops"].as_u64().unwrap() > 0);
+    // the two loops still held were made last, when the ring was full: only
+    // the catch-up scan can report them (with their fd, which events lack)
+    for port in [40006, 40008] {
+        let found = lines[lost_at..].iter().any(|l| {
+            l["type"] == "loop_appeared"
+                && l["data"]["local"] == format!("127.0.0.1:{port}")
+                && l["data"]["owners"][0]["fd"].as_i64().unwrap() >= 0
+        });
+        assert!(found, "port {port} not caught up: {lines:#?}");
+    }
+    let stopped = &of_type(&lines, "watch_stopped")[0];
+    assert_eq!(stopped["scans"], 2, "one scan at start, one after the loss");
+}
+
+#[test]
+#[ignore = "runs inside a namespace, through watch_catches_up_with_a_scan_after_lost_events"]
+fn scenario_watch_overflow() {
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let mut w = Watch::start(&[
+        "watch",
+        "--json",
+        "--source",
+        "ebpf",
+        "--ring-bytes",
+        "4096",
+    ]);
+    common::signal(w.child.id(), libc::SIGSTOP);
+    make_loops(100, PORT);
+    let held: Vec<TcpStream> = [40006, 40008].into_iter().map(hold_loop).collect();
+    common::signal(w.child.id(), libc::SIGCONT);
+    w.wait_for("events_lost");
+    for _ in 0..2 {
+        loop {
+            let a = w.wait_for("loop_appeared");
+            if a["owners"][0]["fd"].as_i64().unwrap() >= 0 {
+                break;
+            }
+        }
+    }
+    let lines = w.stop();
+    drop(held);
+    std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
+}
+
+/// A loop on `port`, kept open.
+fn hold_loop(port: u16) -> TcpStream {
+    let to: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..100_000 {
+        if let Ok(s) = TcpStream::connect(to) {
+            if s.local_addr().ok() == s.peer_addr().ok() {
+                return s;
+            }
+        }
+    }
+    panic!("no loop on {port}");
+}
+
+#[test]
+fn watch_without_privileges_polls_and_says_why() {
+    // auto: falls back to polling, one line saying so
+    let o = output(common::as_nobody(&mut common::sandboxed(
+        RANGE,
+        &["watch", "--count", "1", "--interval", "10ms"],
+    )));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = common::stdout(&o);
+    let why: Vec<&str> = text.lines().filter(|l| l.contains("source:")).collect();
+    assert_eq!(why.len(), 1, "{text}");
+    assert!(why[0].contains("source: poll: eBPF unavailable"), "{text}");
+    assert!(why[0].contains("user namespace"), "{text}");
+    let o = output(common::as_nobody(&mut common::sandboxed(
+        RANGE,
+        &["watch", "--json", "--count", "1", "--interval", "10ms"],
+    )));
+    let lines = json_lines(&o);
+    lines.iter().for_each(crate::audit::schema::check);
+    let started = &of_type(&lines, "watch_started")[0];
+    assert_eq!(started["source"], "poll");
+    // ebpf, asked for explicitly: an error, exit 2, one line
+    let o = output(common::as_nobody(&mut common::sandboxed(
+        RANGE,
+        &["watch", "--source", "ebpf", "--count", "1"],
+    )));
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--source poll"));
+}
