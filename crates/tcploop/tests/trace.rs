@@ -543,3 +543,51 @@ fn watch_without_privileges_polls_and_says_why() {
     assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("--source poll"));
 }
+
+#[test]
+fn trace_kill_destroys_a_loop_by_its_cookie() {
+    if skip("trace_kill_destroys_a_loop_by_its_cookie") {
+        return;
+    }
+    let text = common::scenario_netns_only(RANGE, "trace::scenario_kill");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // the control: traced without --kill, the loop lives on
+    assert_eq!(v["control"], "alive", "{v}");
+    let lines: Vec<serde_json::Value> = serde_json::from_value(v["killed"].clone()).unwrap();
+    let kill = &of_type(&lines, "kill")[0];
+    assert_eq!(kill["result"], "destroyed", "{lines:#?}");
+    assert_eq!(kill["cookie"], of_type(&lines, "loop")[0]["cookie"]);
+    assert_eq!(of_type(&lines, "summary")[0]["killed"], 1);
+    // its owner learns it from its next read
+    assert_eq!(v["read"], "ConnectionAborted", "{v}");
+}
+
+#[test]
+#[ignore = "runs inside a namespace, through trace_kill_destroys_a_loop_by_its_cookie"]
+fn scenario_kill() {
+    use std::io::Read;
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let run = |kill: bool, port: u16| {
+        let mut args = vec!["trace", "--json", "--count", "1"];
+        if kill {
+            args.push("--kill");
+        }
+        let t = start(&args);
+        let s = hold_loop(port);
+        let o = t.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "loops seen: exit 1");
+        s.set_nonblocking(true).unwrap();
+        let read = match (&s).read(&mut [0u8; 16]) {
+            Ok(n) => format!("read {n}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => "alive".to_string(),
+            Err(e) => format!("{:?}", e.kind()),
+        };
+        (json_lines(&o), read)
+    };
+    let (_, control) = run(false, 40006);
+    let (killed, read) = run(true, 40008);
+    let v = serde_json::json!({ "control": control, "killed": killed, "read": read });
+    std::fs::write(out, v.to_string()).unwrap();
+}
