@@ -11,6 +11,7 @@ mod demo;
 mod guard;
 mod preload;
 mod scan;
+mod trace;
 mod watch;
 
 /// tcploop's benchmark harness.
@@ -35,6 +36,8 @@ enum Area {
     Preload(preload::Args),
     /// tcploop watch CPU use
     Watch(watch::Args),
+    /// the eBPF event source: loops caught, latency, host cost, watch CPU
+    Trace(trace::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Area::Guard(a) => guard::run(a),
         Area::Preload(a) => preload::run(a),
         Area::Watch(a) => watch::run(a),
+        Area::Trace(a) => trace::run(a),
     }
 }
