@@ -315,7 +315,10 @@ fn choose(args: &Args) -> anyhow::Result<(Source, String)> {
             ),
             Err(TraceError::Refused(r)) => (
                 Source::Poll,
-                format!("eBPF unavailable ({r}): polling instead, loops shorter than the interval are missed"),
+                format!(
+                    "eBPF unavailable: {r}; polling instead (loops shorter than the interval \
+                     are missed)"
+                ),
             ),
             Err(e) => return Err(e.into()),
         },
@@ -665,6 +668,12 @@ fn watch_events(
                 }
                 EventKind::End => {
                     if let Some((t, held)) = st.tracker.end(e.cookie, Instant::now()) {
+                        // the kernel's own lifetime, when the program saw the start
+                        let held = if e.started_ns != 0 {
+                            Duration::from_nanos(e.monotonic_ns.saturating_sub(e.started_ns))
+                        } else {
+                            held
+                        };
                         st.log.loop_event("loop_gone", &t, Some(held), None)?;
                         changed = true;
                     }

@@ -55,7 +55,7 @@ pub fn precheck() -> Result<(), Refusal> {
     }
     if in_child_user_namespace() {
         return Err(Refusal::NotPermitted(
-            "inside a user namespace (BPF checks capabilities in the initial one)".into(),
+            "running in a user namespace other than the initial one".into(),
         ));
     }
     Ok(())
