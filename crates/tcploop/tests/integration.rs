@@ -9,5 +9,6 @@ mod check;
 mod connect;
 mod demo;
 mod free_port;
+mod procsys;
 mod run;
 mod scan;
