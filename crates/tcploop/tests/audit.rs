@@ -621,7 +621,7 @@ fn scenario_prometheus_server() {
 /// The JSON Lines contract of `audit` and `watch`: every line's `data`
 /// deserializes into these, with no unknown field (see the README's JSON
 /// section and the rustdoc of cmd/audit.rs and cmd/watch.rs).
-mod schema {
+pub(crate) mod schema {
     #![allow(dead_code)]
     use serde::Deserialize;
 
@@ -681,8 +681,18 @@ mod schema {
     #[serde(deny_unknown_fields)]
     struct Applied {
         value: String,
+        previous: String,
+        written: bool,
+        lock: Option<String>,
         file: Option<String>,
         file_written: bool,
+        file_value: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PersistFailed {
+        file: String,
+        error: String,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -750,6 +760,7 @@ mod schema {
             t @ "loop" => parse::<Loop>(t, d),
             t @ "fix" => parse::<Fix>(t, d),
             t @ "applied" => parse::<Applied>(t, d),
+            t @ "persist_failed" => parse::<PersistFailed>(t, d),
             t @ "summary" => parse::<Summary>(t, d),
             t @ "watch_started" => parse::<Started>(t, d),
             t @ ("loop_appeared" | "loop_gone" | "loop_killed" | "kill_failed") => {

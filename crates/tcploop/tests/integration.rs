@@ -4,6 +4,7 @@
 
 mod common;
 
+mod apply;
 mod audit;
 mod check;
 mod connect;
