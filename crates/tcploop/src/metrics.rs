@@ -256,27 +256,16 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same
-/// directory, then `rename(2)`, so node_exporter's textfile collector never
-/// reads half a file.
-pub fn write_textfile(path: &std::path::Path, text: &str) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+/// Writes `text` to `path` atomically, mode 0644, through
+/// [`crate::safefile`]: a temporary file with a random name created with
+/// `O_EXCL | O_NOFOLLOW` in the same directory, then `rename(2)`, so
+/// node_exporter's textfile collector never reads half a file and a symlink
+/// planted in a shared directory is never followed.
+pub fn write_textfile(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<(), crate::safefile::SafeFileError> {
+    crate::safefile::write(path, text.as_bytes(), 0o644)
 }
 
 /// The page served at `/metrics`, replaced after each scan.

@@ -7,6 +7,7 @@ mod common;
 mod apply;
 mod audit;
 mod check;
+mod clobber;
 mod connect;
 mod demo;
 mod free_port;

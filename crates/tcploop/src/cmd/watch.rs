@@ -220,6 +220,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         args.interval >= Duration::from_millis(10),
         "--interval must be at least 10ms"
     );
+    if let Some(p) = &args.textfile {
+        // fail now, not on every scan: a missing or unwritable directory,
+        // or a target that is not a regular file
+        tcploop::safefile::check_writable(p)
+            .with_context(|| format!("--textfile {}", p.display()))?;
+    }
     let metrics = Metrics::new();
     let page: metrics::Page = Arc::new(Mutex::new(metrics.render()));
     let served = match &args.prometheus {
