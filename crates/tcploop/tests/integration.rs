@@ -14,3 +14,4 @@ mod free_port;
 mod procsys;
 mod run;
 mod scan;
+mod serve;
