@@ -10,6 +10,7 @@ mod check;
 mod clobber;
 mod connect;
 mod demo;
+mod escape;
 mod free_port;
 mod procsys;
 mod run;

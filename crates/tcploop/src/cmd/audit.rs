@@ -511,7 +511,9 @@ impl Renderer<'_> {
                     } else {
                         let who: Vec<String> = o
                             .iter()
-                            .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                            .map(|o| {
+                                format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd)
+                            })
                             .collect();
                         format!("{} ({})", report::addr(l.addr), who.join(", "))
                     }
@@ -573,7 +575,7 @@ impl Renderer<'_> {
             } else {
                 let who: Vec<String> = owners
                     .iter()
-                    .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                    .map(|o| format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd))
                     .collect();
                 writeln!(
                     out,

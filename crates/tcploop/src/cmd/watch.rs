@@ -181,7 +181,7 @@ impl Log<'_> {
                 let v: Vec<String> = t
                     .owners
                     .iter()
-                    .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                    .map(|o| format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd))
                     .collect();
                 v.join(", ")
             };
