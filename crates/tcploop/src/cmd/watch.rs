@@ -50,8 +50,8 @@ overflow; no timer runs while nothing happens, and metrics and the textfile
 are updated on each event. Needs root (CAP_BPF, CAP_PERFMON) and BTF.
 `poll` dumps the socket table every --interval: no privileges, but a loop
 shorter than the interval is never seen. `auto` (default) takes events where
-allowed, else polls, and says which and why. With events, --count N stops
-after N intervals.
+allowed, else polls, and says which and why. --count N counts scans, so it
+means polling (with `auto`; an error with `ebpf`).
 
 Each scan is one socket dump of this network namespace; the owners of a loop
 are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
@@ -59,10 +59,17 @@ are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
 (tcploop_scan_errors_total), never fatal.
 
 Metrics (--prometheus, --textfile): tcploop_loops{port,command} (gauge; stays
-at 0 once a loop has gone), tcploop_loops_present, tcploop_loops_seen_total,
-tcploop_exposed_listeners, tcploop_sockets, tcploop_scan_duration_seconds,
-tcploop_scans_total, tcploop_scan_errors_total, tcploop_kills_total,
-tcploop_kill_errors_total. Alert on `tcploop_loops_present > 0`.
+at 0 for an hour once a loop has gone; at most 500 series, further loops are
+counted in tcploop_loop_series_overflow_total), tcploop_loops_present,
+tcploop_loops_seen_total, tcploop_exposed_listeners, tcploop_sockets,
+tcploop_scan_duration_seconds, tcploop_scans_total, tcploop_scan_errors_total,
+tcploop_kills_total, tcploop_kill_errors_total. Alert on
+`tcploop_loops_present > 0`.
+
+The /metrics server answers GET and HEAD (405 otherwise), serves each client
+on a thread of its own (at most 32 at once; 503 beyond), and gives each
+request 5 s and 8 KiB to arrive whole: a slow or idle client never delays a
+scrape. The --textfile directory must exist and be writable at start-up.
 
 Examples:
   tcploop watch
@@ -213,7 +220,7 @@ impl Log<'_> {
                     .owners
                     .iter()
                     .map(|o| {
-                        let command = report::printable(&o.command);
+                        let command = report::escape(&o.command);
                         if o.fd < 0 {
                             // from a kernel event: the fd is not known
                             format!("{command} pid {}", o.pid)
@@ -300,6 +307,15 @@ fn choose(args: &Args) -> anyhow::Result<(Source, String)> {
     let open = || Events::open(NetnsScope::Current, args.ring_bytes);
     Ok(match args.source.as_str() {
         "poll" => (Source::Poll, "--source poll".to_string()),
+        // --count counts scans, which only polling does
+        "ebpf" if args.count.is_some() => anyhow::bail!(
+            "--count counts scans, and --source ebpf does not scan at intervals: stop it with \
+             SIGINT or SIGTERM, or use --source poll"
+        ),
+        "auto" if args.count.is_some() => (
+            Source::Poll,
+            "--count counts scans, which only polling does".to_string(),
+        ),
         "ebpf" => match open() {
             Ok(e) => (Source::Events(Box::new(e)), "--source ebpf".to_string()),
             Err(TraceError::Refused(r)) => anyhow::bail!(
@@ -473,6 +489,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             "--ring-bytes must be a power of two, at least 4096"
         );
     }
+    if let Some(p) = &args.textfile {
+        // fail now, not on every scan: a missing or unwritable directory,
+        // or a target that is not a regular file
+        tcploop::safefile::check_writable(p)
+            .with_context(|| format!("--textfile {}", p.display()))?;
+    }
     let (source, why) = choose(&args)?;
     let metrics = Metrics::new();
     let page: metrics::Page = Arc::new(Mutex::new(metrics.render()));
@@ -626,30 +648,20 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
 
 /// The watch on kernel events: one dump at start (loops older than the
 /// program), then each loop as the kernel reports it, and one dump again
-/// after the ring buffer dropped events. No timer while idle; with
-/// `--count N`, it stops after N intervals; `--kill-after` wakes it when a
-/// loop becomes due.
+/// after the ring buffer dropped events. No timer while idle;
+/// `--kill-after` wakes it when a loop becomes due. Stops on SIGINT or
+/// SIGTERM.
 fn watch_events(
     events: &mut Events,
     args: &Args,
     st: &mut State,
     publish: &dyn Fn(&mut State) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let deadline = args
-        .count
-        .map(|n| started + args.interval * u32::try_from(n).unwrap_or(u32::MAX));
     st.scan(args.kill_after)?;
     publish(st)?;
     loop {
-        let wake = [deadline, st.next_due(args.kill_after)]
-            .into_iter()
-            .flatten()
-            .min();
+        let wake = st.next_due(args.kill_after);
         let now = Instant::now();
-        if deadline.is_some_and(|d| d <= now) {
-            break;
-        }
         let batch = events.next(wake.map(|w| w.saturating_duration_since(now)))?;
         let mut appeared = vec![];
         let mut changed = false;

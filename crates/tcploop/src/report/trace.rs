@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::report::{self, json_line, printable};
+use crate::report::{self, escape, json_line};
 use crate::scan::Killed;
 use crate::sys::diag::state;
 use crate::trace::{LoopEnded, LoopSeen, OwnerFrom, Stop, Summary, TraceEvent};
@@ -174,7 +174,7 @@ pub fn event(out: &mut dyn Write, json: bool, e: &TraceEvent) -> io::Result<()> 
                     "{:<15} {:>7} {:<16} {:<22} {:<11} loop{who}",
                     clock(s.time),
                     s.pid,
-                    printable(&s.command),
+                    escape(&s.command),
                     report::addr(s.addr),
                     s.netns
                 )?;
@@ -255,7 +255,7 @@ fn end_line(out: &mut dyn Write, json: bool, end: &LoopEnded) -> io::Result<()> 
             "{:<15} {:>7} {:<16} {:<22} {:<11} end after {} ({})",
             clock(end.time),
             s.pid,
-            printable(&s.command),
+            escape(&s.command),
             report::addr(s.addr),
             s.netns,
             report::duration(end.lived),
@@ -346,7 +346,7 @@ mod tests {
         event(&mut out, false, &TraceEvent::Loop(seen())).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("00:12:01.123456"), "{text}");
-        assert!(text.contains("evil\\u{1b}[2J"), "{text}");
+        assert!(text.contains("evil\\x1b[2J"), "{text}");
         assert!(!text.contains('\x1b'));
         assert!(text.trim_end().ends_with("loop"), "{text}");
     }
