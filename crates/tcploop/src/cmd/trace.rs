@@ -29,6 +29,10 @@ That is a race the client can still win: the destroy purges the socket's
 send queue, not its receive queue, so the client may already have read its
 own bytes. `tcploop shield` makes loops impossible instead.
 
+--pid and `-- COMMAND` follow a process tree through the ancestors the
+kernel records with each event (8 generations), so children that have
+exited since still count. Pids are the host's (the initial pid namespace).
+
 Exit status: 0 no loop seen, 1 loops seen, 2 error or not permitted; with a
 COMMAND, the command's own exit status.
 
