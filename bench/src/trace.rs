@@ -82,7 +82,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
     }
     anyhow::ensure!(
-        rustix_is_root(),
+        is_root(),
         "run as root: the BPF program needs CAP_BPF and CAP_PERFMON"
     );
     let me = std::env::current_exe()?;
@@ -134,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rustix_is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     #[allow(unsafe_code)]
     let uid = unsafe { libc::geteuid() };
