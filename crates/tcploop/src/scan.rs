@@ -498,6 +498,11 @@ pub enum Killed {
     Destroyed {
         /// Whether the port can be bound again.
         port: PortState,
+        /// Whether a client that reconnects can loop on this port again:
+        /// the port is in the namespace's ephemeral range and not reserved
+        /// (`None`: the namespace's facts could not be read). Then the
+        /// order that works is: reserve the port first, then kill.
+        loops_again: Option<bool>,
     },
     /// It was already gone (closed, or TIME-WAIT ended) before the destroy.
     Gone,
@@ -575,10 +580,7 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
     let Some(now) = nl.get(&wanted).map_err(map)? else {
         return Ok(Killed::Gone);
     };
-    let same = now.local == sock.local
-        && now.peer == sock.peer
-        && (sock.cookie == [0, 0] || now.cookie == sock.cookie);
-    if !same || !is_loop_socket(&now) {
+    if !same_socket(sock, &now) || !is_loop_socket(&now) {
         return Ok(Killed::NotALoop);
     }
     match nl.destroy(&now) {
@@ -591,9 +593,25 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
     if nl.get(&now).map_err(map)?.is_some() {
         return Ok(Killed::StillThere);
     }
+    let loops_again = crate::ports::EphemeralFacts::read().ok().map(|f| {
+        let p = now.local.port();
+        f.range.contains(p) && !f.reserved.contains(p)
+    });
     Ok(Killed::Destroyed {
         port: port_state(&now),
+        loops_again,
     })
+}
+
+/// Whether the socket found again (`now`) is the one scanned (`was`): the
+/// same 4-tuple, and the same cookie, or, for sockets read from /proc (no
+/// cookie), the same inode: a loop closed and replaced by another socket on
+/// the same 4-tuple between the scan and the destroy is left alone.
+fn same_socket(was: &DiagSocket, now: &DiagSocket) -> bool {
+    now.local == was.local
+        && now.peer == was.peer
+        && (was.cookie == [0, 0] || now.cookie == was.cookie)
+        && (was.inode == 0 || now.inode == was.inode)
 }
 
 fn port_state(s: &DiagSocket) -> PortState {
@@ -630,6 +648,37 @@ pub fn addr(a: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_from_proc_is_the_same_only_with_the_same_inode() {
+        let was = DiagSocket {
+            cookie: [0, 0],
+            inode: 7,
+            ..DiagSocket::fixture(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004")
+        };
+        let now = DiagSocket {
+            cookie: [55, 0],
+            ..was
+        };
+        assert!(same_socket(&was, &now));
+        let replaced = DiagSocket { inode: 8, ..now };
+        assert!(
+            !same_socket(&was, &replaced),
+            "another socket, same 4-tuple"
+        );
+        // from netlink: the cookie decides
+        let was = DiagSocket {
+            cookie: [55, 0],
+            ..was
+        };
+        assert!(!same_socket(
+            &was,
+            &DiagSocket {
+                cookie: [56, 0],
+                ..now
+            }
+        ));
+    }
 
     fn sock(local: &str, peer: &str, st: u8) -> DiagSocket {
         DiagSocket {

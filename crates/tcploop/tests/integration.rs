@@ -12,6 +12,7 @@ mod connect;
 mod demo;
 mod escape;
 mod free_port;
+mod kill;
 mod procsys;
 mod run;
 mod scan;

@@ -332,6 +332,7 @@ mod wire {
         action: String,
         port_state: Option<String>,
         port_detail: Option<String>,
+        loops_again: Option<bool>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -345,6 +346,8 @@ mod wire {
         still_there: u64,
         already_aborted: u64,
         ports_free: u64,
+        ports_held: u64,
+        ports_unchecked: u64,
         error: Option<String>,
     }
 
