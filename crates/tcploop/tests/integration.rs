@@ -6,6 +6,7 @@ mod common;
 
 mod apply;
 mod audit;
+mod bad_input;
 mod check;
 mod clobber;
 mod connect;

@@ -42,6 +42,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             return Ok(Exit::Ok);
         }
     };
-    clap_complete::generate(shell, &mut cmd, "tcploop", out);
+    // clap_complete panics when its writer fails (a full disk, /dev/full):
+    // generate in memory, then write, so a write error is an error (exit 2).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "tcploop", &mut buf);
+    out.write_all(&buf)?;
     Ok(Exit::Ok)
 }

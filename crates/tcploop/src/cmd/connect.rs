@@ -5,7 +5,9 @@
 //! `{"outcome": "self-connect"|"listener"|"gave-up"|"refused"|"interrupted",
 //!   "tries": n, "elapsed_s": x, "tries_per_s": x, "local": "127.0.0.1:40004"|null,
 //!   "peer": "127.0.0.1:40004"|null, "echo": bool|null, "port_stolen": bool|null,
-//!   "released": "rst"|"graceful"|null, "suggested_port": n|null}`.
+//!   "released": "rst"|"graceful"|null, "destroyed_while_held": bool, "suggested_port": n|null}`
+//!   (`released` is null, and `destroyed_while_held` true, when another process destroyed the
+//!   loop while it was held: there was nothing left to release).
 
 use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
@@ -95,6 +97,7 @@ pub struct ResultLine {
     pub echo: Option<bool>,
     pub port_stolen: Option<bool>,
     pub released: Option<&'static str>,
+    pub destroyed_while_held: bool,
     pub suggested_port: Option<u16>,
 }
 
@@ -259,10 +262,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     )?;
                 }
             }
-            let how = hold(&args, out, target.port())?;
+            let how = hold(&args, out, target.port(), &sock)?;
             let rst = !args.graceful_close;
+            let destroyed = how == Held::Destroyed || !repro::still_connected(&sock);
             repro::release(sock, rst);
-            if human {
+            if human && destroyed {
+                writeln!(
+                    out,
+                    "The loop was destroyed while held, by another process (tcploop kill, ss -K): \
+                     its socket got ECONNABORTED; nothing left to release."
+                )?;
+            } else if human {
                 if rst {
                     writeln!(
                         out,
@@ -288,12 +298,21 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                         outcome: "self-connect",
                         echo: Some(echo),
                         port_stolen: Some(stolen),
-                        released: Some(if rst { "rst" } else { "graceful" }),
+                        released: if destroyed {
+                            None
+                        } else {
+                            Some(if rst { "rst" } else { "graceful" })
+                        },
+                        destroyed_while_held: destroyed,
                         ..base
                     },
                 )?;
             }
-            Ok(Exit::Ok)
+            Ok(if how == Held::Interrupted {
+                Exit::Interrupted
+            } else {
+                Exit::Ok
+            })
         }
         Outcome::Listener(sock) => {
             repro::release(sock, true);
@@ -457,9 +476,11 @@ enum Held {
     No,
     Done,
     Interrupted,
+    /// Someone else destroyed the loop while it was held.
+    Destroyed,
 }
 
-fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
+fn hold(args: &Args, out: &mut dyn Write, port: u16, sock: &Socket) -> anyhow::Result<Held> {
     if args.no_hold {
         return Ok(Held::No);
     }
@@ -478,6 +499,9 @@ fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
         while Instant::now() < end {
             if super::interrupted() {
                 return Ok(Held::Interrupted);
+            }
+            if !repro::still_connected(sock) {
+                return Ok(Held::Destroyed);
             }
             std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
         }
@@ -500,6 +524,9 @@ fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
             }
             if super::interrupted() {
                 return Ok(Held::Interrupted);
+            }
+            if !repro::still_connected(sock) {
+                return Ok(Held::Destroyed);
             }
         }
     }
