@@ -6,13 +6,14 @@ use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
-const EXIT_CODES: &str = "\
+pub const EXIT_CODES: &str = "\
 Exit codes:
   0    success: loop reproduced (connect, demo); nothing found (check, scan, audit)
   1    connect: not reproduced (refused by the predictor, or a limit reached);
        check: a port can loop; scan: loops found; audit: exposed ports or loops
   2    bad usage, bad input, or an error
-  3    connect: a real listener answered (not a loop)
+  3    connect --force: a real listener answered (not a loop; without --force,
+       connect refuses a port with a listener before trying: exit 1)
   130  interrupted (Ctrl-C)";
 
 /// Make the TCP loop connect visible, predictable and impossible.

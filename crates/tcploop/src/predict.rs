@@ -219,8 +219,9 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
             .find(|l| l.state == crate::sys::diag::state::TIME_WAIT)
         {
             acc.say(format!(
-                "an earlier loop on {port} is in TIME-WAIT ({:.0} s left): the same 4-tuple is blocked until \
-                 it may be reused (about 1 s on loopback with tcp_tw_reuse=2)",
+                "an earlier loop on {port} is in TIME-WAIT ({:.0} s left): a server's bind() of it fails \
+                 until then; a new connect() may reuse the 4-tuple sooner (after about 1 s on loopback \
+                 with tcp_tw_reuse=2)",
                 f64::from(tw.expires_ms) / 1000.0
             ));
         }

@@ -11,6 +11,7 @@ mod check;
 mod clobber;
 mod connect;
 mod demo;
+mod docs;
 mod escape;
 mod free_port;
 mod kill;

@@ -21,7 +21,7 @@
 //!   `lock`: null when the lock could not be taken), then, if `--persist` failed after the fix was
 //!   applied, `persist_failed`: `{"file": path, "error": string}` (and the exit code is 2), then the
 //!   `port` lines again as the predictor sees them after the fix;
-//! - `summary`: `{"kernel": "6.18.44", "range": "32768-60999", "reserved": "8080", "exposed": 1,
+//! - `summary`: `{"kernel": "6.18.44-fc-v657", "range": "32768-60999", "reserved": "8080", "exposed": 1,
 //!   "loops": 0, "owners_unknown": 0, "processes_unreadable": 0}`.
 
 use std::io::Write;

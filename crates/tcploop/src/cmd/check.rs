@@ -38,7 +38,7 @@ pub struct Args {
     /// How the client gets its source port
     #[arg(long, value_enum, default_value_t = ClientKind::Connect)]
     pub client: ClientKind,
-    /// The client sets IP_LOCAL_PORT_RANGE to LO-HI (Linux 6.3+)
+    /// The client sets IP_LOCAL_PORT_RANGE to LO-HI (Linux 6.3+; from 6.8 without parity preference)
     #[arg(long, value_name = "LO-HI")]
     pub local_range: Option<String>,
     /// JSON Lines output

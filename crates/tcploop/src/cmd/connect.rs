@@ -31,7 +31,9 @@ port that would work, unless --force. On success the loop is held (Enter, or
 is free at once (--graceful-close leaves it in TIME-WAIT instead).
 
 Exit codes: 0 loop reproduced, 1 not reproduced (refused, or a limit reached),
-2 bad usage or input, 3 a real listener answered, 130 interrupted.
+2 bad usage or input, 3 a real listener answered (only with --force: without
+it, a port with a listener is refused before any try, exit 1), 130
+interrupted, also while holding the loop.
 
 Examples:
   tcploop sandbox --range 40000-40009 -- tcploop connect 40004   (safe: a few tries)
@@ -282,8 +284,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 } else {
                     writeln!(
                         out,
-                        "Closed gracefully: {0} <-> {0} stays in TIME-WAIT (about 1 s on loopback, 60 s otherwise), \
-                         blocking servers without SO_REUSEADDR on both sides.",
+                        "Closed gracefully: {0} <-> {0} stays in TIME-WAIT for 60 s, on loopback too: \
+                         a server binding {0} gets EADDRINUSE until then, even with SO_REUSEADDR.",
                         report::addr(target)
                     )?;
                 }
