@@ -62,3 +62,84 @@ fn bad_input_gets_one_line_and_exit_2_never_a_panic() {
         }
     }
 }
+
+/// Values that broke, or could break, a command once parsed.
+const NASTY: &[&str] = &[
+    "",
+    "0",
+    "-1",
+    "1",
+    "65535",
+    "65536",
+    "18446744073709551615",
+    "1e30",
+    "0-0",
+    "1-65535",
+    "65535-1",
+    "40000-40009",
+    "100-200",
+    ",,,",
+    "1,2,3-1",
+    "::ffff:127.0.0.1",
+    "::1",
+    "256.256.256.256",
+    "127.0.0.2",
+    "\u{1b}[2J",
+    "a\nb",
+    "/nonexistent/x",
+    "/dev/null",
+    "/proc/self/status",
+    "bash",
+    "man",
+];
+
+/// The options of each command run here (the ones that end by themselves).
+const COMMANDS: &[(&str, &[&str])] = &[
+    ("ports", &["--json"]),
+    ("check", &["--host", "--client", "--local-range", "--json"]),
+    (
+        "scan",
+        &["--port", "--source", "--all-netns", "--no-owners", "--json"],
+    ),
+    ("kill", &["--port", "--source", "--json"]),
+    ("free-port", &["--count", "--host", "--json"]),
+    (
+        "audit",
+        &["--ports", "--ports-file", "--emit-sysctl", "--json"],
+    ),
+    ("completions", &["--dir"]),
+    ("watch", &["--interval", "--kill-after", "--json"]),
+];
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// The commands run, in a sandbox, on argv made of their own options
+    /// and nasty values: whatever they answer, no panic (exit 101) and a
+    /// documented exit code. `watch` gets `--count 1`, so that it ends.
+    #[test]
+    fn no_argv_makes_a_command_panic(
+        cmd in 0usize..COMMANDS.len(),
+        picks in proptest::collection::vec((0usize..16, 0usize..NASTY.len(), proptest::bool::ANY), 0..5),
+    ) {
+        let (name, opts) = COMMANDS[cmd];
+        let mut args: Vec<&str> = vec![name];
+        for (o, v, flag) in picks {
+            if flag {
+                args.push(opts[o % opts.len()]);
+            }
+            args.push(NASTY[v]);
+        }
+        if name == "watch" {
+            args.extend(["--count", "1"]);
+        }
+        let o = output(common::sandboxed("40000-40009", &args).stdout(Stdio::null()));
+        let err = stderr(&o);
+        proptest::prop_assert!(!err.contains("panicked"), "{args:?}: {err}");
+        proptest::prop_assert!(
+            matches!(o.status.code(), Some(0..=3)),
+            "{args:?}: exit {:?}: {err}",
+            o.status
+        );
+    }
+}

@@ -51,6 +51,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             match &args.dir {
                 None => out.write_all(&main_page(&cmd, false)?)?,
                 Some(dir) => {
+                    anyhow::ensure!(
+                        !dir.as_os_str().is_empty(),
+                        "--dir: an empty path (use . for this directory)"
+                    );
                     let mut written = vec![];
                     let mut write = |name: String, page: Vec<u8>| -> anyhow::Result<()> {
                         let path = dir.join(&name);
