@@ -22,7 +22,7 @@ pub enum Target {
     Fish,
     Elvish,
     Powershell,
-    /// a roff man page for tcploop(1)
+    /// roff man pages: tcploop(1) on stdout, or one a command with --dir
     Man,
 }
 
