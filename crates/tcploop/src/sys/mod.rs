@@ -12,12 +12,15 @@
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
-//! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
+//! - [`poll`]: waiting for a socket to become writable (`poll(2)`);
+//! - [`bpf`]: the BPF programs (the shield), loaded with aya;
+//! - [`iptables`]: the shield's iptables rule pair (runs `iptables`, the one exception).
 #![allow(unsafe_code)]
 
 pub mod bpf;
 pub mod diag;
 pub mod ifaddrs;
+pub mod iptables;
 pub mod netns;
 pub mod ns;
 pub mod packet;

@@ -41,7 +41,8 @@ use aya::EbpfLoader;
 use super::{classify_error, Refusal};
 
 /// The compiled classifier (`bpf/shield.bpf.c`).
-static OBJECT: &[u8] = include_bytes!("../../../bpf/shield.bpf.o");
+/// (Aligned: the ELF parser reads its headers in place.)
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../bpf/shield.bpf.o");
 
 /// The bpffs mount the shield pins into.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -187,10 +188,11 @@ fn lock_root() -> Result<RootLock, Refusal> {
 /// The shield of the calling thread's namespace, if it is on.
 pub fn status_here() -> Result<Option<Attached>, Refusal> {
     let dir = dir_here().map_err(|e| super::classify("SO_NETNS_COOKIE", &e))?;
-    if !dir.exists() {
-        return Ok(None);
+    match fs::symlink_metadata(&dir) {
+        Ok(_) => read_dir_state(&dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(super::classify(&format!("reading {}", dir.display()), &e)),
     }
-    read_dir_state(&dir)
 }
 
 /// Reads what is pinned in `dir`: `None` when no live attachment is there.

@@ -1,0 +1,280 @@
+//! Rendering of `tcploop shield on|off|status`.
+//!
+//! JSON Lines (`--json`):
+//! - `shield`, one per namespace: `{"netns": 4026531840, "own": true,
+//!   "pid": 1|null, "name": "blue"|null, "state": "on"|"off"|"unknown",
+//!   "mechanism": "bpf"|"iptables"|null, "attach": "tcx"|"tc"|"rules"|null,
+//!   "since": RFC 3339|null, "refused_v4": 12|null, "refused_v6": 3|null,
+//!   "pinned": "/sys/fs/bpf/tcploop/shield/netns-8193"|null,
+//!   "action": "attached"|"already_on"|"removed"|"was_off"|null (status),
+//!   "removed": ["bpf", "iptables"] (off only), "unknown": [reason],
+//!   "error": string|null}`;
+//! - `summary` (always last): `{"namespaces": 1, "on": 1, "off": 0,
+//!   "failed": 0, "unreadable_pids": 0}`.
+
+use std::io::{self, Write};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::shield::{Active, InNamespace, Namespace, OffOutcome, OnOutcome, ShieldState};
+
+/// What a namespace line says, gathered from any of the three commands.
+#[derive(Debug, Default)]
+pub struct Line {
+    action: Option<&'static str>,
+    removed: Vec<&'static str>,
+    state: Option<ShieldState>,
+    active: Option<Active>,
+    error: Option<String>,
+}
+
+impl Line {
+    /// After `on`, with the state read back.
+    pub fn on(r: &Result<(OnOutcome, ShieldState), String>) -> Line {
+        match r {
+            Ok((o, st)) => {
+                let (action, a) = match o {
+                    OnOutcome::Attached(a) => ("attached", a),
+                    OnOutcome::AlreadyOn(a) => ("already_on", a),
+                };
+                Line {
+                    action: Some(action),
+                    state: Some(st.clone()),
+                    active: Some(a.clone()),
+                    ..Line::default()
+                }
+            }
+            Err(e) => Line::failed(e),
+        }
+    }
+
+    /// After `off`, with the state read back.
+    pub fn off(r: &Result<(OffOutcome, ShieldState), String>) -> Line {
+        match r {
+            Ok((o, st)) => Line {
+                action: Some(if o.removed.is_empty() {
+                    "was_off"
+                } else {
+                    "removed"
+                }),
+                removed: o.removed.iter().map(|m| m.name()).collect(),
+                state: Some(st.clone()),
+                ..Line::default()
+            },
+            Err(e) => Line::failed(e),
+        }
+    }
+
+    /// `status`.
+    pub fn status(r: &Result<ShieldState, String>) -> Line {
+        match r {
+            Ok(st) => Line {
+                state: Some(st.clone()),
+                ..Line::default()
+            },
+            Err(e) => Line::failed(e),
+        }
+    }
+
+    fn failed(e: &str) -> Line {
+        Line {
+            error: Some(e.to_string()),
+            ..Line::default()
+        }
+    }
+
+    /// `on`, `off` or `unknown`.
+    pub fn state_word(&self) -> &'static str {
+        match &self.state {
+            Some(s) if s.is_on() => "on",
+            Some(s) if s.unknown.is_empty() => "off",
+            _ => "unknown",
+        }
+    }
+
+    fn shown(&self) -> Option<&Active> {
+        self.active.as_ref().or_else(|| {
+            self.state
+                .as_ref()
+                .and_then(|s| s.active.iter().find(|a| !a.partial).or(s.active.first()))
+        })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct NsOut<'a> {
+    netns: u64,
+    own: bool,
+    pid: Option<u32>,
+    name: Option<&'a str>,
+    state: &'static str,
+    mechanism: Option<&'static str>,
+    attach: Option<&'static str>,
+    since: Option<String>,
+    refused_v4: Option<u64>,
+    refused_v6: Option<u64>,
+    pinned: Option<String>,
+    action: Option<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<&'static str>,
+    unknown: Vec<&'a str>,
+    error: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    namespaces: usize,
+    on: usize,
+    off: usize,
+    failed: usize,
+    unreadable_pids: u64,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The label of a namespace in human text: `net:[4026531840] (this one)`,
+/// with its `/run/netns` name or one of its processes.
+pub fn ns_label(ns: &Namespace) -> String {
+    let mut s = format!("net:[{}]", ns.inode);
+    if ns.own {
+        s.push_str(" (this one)");
+    } else if let Some(n) = &ns.name {
+        s.push_str(&format!(" ({})", escape(n)));
+    } else if let Some(p) = ns.pid {
+        s.push_str(&format!(" (pid {p})"));
+    }
+    s
+}
+
+/// Control characters from the system never reach the terminal.
+fn escape(s: &str) -> String {
+    s.chars().flat_map(char::escape_default).collect()
+}
+
+/// Renders the lines, then the summary. Returns (on, off, failed) counts.
+pub fn render(
+    out: &mut dyn Write,
+    json: bool,
+    lines: &[InNamespace<Line>],
+    unreadable_pids: u64,
+) -> io::Result<(usize, usize, usize)> {
+    let (mut on, mut off, mut failed) = (0, 0, 0);
+    for l in lines {
+        let line = match &l.result {
+            Ok(line) => line,
+            Err(e) => &Line::failed(e),
+        };
+        match (line.error.is_some(), line.state_word()) {
+            (true, _) => failed += 1,
+            (false, "on") => on += 1,
+            (false, "off") => off += 1,
+            _ => failed += 1,
+        }
+        let a = line.shown();
+        if json {
+            crate::report::json_line(
+                out,
+                "shield",
+                &NsOut {
+                    netns: l.ns.inode,
+                    own: l.ns.own,
+                    pid: l.ns.pid,
+                    name: l.ns.name.as_deref(),
+                    state: if line.error.is_some() {
+                        "unknown"
+                    } else {
+                        line.state_word()
+                    },
+                    mechanism: a.map(|a| a.mechanism.name()),
+                    attach: a.map(|a| a.attach),
+                    since: a.and_then(|a| a.since).map(rfc3339),
+                    refused_v4: a.and_then(|a| a.refused_v4),
+                    refused_v6: a.and_then(|a| a.refused_v6),
+                    pinned: a
+                        .and_then(|a| a.pinned.as_ref())
+                        .map(|p| p.display().to_string()),
+                    action: line.action,
+                    removed: line.removed.clone(),
+                    unknown: line
+                        .state
+                        .as_ref()
+                        .map(|s| s.unknown.iter().map(String::as_str).collect())
+                        .unwrap_or_default(),
+                    error: line.error.as_deref(),
+                },
+            )?;
+        } else {
+            human(out, &l.ns, line, a)?;
+        }
+    }
+    let s = Summary {
+        namespaces: lines.len(),
+        on,
+        off,
+        failed,
+        unreadable_pids,
+    };
+    if json {
+        crate::report::json_line(out, "summary", &s)?;
+    } else if lines.len() > 1 || unreadable_pids > 0 {
+        writeln!(
+            out,
+            "{} namespaces: {on} shielded, {off} not, {failed} failed{}",
+            lines.len(),
+            if unreadable_pids > 0 {
+                format!(
+                    "; {unreadable_pids} processes' namespaces not readable (run as root)"
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
+    Ok((on, off, failed))
+}
+
+fn human(out: &mut dyn Write, ns: &Namespace, line: &Line, a: Option<&Active>) -> io::Result<()> {
+    let label = ns_label(ns);
+    if let Some(e) = &line.error {
+        return writeln!(out, "{label}: failed: {}", escape(e));
+    }
+    let what = match line.action {
+        Some("attached") => "shield on (attached now)".to_string(),
+        Some("already_on") => "shield on (already; nothing changed)".to_string(),
+        Some("removed") => format!("shield off (removed: {})", line.removed.join(", ")),
+        Some("was_off") => "shield off (it was not on)".to_string(),
+        _ => format!("shield {}", line.state_word()),
+    };
+    write!(out, "{label}: {what}")?;
+    if let Some(a) = a {
+        if line.action != Some("removed") && line.action != Some("was_off") {
+            write!(out, "\n  mechanism  {} ({})", a.mechanism.name(), a.attach)?;
+            if a.partial {
+                write!(out, ", one family only: the other can loop")?;
+            }
+            if let Some(t) = a.since {
+                write!(out, "\n  since      {}", rfc3339(t))?;
+            }
+            if let (Some(v4), Some(v6)) = (a.refused_v4, a.refused_v6) {
+                write!(
+                    out,
+                    "\n  turned away {} IPv4 and {} IPv6 self-connect SYNs",
+                    crate::report::thousands(v4),
+                    crate::report::thousands(v6)
+                )?;
+            }
+            if let Some(p) = &a.pinned {
+                write!(out, "\n  pinned at  {}", escape(&p.display().to_string()))?;
+            }
+        }
+    }
+    if let Some(st) = &line.state {
+        for u in &st.unknown {
+            write!(out, "\n  not checked: {}", escape(u))?;
+        }
+    }
+    writeln!(out)
+}
