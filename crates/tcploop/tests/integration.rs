@@ -11,3 +11,4 @@ mod demo;
 mod free_port;
 mod run;
 mod scan;
+mod shield;

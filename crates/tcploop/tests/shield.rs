@@ -1,0 +1,444 @@
+//! Integration tests of `tcploop shield`.
+//!
+//! Every test runs in network namespaces it makes (`tcploop sandbox`, with
+//! the 10-port range 40000-40009, where a plain connect() to 40004 loops in
+//! about one try in five), never on the host's `lo`. Each case first runs a
+//! control without the shield that must loop, then the same client with the
+//! shield, 20,000 fresh-socket tries that must all end in ECONNREFUSED.
+//!
+//! The client is `tests/shield_try.c`, compiled here with `cc`: blocking,
+//! non-blocking, io_uring (liburing), TCP Fast Open, bind-then-connect, a
+//! real listener, and a statically linked build. Every try is bounded to
+//! 1 s (SO_SNDTIMEO, poll, io_uring timeout) and counted as `other` if it
+//! runs out, so a hang shows as a failure, not as a slow test.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+use crate::common;
+
+const SRC: &str = include_str!("shield_try.c");
+const RANGE: &str = "40000-40009";
+const TRIES: u64 = 20_000;
+
+struct Clients {
+    dynamic: PathBuf,
+    static_: PathBuf,
+}
+
+/// The client, built once: dynamic with liburing, and static without it.
+fn clients() -> &'static Clients {
+    static C: OnceLock<Clients> = OnceLock::new();
+    C.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tcploop-shield-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = dir.join("shield_try.c");
+        std::fs::write(&c, SRC).unwrap();
+        let build = |out: &str, flags: &[&str]| {
+            let bin = dir.join(out);
+            let o = common::output(
+                Command::new("cc")
+                    .args(["-O2", "-Wall", "-o"])
+                    .arg(&bin)
+                    .arg(&c)
+                    .args(flags),
+            );
+            assert!(o.status.success(), "cc {out}: {}", common::stderr(&o));
+            bin
+        };
+        Clients {
+            dynamic: build("shield_try", &["-luring"]),
+            static_: build("shield_try_static", &["-static", "-DNO_URING"]),
+        }
+    })
+}
+
+/// Runs `script` with `sh -eu` in a sandbox: `netns_only` (root, where BPF
+/// loads) or a user+net namespace (where BPF is refused). The script sees
+/// `$T` (the client), `$S` (its static build), `$B` (tcploop) and `$R`
+/// (the range file).
+fn sandbox_sh(netns_only: bool, script: &str) -> Output {
+    let cl = clients();
+    let mut c = Command::new(common::bin());
+    c.arg("sandbox");
+    if netns_only {
+        c.arg("--netns-only");
+    }
+    c.args(["--range", RANGE, "--", "sh", "-euc", script])
+        .env("T", &cl.dynamic)
+        .env("S", &cl.static_)
+        .env("B", common::bin())
+        .env("R", "/proc/sys/net/ipv4/ip_local_port_range");
+    common::output(&mut c)
+}
+
+/// One counted run of the client, from its `case=NAME mode=... loops=...` line.
+#[derive(Debug, Default)]
+struct Run {
+    case: String,
+    loops: u64,
+    refused: u64,
+    ok: u64,
+    other: u64,
+    first_error: String,
+}
+
+fn runs(o: &Output) -> Vec<Run> {
+    common::stdout(o)
+        .lines()
+        .filter(|l| l.starts_with("case="))
+        .map(|l| {
+            let mut r = Run::default();
+            for kv in l.split_whitespace() {
+                let (k, v) = kv.split_once('=').unwrap();
+                let n = || v.parse().unwrap();
+                match k {
+                    "case" => r.case = v.into(),
+                    "loops" => r.loops = n(),
+                    "refused" => r.refused = n(),
+                    "ok" => r.ok = n(),
+                    "other" => r.other = n(),
+                    "first_error" => r.first_error = v.into(),
+                    _ => {}
+                }
+            }
+            r
+        })
+        .collect()
+}
+
+/// Script lines that add a veth with an address of each family (the
+/// addresses of an interface are local: connects to them go over `lo`).
+const VETH: &str = "ip link add v0 type veth peer name v1
+ip addr add 10.99.0.1/24 dev v0
+ip -6 addr add fd00::1/64 dev v0 nodad
+ip link set v0 up
+echo 5 > /proc/sys/net/ipv4/tcp_fastopen
+";
+
+/// The cases: (name, client invocation with `$N` tries).
+const CASES: &[(&str, &str)] = &[
+    ("v4", "$T block 127.0.0.1 40004 $N"),
+    ("v6", "$T block ::1 40004 $N"),
+    ("v4mapped", "$T block ::ffff:127.0.0.1 40004 $N"),
+    ("veth_v4", "$T block 10.99.0.1 40004 $N"),
+    ("veth_v6", "$T block fd00::1 40004 $N"),
+    ("nonblock", "$T nonblock 127.0.0.1 40004 $N"),
+    ("io_uring", "$T uring ::1 40004 $N"),
+    ("tfo", "$T tfo 127.0.0.1 40004 $N"),
+    ("static", "$S block 127.0.0.1 40004 $N"),
+];
+
+/// The script: controls (2,000 tries each), `on_cmd`, the shielded runs,
+/// and `off`.
+fn cases_script(on_cmd: &str) -> String {
+    let mut s = String::from(VETH);
+    for (name, cmd) in CASES {
+        s.push_str(&format!("printf 'case=control_{name} '; {cmd}\n").replace("$N", "2000"));
+    }
+    s.push_str(on_cmd);
+    s.push('\n');
+    for (name, cmd) in CASES {
+        s.push_str(&format!("printf 'case={name} '; {}\n", cmd.replace("$N", &TRIES.to_string())));
+    }
+    s.push_str("$B shield off --json\n");
+    s
+}
+
+fn assert_cases(o: &Output, want_mechanism: &str) {
+    let text = common::stdout(o);
+    assert!(o.status.success(), "{text}\n{}", common::stderr(o));
+    let rs = runs(o);
+    assert_eq!(rs.len(), CASES.len() * 2, "{text}");
+    for r in &rs {
+        if let Some(name) = r.case.strip_prefix("control_") {
+            // The control: the same client without the shield loops.
+            assert!(r.loops > 0, "control {name} never looped: {r:?}");
+            assert_eq!(r.other, 0, "control {name}: {r:?}");
+        } else {
+            assert_eq!(
+                (r.loops, r.refused, r.ok, r.other),
+                (0, TRIES, 0, 0),
+                "{} with the {want_mechanism} shield: {r:?}",
+                r.case
+            );
+        }
+    }
+    let lines = json_of(&text);
+    let sh = common::of_type(&lines, "shield");
+    assert_eq!(sh[0]["mechanism"], want_mechanism, "{text}");
+    assert_eq!(sh[0]["state"], "on", "{text}");
+    let off = sh.last().unwrap();
+    assert_eq!(off["action"], "removed", "{text}");
+    assert_eq!(off["state"], "off", "{text}");
+}
+
+fn bpf_ok(test: &str) -> bool {
+    !common::skip_unless(common::bpf_plausible(), test, "root and BPF")
+}
+
+#[test]
+fn bpf_shield_refuses_every_self_connect_path() {
+    if !bpf_ok("bpf_shield_refuses_every_self_connect_path") {
+        return;
+    }
+    let o = sandbox_sh(true, &cases_script("$B shield on --json"));
+    assert_cases(&o, "bpf");
+}
+
+#[test]
+fn iptables_shield_refuses_every_self_connect_path() {
+    if !bpf_ok("iptables_shield_refuses_every_self_connect_path") {
+        return;
+    }
+    // A user+net namespace, as in a rootless container: BPF is refused,
+    // `on` falls back to the iptables rules by itself.
+    let o = sandbox_sh(false, &cases_script("$B shield on --json"));
+    assert_cases(&o, "iptables");
+    let o = sandbox_sh(false, "$B shield on --json; iptables -S OUTPUT; ip6tables -S OUTPUT; $B shield off >/dev/null; iptables -S OUTPUT; ip6tables -S OUTPUT");
+    let text = common::stdout(&o);
+    assert_eq!(
+        text.matches("tcploop-shield since=").count(),
+        2,
+        "one rule a family while on, none after off: {text}"
+    );
+    assert!(text.contains("REJECT --reject-with tcp-reset"), "{text}");
+}
+
+#[test]
+fn forced_iptables_mechanism_works_where_bpf_would() {
+    if !bpf_ok("forced_iptables_mechanism_works_where_bpf_would") {
+        return;
+    }
+    let o = sandbox_sh(
+        true,
+        "$B shield on --mechanism iptables --json
+printf 'case=v4 '; $T block 127.0.0.1 40004 20000
+printf 'case=v6 '; $T block ::1 40004 20000
+$B shield status --json
+$B shield off --mechanism bpf --json
+$B shield off --json",
+    );
+    let text = common::stdout(&o);
+    for r in runs(&o) {
+        assert_eq!((r.loops, r.refused), (0, TRIES), "{r:?}");
+    }
+    let lines = json_of(&text);
+    let sh = common::of_type(&lines, "shield");
+    assert_eq!(sh[0]["mechanism"], "iptables");
+    assert_eq!(sh[1]["state"], "on");
+    assert_eq!(sh[2]["action"], "was_off", "off --mechanism bpf leaves iptables: {text}");
+    assert_eq!(sh[2]["state"], "on", "{text}");
+    assert_eq!(sh[3]["removed"], serde_json::json!(["iptables"]), "{text}");
+}
+
+#[test]
+fn a_time_wait_entry_of_the_self_tuple_does_not_hang_the_next_connect() {
+    if !bpf_ok("a_time_wait_entry_of_the_self_tuple_does_not_hang_the_next_connect") {
+        return;
+    }
+    for (netns_only, mech) in [(true, "bpf"), (false, "iptables")] {
+        // With the range 40004-40005 connect() can only pick 40004: the
+        // loop closed gracefully leaves 127.0.0.1:40004 <-> itself in
+        // TIME_WAIT. After 1 s (tcp_tw_reuse_delay) a connect() may reuse
+        // that tuple, and its SYN then echoes the old timestamp: an RST
+        // answer that kept the options would fail PAWS and the connect
+        // would hang until ETIMEDOUT (counted as `other` here).
+        let o = sandbox_sh(
+            netns_only,
+            "echo 40004 40005 > $R; printf 'case=tw_control '; $T timewait 127.0.0.1 40004 1; echo 40000 40009 > $R
+sleep 1.1
+printf 'case=control '; $T block 127.0.0.1 40004 2000
+echo 40004 40005 > $R; printf 'case=tw '; $T timewait 127.0.0.1 40004 1; echo 40000 40009 > $R
+ss -tan state time-wait | grep -c '127.0.0.1:40004 *127.0.0.1:40004' | sed 's/^/tw_before=/'
+$B shield on >/dev/null
+sleep 1.1
+printf 'case=shielded '; $T block 127.0.0.1 40004 20000
+ss -tan state time-wait | grep -c '127.0.0.1:40004 *127.0.0.1:40004' | sed 's/^/tw_after=/' || true
+$B shield off >/dev/null",
+        );
+        let text = common::stdout(&o);
+        let rs = runs(&o);
+        assert_eq!(rs.len(), 4, "{text}\n{}", common::stderr(&o));
+        assert_eq!(rs[0].loops, 1, "{mech}: the TIME_WAIT entry is made by a loop: {text}");
+        assert!(rs[1].loops > 0, "{mech}: control: {text}");
+        assert!(text.contains("tw_before=1"), "{mech}: {text}");
+        assert_eq!(
+            (rs[3].loops, rs[3].refused, rs[3].other),
+            (0, TRIES, 0),
+            "{mech}: {text}"
+        );
+        // The TIME_WAIT entry was reused (and refused), not just avoided.
+        assert!(text.contains("tw_after=0"), "{mech}: the tuple was never reused: {text}");
+    }
+}
+
+#[test]
+fn real_listeners_and_equal_ports_on_other_addresses_still_work() {
+    if !bpf_ok("real_listeners_and_equal_ports_on_other_addresses_still_work") {
+        return;
+    }
+    for netns_only in [true, false] {
+        let o = sandbox_sh(
+            netns_only,
+            "$B shield on >/dev/null
+printf 'case=listener '; $T listen 127.0.0.1 40004 5000
+printf 'case=listener6 '; $T listen ::1 40004 5000
+printf 'case=pair '; $T pair 127.0.0.2 40004 3000 127.0.0.1
+printf 'case=bound_self '; $T bound 127.0.0.1 40004 100
+$B shield status --json
+$B shield off >/dev/null",
+        );
+        let text = common::stdout(&o);
+        let rs = runs(&o);
+        assert_eq!(rs.len(), 4, "{text}\n{}", common::stderr(&o));
+        assert_eq!((rs[0].ok, rs[0].other), (5000, 0), "{text}");
+        assert_eq!((rs[1].ok, rs[1].other), (5000, 0), "{text}");
+        // 127.0.0.1:40004 -> 127.0.0.2:40004: equal ports, other address.
+        assert_eq!((rs[2].ok, rs[2].other), (3000, 0), "{text}");
+        // A deliberate self-connect (bind P, connect P) is refused too.
+        assert_eq!((rs[3].refused, rs[3].loops), (100, 0), "{text}");
+    }
+}
+
+#[test]
+fn on_twice_then_off_and_status_are_exact() {
+    if !bpf_ok("on_twice_then_off_and_status_are_exact") {
+        return;
+    }
+    let o = sandbox_sh(
+        true,
+        "set +e
+$B shield status --json; echo \"exit=$?\"
+$B shield on --json; echo \"exit=$?\"
+$B shield on --json; echo \"exit=$?\"
+printf 'case=v4 '; $T bound 127.0.0.1 40004 100
+printf 'case=v6 '; $T bound ::1 40004 50
+$B shield status --json; echo \"exit=$?\"
+$B shield off --json; echo \"exit=$?\"
+$B shield off --json; echo \"exit=$?\"
+$B shield status --json; echo \"exit=$?\"
+printf 'case=after_off '; $T block 127.0.0.1 40004 2000",
+    );
+    let text = common::stdout(&o);
+    let exits: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("exit="))
+        .collect();
+    assert_eq!(exits, ["1", "0", "0", "0", "0", "0", "1"], "{text}");
+    let lines = json_of(&text);
+    let sh = common::of_type(&lines, "shield");
+    assert_eq!(sh.len(), 7, "{text}");
+    assert_eq!(sh[0]["state"], "off");
+    assert_eq!(sh[1]["action"], "attached");
+    assert_eq!(sh[1]["mechanism"], "bpf");
+    assert_eq!(sh[1]["attach"], "tcx");
+    assert_eq!(sh[2]["action"], "already_on", "{text}");
+    assert_eq!(sh[2]["since"], sh[1]["since"], "the second on changed nothing");
+    assert_eq!(sh[2]["pinned"], sh[1]["pinned"]);
+    // Every bind-then-connect try is one self-connect SYN turned away.
+    assert_eq!(sh[3]["state"], "on");
+    assert_eq!(sh[3]["refused_v4"], 100, "{text}");
+    assert_eq!(sh[3]["refused_v6"], 50, "{text}");
+    let pinned = sh[1]["pinned"].as_str().unwrap().to_string();
+    assert!(pinned.starts_with("/sys/fs/bpf/tcploop/shield/netns-"));
+    assert_eq!(sh[4]["action"], "removed");
+    assert_eq!(sh[4]["removed"], serde_json::json!(["bpf"]));
+    assert_eq!(sh[5]["action"], "was_off");
+    assert_eq!(sh[6]["state"], "off");
+    assert!(
+        !std::path::Path::new(&pinned).exists(),
+        "off leaves its pin directory behind: {pinned}"
+    );
+    let rs = runs(&o);
+    assert_eq!((rs[0].refused, rs[0].loops), (100, 0));
+    assert!(rs[2].loops > 0, "after off, loops are possible again: {text}");
+    for l in &lines {
+        if l["type"] == "shield" {
+            check_shield_schema(&l["data"]);
+        }
+    }
+}
+
+#[test]
+fn the_pre_tcx_attach_path_works_and_off_removes_its_filter() {
+    if !bpf_ok("the_pre_tcx_attach_path_works_and_off_removes_its_filter") {
+        return;
+    }
+    let o = sandbox_sh(
+        true,
+        "$B shield on --attach tc --json
+printf 'case=v4 '; $T block 127.0.0.1 40004 20000
+printf 'case=v6 '; $T block ::1 40004 20000
+echo filters-on; tc filter show dev lo egress
+$B shield off --json
+echo filters-off; tc filter show dev lo egress; echo end",
+    );
+    let text = common::stdout(&o);
+    for r in runs(&o) {
+        assert_eq!((r.loops, r.refused), (0, TRIES), "{r:?}");
+    }
+    let lines = json_of(&text);
+    let sh = common::of_type(&lines, "shield");
+    assert_eq!(sh[0]["attach"], "tc", "{text}");
+    let on = &text[text.find("filters-on").unwrap()..text.find("filters-off").unwrap()];
+    assert!(on.contains("shield"), "{text}");
+    let off = &text[text.find("filters-off").unwrap()..];
+    assert!(!off.contains("bpf"), "the cls_bpf filter stays after off: {text}");
+}
+
+#[test]
+fn without_bpf_or_iptables_rights_on_exits_2_and_says_what_to_do() {
+    // As nobody on the host: neither mechanism can work, nothing changes.
+    let o = common::output(common::as_nobody(&mut common::tcploop(&[
+        "shield", "on",
+    ])));
+    assert_eq!(o.status.code(), Some(2), "{}", common::stdout(&o));
+    let err = common::stderr(&o);
+    assert!(err.contains("no shield mechanism works here"), "{err}");
+    assert!(err.contains("audit --apply"), "{err}");
+    assert!(err.contains("tcploop run"), "{err}");
+    // Forcing bpf in a user namespace: refused, exit 2, the reason given.
+    if common::is_root() {
+        let o = sandbox_sh(false, "$B shield on --mechanism bpf");
+        assert_eq!(o.status.code(), Some(2), "{}", common::stdout(&o));
+        assert!(common::stderr(&o).contains("permission denied"), "{}", common::stderr(&o));
+    }
+}
+
+/// The JSON lines among a script's output.
+fn json_of(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// The `shield` line's schema: exactly these fields.
+fn check_shield_schema(d: &Value) {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct ShieldLine {
+        netns: u64,
+        own: bool,
+        pid: Option<u32>,
+        name: Option<String>,
+        state: String,
+        mechanism: Option<String>,
+        attach: Option<String>,
+        since: Option<String>,
+        refused_v4: Option<u64>,
+        refused_v6: Option<u64>,
+        pinned: Option<String>,
+        action: Option<String>,
+        #[serde(default)]
+        removed: Vec<String>,
+        unknown: Vec<String>,
+        error: Option<String>,
+    }
+    let _: ShieldLine = serde_json::from_value(d.clone()).unwrap();
+}
