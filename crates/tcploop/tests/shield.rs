@@ -83,7 +83,7 @@ struct Run {
     refused: u64,
     ok: u64,
     other: u64,
-    first_error: String,
+    first_errno: u64,
 }
 
 fn runs(o: &Output) -> Vec<Run> {
@@ -101,7 +101,7 @@ fn runs(o: &Output) -> Vec<Run> {
                     "refused" => r.refused = n(),
                     "ok" => r.ok = n(),
                     "other" => r.other = n(),
-                    "first_error" => r.first_error = v.into(),
+                    "first_errno" => r.first_errno = n(),
                     _ => {}
                 }
             }

@@ -19,7 +19,7 @@
  *                  entry of its self tuple (run with ip_local_port_range PORT PORT+1,
  *                  so that connect() can only pick PORT)
  *
- * Prints one line: mode=M loops=L refused=R ok=K other=O first_error=E
+ * Prints one line: mode=M loops=L refused=R ok=K other=O first_errno=E (0: none)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -229,7 +229,7 @@ int main(int argc, char **argv)
 		outcome(fd, err);
 		rst_close(fd);
 	}
-	printf("mode=%s loops=%ld refused=%ld ok=%ld other=%ld first_error=%s\n", mode, loops, refused,
-	       ok, other, first_error ? strerror(first_error) : "none");
+	printf("mode=%s loops=%ld refused=%ld ok=%ld other=%ld first_errno=%d\n", mode, loops, refused,
+	       ok, other, first_error);
 	return 0;
 }
