@@ -204,9 +204,7 @@ pub fn on_here(force: Option<Mechanism>) -> Result<OnOutcome, ShieldError> {
         Some(Mechanism::Iptables) => on_iptables().map_err(ShieldError::Iptables),
         None => match on_bpf() {
             Ok(o) => Ok(o),
-            Err(bpf) => {
-                on_iptables().map_err(|iptables| ShieldError::Neither { bpf, iptables })
-            }
+            Err(bpf) => on_iptables().map_err(|iptables| ShieldError::Neither { bpf, iptables }),
         },
     }
 }
@@ -338,7 +336,10 @@ pub fn namespaces() -> std::io::Result<(Vec<Namespace>, u64)> {
 }
 
 /// Runs `f` inside namespace `ns` (directly when it is the caller's own).
-pub fn in_namespace<T: Send>(ns: &Namespace, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+pub fn in_namespace<T: Send>(
+    ns: &Namespace,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, NetnsError> {
     if ns.own {
         return Ok(f());
     }

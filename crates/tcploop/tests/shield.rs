@@ -142,7 +142,10 @@ fn cases_script(on_cmd: &str) -> String {
     s.push_str(on_cmd);
     s.push('\n');
     for (name, cmd) in CASES {
-        s.push_str(&format!("printf 'case={name} '; {}\n", cmd.replace("$N", &TRIES.to_string())));
+        s.push_str(&format!(
+            "printf 'case={name} '; {}\n",
+            cmd.replace("$N", &TRIES.to_string())
+        ));
     }
     s.push_str("$B shield off --json\n");
     s
@@ -230,7 +233,10 @@ $B shield off --json",
     let sh = common::of_type(&lines, "shield");
     assert_eq!(sh[0]["mechanism"], "iptables");
     assert_eq!(sh[1]["state"], "on");
-    assert_eq!(sh[2]["action"], "was_off", "off --mechanism bpf leaves iptables: {text}");
+    assert_eq!(
+        sh[2]["action"], "was_off",
+        "off --mechanism bpf leaves iptables: {text}"
+    );
     assert_eq!(sh[2]["state"], "on", "{text}");
     assert_eq!(sh[3]["removed"], serde_json::json!(["iptables"]), "{text}");
 }
@@ -263,7 +269,10 @@ $B shield off >/dev/null",
         let text = common::stdout(&o);
         let rs = runs(&o);
         assert_eq!(rs.len(), 4, "{text}\n{}", common::stderr(&o));
-        assert_eq!(rs[0].loops, 1, "{mech}: the TIME_WAIT entry is made by a loop: {text}");
+        assert_eq!(
+            rs[0].loops, 1,
+            "{mech}: the TIME_WAIT entry is made by a loop: {text}"
+        );
         assert!(rs[1].loops > 0, "{mech}: control: {text}");
         assert!(text.contains("tw_before=1"), "{mech}: {text}");
         assert_eq!(
@@ -272,7 +281,10 @@ $B shield off >/dev/null",
             "{mech}: {text}"
         );
         // The TIME_WAIT entry was reused (and refused), not just avoided.
-        assert!(text.contains("tw_after=0"), "{mech}: the tuple was never reused: {text}");
+        assert!(
+            text.contains("tw_after=0"),
+            "{mech}: the tuple was never reused: {text}"
+        );
     }
 }
 
@@ -337,7 +349,10 @@ printf 'case=after_off '; $T block 127.0.0.1 40004 2000",
     assert_eq!(sh[1]["mechanism"], "bpf");
     assert_eq!(sh[1]["attach"], "tcx");
     assert_eq!(sh[2]["action"], "already_on", "{text}");
-    assert_eq!(sh[2]["since"], sh[1]["since"], "the second on changed nothing");
+    assert_eq!(
+        sh[2]["since"], sh[1]["since"],
+        "the second on changed nothing"
+    );
     assert_eq!(sh[2]["pinned"], sh[1]["pinned"]);
     // Every bind-then-connect try is one self-connect SYN turned away.
     assert_eq!(sh[3]["state"], "on");
@@ -355,7 +370,10 @@ printf 'case=after_off '; $T block 127.0.0.1 40004 2000",
     );
     let rs = runs(&o);
     assert_eq!((rs[0].refused, rs[0].loops), (100, 0));
-    assert!(rs[2].loops > 0, "after off, loops are possible again: {text}");
+    assert!(
+        rs[2].loops > 0,
+        "after off, loops are possible again: {text}"
+    );
     for l in &lines {
         if l["type"] == "shield" {
             check_shield_schema(&l["data"]);
@@ -387,15 +405,16 @@ echo filters-off; tc filter show dev lo egress; echo end",
     let on = &text[text.find("filters-on").unwrap()..text.find("filters-off").unwrap()];
     assert!(on.contains("shield"), "{text}");
     let off = &text[text.find("filters-off").unwrap()..];
-    assert!(!off.contains("bpf"), "the cls_bpf filter stays after off: {text}");
+    assert!(
+        !off.contains("bpf"),
+        "the cls_bpf filter stays after off: {text}"
+    );
 }
 
 #[test]
 fn without_bpf_or_iptables_rights_on_exits_2_and_says_what_to_do() {
     // As nobody on the host: neither mechanism can work, nothing changes.
-    let o = common::output(common::as_nobody(&mut common::tcploop(&[
-        "shield", "on",
-    ])));
+    let o = common::output(common::as_nobody(&mut common::tcploop(&["shield", "on"])));
     assert_eq!(o.status.code(), Some(2), "{}", common::stdout(&o));
     let err = common::stderr(&o);
     assert!(err.contains("no shield mechanism works here"), "{err}");
@@ -405,7 +424,11 @@ fn without_bpf_or_iptables_rights_on_exits_2_and_says_what_to_do() {
     if common::is_root() {
         let o = sandbox_sh(false, "$B shield on --mechanism bpf");
         assert_eq!(o.status.code(), Some(2), "{}", common::stdout(&o));
-        assert!(common::stderr(&o).contains("permission denied"), "{}", common::stderr(&o));
+        assert!(
+            common::stderr(&o).contains("permission denied"),
+            "{}",
+            common::stderr(&o)
+        );
     }
 }
 

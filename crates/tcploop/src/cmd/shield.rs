@@ -131,12 +131,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             let attach = a.attach;
             let r = shield::each_namespace(a.common.all_netns, || {
                 let o = match (attach, force) {
-                    (Some(at), None | Some(Mechanism::Bpf)) => {
-                        shield::on_bpf_with(match at {
-                            AttachArg::Tcx => tcploop::sys::bpf::shield::Attach::Tcx,
-                            AttachArg::Tc => tcploop::sys::bpf::shield::Attach::Tc,
-                        })
-                    }
+                    (Some(at), None | Some(Mechanism::Bpf)) => shield::on_bpf_with(match at {
+                        AttachArg::Tcx => tcploop::sys::bpf::shield::Attach::Tcx,
+                        AttachArg::Tc => tcploop::sys::bpf::shield::Attach::Tc,
+                    }),
                     _ => shield::on_here(force),
                 }
                 .map_err(|e| e.to_string())?;

@@ -225,9 +225,7 @@ pub fn render(
             "{} namespaces: {on} shielded, {off} not, {failed} failed{}",
             lines.len(),
             if unreadable_pids > 0 {
-                format!(
-                    "; {unreadable_pids} processes' namespaces not readable (run as root)"
-                )
+                format!("; {unreadable_pids} processes' namespaces not readable (run as root)")
             } else {
                 String::new()
             }

@@ -130,11 +130,27 @@ struct Prog(Vec<(Insn, bool)>);
 
 impl Prog {
     fn op(&mut self, code: u16, k: u32) {
-        self.0.push((Insn { code, jt: 0, jf: 0, k }, false));
+        self.0.push((
+            Insn {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            },
+            false,
+        ));
     }
     /// Continue if the condition holds, otherwise no match.
     fn need(&mut self, code: u16, k: u32) {
-        self.0.push((Insn { code, jt: 0, jf: 0, k }, true));
+        self.0.push((
+            Insn {
+                code,
+                jt: 0,
+                jf: 0,
+                k,
+            },
+            true,
+        ));
     }
     /// Continue if the bits are clear (`jset` inverted), otherwise no match.
     fn need_clear(&mut self, k: u32) {
@@ -332,7 +348,12 @@ fn run(family: Family, action: &'static str, args: &[String]) -> Result<String, 
         return Err(IptablesError::Failed {
             program,
             action,
-            message: err.lines().next().unwrap_or("no message").trim().to_string(),
+            message: err
+                .lines()
+                .next()
+                .unwrap_or("no message")
+                .trim()
+                .to_string(),
         });
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
@@ -340,7 +361,11 @@ fn run(family: Family, action: &'static str, args: &[String]) -> Result<String, 
 
 /// Our rules in this namespace's OUTPUT chain.
 pub fn list(family: Family) -> Result<Vec<Found>, IptablesError> {
-    let text = run(family, "listing OUTPUT", &args(&["-w", "-v", "-S", "OUTPUT"]))?;
+    let text = run(
+        family,
+        "listing OUTPUT",
+        &args(&["-w", "-v", "-S", "OUTPUT"]),
+    )?;
     Ok(parse_listing(family, &text))
 }
 
@@ -409,9 +434,25 @@ mod tests {
     fn the_ipv6_program_checks_four_words_and_the_ports() {
         let p = program(Family::V6);
         assert_eq!(p.len(), 24);
-        assert_eq!(p[0], Insn { code: 0x30, jt: 0, jf: 0, k: 6 });
+        assert_eq!(
+            p[0],
+            Insn {
+                code: 0x30,
+                jt: 0,
+                jf: 0,
+                k: 6
+            }
+        );
         assert_eq!(p[1].jf as usize, 23 - 1 - 1);
-        assert_eq!(p[p.len() - 2], Insn { code: 6, jt: 0, jf: 0, k: 1 });
+        assert_eq!(
+            p[p.len() - 2],
+            Insn {
+                code: 6,
+                jt: 0,
+                jf: 0,
+                k: 1
+            }
+        );
         // Every conditional jump ends on the last instruction, "ret #0".
         for (i, insn) in p.iter().enumerate() {
             if insn.code == JEQ_X || insn.code == JEQ_K {
@@ -425,7 +466,9 @@ mod tests {
         let (mut a, mut x, mut m) = (0u32, 0u32, [0u32; 16]);
         let mut pc = 0;
         let be = |o: usize, n: usize| -> u32 {
-            pkt[o..o + n].iter().fold(0u32, |acc, b| acc << 8 | *b as u32)
+            pkt[o..o + n]
+                .iter()
+                .fold(0u32, |acc, b| acc << 8 | *b as u32)
         };
         loop {
             let i = p[pc];
@@ -478,7 +521,11 @@ mod tests {
         let p4 = program(Family::V4);
         let lo = [127, 0, 0, 1];
         assert_eq!(interpret(&p4, &v4(lo, lo, 40004, 40004, 5)), 1);
-        assert_eq!(interpret(&p4, &v4(lo, lo, 40004, 40004, 7)), 1, "IP options");
+        assert_eq!(
+            interpret(&p4, &v4(lo, lo, 40004, 40004, 7)),
+            1,
+            "IP options"
+        );
         assert_eq!(interpret(&p4, &v4(lo, lo, 40002, 40004, 5)), 0);
         assert_eq!(
             interpret(&p4, &v4(lo, [127, 0, 0, 2], 40004, 40004, 5)),

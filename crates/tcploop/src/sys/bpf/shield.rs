@@ -155,6 +155,8 @@ pub fn netns_cookie() -> io::Result<u64> {
 fn check_bpffs() -> Result<(), Refusal> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     match rustix::fs::statfs(BPFFS) {
+        // f_type is i64 on x86_64 and narrower elsewhere.
+        #[allow(clippy::unnecessary_cast)]
         Ok(s) if s.f_type as i64 == BPF_FS_MAGIC => Ok(()),
         Ok(_) => Err(Refusal::Unsupported(format!(
             "{BPFFS} is not a bpffs mount (mount -t bpf bpf {BPFFS})"
@@ -237,9 +239,8 @@ fn read_counters(path: &Path) -> Result<Counters, Box<dyn std::error::Error>> {
     let data = MapData::from_pin(path)?;
     let map = aya::maps::Map::PerCpuArray(data);
     let arr: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
-    let sum = |i: u32| -> Result<u64, aya::maps::MapError> {
-        Ok(arr.get(&i, 0)?.iter().copied().sum())
-    };
+    let sum =
+        |i: u32| -> Result<u64, aya::maps::MapError> { Ok(arr.get(&i, 0)?.iter().copied().sum()) };
     Ok(Counters {
         refused_v4: sum(0)?,
         refused_v6: sum(1)?,
@@ -262,7 +263,8 @@ pub fn attach(how: Attach) -> Result<Outcome, Refusal> {
         // never reused; this is a half-made or defunct directory: clear it.
         remove_dir(&dir).map_err(|e| super::classify("clearing a stale pin directory", &e))?;
     }
-    fs::create_dir(&dir).map_err(|e| super::classify(&format!("creating {}", dir.display()), &e))?;
+    fs::create_dir(&dir)
+        .map_err(|e| super::classify(&format!("creating {}", dir.display()), &e))?;
     match attach_into(&dir, how) {
         Ok(()) => {}
         Err(r) => {
@@ -337,7 +339,8 @@ fn attach_into(dir: &Path, how: Attach) -> Result<(), Refusal> {
                 .take_link(id)
                 .map_err(|e| classify_error("taking the tc filter", &e))?;
             let (p, h) = (
-                link.priority().map_err(|e| classify_error("tc filter", &e))?,
+                link.priority()
+                    .map_err(|e| classify_error("tc filter", &e))?,
                 link.handle().map_err(|e| classify_error("tc filter", &e))?,
             );
             let name = format!("{TC_PREFIX}{p}-{h}");
