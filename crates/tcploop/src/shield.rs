@@ -114,6 +114,19 @@ pub fn status_here() -> ShieldState {
     st
 }
 
+/// Whether the caller's namespace is protected, and how (`bpf (tcx)`,
+/// `iptables (rules)`), for the other commands' predictions. Looks at the
+/// bpf pins first and runs iptables only when they say off.
+pub fn protection_here() -> Option<String> {
+    if let Ok(Some(a)) = bpf::status_here() {
+        return Some(format!("bpf ({})", a.attach.name()));
+    }
+    match iptables_state() {
+        Ok(Some(a)) if !a.partial => Some("iptables (rules)".to_string()),
+        _ => None,
+    }
+}
+
 fn from_bpf(a: bpf::Attached) -> Active {
     Active {
         mechanism: Mechanism::Bpf,

@@ -465,3 +465,69 @@ fn check_shield_schema(d: &Value) {
     }
     let _: ShieldLine = serde_json::from_value(d.clone()).unwrap();
 }
+
+#[test]
+fn check_audit_and_scan_know_the_shield() {
+    if !bpf_ok("check_audit_and_scan_know_the_shield") {
+        return;
+    }
+    for (netns_only, how) in [(true, "bpf (tcx)"), (false, "iptables (rules)")] {
+        let o = sandbox_sh(
+            netns_only,
+            "set +e
+python3 -c 'import socket,time;s=socket.socket();s.bind((\"127.0.0.1\",40006));s.listen();print(\"up\",flush=True);time.sleep(60)' > /dev/null &
+P=$!
+for i in $(seq 50); do ss -ltn | grep -q 40006 && break; sleep 0.1; done
+echo step=before
+$B check 40004 --json; echo \"exit=$?\"
+$B audit --json; echo \"exit=$?\"
+$B scan --json; echo \"exit=$?\"
+$B shield on > /dev/null
+echo step=after
+$B check 40004 --json; echo \"exit=$?\"
+$B audit --json; echo \"exit=$?\"
+$B scan --json; echo \"exit=$?\"
+$B shield off > /dev/null
+kill $P",
+        );
+        let text = common::stdout(&o);
+        let (before, after) = text.split_once("step=after").expect("both steps ran");
+        let exits = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("exit="))
+                .map(String::from)
+                .collect()
+        };
+        // check 1 (possible), audit 1 (exposed), scan 0 (no loop)
+        assert_eq!(exits(before), ["1", "1", "0"], "{how}: {text}");
+        assert_eq!(exits(after), ["0", "0", "0"], "{how}: {text}");
+        let b = json_of(before);
+        let a = json_of(after);
+        assert_eq!(common::of_type(&b, "check")[0]["verdict"], "possible");
+        let c = &common::of_type(&a, "check")[0];
+        assert_eq!(c["verdict"], "prevented", "{how}: {text}");
+        assert!(
+            c["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains(how)),
+            "{how}: the mechanism is named: {c}"
+        );
+        let port = |l: &[Value]| {
+            common::of_type(l, "port")
+                .into_iter()
+                .find(|p| p["port"] == 40006)
+                .unwrap()
+        };
+        assert_eq!(port(&b)["when_down"]["verdict"], "possible", "{text}");
+        assert_eq!(port(&a)["when_down"]["verdict"], "prevented", "{text}");
+        let off = |l: &[Value]| common::of_type(l, "summary").last().unwrap()["shield_off"].clone();
+        assert_eq!(
+            off(&b)[0]["exposed_ports"],
+            serde_json::json!([40006]),
+            "{text}"
+        );
+        assert_eq!(off(&a), serde_json::json!([]), "{text}");
+    }
+}
