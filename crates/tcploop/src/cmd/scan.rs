@@ -16,8 +16,8 @@
 //!     "namespaces_scanned": 1, "namespaces_skipped": [{"netns": {...}, "reason": "..."}],
 //!     "netns_unreadable_pids": 0, "namespaces_vanished": 0,
 //!     "shield_off": [{"netns": {...}, "exposed_ports": [40004]}]}`: `shield_off` lists
-//!     the namespaces whose shield (`tcploop shield`) is off while listening ports
-//!     of theirs lie in the ephemeral range, unreserved.
+//!   the namespaces whose shield (`tcploop shield`) is off while listening ports
+//!   of theirs lie in the ephemeral range, unreserved.
 
 use std::io::Write;
 
