@@ -326,23 +326,35 @@ pub struct Namespace {
     path: PathBuf,
 }
 
+impl Namespace {
+    /// From the listing of `sys::netns`; `own` is the caller's inode.
+    pub(crate) fn from_sys(n: &netns::Netns, own: u64) -> Namespace {
+        Namespace {
+            inode: n.inode,
+            own: n.inode == own,
+            pid: n.pid,
+            name: n.name.clone(),
+            path: n.path.clone(),
+        }
+    }
+}
+
 /// Every network namespace of the host (the same discovery as `scan
-/// --all-netns`: `/proc/*/ns/net` and `/run/netns`), and the number of
+/// --all-netns`: `/proc/*/ns/net` and `/run/netns`, plus Docker's
+/// `/var/run/docker/netns`), and the number of
 /// processes whose namespace could not be read.
 pub fn namespaces() -> std::io::Result<(Vec<Namespace>, u64)> {
     let own = netns::current()?;
     let proc = Proc::open()?;
-    let list = netns::list(&proc)?;
+    let dirs: Vec<&std::path::Path> = netns::RUNTIME_NETNS_DIRS
+        .iter()
+        .map(std::path::Path::new)
+        .collect();
+    let list = netns::list_with(&proc, &dirs)?;
     Ok((
         list.found
-            .into_iter()
-            .map(|n| Namespace {
-                inode: n.inode,
-                own: n.inode == own,
-                pid: n.pid,
-                name: n.name,
-                path: n.path,
-            })
+            .iter()
+            .map(|n| Namespace::from_sys(n, own))
             .collect(),
         list.unreadable_pids,
     ))

@@ -19,6 +19,7 @@ pub mod run;
 pub mod sandbox;
 pub mod scan;
 pub mod shield;
+pub mod shield_daemon;
 pub mod watch;
 
 /// Runs the chosen command.

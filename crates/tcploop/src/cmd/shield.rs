@@ -58,6 +58,9 @@ pub enum Action {
     /// Say whether the shield is on, by which mechanism, since when, and
     /// how many self-connect SYNs it turned away
     Status(StatusArgs),
+    /// Keep the shield on in every namespace, including new ones; serve metrics
+    #[command(after_help = super::shield_daemon::AFTER_HELP)]
+    Daemon(super::shield_daemon::Args),
 }
 
 /// Options shared by `on` and `off`.
@@ -160,6 +163,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             })?;
             (a.json, r)
         }
+        Action::Daemon(a) => return super::shield_daemon::run(a, out),
     };
     let (lines, unreadable) = lines;
     let (_on, off, failed) = render(out, json, &lines, unreadable)?;
