@@ -531,3 +531,95 @@ kill $P",
         assert_eq!(off(&a), serde_json::json!([]), "{text}");
     }
 }
+
+/// The daemon's test runs in fresh PID, mount and network namespaces: its
+/// discovery (`/proc/*/ns/net`, `/run/netns`) then sees only the test's own
+/// processes and namespaces, never the host's; `/run` and `/sys/fs/bpf`
+/// are private mounts there.
+const DAEMON_SCRIPT: &str = r#"
+mount -t tmpfs tmpfs /run
+mount -t bpf bpf /sys/fs/bpf
+ip link set lo up
+setup() { nsenter --net="$1" sh -c 'ip link set lo up; echo 40000 40009 > /proc/sys/net/ipv4/ip_local_port_range'; }
+# wait until the shield is on in namespace $1 (at most 10 s); print the ms
+covered() {
+  t0=$(date +%s%N); i=0
+  until nsenter --net="$1" $B shield status >/dev/null 2>&1; do
+    i=$((i+1)); [ $i -lt 2000 ] || { echo "never covered: $1"; return 1; }; sleep 0.005
+  done
+  echo "$2=$(( ($(date +%s%N) - t0) / 1000000 ))"
+}
+ip netns add before; setup /run/netns/before
+printf 'case=control '; nsenter --net=/run/netns/before $T block 127.0.0.1 40004 2000
+$B shield daemon --interval 300ms --json --prometheus > /tmp/daemon.log 2>&1 &
+D=$!
+covered /run/netns/before latency_start
+printf 'case=before '; nsenter --net=/run/netns/before $T block 127.0.0.1 40004 20000
+ip netns add after; covered /run/netns/after latency_inotify; setup /run/netns/after
+printf 'case=after_inotify '; nsenter --net=/run/netns/after $T block ::1 40004 20000
+unshare -n sh -euc 'ip link set lo up; echo 40000 40009 > /proc/sys/net/ipv4/ip_local_port_range
+  t0=$(date +%s%N); until $B shield status >/dev/null 2>&1; do sleep 0.005; done
+  echo "latency_sweep=$(( ($(date +%s%N) - t0) / 1000000 ))"
+  printf "case=after_sweep "; $T block 127.0.0.1 40004 20000'
+sleep 0.7
+curl -s http://127.0.0.1:9978/metrics > /tmp/metrics.txt
+promtool check metrics < /tmp/metrics.txt && echo promtool=ok
+kill -TERM $D; wait $D
+cat /tmp/metrics.txt /tmp/daemon.log
+"#;
+
+#[test]
+fn the_daemon_covers_namespaces_made_before_and_after_it_starts() {
+    if !bpf_ok("the_daemon_covers_namespaces_made_before_and_after_it_starts") {
+        return;
+    }
+    let cl = clients();
+    let o = common::output(
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--mount", "--net"])
+            .args(["sh", "-euc", DAEMON_SCRIPT])
+            .env("T", &cl.dynamic)
+            .env("B", common::bin()),
+    );
+    let text = common::stdout(&o);
+    assert!(o.status.success(), "{text}\n{}", common::stderr(&o));
+    let rs = runs(&o);
+    assert_eq!(rs.len(), 4, "{text}");
+    assert!(rs[0].loops > 0, "control: {text}");
+    for r in &rs[1..] {
+        assert_eq!(
+            (r.case.as_str(), r.loops, r.refused),
+            (r.case.as_str(), 0, TRIES),
+            "{text}"
+        );
+    }
+    for l in ["latency_start=", "latency_inotify=", "latency_sweep="] {
+        let ms = text
+            .lines()
+            .find_map(|x| x.strip_prefix(l))
+            .unwrap_or_else(|| panic!("{l} {text}"));
+        eprintln!("daemon {l}{ms} ms");
+    }
+    assert!(text.contains("promtool=ok"), "{text}");
+    let lines = json_of(&text);
+    assert_eq!(common::of_type(&lines, "daemon_started").len(), 1, "{text}");
+    // own, before, after, the unnamed one
+    assert!(common::of_type(&lines, "attached").len() >= 4, "{text}");
+    assert_eq!(common::of_type(&lines, "attach_failed").len(), 0, "{text}");
+    assert_eq!(common::of_type(&lines, "daemon_stopped").len(), 1, "{text}");
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    };
+    assert!(
+        metric("tcploop_shield_refused_total{family=\"ipv4\"}") > 0.0,
+        "{text}"
+    );
+    assert!(
+        metric("tcploop_shield_refused_total{family=\"ipv6\"}") > 0.0,
+        "{text}"
+    );
+    assert!(metric("tcploop_shield_attached_total") >= 3.0, "{text}");
+    assert_eq!(metric("tcploop_shield_namespaces_failed"), 0.0, "{text}");
+}
