@@ -11,6 +11,7 @@ mod demo;
 mod guard;
 mod preload;
 mod scan;
+mod shield;
 mod watch;
 
 /// tcploop's benchmark harness.
@@ -35,6 +36,8 @@ enum Area {
     Preload(preload::Args),
     /// tcploop watch CPU use
     Watch(watch::Args),
+    /// loopback traffic with and without tcploop shield; loops per 100k tries
+    Shield(shield::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +48,6 @@ fn main() -> anyhow::Result<()> {
         Area::Guard(a) => guard::run(a),
         Area::Preload(a) => preload::run(a),
         Area::Watch(a) => watch::run(a),
+        Area::Shield(a) => shield::run(a),
     }
 }
