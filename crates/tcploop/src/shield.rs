@@ -402,16 +402,17 @@ pub fn each_namespace<T: Send>(
             0,
         )
     };
-    let out = list
-        .into_iter()
-        .map(|ns| {
-            let result = match in_namespace(&ns, &f) {
-                Ok(r) => r,
-                Err(e) => Err(e.to_string()),
-            };
-            InNamespace { ns, result }
-        })
-        .collect();
+    let mut out = vec![];
+    for ns in list {
+        let result = match in_namespace(&ns, &f) {
+            Ok(r) => r,
+            // Its last process exited between listing and entering: the
+            // namespace is gone, nothing to do there.
+            Err(e) if e.io().raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        out.push(InNamespace { ns, result });
+    }
     Ok((out, unreadable))
 }
 
