@@ -147,6 +147,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         args.interval >= Duration::from_millis(10),
         "--interval must be at least 10ms"
     );
+    if let Some(p) = &args.textfile {
+        // fail now, not on every sweep
+        tcploop::safefile::check_writable(p)
+            .with_context(|| format!("--textfile {}", p.display()))?;
+    }
     let force = args.mechanism.map(Mechanism::from);
     let mut dirs: Vec<PathBuf> = RUNTIME_NETNS_DIRS.iter().map(PathBuf::from).collect();
     dirs.extend(args.netns_dir.iter().cloned());
@@ -332,7 +337,7 @@ fn log_event(out: &mut dyn Write, json: bool, e: &Event) -> std::io::Result<()> 
                 out,
                 "{} {label}: shield FAILED: {}",
                 now_text(),
-                err.escape_default()
+                report::escape(err)
             ),
             _ => Ok(()),
         }

@@ -151,7 +151,7 @@ pub fn ns_label(ns: &Namespace) -> String {
 
 /// Control characters from the system never reach the terminal.
 fn escape(s: &str) -> String {
-    s.chars().flat_map(char::escape_default).collect()
+    crate::report::escape(s).into_owned()
 }
 
 /// Renders the lines, then the summary. Returns (on, off, failed) counts.

@@ -12,6 +12,7 @@
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
+//! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`poll`]: waiting for a socket to become writable (`poll(2)`);
 //! - [`bpf`]: the BPF programs (the shield), loaded with aya;
 //! - [`inotify`]: watching directories for new namespaces (`inotify(7)`);
@@ -23,6 +24,7 @@ pub mod diag;
 pub mod ifaddrs;
 pub mod inotify;
 pub mod iptables;
+pub mod lock;
 pub mod netns;
 pub mod ns;
 pub mod packet;
