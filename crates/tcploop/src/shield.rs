@@ -223,6 +223,8 @@ pub fn on_here(force: Option<Mechanism>) -> Result<OnOutcome, ShieldError> {
 }
 
 fn on_bpf() -> Result<OnOutcome, Refusal> {
+    // Pins left by namespaces that died since (their links are defunct).
+    let _ = bpf::prune_defunct();
     match bpf::attach(bpf::Attach::best())? {
         bpf::Outcome::Attached(a) => Ok(OnOutcome::Attached(from_bpf(a))),
         bpf::Outcome::AlreadyOn(a) => Ok(OnOutcome::AlreadyOn(from_bpf(a))),

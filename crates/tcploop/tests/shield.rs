@@ -201,14 +201,26 @@ fn iptables_shield_refuses_every_self_connect_path() {
     // `on` falls back to the iptables rules by itself.
     let o = sandbox_sh(false, &cases_script("$B shield on --json"));
     assert_cases(&o, "iptables");
-    let o = sandbox_sh(false, "$B shield on --json; iptables -S OUTPUT; ip6tables -S OUTPUT; $B shield off >/dev/null; iptables -S OUTPUT; ip6tables -S OUTPUT");
-    let text = common::stdout(&o);
-    assert_eq!(
-        text.matches("tcploop-shield since=").count(),
-        2,
-        "one rule a family while on, none after off: {text}"
+    // `off` removes exactly its own rules: an administrator's rule stays.
+    let o = sandbox_sh(
+        false,
+        "iptables -A OUTPUT -o lo -m comment --comment theirs -j ACCEPT
+$B shield on --json; echo during; iptables -S OUTPUT; ip6tables -S OUTPUT
+$B shield off >/dev/null; echo after; iptables -S OUTPUT; ip6tables -S OUTPUT",
     );
-    assert!(text.contains("REJECT --reject-with tcp-reset"), "{text}");
+    let text = common::stdout(&o);
+    let (during, after) = text.split_once("after").unwrap();
+    assert_eq!(
+        during.matches("tcploop-shield since=").count(),
+        2,
+        "one rule a family while on: {text}"
+    );
+    assert!(during.contains("REJECT --reject-with tcp-reset"), "{text}");
+    assert_eq!(after.matches("tcploop-shield").count(), 0, "{text}");
+    assert!(
+        after.contains("--comment theirs"),
+        "someone else's rule went: {text}"
+    );
 }
 
 #[test]
@@ -566,6 +578,12 @@ curl -s http://127.0.0.1:9978/metrics > /tmp/metrics.txt
 promtool check metrics < /tmp/metrics.txt && echo promtool=ok
 kill -TERM $D; wait $D
 cat /tmp/metrics.txt /tmp/daemon.log
+$B shield off --all-netns --json | sed 's/^/offall /'
+set +e; $B shield status --all-netns >/dev/null; echo "status_after_off=$?"; set -e
+$B shield on --all-netns --json | sed 's/^/onall /'
+$B shield status --all-netns >/dev/null && echo status_after_on=0
+$B shield off --all-netns >/dev/null
+ls /sys/fs/bpf/tcploop/shield | wc -l | sed 's/^/pins_left=/'
 "#;
 
 #[test]
@@ -622,4 +640,45 @@ fn the_daemon_covers_namespaces_made_before_and_after_it_starts() {
     );
     assert!(metric("tcploop_shield_attached_total") >= 3.0, "{text}");
     assert_eq!(metric("tcploop_shield_namespaces_failed"), 0.0, "{text}");
+    // on/off/status --all-netns over the same namespaces (own, before, after)
+    let tagged = |tag: &str| -> Vec<Value> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(tag))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let off = common::of_type(&tagged("offall "), "shield");
+    assert_eq!(off.len(), 3, "{text}");
+    assert!(off.iter().all(|l| l["action"] == "removed"), "{text}");
+    assert!(text.contains("status_after_off=1"), "{text}");
+    let on = common::of_type(&tagged("onall "), "shield");
+    assert_eq!(on.len(), 3, "{text}");
+    assert!(on.iter().all(|l| l["action"] == "attached"), "{text}");
+    assert!(text.contains("status_after_on=0"), "{text}");
+    assert!(
+        text.contains("pins_left=0"),
+        "off --all-netns leaves pins: {text}"
+    );
+}
+
+#[test]
+fn the_pins_of_a_namespace_that_died_are_removed_by_the_next_on() {
+    if !bpf_ok("the_pins_of_a_namespace_that_died_are_removed_by_the_next_on") {
+        return;
+    }
+    // A namespace turns the shield on and dies without `off`: its lo and
+    // the tcx link go with it, the pin directory stays (defunct).
+    let o = sandbox_sh(true, "$B shield on --json");
+    let lines = json_of(&common::stdout(&o));
+    let dir = common::of_type(&lines, "shield")[0]["pinned"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(std::path::Path::new(&dir).exists(), "{dir}");
+    let o = sandbox_sh(true, "$B shield on >/dev/null; $B shield off >/dev/null");
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "the defunct {dir} is still there"
+    );
 }
