@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::sys::bpf::shield as bpf;
+use crate::sys::bpf::shield_cgroup as cgroup;
 use crate::sys::bpf::Refusal;
 use crate::sys::iptables::{self, Family, IptablesError};
 use crate::sys::netns::{self, NetnsError};
@@ -416,6 +417,76 @@ pub fn each_namespace<T: Send>(
         out.push(InNamespace { ns, result });
     }
     Ok((out, unreadable))
+}
+
+/// The cgroup hook (`--cgroup-root`): `connect4`/`connect6` programs on a
+/// cgroup v2 directory that refuse, with ECONNREFUSED, a TCP connect to a
+/// loopback address where nothing listens, for every process of the
+/// subtree in every namespace (the root: the whole host), from a new
+/// container's first connect on. It sees loopback destinations only (not
+/// the namespace's interface addresses), and a non-blocking connect fails
+/// at once instead of returning EINPROGRESS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupShield {
+    /// The cgroup directory.
+    pub cgroup: PathBuf,
+    /// Whether the hook is attached (after the action).
+    pub on: bool,
+    /// `attached`, `already_on`, `removed`, `was_off`; `None` for status.
+    pub action: Option<&'static str>,
+    /// When it was attached.
+    pub since: Option<SystemTime>,
+    /// Connects refused: IPv4 (incl. v4-mapped) and IPv6.
+    pub refused: Option<(u64, u64)>,
+    /// Its pin directory.
+    pub pinned: Option<PathBuf>,
+}
+
+/// The cgroup v2 root of this host (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup_default_root() -> Option<PathBuf> {
+    cgroup::default_root()
+}
+
+fn cgroup_state(
+    path: &std::path::Path,
+    a: Option<cgroup::CgroupAttached>,
+    action: Option<&'static str>,
+) -> CgroupShield {
+    CgroupShield {
+        cgroup: path.to_owned(),
+        on: a.is_some(),
+        action,
+        since: a.as_ref().and_then(|a| a.since),
+        refused: a.as_ref().and_then(|a| a.refused),
+        pinned: a.map(|a| a.dir),
+    }
+}
+
+/// Attaches the cgroup hook to `path` (a no-op when it is there).
+pub fn cgroup_on(path: &std::path::Path) -> Result<CgroupShield, ShieldError> {
+    let (now, a) = cgroup::attach(path).map_err(ShieldError::Bpf)?;
+    Ok(cgroup_state(
+        path,
+        Some(a),
+        Some(if now { "attached" } else { "already_on" }),
+    ))
+}
+
+/// Removes the cgroup hook of `path`.
+pub fn cgroup_off(path: &std::path::Path) -> Result<CgroupShield, ShieldError> {
+    let was = cgroup::detach(path).map_err(ShieldError::Bpf)?;
+    Ok(cgroup_state(
+        path,
+        None,
+        Some(if was { "removed" } else { "was_off" }),
+    ))
+}
+
+/// Whether the cgroup hook is on `path`.
+pub fn cgroup_status(path: &std::path::Path) -> Result<CgroupShield, ShieldError> {
+    let a = cgroup::status(path).map_err(ShieldError::Bpf)?;
+    Ok(cgroup_state(path, a, None))
 }
 
 /// Removes the pin directories of namespaces that no longer exist.

@@ -4,6 +4,7 @@
 //! results to [`tcploop::report::shield`].
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use tcploop::report::shield::{render, Line};
 use tcploop::shield::{self, Mechanism};
@@ -38,7 +39,17 @@ Examples:
   tcploop shield status --json
   tcploop shield on --all-netns
   tcploop shield on --mechanism iptables
-  tcploop shield off";
+  tcploop shield on --cgroup-root          the connect hook on the cgroup v2 root
+  tcploop shield off
+
+--cgroup-root [DIR] acts on a third mechanism instead: cgroup connect4/6
+programs on a cgroup v2 directory (default: the root, i.e. every process of
+the host in every namespace) that refuse a TCP connect to a loopback
+address where nothing listens with ECONNREFUSED, at connect() time. It
+covers a new container from its first connect (before its lo has the
+classifier), but sees loopback destinations only, not the namespace's
+interface addresses, and a non-blocking connect fails at once instead of
+returning EINPROGRESS. Pinned under /sys/fs/bpf/tcploop/shield/cgroup-<INODE>/.";
 
 /// Arguments of `tcploop shield`.
 #[derive(Debug, clap::Args)]
@@ -72,6 +83,9 @@ pub struct Common {
     /// Every network namespace of the host (containers included), not only this one
     #[arg(long)]
     pub all_netns: bool,
+    /// Instead: the cgroup connect hook on this cgroup v2 directory (default: the root)
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub cgroup_root: Option<PathBuf>,
     /// JSON Lines output
     #[arg(long)]
     pub json: bool,
@@ -93,6 +107,9 @@ pub struct StatusArgs {
     /// Every network namespace of the host, not only this one
     #[arg(long)]
     pub all_netns: bool,
+    /// Instead: the cgroup connect hook on this cgroup v2 directory (default: the root)
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub cgroup_root: Option<PathBuf>,
     /// JSON Lines output
     #[arg(long)]
     pub json: bool,
@@ -125,8 +142,68 @@ pub enum AttachArg {
     Tc,
 }
 
+/// `--cgroup-root` given as a flag alone: the host's cgroup v2 root.
+pub fn cgroup_dir(given: &Path) -> anyhow::Result<PathBuf> {
+    if !given.as_os_str().is_empty() {
+        return Ok(given.to_owned());
+    }
+    shield::cgroup_default_root().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--cgroup-root: no cgroup v2 mount (/sys/fs/cgroup or /sys/fs/cgroup/unified)"
+        )
+    })
+}
+
+/// `on|off|status --cgroup-root`.
+fn run_cgroup(what: &str, dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    let dir = cgroup_dir(dir)?;
+    let r = match what {
+        "on" => shield::cgroup_on(&dir),
+        "off" => shield::cgroup_off(&dir),
+        _ => shield::cgroup_status(&dir),
+    }
+    .map_err(|e| e.to_string());
+    tcploop::report::shield::render_cgroup(out, json, &dir, &r)?;
+    Ok(match r {
+        Err(e) => {
+            out.flush()?;
+            eprintln!("tcploop: error: {e}");
+            Exit::Error
+        }
+        Ok(c) if what == "status" && !c.on => Exit::Found,
+        Ok(_) => Exit::Ok,
+    })
+}
+
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
+    match &args.action {
+        Action::On(a) if a.common.cgroup_root.is_some() => {
+            return run_cgroup(
+                "on",
+                a.common.cgroup_root.as_deref().unwrap_or(Path::new("")),
+                a.common.json,
+                out,
+            )
+        }
+        Action::Off(a) if a.cgroup_root.is_some() => {
+            return run_cgroup(
+                "off",
+                a.cgroup_root.as_deref().unwrap_or(Path::new("")),
+                a.json,
+                out,
+            )
+        }
+        Action::Status(a) if a.cgroup_root.is_some() => {
+            return run_cgroup(
+                "status",
+                a.cgroup_root.as_deref().unwrap_or(Path::new("")),
+                a.json,
+                out,
+            )
+        }
+        _ => {}
+    }
     let is_status = matches!(args.action, Action::Status(_));
     let (json, lines) = match args.action {
         Action::On(a) => {

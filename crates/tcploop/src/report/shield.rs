@@ -9,7 +9,12 @@
 //!   "action": "attached"|"already_on"|"removed"|"was_off"|null (status),
 //!   "removed": ["bpf", "iptables"] (off only), "unknown": [reason],
 //!   "error": string|null}`;
-//! - `summary` (always last): `{"namespaces": 1, "on": 1, "off": 0,
+//! - `cgroup_shield` (with `--cgroup-root`, instead of the above):
+//!   `{"cgroup": "/sys/fs/cgroup", "state": "on"|"off"|"unknown",
+//!   "action": "attached"|"already_on"|"removed"|"was_off"|null,
+//!   "since": RFC 3339|null, "refused_v4": 3|null, "refused_v6": 0|null,
+//!   "pinned": "/sys/fs/bpf/tcploop/shield/cgroup-1"|null, "error": string|null}`;
+//! - `summary` (always last, not with `--cgroup-root`): `{"namespaces": 1, "on": 1, "off": 0,
 //!   "failed": 0, "unreadable_pids": 0}`.
 
 use std::io::{self, Write};
@@ -17,7 +22,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::shield::{Active, InNamespace, Namespace, OffOutcome, OnOutcome, ShieldState};
+use crate::shield::{
+    Active, CgroupShield, InNamespace, Namespace, OffOutcome, OnOutcome, ShieldState,
+};
 
 /// What a namespace line says, gathered from any of the three commands.
 #[derive(Debug, Default)]
@@ -272,6 +279,84 @@ fn human(out: &mut dyn Write, ns: &Namespace, line: &Line, a: Option<&Active>) -
     if let Some(st) = &line.state {
         for u in &st.unknown {
             write!(out, "\n  not checked: {}", escape(u))?;
+        }
+    }
+    writeln!(out)
+}
+
+#[derive(Debug, Serialize)]
+struct CgroupOut<'a> {
+    cgroup: String,
+    state: &'static str,
+    action: Option<&'static str>,
+    since: Option<String>,
+    refused_v4: Option<u64>,
+    refused_v6: Option<u64>,
+    pinned: Option<String>,
+    error: Option<&'a str>,
+}
+
+/// Renders the cgroup hook's line (`--cgroup-root`).
+pub fn render_cgroup(
+    out: &mut dyn Write,
+    json: bool,
+    cgroup: &std::path::Path,
+    r: &Result<CgroupShield, String>,
+) -> io::Result<()> {
+    let (c, error) = match r {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e.as_str())),
+    };
+    let state = match c {
+        Some(c) if c.on => "on",
+        Some(_) => "off",
+        None => "unknown",
+    };
+    if json {
+        return crate::report::json_line(
+            out,
+            "cgroup_shield",
+            &CgroupOut {
+                cgroup: cgroup.display().to_string(),
+                state,
+                action: c.and_then(|c| c.action),
+                since: c.and_then(|c| c.since).map(rfc3339),
+                refused_v4: c.and_then(|c| c.refused).map(|r| r.0),
+                refused_v6: c.and_then(|c| c.refused).map(|r| r.1),
+                pinned: c
+                    .and_then(|c| c.pinned.as_ref())
+                    .map(|p| p.display().to_string()),
+                error,
+            },
+        );
+    }
+    let label = format!("cgroup {}", escape(&cgroup.display().to_string()));
+    let Some(c) = c else {
+        return writeln!(out, "{label}: failed: {}", escape(error.unwrap_or("")));
+    };
+    let what = match c.action {
+        Some("attached") => "connect hook on (attached now)",
+        Some("already_on") => "connect hook on (already; nothing changed)",
+        Some("removed") => "connect hook off (removed)",
+        Some("was_off") => "connect hook off (it was not on)",
+        _ if c.on => "connect hook on",
+        _ => "connect hook off",
+    };
+    write!(out, "{label}: {what}")?;
+    if c.on {
+        if let Some(t) = c.since {
+            write!(out, "\n  since      {}", rfc3339(t))?;
+        }
+        if let Some((v4, v6)) = c.refused {
+            write!(
+                out,
+                "\n  refused    {} IPv4 and {} IPv6 connects to a loopback port where nothing listened",
+                crate::report::thousands(v4),
+                crate::report::thousands(v6)
+            )?;
+        }
+        if let Some(p) = &c.pinned {
+            write!(out, "\n  pinned at  {}", escape(&p.display().to_string()))?;
         }
     }
     writeln!(out)

@@ -11,6 +11,7 @@ use std::io;
 use std::path::Path;
 
 pub mod shield;
+pub mod shield_cgroup;
 
 /// Where the kernel publishes its own BTF (type information). `tp_btf`
 /// programs and CO-RE relocations need it.

@@ -166,9 +166,9 @@ fn check_bpffs() -> Result<(), Refusal> {
 }
 
 /// An exclusive `flock(2)` on [`PIN_ROOT`], held while it lives.
-struct RootLock(#[allow(dead_code)] OwnedFd);
+pub(super) struct RootLock(#[allow(dead_code)] OwnedFd);
 
-fn lock_root() -> Result<RootLock, Refusal> {
+pub(super) fn lock_root() -> Result<RootLock, Refusal> {
     check_bpffs()?;
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()
