@@ -563,7 +563,7 @@ covered() {
 }
 ip netns add before; setup /run/netns/before
 printf 'case=control '; nsenter --net=/run/netns/before $T block 127.0.0.1 40004 2000
-$B shield daemon --interval 300ms --json --prometheus > /tmp/daemon.log 2>&1 &
+$B shield daemon --interval 300ms --json --prometheus --cgroup-root "$CG" > /tmp/daemon.log 2>&1 &
 D=$!
 covered /run/netns/before latency_start
 printf 'case=before '; nsenter --net=/run/netns/before $T block 127.0.0.1 40004 20000
@@ -583,6 +583,7 @@ set +e; $B shield status --all-netns >/dev/null; echo "status_after_off=$?"; set
 $B shield on --all-netns --json | sed 's/^/onall /'
 $B shield status --all-netns >/dev/null && echo status_after_on=0
 $B shield off --all-netns >/dev/null
+$B shield off --cgroup-root "$CG" >/dev/null
 ls /sys/fs/bpf/tcploop/shield | wc -l | sed 's/^/pins_left=/'
 "#;
 
@@ -592,12 +593,22 @@ fn the_daemon_covers_namespaces_made_before_and_after_it_starts() {
         return;
     }
     let cl = clients();
+    let cg = TestCgroup::new("daemon");
+    if common::skip_unless(
+        cg.is_some(),
+        "shield daemon --cgroup-root",
+        "a cgroup v2 mount",
+    ) {
+        return;
+    }
+    let cg = cg.unwrap();
     let o = common::output(
         Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "--mount", "--net"])
             .args(["sh", "-euc", DAEMON_SCRIPT])
             .env("T", &cl.dynamic)
-            .env("B", common::bin()),
+            .env("B", common::bin())
+            .env("CG", &cg.0),
     );
     let text = common::stdout(&o);
     assert!(o.status.success(), "{text}\n{}", common::stderr(&o));
@@ -621,6 +632,9 @@ fn the_daemon_covers_namespaces_made_before_and_after_it_starts() {
     assert!(text.contains("promtool=ok"), "{text}");
     let lines = json_of(&text);
     assert_eq!(common::of_type(&lines, "daemon_started").len(), 1, "{text}");
+    let c = common::of_type(&lines, "cgroup_shield");
+    assert_eq!(c.len(), 1, "{text}");
+    assert_eq!(c[0]["action"], "attached", "{text}");
     // own, before, after, the unnamed one
     assert!(common::of_type(&lines, "attached").len() >= 4, "{text}");
     assert_eq!(common::of_type(&lines, "attach_failed").len(), 0, "{text}");

@@ -9,6 +9,7 @@
 //! - `attached` / `found` (on already): `{"time", "netns": 4026531840, "pid": 1|null,
 //!   "name": "blue"|null, "mechanism": "bpf", "attach": "tcx"}`;
 //! - `attach_failed`: `{"time", "netns", "pid", "name", "error": string}` (once a namespace);
+//! - `cgroup_shield` (with `--cgroup-root`, once at start): as `shield on --cgroup-root` prints it;
 //! - `sweep_error`: `{"time", "error": string}` (the daemon goes on);
 //! - `daemon_stopped`: `{"time", "sweeps": 10, "attached": 3, "failed": 0}`.
 
@@ -54,8 +55,13 @@ tcploop_shield_refused_total{family}, tcploop_shield_sweeps_total,
 tcploop_shield_sweep_duration_seconds. Alert on
 `tcploop_shield_namespaces_failed > 0`.
 
+With --cgroup-root, the cgroup connect hook is attached at start too (see
+`tcploop shield --help`): it refuses loopback self-connects in a namespace
+from its first connect, before the sweep reaches it.
+
 Examples:
   tcploop shield daemon
+  tcploop shield daemon --cgroup-root           the hook on the cgroup v2 root as well
   tcploop shield daemon --prometheus            metrics at 127.0.0.1:9978
   tcploop shield daemon --json --textfile /var/lib/prometheus/node-exporter/tcploop_shield.prom";
 
@@ -74,6 +80,11 @@ pub struct Args {
     /// Write the metrics to this file after each sweep (node_exporter textfile collector)
     #[arg(long, value_name = "PATH")]
     pub textfile: Option<PathBuf>,
+    /// Also attach the cgroup connect hook to this cgroup v2 directory at
+    /// start (default: the root): covers loopback connects in a new
+    /// namespace before its lo has the shield
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
+    pub cgroup_root: Option<PathBuf>,
     /// Another directory where a runtime bind-mounts namespaces (repeatable)
     #[arg(long, value_name = "DIR")]
     pub netns_dir: Vec<PathBuf>,
@@ -165,6 +176,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
         None => None,
     };
+    let cgroup = match &args.cgroup_root {
+        Some(d) => Some(super::shield::cgroup_dir(d)?),
+        None => None,
+    };
     let mut watch = DirWatch::new().context("inotify_init")?;
     for d in &dirs {
         let _ = watch.watch(d);
@@ -205,6 +220,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         )?;
     }
     out.flush()?;
+    if let Some(dir) = &cgroup {
+        // Once, at start: the hook is one for the whole subtree.
+        let r = tcploop::shield::cgroup_on(dir).map_err(|e| e.to_string());
+        tcploop::report::shield::render_cgroup(out, args.json, dir, &r)?;
+        out.flush()?;
+    }
 
     let (mut sweeps, mut attached, mut failed) = (0u64, 0u64, 0u64);
     let mut next = Instant::now();
