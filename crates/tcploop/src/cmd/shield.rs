@@ -4,7 +4,7 @@
 //! results to [`tcploop::report::shield`].
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tcploop::report::shield::{render, Line};
 use tcploop::shield::{self, Mechanism};
@@ -84,8 +84,9 @@ pub struct Common {
     #[arg(long)]
     pub all_netns: bool,
     /// Instead: the cgroup connect hook on this cgroup v2 directory (default: the root)
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
-    pub cgroup_root: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
+          conflicts_with_all = ["all_netns", "mechanism"])]
+    pub cgroup_root: Option<String>,
     /// JSON Lines output
     #[arg(long)]
     pub json: bool,
@@ -108,8 +109,9 @@ pub struct StatusArgs {
     #[arg(long)]
     pub all_netns: bool,
     /// Instead: the cgroup connect hook on this cgroup v2 directory (default: the root)
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
-    pub cgroup_root: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
+          conflicts_with = "all_netns")]
+    pub cgroup_root: Option<String>,
     /// JSON Lines output
     #[arg(long)]
     pub json: bool,
@@ -143,9 +145,9 @@ pub enum AttachArg {
 }
 
 /// `--cgroup-root` given as a flag alone: the host's cgroup v2 root.
-pub fn cgroup_dir(given: &Path) -> anyhow::Result<PathBuf> {
-    if !given.as_os_str().is_empty() {
-        return Ok(given.to_owned());
+pub fn cgroup_dir(given: &str) -> anyhow::Result<PathBuf> {
+    if !given.is_empty() {
+        return Ok(PathBuf::from(given));
     }
     shield::cgroup_default_root().ok_or_else(|| {
         anyhow::anyhow!(
@@ -155,7 +157,7 @@ pub fn cgroup_dir(given: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// `on|off|status --cgroup-root`.
-fn run_cgroup(what: &str, dir: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<Exit> {
+fn run_cgroup(what: &str, dir: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let dir = cgroup_dir(dir)?;
     let r = match what {
         "on" => shield::cgroup_on(&dir),
@@ -181,23 +183,18 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Action::On(a) if a.common.cgroup_root.is_some() => {
             return run_cgroup(
                 "on",
-                a.common.cgroup_root.as_deref().unwrap_or(Path::new("")),
+                a.common.cgroup_root.as_deref().unwrap_or(""),
                 a.common.json,
                 out,
             )
         }
         Action::Off(a) if a.cgroup_root.is_some() => {
-            return run_cgroup(
-                "off",
-                a.cgroup_root.as_deref().unwrap_or(Path::new("")),
-                a.json,
-                out,
-            )
+            return run_cgroup("off", a.cgroup_root.as_deref().unwrap_or(""), a.json, out)
         }
         Action::Status(a) if a.cgroup_root.is_some() => {
             return run_cgroup(
                 "status",
-                a.cgroup_root.as_deref().unwrap_or(Path::new("")),
+                a.cgroup_root.as_deref().unwrap_or(""),
                 a.json,
                 out,
             )

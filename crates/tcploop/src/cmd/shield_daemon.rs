@@ -84,7 +84,7 @@ pub struct Args {
     /// start (default: the root): covers loopback connects in a new
     /// namespace before its lo has the shield
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
-    pub cgroup_root: Option<PathBuf>,
+    pub cgroup_root: Option<String>,
     /// Another directory where a runtime bind-mounts namespaces (repeatable)
     #[arg(long, value_name = "DIR")]
     pub netns_dir: Vec<PathBuf>,
