@@ -114,7 +114,10 @@ pub struct Keeper {
     force: Option<Mechanism>,
     dirs: Vec<PathBuf>,
     covered: HashMap<u64, Covered>,
+    /// Cookies of namespaces where `on` failed (said once).
     failed: HashSet<u64>,
+    /// Inodes of namespaces that could not even be entered (said once).
+    unentered: HashSet<u64>,
     /// The metrics, updated by every sweep.
     pub metrics: ShieldMetrics,
 }
@@ -128,6 +131,7 @@ impl Keeper {
             dirs,
             covered: HashMap::new(),
             failed: HashSet::new(),
+            unentered: HashSet::new(),
             metrics: ShieldMetrics::new(),
         }
     }
@@ -158,7 +162,7 @@ impl Keeper {
                     out.namespaces += 1;
                     out.failed += 1;
                     // No cookie without entering: key the report on the inode.
-                    if self.failed.insert(u64::MAX - ns.inode) {
+                    if self.unentered.insert(ns.inode) {
                         self.metrics.attach_errors.inc();
                         out.events.push(Event::Failed {
                             ns,
