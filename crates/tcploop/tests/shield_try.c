@@ -15,6 +15,8 @@
  *       bound      bind(BIND:PORT) first, then connect (BIND given as 6th argument)
  *       listen     a listener on ADDR:PORT; each try connects and accepts
  *       pair       a listener on ADDR:PORT; each try binds BIND:PORT, connects, accepts
+ *       v6ext      blocking connect() whose SYN carries IPv6 extension headers (a
+ *                  hop-by-hop and a destination options header, PadN each)
  *       timewait   blocking connect(), closed gracefully: a loop leaves a TIME_WAIT
  *                  entry of its self tuple (run with ip_local_port_range PORT PORT+1,
  *                  so that connect() can only pick PORT)
@@ -157,6 +159,15 @@ int main(int argc, char **argv)
 				else
 					rst_close(c);
 			}
+		} else if (!strcmp(mode, "v6ext")) {
+			/* next header (set by the kernel), length 0 (8 bytes), PadN of 4 */
+			unsigned char opt[8] = {0, 0, 1, 4, 0, 0, 0, 0};
+			if (setsockopt(fd, IPPROTO_IPV6, IPV6_HOPOPTS, opt, sizeof(opt)) ||
+			    setsockopt(fd, IPPROTO_IPV6, IPV6_DSTOPTS, opt, sizeof(opt))) {
+				perror("IPV6_HOPOPTS/IPV6_DSTOPTS");
+				return 2;
+			}
+			err = connect(fd, (struct sockaddr *)&dst, dst_len) ? errno : 0;
 		} else if (!strcmp(mode, "timewait")) {
 			err = connect(fd, (struct sockaddr *)&dst, dst_len) ? errno : 0;
 			/* closed gracefully: the loop's tuple enters TIME_WAIT */
