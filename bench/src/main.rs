@@ -12,6 +12,7 @@ mod guard;
 mod preload;
 mod scan;
 mod shield;
+mod shield_latency;
 mod watch;
 
 /// tcploop's benchmark harness.
@@ -38,6 +39,8 @@ enum Area {
     Watch(watch::Args),
     /// loopback traffic with and without tcploop shield; loops per 100k tries
     Shield(shield::Args),
+    /// how soon tcploop shield daemon covers a new namespace
+    ShieldLatency(shield_latency::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,5 +52,6 @@ fn main() -> anyhow::Result<()> {
         Area::Preload(a) => preload::run(a),
         Area::Watch(a) => watch::run(a),
         Area::Shield(a) => shield::run(a),
+        Area::ShieldLatency(a) => shield_latency::run(a),
     }
 }
