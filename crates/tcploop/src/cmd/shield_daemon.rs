@@ -41,8 +41,8 @@ discovery of `scan --all-netns`: /proc/*/ns/net, /run/netns,
 finds namespaces made since, and an inotify watch on /run/netns and
 /var/run/docker/netns (and each --netns-dir) finds bind-mounted ones (ip
 netns add, CNI, Docker) at once. Latency from a namespace's creation to its
-shield: about 40 ms after a bind mount in a watched directory; at most
---interval plus about 40 ms for any other (measured, see the README).
+shield (measured): about 50 ms after a bind mount in a watched directory; at
+most --interval plus about 40 ms for any other.
 Before that, a program in the new namespace can still loop.
 
 The shields stay when the daemon stops (they are pinned); `tcploop shield
