@@ -361,3 +361,107 @@ pub fn render_cgroup(
     }
     writeln!(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shield::Mechanism;
+    use crate::sys::netns::Netns;
+    use std::time::{Duration, SystemTime};
+
+    fn ns(inode: u64, own: bool, name: Option<&str>) -> Namespace {
+        let n = Netns {
+            inode,
+            path: "/proc/1/ns/net".into(),
+            pid: Some(1),
+            name: name.map(String::from),
+        };
+        Namespace::from_sys(&n, if own { inode } else { 0 })
+    }
+
+    fn bpf_active() -> Active {
+        Active {
+            mechanism: Mechanism::Bpf,
+            attach: "tcx",
+            since: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_547_200)),
+            refused_v4: Some(1234),
+            refused_v6: Some(5),
+            partial: false,
+            pinned: Some("/sys/fs/bpf/tcploop/shield/netns-7".into()),
+        }
+    }
+
+    #[test]
+    fn on_renders_text_and_json_and_counts() {
+        let st = ShieldState {
+            active: vec![bpf_active()],
+            unknown: vec![],
+        };
+        let lines = vec![
+            InNamespace {
+                ns: ns(4026531840, true, None),
+                result: Ok(Line::on(&Ok((
+                    OnOutcome::Attached(bpf_active()),
+                    st.clone(),
+                )))),
+            },
+            InNamespace {
+                ns: ns(4026532001, false, Some("blue\x1b[31m")),
+                result: Err("setns: Operation not permitted".to_string()),
+            },
+        ];
+        let mut text = vec![];
+        let counts = render(&mut text, false, &lines, 3).unwrap();
+        assert_eq!(counts, (1, 0, 1));
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(
+            text,
+            "net:[4026531840] (this one): shield on (attached now)\n  \
+             mechanism  bpf (tcx)\n  since      2025-12-01T00:00:00Z\n  \
+             turned away 1,234 IPv4 and 5 IPv6 self-connect SYNs\n  \
+             pinned at  /sys/fs/bpf/tcploop/shield/netns-7\n\
+             net:[4026532001] (blue\\x1b[31m): failed: setns: Operation not permitted\n\
+             2 namespaces: 1 shielded, 0 not, 1 failed; 3 processes' namespaces not readable (run as root)\n"
+        );
+        let mut json = vec![];
+        render(&mut json, true, &lines, 3).unwrap();
+        let json = String::from_utf8(json).unwrap();
+        let v: Vec<serde_json::Value> = json
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0]["data"]["action"], "attached");
+        assert_eq!(v[0]["data"]["refused_v4"], 1234);
+        assert_eq!(v[0]["data"]["since"], "2025-12-01T00:00:00Z");
+        assert_eq!(v[1]["data"]["state"], "unknown");
+        assert_eq!(v[1]["data"]["name"], "blue\u{1b}[31m", "JSON stays exact");
+        assert_eq!(v[2]["type"], "summary");
+        assert_eq!(v[2]["data"]["failed"], 1);
+    }
+
+    #[test]
+    fn a_half_iptables_pair_says_so() {
+        let mut a = bpf_active();
+        a.mechanism = Mechanism::Iptables;
+        a.attach = "rules";
+        a.partial = true;
+        a.pinned = None;
+        let st = ShieldState {
+            active: vec![a],
+            unknown: vec![],
+        };
+        let lines = vec![InNamespace {
+            ns: ns(1, true, None),
+            result: Ok(Line::status(&Ok(st))),
+        }];
+        let mut text = vec![];
+        assert_eq!(render(&mut text, false, &lines, 0).unwrap(), (0, 1, 0));
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.contains("shield off"), "{text}");
+        assert!(
+            text.contains("one family only: the other can loop"),
+            "{text}"
+        );
+    }
+}
