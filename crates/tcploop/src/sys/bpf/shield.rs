@@ -308,7 +308,10 @@ fn attach_into(dir: &Path, how: Attach) -> Result<(), Refusal> {
                 .attach_with_options(
                     LO,
                     TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    // First: a program before ours that returned TCX_PASS
+                    // would end the chain before the shield saw the SYN; ours
+                    // always returns TCX_NEXT, so every later one still runs.
+                    TcAttachOptions::TcxOrder(LinkOrder::first()),
                 )
                 .map_err(|e| classify_error("attaching to lo (tcx)", &e))?;
             let link: SchedClassifierLink = prog
