@@ -23,6 +23,8 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::sys::bpf::shield as bpf;
+/// How the bpf mechanism attaches (tcx, or cls_bpf before Linux 6.6).
+pub use crate::sys::bpf::shield::Attach as BpfAttach;
 use crate::sys::bpf::shield_cgroup as cgroup;
 use crate::sys::bpf::Refusal;
 use crate::sys::iptables::{self, Family, IptablesError};

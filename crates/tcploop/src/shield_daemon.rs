@@ -40,7 +40,11 @@ use prometheus_client::registry::Registry;
 
 use crate::shield::{self, Active, Mechanism, Namespace, OnOutcome};
 use crate::sys::bpf::shield as bpf;
+/// The watch on the runtimes' directories (inotify), for the daemon's loop.
+pub use crate::sys::inotify::DirWatch;
 use crate::sys::netns;
+/// Where runtimes bind-mount namespaces: watched, and listed each sweep.
+pub use crate::sys::netns::RUNTIME_NETNS_DIRS;
 use crate::sys::procfd::Proc;
 
 /// What happened in one namespace during a sweep (only changes are events).

@@ -209,8 +209,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             let r = shield::each_namespace(a.common.all_netns, || {
                 let o = match (attach, force) {
                     (Some(at), None | Some(Mechanism::Bpf)) => shield::on_bpf_with(match at {
-                        AttachArg::Tcx => tcploop::sys::bpf::shield::Attach::Tcx,
-                        AttachArg::Tc => tcploop::sys::bpf::shield::Attach::Tc,
+                        AttachArg::Tcx => shield::BpfAttach::Tcx,
+                        AttachArg::Tc => shield::BpfAttach::Tc,
                     }),
                     _ => shield::on_here(force),
                 }

@@ -24,9 +24,7 @@ use serde::Serialize;
 use tcploop::metrics;
 use tcploop::report;
 use tcploop::shield::{Mechanism, Namespace};
-use tcploop::shield_daemon::{Event, Keeper};
-use tcploop::sys::inotify::DirWatch;
-use tcploop::sys::netns::RUNTIME_NETNS_DIRS;
+use tcploop::shield_daemon::{DirWatch, Event, Keeper, RUNTIME_NETNS_DIRS};
 
 use super::shield::MechanismArg;
 use crate::exit::Exit;
