@@ -61,7 +61,7 @@ impl Family {
 /// Why an iptables call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
-    /// The program is not installed (or not on PATH, /usr/sbin, /sbin).
+    /// The program is not installed (not in /usr/sbin, /sbin, /usr/bin, /bin or PATH).
     #[error("{0} is not installed")]
     Missing(&'static str),
     /// It could not be started.
@@ -326,10 +326,14 @@ pub fn parse_listing(family: Family, text: &str) -> Vec<Found> {
     out
 }
 
+/// The program, from the system's directories first (a root tool does not
+/// let `PATH` pick what it runs as root), then `PATH`.
 fn find_program(name: &'static str) -> Result<std::path::PathBuf, IptablesError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .chain(std::env::split_paths(&path))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .ok_or(IptablesError::Missing(name))
