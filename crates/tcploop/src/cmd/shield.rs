@@ -240,6 +240,13 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Action::Daemon(a) => return super::shield_daemon::run(a, out),
     };
     let (lines, unreadable) = lines;
+    if !json && lines.len() == 1 {
+        if let Err(e) = &lines[0].result {
+            // One namespace that failed: the error, once, on stderr.
+            eprintln!("tcploop: error: {e}");
+            return Ok(Exit::Error);
+        }
+    }
     let (_on, off, failed) = render(out, json, &lines, unreadable)?;
     if failed > 0 {
         if !json {

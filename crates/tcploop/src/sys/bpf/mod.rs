@@ -37,8 +37,8 @@ impl fmt::Display for Refusal {
             Refusal::NoBtf => write!(f, "the kernel has no BTF ({VMLINUX_BTF} is missing)"),
             Refusal::NotPermitted(step) => write!(
                 f,
-                "{step}: permission denied (needs root, or CAP_BPF and CAP_PERFMON \
-                 (CAP_NET_ADMIN for networking programs) in the initial user namespace)"
+                "{step}: permission denied (needs root, or in the initial user namespace \
+                 CAP_BPF with CAP_PERFMON, or with CAP_NET_ADMIN for the shield)"
             ),
             Refusal::Unsupported(step) => write!(f, "{step}: refused by this kernel"),
         }
@@ -63,9 +63,7 @@ pub fn precheck_net() -> Result<(), Refusal> {
     let eff = effective_caps().unwrap_or(u64::MAX);
     let has = |c: u32| eff & (1u64 << c) != 0;
     if !has(12) || !(has(39) || has(21)) {
-        return Err(Refusal::NotPermitted(
-            "loading the shield (needs CAP_BPF and CAP_NET_ADMIN)".into(),
-        ));
+        return Err(Refusal::NotPermitted("loading the shield".into()));
     }
     Ok(())
 }
