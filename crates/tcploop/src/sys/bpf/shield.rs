@@ -325,7 +325,10 @@ fn attach_into(dir: &Path, how: Attach) -> Result<(), Refusal> {
                 .map_err(|e| classify_error("pinning the tcx link", &e))?;
         }
         Attach::Tc => {
-            // EEXIST: a clsact qdisc is there already (kept on `off`).
+            // EEXIST: a clsact qdisc is there already. A qdisc added here
+            // stays after `off` (aya 0.13 cannot delete one; it is empty
+            // then and costs nothing): the one thing `off` leaves behind,
+            // on kernels before 6.6 only.
             if let Err(e) = tc::qdisc_add_clsact(LO) {
                 if e.kind() != io::ErrorKind::AlreadyExists {
                     return Err(super::classify("adding the clsact qdisc to lo", &e));
