@@ -10,6 +10,9 @@
 //! `tcploop shield status` (run inside it, every 2 ms) that says on; that
 //! poll adds up to a few ms.
 //!
+//! Then the cost of the sweep itself, with every namespace covered (120 or
+//! so): the `tcploop_shield_sweep_duration_seconds` of a daemon's 10th sweep.
+//!
 //! `cargo run --release -p tcploop-bench -- shield-latency [--count 10] [--interval 1s]`
 
 use std::process::Command;
@@ -54,6 +57,15 @@ while [ $i -lt $N ]; do
   sleep 0.$(( (i * 37) % 10 ))
 done
 kill $D; wait $D || true
+# The cost of a sweep once every namespace is covered: 100 more, then a
+# daemon of its own for 10 sweeps, its last sweep's duration.
+i=0
+while [ $i -lt 100 ]; do i=$((i+1)); ip netns add m$i; done
+mkdir -p /tmp/tf
+$B shield daemon --interval 100ms --count 1 > /dev/null
+$B shield daemon --interval 100ms --count 10 --textfile /tmp/tf/m.prom > /dev/null
+echo "namespaces $(ls /run/netns | wc -l)"
+grep '^tcploop_shield_sweep_duration_seconds ' /tmp/tf/m.prom | sed 's/^tcploop_shield_sweep_duration_seconds/sweep_s/'
 "#;
 
 /// Runs the benchmark.
@@ -95,5 +107,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             common::median(&mut v)
         );
     }
+    let ns = text
+        .lines()
+        .find_map(|l| l.strip_prefix("namespaces "))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let sweep: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sweep_s "))
+        .and_then(|x| x.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no sweep duration: {text}"))?;
+    println!(
+        "  one sweep over {} shielded namespaces (+1, the daemon's own): {:.1} ms, {:.2}% of a core at --interval 1s",
+        ns,
+        sweep * 1e3,
+        sweep * 100.0
+    );
     Ok(())
 }
