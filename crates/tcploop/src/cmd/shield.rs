@@ -16,7 +16,8 @@ A self-connect SYN (source address and port equal to its destination) is
 answered with RST+ACK on lo, the way a closed port answers: the connect()
 fails with ECONNREFUSED instead of connecting to itself. This works for
 every program (static binaries, Go, io_uring, TCP Fast Open, non-blocking
-sockets), and costs nothing measurable to other loopback traffic.
+sockets); its cost to other loopback traffic is within the noise of the
+benchmarks (a few percent at most, BENCHMARKS.md).
 
 Mechanisms:
   bpf       a tc classifier on lo (tcx on Linux 6.6+, clsact + cls_bpf before),
