@@ -110,12 +110,33 @@ pub struct Audit {
     pub loops: Vec<DiagSocket>,
     /// The reservation that closes every exposed port.
     pub fix: Fix,
+    /// The shield, when it is on in the namespace (`bpf (tcx)`,
+    /// `iptables (rules)`): exposed ports are then `prevented`.
+    pub shield: Option<String>,
 }
 
 impl Audit {
     /// The exposed ports.
     pub fn exposed(&self) -> impl Iterator<Item = &PortAudit> {
         self.ports.iter().filter(|p| p.status == Status::Exposed)
+    }
+
+    /// The exposed ports whose clients can still loop (not `prevented` by
+    /// the shield).
+    pub fn at_risk(&self) -> impl Iterator<Item = &PortAudit> {
+        self.exposed()
+            .filter(|p| p.when_down.verdict != predict::Verdict::Prevented)
+    }
+
+    /// Marks every `possible` prediction `prevented` by the shield (`how`).
+    pub fn with_shield(mut self, how: Option<String>) -> Audit {
+        if let Some(h) = &how {
+            for p in &mut self.ports {
+                predict::shielded(&mut p.when_down, h);
+            }
+        }
+        self.shield = how;
+        self
     }
 }
 
@@ -285,6 +306,7 @@ pub fn analyze(
         fix: Fix::new(&facts.reserved, &exposed),
         ports: out,
         loops,
+        shield: None,
     }
 }
 
@@ -307,13 +329,10 @@ pub fn take(configured: &PortSet) -> Result<Audit, AuditError> {
     let mut sockets = vec![];
     crate::sys::diag::dump_all(crate::sys::diag::ALL_STATES, |s| sockets.push(*s))?;
     let ifaddrs = crate::sys::ifaddrs::list().unwrap_or_default();
-    Ok(analyze(
-        &facts,
-        &sockets,
-        bound_visible,
-        &ifaddrs,
-        configured,
-    ))
+    Ok(
+        analyze(&facts, &sockets, bound_visible, &ifaddrs, configured)
+            .with_shield(crate::shield::protection_here()),
+    )
 }
 
 /// The address clients of these listeners dial: the listener's own address,

@@ -60,6 +60,9 @@ pub enum Command {
     /// Run a program with the preload guard: it can no longer connect to itself
     #[command(after_help = cmd::run::AFTER_HELP)]
     Run(cmd::run::Args),
+    /// Make the loop impossible for every program: answer self-connect SYNs on lo with a reset
+    #[command(after_help = cmd::shield::AFTER_HELP)]
+    Shield(cmd::shield::Args),
     /// Run a command in a throwaway user+net namespace with its own port range
     #[command(after_help = cmd::sandbox::AFTER_HELP)]
     Sandbox(cmd::sandbox::Args),

@@ -226,6 +226,19 @@ pub struct ScanReport {
     /// Namespaces whose process exited between listing and entering
     /// (`all_netns`): not an error, and not scanned.
     pub netns_vanished: u64,
+    /// Namespaces with exposed listeners and no shield (`tcploop shield`).
+    pub unshielded: Vec<Unshielded>,
+}
+
+/// A namespace scanned where the shield is off while some of its listeners
+/// are exposed (their port in the ephemeral range and not reserved): their
+/// clients can loop while they are down.
+#[derive(Debug, Clone)]
+pub struct Unshielded {
+    /// The namespace.
+    pub netns: NetnsLabel,
+    /// Its exposed listening ports.
+    pub exposed_ports: Vec<u16>,
 }
 
 /// Why a scan failed.
@@ -275,6 +288,8 @@ pub fn find_loops<'a>(
 #[derive(Debug)]
 struct NsDump {
     loops: Vec<DiagSocket>,
+    /// Listening ports exposed in the range while the shield is off.
+    unshielded: Vec<u16>,
     seen: u64,
     used: SourceUsed,
     fallback: Option<String>,
@@ -289,6 +304,23 @@ fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
     d.loops
         .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
     d.loops.dedup();
+    if !d.unshielded.is_empty() {
+        // The listening ports: keep those exposed, if the shield is off.
+        d.unshielded = match crate::ports::EphemeralFacts::read() {
+            Ok(f) => d
+                .unshielded
+                .iter()
+                .copied()
+                .filter(|p| f.range.contains(*p) && !f.reserved.contains(*p))
+                .collect(),
+            Err(_) => vec![],
+        };
+        d.unshielded.sort_unstable();
+        d.unshielded.dedup();
+        if !d.unshielded.is_empty() && crate::shield::protection_here().is_some() {
+            d.unshielded.clear();
+        }
+    }
     Ok(d)
 }
 
@@ -301,9 +333,13 @@ fn dump_with(
     proc_dir: &Path,
 ) -> Result<NsDump, ScanError> {
     let mut loops = vec![];
+    let mut listening = vec![];
     let mut seen = 0u64;
     let mut keep = |s: &DiagSocket| {
         seen += 1;
+        if s.state == diag::state::LISTEN {
+            listening.push(s.local.port());
+        }
         if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
             loops.push(*s);
         }
@@ -315,6 +351,7 @@ fn dump_with(
             Ok(()) => {
                 return Ok(NsDump {
                     loops,
+                    unshielded: listening,
                     seen,
                     used: SourceUsed::Netlink,
                     fallback: None,
@@ -326,10 +363,14 @@ fn dump_with(
     };
     // netlink failed part-way, or was not wanted: start over from /proc
     loops.clear();
+    listening.clear();
     seen = 0;
     let dir = proc_dir;
     let mut keep = |s: &DiagSocket| {
         seen += 1;
+        if s.state == diag::state::LISTEN {
+            listening.push(s.local.port());
+        }
         if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
             loops.push(*s);
         }
@@ -339,6 +380,7 @@ fn dump_with(
     match (res, netlink_err) {
         (Ok(()), e) => Ok(NsDump {
             loops,
+            unshielded: listening,
             seen,
             used: SourceUsed::Proc,
             fallback: e.map(|e| e.to_string()),
@@ -376,6 +418,7 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         skipped: vec![],
         netns_unreadable_pids: 0,
         netns_vanished: 0,
+        unshielded: vec![],
     };
     let mut found: Vec<(NetnsLabel, NsDump)> = vec![];
     if opts.all_netns {
@@ -431,6 +474,12 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         }
         if report.fallback.is_none() {
             report.fallback = d.fallback;
+        }
+        if !d.unshielded.is_empty() {
+            report.unshielded.push(Unshielded {
+                netns: l.clone(),
+                exposed_ports: d.unshielded,
+            });
         }
         report.loops.extend(d.loops.into_iter().map(|socket| Loop {
             socket,

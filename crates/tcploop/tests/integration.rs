@@ -19,3 +19,4 @@ mod procsys;
 mod run;
 mod scan;
 mod serve;
+mod shield;

@@ -322,6 +322,7 @@ mod wire {
         namespaces_skipped: Vec<Skipped>,
         netns_unreadable_pids: u64,
         namespaces_vanished: u64,
+        shield_off: Vec<serde_json::Value>,
     }
 
     #[derive(Debug, Deserialize)]

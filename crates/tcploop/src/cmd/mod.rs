@@ -18,6 +18,8 @@ pub mod ports;
 pub mod run;
 pub mod sandbox;
 pub mod scan;
+pub mod shield;
+pub mod shield_daemon;
 pub mod watch;
 
 /// Runs the chosen command.
@@ -35,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Watch(a) => watch::run(a, &mut out),
         Command::FreePort(a) => free_port::run(a, &mut out),
         Command::Run(a) => run::run(a, &mut out),
+        Command::Shield(a) => shield::run(a, &mut out),
         Command::Sandbox(a) => sandbox::run(a),
         Command::Completions(a) => completions::run(a, &mut out),
     }?;

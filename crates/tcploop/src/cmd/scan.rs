@@ -14,7 +14,10 @@
 //!   `{"source": "netlink"|"proc", "fallback": null|"why netlink was not used",
 //!     "sockets_seen": 4023, "loops_found": 1, "owners_unknown": 0, "processes_unreadable": 0,
 //!     "namespaces_scanned": 1, "namespaces_skipped": [{"netns": {...}, "reason": "..."}],
-//!     "netns_unreadable_pids": 0, "namespaces_vanished": 0}`.
+//!     "netns_unreadable_pids": 0, "namespaces_vanished": 0,
+//!     "shield_off": [{"netns": {...}, "exposed_ports": [40004]}]}`: `shield_off` lists
+//!   the namespaces whose shield (`tcploop shield`) is off while listening ports
+//!   of theirs lie in the ephemeral range, unreserved.
 
 use std::io::Write;
 
@@ -190,6 +193,13 @@ struct SummaryWire {
     namespaces_skipped: Vec<SkippedWire>,
     netns_unreadable_pids: u64,
     namespaces_vanished: u64,
+    shield_off: Vec<UnshieldedWire>,
+}
+
+#[derive(Debug, Serialize)]
+struct UnshieldedWire {
+    netns: NetnsWire,
+    exposed_ports: Vec<u16>,
 }
 
 /// The options of a scan, from the arguments shared by scan and kill.
@@ -232,6 +242,14 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     .collect(),
                 netns_unreadable_pids: r.netns_unreadable_pids,
                 namespaces_vanished: r.netns_vanished,
+                shield_off: r
+                    .unshielded
+                    .iter()
+                    .map(|u| UnshieldedWire {
+                        netns: (&u.netns).into(),
+                        exposed_ports: u.exposed_ports.clone(),
+                    })
+                    .collect(),
             },
         )?;
     } else {
@@ -329,6 +347,17 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
             "note: skipped namespace {}: {}",
             report::escape(&s.netns.describe()),
             report::escape(&s.reason)
+        )?;
+    }
+    for u in &r.unshielded {
+        let ports: Vec<String> = u.exposed_ports.iter().map(|p| p.to_string()).collect();
+        writeln!(
+            out,
+            "note: the shield is off in namespace {}, whose listening port(s) {} lie in the \
+             ephemeral range: their clients can loop while they are down \
+             (`tcploop shield on` prevents it)",
+            u.netns.describe(),
+            ports.join(", ")
         )?;
     }
     if r.netns_unreadable_pids > 0 {
