@@ -314,6 +314,8 @@ mod wire {
     pub struct Summary {
         source: String,
         fallback: Option<String>,
+        owners_source: Option<String>,
+        owners_fallback: Option<String>,
         sockets_seen: u64,
         loops_found: u64,
         owners_unknown: u64,
