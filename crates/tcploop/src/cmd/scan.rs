@@ -404,10 +404,12 @@ fn verbose(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
             match o {
                 Some(o) => writeln!(
                     out,
-                    "owners: /proc/PID/fd walk ({} processes read, {} fds read, {} not readable)",
+                    "owners: /proc/PID/fd walk ({} processes read, {} fds read, {} not readable, \
+                     {} exited during the walk)",
                     report::thousands(o.processes_read),
                     report::thousands(o.fds_read),
-                    o.processes_denied + o.processes_failed
+                    o.processes_denied + o.processes_failed,
+                    o.processes_vanished
                 )?,
                 None => writeln!(out, "owners: /proc/PID/fd walk (no loop needed one)")?,
             }
