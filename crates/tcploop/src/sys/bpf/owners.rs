@@ -14,13 +14,19 @@
 //!
 //! Why by hand rather than through aya's program types: aya 0.13 has no
 //! iterator program type (it cannot even parse an `iter/` section), and
-//! newer aya needs a newer Rust. So the object is parsed and relocated
-//! (CO-RE against the kernel's BTF, the map reference) with `aya-obj`, the
-//! same crate aya uses underneath, and the four `bpf(2)` commands aya would
-//! issue (`BPF_MAP_CREATE`, `BPF_PROG_LOAD` as `BPF_TRACE_ITER` against the
-//! kernel's `bpf_iter_task_file`, `BPF_LINK_CREATE`, `BPF_ITER_CREATE`) are
-//! issued here, each with its attribute struct spelled out (`bpf(2)`,
-//! `include/uapi/linux/bpf.h`).
+//! newer aya needs a newer Rust. So the object is parsed (functions, map
+//! reference, BTF) with `aya-obj`, the crate aya uses underneath, and the
+//! `bpf(2)` commands aya would issue are issued here, each with its
+//! attribute struct spelled out (`include/uapi/linux/bpf.h`):
+//! `BPF_MAP_CREATE`, `BPF_BTF_LOAD` (the object's own type information),
+//! `BPF_PROG_LOAD` as a `BPF_TRACE_ITER` program for the kernel's
+//! `bpf_iter_task_file`, `BPF_LINK_CREATE`, `BPF_ITER_CREATE`.
+//!
+//! CO-RE (rewriting the object's field offsets for the running kernel) is
+//! left to the kernel itself (`core_relos` of `BPF_PROG_LOAD`, Linux
+//! 5.17+): userspace then never parses the kernel's 5 MB of BTF, which
+//! would cost about 30 ms and 15 MB. It only scans it once, without
+//! allocating, for the id of `bpf_iter_task_file` ([`func_id`]).
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -28,9 +34,9 @@ use std::io::{self, Read};
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use aya_obj::btf::{Btf, BtfKind};
+use aya_obj::btf::{BtfFeatures, BtfKind};
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_insn, bpf_map_type, bpf_prog_type};
-use aya_obj::Object;
+use object::{Object as _, ObjectSection as _};
 
 use super::{classify, precheck, Refusal, VMLINUX_BTF};
 
@@ -44,8 +50,10 @@ struct Aligned<T: ?Sized>(T);
 /// One record's size on the wire (`struct record` in the C source).
 pub const RECORD_SIZE: usize = 32;
 
-/// How many inodes `owners_wanted` can look for in one pass.
-const WANTED_CAPACITY: u32 = 1 << 20;
+/// How many inodes `owners_wanted` looks for in one pass (more take more
+/// passes). Small: the kernel allocates the hash table's buckets up front,
+/// and a million of them cost 7 ms.
+const WANTED_CAPACITY: u32 = 4096;
 
 /// One socket fd the iterator kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,46 +141,75 @@ impl OwnerIter {
         // that an unprivileged caller is told at once
         let map =
             map_create(8, 1, WANTED_CAPACITY).map_err(|e| classify("creating the BPF map", &e))?;
-        let btf = Btf::from_sys_fs().map_err(|e| {
-            Refusal::Unsupported(format!("reading the kernel's BTF ({VMLINUX_BTF}): {e}"))
+        let vmlinux = std::fs::read(VMLINUX_BTF)
+            .map_err(|e| Refusal::Unsupported(format!("reading {VMLINUX_BTF}: {e}")))?;
+        let target = func_id(&vmlinux, "bpf_iter_task_file").ok_or_else(|| {
+            Refusal::Unsupported(
+                "finding bpf_iter_task_file in the kernel's BTF (task_file iterators need \
+                 Linux 5.8+)"
+                    .into(),
+            )
         })?;
-        let target = btf
-            .id_by_type_name_kind("bpf_iter_task_file", BtfKind::Func)
-            .map_err(|_| {
-                Refusal::Unsupported(
-                    "finding bpf_iter_task_file in the kernel's BTF (task_file iterators need \
-                     Linux 5.8+)"
-                        .into(),
-                )
-            })?;
-        let mut obj = Object::parse(&OBJECT.0)
-            .map_err(|e| Refusal::Unsupported(format!("parsing owners.bpf.o: {e}")))?;
-        obj.relocate_btf(&btf)
-            .map_err(|e| Refusal::Unsupported(format!("CO-RE relocation of owners.bpf.o: {e}")))?;
+        drop(vmlinux);
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            Refusal::Unsupported(format!("owners.bpf.o: {what}: {e}"))
+        };
+        let mut obj = aya_obj::Object::parse(&OBJECT.0).map_err(|e| bad("parsing", &e))?;
+        let relos = core_relos(&OBJECT.0).map_err(|e| bad("reading .BTF.ext", &e))?;
         let map_def = obj
             .maps
             .get("wanted")
-            .ok_or_else(|| Refusal::Unsupported("owners.bpf.o has no map `wanted`".into()))?
+            .ok_or_else(|| bad("the map `wanted`", &"missing"))?
             .clone();
         if (map_def.key_size(), map_def.value_size()) != (8, 1) {
-            return Err(Refusal::Unsupported(
-                "owners.bpf.o: the map `wanted` is not u64 -> u8".into(),
-            ));
+            return Err(bad("the map `wanted`", &"not u64 -> u8"));
         }
         obj.relocate_maps(
             [("wanted", map.as_raw_fd(), &map_def)].into_iter(),
             &HashSet::new(),
         )
-        .map_err(|e| Refusal::Unsupported(format!("map relocation of owners.bpf.o: {e}")))?;
+        .map_err(|e| bad("map relocation", &e))?;
+        // the object's own BTF, for the kernel's CO-RE: DATASEC sizes fixed
+        // up as libbpf does, nothing removed (every feature is there)
+        let features = BtfFeatures::new(true, true, true, true, true, true, true);
+        let btf = obj
+            .fixup_and_sanitize_btf(&features)
+            .map_err(|e| bad("BTF", &e))?
+            .ok_or_else(|| bad("BTF", &"missing"))?
+            .clone();
+        let btf_fd =
+            btf_load(&btf.to_bytes()).map_err(|e| classify("loading the object's BTF", &e))?;
         let license = obj.license.clone();
         let attach = |name: &str| -> Result<OwnedFd, Refusal> {
             let f = obj
                 .functions
                 .values()
                 .find(|f| f.name == name)
-                .ok_or_else(|| Refusal::Unsupported(format!("owners.bpf.o has no {name}")))?;
-            let prog = prog_load(name, &f.instructions, &license, target)
-                .map_err(|e| classify(&format!("loading the BPF program {name}"), &e))?;
+                .ok_or_else(|| bad(name, &"missing"))?;
+            let func = btf
+                .id_by_type_name_kind(name, BtfKind::Func)
+                .map_err(|e| bad(name, &e))?;
+            // the function's CO-RE records, their offsets made relative to it
+            let start = f.section_offset as u32;
+            let end = start + (f.instructions.len() * size_of::<bpf_insn>()) as u32;
+            let mine: Vec<CoreRelo> = relos
+                .iter()
+                .filter(|r| (start..end).contains(&r.insn_off))
+                .map(|r| CoreRelo {
+                    insn_off: r.insn_off - start,
+                    ..*r
+                })
+                .collect();
+            let prog = prog_load(&Prog {
+                name,
+                insns: &f.instructions,
+                license: &license,
+                target,
+                btf_fd: &btf_fd,
+                func,
+                relos: &mine,
+            })
+            .map_err(|e| classify(&format!("loading the BPF program {name}"), &e))?;
             link_create(&prog).map_err(|e| classify("attaching the task_file iterator", &e))
         };
         Ok(OwnerIter {
@@ -188,14 +225,21 @@ impl OwnerIter {
         run(&self.loops)
     }
 
-    /// One pass keeping the sockets with these inodes (at most 2^20).
+    /// The sockets with these inodes: one pass for every 4,096 of them.
     pub fn wanted(&self, inodes: &[u64]) -> io::Result<Pass> {
-        if inodes.len() > WANTED_CAPACITY as usize {
-            return Err(io::Error::other(format!(
-                "{} inodes asked for, at most {WANTED_CAPACITY} in one pass",
-                inodes.len()
-            )));
+        let mut all = Pass::default();
+        for chunk in inodes.chunks(WANTED_CAPACITY as usize).chain(
+            // no inode at all: still one (empty-handed) pass
+            inodes.is_empty().then_some(&[][..]),
+        ) {
+            let p = self.wanted_pass(chunk)?;
+            all.records.extend(p.records);
+            all.files_visited += p.files_visited;
         }
+        Ok(all)
+    }
+
+    fn wanted_pass(&self, inodes: &[u64]) -> io::Result<Pass> {
         let mut added = vec![];
         let res = (|| {
             for i in inodes {
@@ -209,6 +253,131 @@ impl OwnerIter {
         }
         res
     }
+}
+
+// Raw BTF (`Documentation/bpf/btf.rst`): a header, then the type records,
+// each 12 bytes plus a part whose size depends on its kind, then the
+// strings. Type ids count the records from 1.
+const BTF_MAGIC: u16 = 0xeb9f;
+const BTF_KIND_FUNC: u32 = 12;
+
+/// The id of the `FUNC` type named `name` in raw BTF, found by walking the
+/// records without keeping any.
+pub fn func_id(btf: &[u8], name: &str) -> Option<u32> {
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(btf.get(off..off + 4)?.try_into().ok()?))
+    };
+    if u16::from_ne_bytes(btf.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
+        return None;
+    }
+    let hdr_len = u32_at(4)? as usize;
+    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
+    let str_off = u32_at(16)? as usize;
+    let types = hdr_len.checked_add(type_off)?;
+    let end = types.checked_add(type_len)?;
+    let strings = btf.get(hdr_len.checked_add(str_off)?..)?;
+    let (mut at, mut id) = (types, 1u32);
+    while at + 12 <= end {
+        let (name_off, info) = (u32_at(at)? as usize, u32_at(at + 4)?);
+        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
+        if kind == BTF_KIND_FUNC {
+            let s = strings.get(name_off..)?;
+            let len = s.iter().position(|b| *b == 0)?;
+            if &s[..len] == name.as_bytes() {
+                return Some(id);
+            }
+        }
+        at += 12
+            + match kind {
+                1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+                3 => 12,                      // ARRAY
+                4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
+                6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
+                0 | 2 | 7..=12 | 16 | 18 => 0,
+                _ => return None, // a kind this walker does not know
+            };
+        id += 1;
+    }
+    None
+}
+
+/// One CO-RE relocation record (`struct bpf_core_relo`): the instruction
+/// (a byte offset), the local type and access path, the kind.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreRelo {
+    insn_off: u32,
+    type_id: u32,
+    access_str_off: u32,
+    kind: u32,
+}
+
+/// The CO-RE records of the `.text` section, from the object's `.BTF.ext`
+/// (header, then `rec_size` and one block a section: name offset, count,
+/// records). Offsets are bytes from the start of `.text`.
+fn core_relos(elf: &[u8]) -> Result<Vec<CoreRelo>, String> {
+    let file = object::File::parse(elf).map_err(|e| e.to_string())?;
+    let ext = file
+        .section_by_name(".BTF.ext")
+        .ok_or("no .BTF.ext section")?
+        .data()
+        .map_err(|e| e.to_string())?;
+    let btf = file
+        .section_by_name(".BTF")
+        .ok_or("no .BTF section")?
+        .data()
+        .map_err(|e| e.to_string())?;
+    parse_core_relos(ext, btf, ".text")
+}
+
+/// [`core_relos`] on the section bytes: the records of section `sec`.
+fn parse_core_relos(ext: &[u8], btf: &[u8], sec: &str) -> Result<Vec<CoreRelo>, String> {
+    let u32_at = |b: &[u8], off: usize| -> Result<u32, String> {
+        b.get(off..off + 4)
+            .map(|x| u32::from_ne_bytes(x.try_into().expect("4 bytes")))
+            .ok_or_else(|| format!("cut at byte {off}"))
+    };
+    let hdr_len = u32_at(ext, 4)? as usize;
+    if hdr_len < 32 {
+        return Ok(vec![]); // no CO-RE part
+    }
+    let (off, len) = (u32_at(ext, 24)? as usize, u32_at(ext, 28)? as usize);
+    let part = ext
+        .get(hdr_len + off..hdr_len + off + len)
+        .ok_or("CO-RE part out of bounds")?;
+    // section names are strings of the object's BTF
+    let strings = {
+        let h = u32_at(btf, 4)? as usize;
+        let so = u32_at(btf, 16)? as usize;
+        btf.get(h + so..).ok_or("BTF strings out of bounds")?
+    };
+    let name_at = |o: usize| -> Option<&[u8]> {
+        let s = strings.get(o..)?;
+        Some(&s[..s.iter().position(|b| *b == 0)?])
+    };
+    let rec_size = u32_at(part, 0)? as usize;
+    if rec_size < size_of::<CoreRelo>() {
+        return Err(format!("CO-RE records of {rec_size} bytes"));
+    }
+    let mut at = 4;
+    let mut out = vec![];
+    while at < part.len() {
+        let (name, n) = (u32_at(part, at)? as usize, u32_at(part, at + 4)? as usize);
+        at += 8;
+        let ours = name_at(name) == Some(sec.as_bytes());
+        for _ in 0..n {
+            if ours {
+                out.push(CoreRelo {
+                    insn_off: u32_at(part, at)?,
+                    type_id: u32_at(part, at + 4)?,
+                    access_str_off: u32_at(part, at + 8)?,
+                    kind: u32_at(part, at + 12)?,
+                });
+            }
+            at += rec_size;
+        }
+    }
+    Ok(out)
 }
 
 /// Creates an iterator from the link and reads it to the end.
@@ -266,6 +435,42 @@ struct ProgLoad {
     line_info: u64,
     line_info_cnt: u32,
     attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
+    core_relo_cnt: u32,
+    fd_array: u64,
+    core_relos: u64,
+    core_relo_rec_size: u32,
+    log_true_size: u32,
+}
+
+#[repr(C)]
+struct BtfLoad {
+    btf: u64,
+    btf_log_buf: u64,
+    btf_size: u32,
+    btf_log_size: u32,
+    btf_log_level: u32,
+}
+
+/// `struct bpf_func_info`: where a function starts, and its BTF type.
+#[repr(C)]
+struct FuncInfo {
+    insn_off: u32,
+    type_id: u32,
+}
+
+/// What [`prog_load`] needs.
+struct Prog<'a> {
+    name: &'a str,
+    insns: &'a [bpf_insn],
+    license: &'a CString,
+    /// The BTF id of the kernel function to attach to.
+    target: u32,
+    /// The object's BTF, loaded.
+    btf_fd: &'a OwnedFd,
+    /// The function's BTF id in it.
+    func: u32,
+    relos: &'a [CoreRelo],
 }
 
 #[repr(C)]
@@ -314,6 +519,19 @@ fn bpf_call<T>(cmd: bpf_cmd, attr: &T) -> io::Result<i64> {
     }
 }
 
+fn btf_load(btf: &[u8]) -> io::Result<OwnedFd> {
+    bpf(
+        bpf_cmd::BPF_BTF_LOAD,
+        &BtfLoad {
+            btf: btf.as_ptr() as u64,
+            btf_log_buf: 0,
+            btf_size: btf.len() as u32,
+            btf_log_size: 0,
+            btf_log_level: 0,
+        },
+    )
+}
+
 fn map_create(key_size: u32, value_size: u32, max_entries: u32) -> io::Result<OwnedFd> {
     const BPF_F_NO_PREALLOC: u32 = 1;
     bpf(
@@ -357,24 +575,23 @@ fn map_delete(map: &OwnedFd, inode: u64) -> io::Result<()> {
     .map(drop)
 }
 
-/// Loads `insns` as an iterator program for the kernel function `target`
-/// (a BTF id). On a verifier rejection the error carries the verifier's
-/// last lines.
-fn prog_load(
-    name: &str,
-    insns: &[bpf_insn],
-    license: &CString,
-    target: u32,
-) -> io::Result<OwnedFd> {
+/// Loads a function as an iterator program for the kernel function
+/// `p.target`, the kernel applying its CO-RE records. On a verifier
+/// rejection the error carries the verifier's last lines.
+fn prog_load(p: &Prog) -> io::Result<OwnedFd> {
     let mut prog_name = [0u8; 16];
-    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+    for (d, s) in prog_name.iter_mut().zip(p.name.bytes().take(15)) {
         *d = s;
     }
+    let func_info = [FuncInfo {
+        insn_off: 0,
+        type_id: p.func,
+    }];
     let attr = |log: &mut [u8]| ProgLoad {
         prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
+        insn_cnt: p.insns.len() as u32,
+        insns: p.insns.as_ptr() as u64,
+        license: p.license.as_ptr() as u64,
         log_level: u32::from(!log.is_empty()),
         log_size: log.len() as u32,
         log_buf: if log.is_empty() {
@@ -387,14 +604,20 @@ fn prog_load(
         prog_name,
         prog_ifindex: 0,
         expected_attach_type: bpf_attach_type::BPF_TRACE_ITER as u32,
-        prog_btf_fd: 0,
-        func_info_rec_size: 0,
-        func_info: 0,
-        func_info_cnt: 0,
+        prog_btf_fd: p.btf_fd.as_raw_fd() as u32,
+        func_info_rec_size: size_of::<FuncInfo>() as u32,
+        func_info: func_info.as_ptr() as u64,
+        func_info_cnt: 1,
         line_info_rec_size: 0,
         line_info: 0,
         line_info_cnt: 0,
-        attach_btf_id: target,
+        attach_btf_id: p.target,
+        attach_btf_obj_fd: 0,
+        core_relo_cnt: p.relos.len() as u32,
+        fd_array: 0,
+        core_relos: p.relos.as_ptr() as u64,
+        core_relo_rec_size: size_of::<CoreRelo>() as u32,
+        log_true_size: 0,
     };
     match bpf(bpf_cmd::BPF_PROG_LOAD, &attr(&mut [])) {
         Err(e)
