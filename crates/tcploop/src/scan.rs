@@ -48,6 +48,7 @@ use crate::sys::diag::{self, state, DiagError, DiagSocket, DiagSocketFd, Family}
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
 use crate::sys::procnet::{self, ProcNetError};
+use crate::sys::tcpdiag;
 
 /// Where the socket table comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -298,8 +299,24 @@ struct NsDump {
 /// Reads the socket table of the calling *thread's* namespace. A table
 /// that changes during the read can show a socket twice (both the netlink
 /// dump and the /proc file resume by position): loops are deduplicated.
+///
+/// Netlink: one walk of the kernel's TCP tables for both families
+/// (`TCPDIAG_GETSOCK`, [`tcpdiag`]), not one per family; without the
+/// bound-only sockets (`TCP_BOUND_INACTIVE`, never a loop), whose state
+/// alone makes the kernel walk its bind table as well. If the kernel refuses
+/// the one-walk request, two dumps of all states.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
-    let netlink = |f: &mut dyn FnMut(&DiagSocket)| diag::dump_all(diag::ALL_STATES, f);
+    let netlink = |f: &mut dyn FnMut(&DiagSocket)| {
+        let mut delivered = false;
+        let states = diag::ALL_STATES & !(1 << state::BOUND_INACTIVE);
+        match tcpdiag::dump_both(states, |s| {
+            delivered = true;
+            f(s)
+        }) {
+            Err(_) if !delivered => diag::dump_all(diag::ALL_STATES, f),
+            r => r,
+        }
+    };
     let mut d = dump_with(source, port, netlink, Path::new(procnet::THREAD_NET))?;
     d.loops
         .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
