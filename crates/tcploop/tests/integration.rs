@@ -4,10 +4,15 @@
 
 mod common;
 
+mod apply;
 mod audit;
 mod check;
+mod clobber;
 mod connect;
 mod demo;
+mod escape;
 mod free_port;
+mod procsys;
 mod run;
 mod scan;
+mod serve;
