@@ -13,12 +13,13 @@
  *
  * and, at the end, a trailer {0, -1, files visited, ""}.
  *
- * Two programs, chosen by the loader:
- *  - owners_loops keeps every TCP socket connected to itself (local address
- *    and port equal to the peer's): no input, so it can run while the
- *    socket dump runs;
+ * Two programs:
  *  - owners_wanted keeps the sockets whose inode is in the map `wanted`,
- *    which the loader fills from the dump.
+ *    which the loader fills from the socket dump: what `tcploop scan` uses;
+ *  - owners_loops keeps every TCP socket connected to itself (local address
+ *    and port equal to the peer's): it needs no input, so it could run
+ *    beside the dump, but it reads every socket's struct sock and costs
+ *    twice as much a pass (measured in bench/, scan).
  *
  * They are plain global functions, not SEC("iter/task_file") programs:
  * the loader attaches them as iter/task_file itself (see

@@ -13,9 +13,9 @@
 //!
 //! Where BPF is allowed (root, a kernel with BTF), the kernel does the walk
 //! instead ([`OwnerSource::Bpf`], [`InKernel`]): a `task_file` iterator
-//! visits every open file of every process in one pass, at about a tenth of
-//! the cost of reading the `/proc` links, and keeps only the self-connected
-//! sockets (or the inodes asked for). Both sources name *every* process
+//! visits every open file of every process in one pass, at a tenth of the
+//! cost of reading the `/proc` links or less, and keeps only the sockets
+//! whose inodes are asked for. Both sources name *every* process
 //! holding a socket (a socket shared after `fork()` has several owners) and
 //! give the same answers; [`OwnerSource::Auto`] picks the kernel's walk and
 //! falls back to `/proc`, saying why.
@@ -106,9 +106,8 @@ impl OwnerSourceUsed {
 #[derive(Debug, Clone, Default)]
 pub struct Owners {
     by_inode: HashMap<u64, Vec<Owner>>,
-    /// Passes of the kernel's iterator (0 for the `/proc` walk; 2 when a
-    /// socket made a loop after the first pass went by and a second pass
-    /// looked for it by inode).
+    /// Passes of the kernel's iterator (0 for the `/proc` walk, and when
+    /// no owner was needed).
     pub kernel_passes: u32,
     /// Processes whose fd table was read (the `/proc` walk; the kernel's
     /// walk reads every process and does not count them).
@@ -150,16 +149,22 @@ impl Owners {
     }
 }
 
-/// The kernel's walk, started before the socket dump and finished after
-/// it, so that the two run at the same time: [`InKernel::start`] loads the
-/// iterator and makes one pass keeping every self-connected socket of the
-/// host (it needs no input); [`InKernel::finish`] keeps the owners of the
-/// inodes the dump found, and looks again, by inode, for any it lacks (a
-/// loop made after the pass went by).
+/// The kernel's walk, in two steps around the socket dump:
+/// [`InKernel::start`] loads the iterator (a few ms: run it while the dump
+/// runs), and [`InKernel::finish`] makes one pass keeping the sockets whose
+/// inodes the dump found, every owner of each.
+///
+/// Why after the dump rather than beside it: the iterator can also test the
+/// loop condition itself and so run while the dump runs, but measured at
+/// 100k sockets that pass costs twice the inode pass (it reads each
+/// socket's `struct sock`, a cache miss each; the inode pass stops at the
+/// inode), and on a busy 2-core machine the two do not really run at once:
+/// dump then inode pass was as fast or faster, for half the CPU
+/// (BENCHMARKS.md, scan). It also sees exactly what the `/proc` walk sees: a
+/// loop made during the dump is in both or in neither.
 #[derive(Debug)]
 pub struct InKernel {
     iter: OwnerIter,
-    first: Pass,
 }
 
 /// Why the kernel's walk could not be used.
@@ -180,39 +185,30 @@ impl From<Refusal> for InKernelError {
 }
 
 impl InKernel {
-    /// Loads the iterator and makes the first pass.
+    /// Loads the iterator.
     pub fn start() -> Result<InKernel, InKernelError> {
-        let iter = OwnerIter::load()?;
-        let first = iter
-            .loops()
-            .map_err(|e| InKernelError::Read(e.to_string()))?;
-        Ok(InKernel { iter, first })
+        Ok(InKernel {
+            iter: OwnerIter::load()?,
+        })
     }
 
-    /// The owners of `inodes` (0s ignored), every owner of each.
+    /// The owners of `inodes` (0s ignored), every owner of each: one pass
+    /// (none when no inode is asked for).
     pub fn finish(self, inodes: impl IntoIterator<Item = u64>) -> Result<Owners, InKernelError> {
-        let wanted: HashSet<u64> = inodes.into_iter().filter(|i| *i != 0).collect();
-        let mut out = Owners {
-            kernel_passes: 1,
-            fds_read: self.first.files_visited,
-            ..Owners::default()
-        };
-        out.add(&self.first, &wanted);
-        let mut missing: Vec<u64> = wanted
-            .iter()
-            .copied()
-            .filter(|i| !out.by_inode.contains_key(i))
-            .collect();
-        if !missing.is_empty() {
-            missing.sort_unstable();
-            let again = self
-                .iter
-                .wanted(&missing)
-                .map_err(|e| InKernelError::Read(e.to_string()))?;
-            out.kernel_passes += 1;
-            out.fds_read += again.files_visited;
-            out.add(&again, &wanted);
+        let mut wanted: Vec<u64> = inodes.into_iter().filter(|i| *i != 0).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut out = Owners::default();
+        if wanted.is_empty() {
+            return Ok(out);
         }
+        let pass = self
+            .iter
+            .wanted(&wanted)
+            .map_err(|e| InKernelError::Read(e.to_string()))?;
+        out.kernel_passes = 1;
+        out.fds_read = pass.files_visited;
+        out.add(&pass, &wanted.into_iter().collect());
         for owners in out.by_inode.values_mut() {
             owners.sort_by_key(|o| (o.pid, o.fd));
             owners.dedup();
@@ -403,16 +399,15 @@ mod tests {
         assert!(o.processes_read > 0);
     }
 
-    /// A socket the first pass did not keep (a loop made after it went by;
-    /// here a listener, which no loop pass keeps) is found by the second,
-    /// by inode. Root and BTF; skipped otherwise (the integration tests
-    /// compare both sources).
+    /// The kernel's walk gives what the /proc walk gives: every owner,
+    /// command name included. Root and BTF; skipped otherwise (the
+    /// integration tests compare both sources).
     #[test]
-    fn the_kernel_walk_looks_again_for_what_its_first_pass_missed() {
+    fn the_kernel_walk_finds_every_owner_like_the_proc_walk() {
         let k = match InKernel::start() {
             Ok(k) => k,
             Err(e) => {
-                eprintln!("SKIPPED the_kernel_walk_looks_again: {e}");
+                eprintln!("SKIPPED the_kernel_walk_finds_every_owner: {e}");
                 assert!(std::env::var_os("TCPLOOP_REQUIRE_PRIVILEGED").is_none());
                 return;
             }
@@ -420,15 +415,18 @@ mod tests {
         let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let dup = a.try_clone().unwrap();
         let ia = inode_of(&a);
-        let o = k.finish([ia, 0]).unwrap();
-        assert_eq!(o.kernel_passes, 2);
+        let nobody = u64::from(u32::MAX);
+        let o = k.finish([ia, 0, ia, nobody]).unwrap();
+        assert_eq!(o.kernel_passes, 1);
         let me = std::process::id();
         let got: Vec<(u32, i32)> = o.of(ia).iter().map(|o| (o.pid, o.fd)).collect();
         assert_eq!(got, vec![(me, a.as_raw_fd()), (me, dup.as_raw_fd())]);
-        // the same as the /proc walk, command name included
         let p = find_owners([ia], Search::AllOwners).unwrap();
         assert_eq!(o.of(ia), p.of(ia));
-        assert_eq!(o.unknown([ia]), 0);
+        assert_eq!(o.unknown([ia, nobody]), 1);
+        // nothing asked: no pass at all
+        let o = InKernel::start().unwrap().finish([0]).unwrap();
+        assert_eq!(o.kernel_passes, 0);
     }
 
     #[test]

@@ -12,9 +12,9 @@
 //! all states) from the sock_diag netlink dump, or from `/proc/net/tcp{,6}`
 //! when netlink is unavailable ([`Source`]), keeps the loops, and looks up
 //! the processes holding them ([`crate::owners`]): where BPF is allowed, a
-//! kernel iterator walks every process's fds *while* the dump runs, keeping
-//! only self-connected sockets; elsewhere `/proc/PID/fd` is read after the
-//! dump, for those inodes only ([`ScanOptions::owners`]). With
+//! kernel iterator (loaded while the dump runs) walks every process's fds
+//! in one pass; elsewhere `/proc/PID/fd` is read; either looks only for the
+//! loops' inodes ([`ScanOptions::owners`]). With
 //! [`ScanOptions::all_netns`] it does the same in every network namespace
 //! of the host, entered with `setns(2)`.
 //!
@@ -400,7 +400,7 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         proc_owners(&mut report, None)?;
         return Ok(report);
     }
-    // the kernel's walk needs nothing from the dump: both run at once
+    // the iterator loads while the dump runs
     let (report, kernel) = std::thread::scope(|s| {
         let kernel = s.spawn(InKernel::start);
         let report = dump_all(opts);
