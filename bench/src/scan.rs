@@ -447,7 +447,7 @@ fn strategies(rounds: usize) -> anyhow::Result<()> {
         owners: OwnerSource::Bpf,
         ..ScanOptions::default()
     };
-    let iter = match OwnerIter::load() {
+    let iter = match OwnerIter::load_with_loop_test() {
         Ok(i) => i,
         Err(e) => {
             println!("(owner lookup strategies not measured: {e})");
@@ -469,7 +469,7 @@ fn strategies(rounds: usize) -> anyhow::Result<()> {
     ];
     let beside = || -> anyhow::Result<()> {
         let (dump, pass) = std::thread::scope(|sc| {
-            let h = sc.spawn(|| OwnerIter::load().map(|i| i.loops()));
+            let h = sc.spawn(|| OwnerIter::load_with_loop_test().map(|i| i.loops()));
             let dump = scan(&no_owners);
             (dump, h.join().expect("no panic"))
         });
