@@ -690,6 +690,8 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
         &["scan", "--port", "70000"],
         &["scan", "--port", "http"],
         &["scan", "--source", "ebpf"],
+        &["scan", "--owners", "ebpf"],
+        &["scan", "--owners", "bpf", "--no-owners"],
         &["kill", "--port", "-1"],
         &["kill", "--bogus"],
     ] {
