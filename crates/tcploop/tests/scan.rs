@@ -837,6 +837,8 @@ fn scenario_owner_sources() {
         holders.push(child);
     }
     assert_eq!(expected.len(), 10);
+    // owners come sorted by pid (a forked child's pid can be the lower one)
+    expected.values_mut().for_each(|v| v.sort_unstable());
     // processes exiting all the time while the scans run
     let exiters = KillOnDrop(Command::new("sh").args(["-c", EXITERS]).spawn().unwrap());
 
@@ -873,6 +875,31 @@ fn scenario_owner_sources() {
     for (src, keys) in &by_source {
         assert_eq!(keys, &by_source[0].1, "{src} differs from proc");
     }
+    // the iterator's other program, which tests the loop condition in the
+    // kernel (the benchmark's alternative), finds the same owners by itself
+    let (_, l, _) = run(&["scan", "--json"]);
+    let by_inode: BTreeMap<u64, String> = common::of_type(&l, "socket")
+        .iter()
+        .map(|s| {
+            (
+                s["inode"].as_u64().unwrap(),
+                s["local"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let it = tcploop::sys::bpf::owners::OwnerIter::load_with_loop_test().unwrap();
+    let mut in_kernel: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for r in it.loops().unwrap().records {
+        // host-wide: other namespaces' loops are not ours
+        if let Some(local) = by_inode.get(&r.inode) {
+            in_kernel
+                .entry(local.clone())
+                .or_default()
+                .push((u64::from(r.pid), i64::from(r.fd)));
+        }
+    }
+    in_kernel.values_mut().for_each(|v| v.sort_unstable());
+    assert_eq!(in_kernel, expected, "the loop-condition pass");
     // auto picks the kernel's walk here, and says so
     let (_, l, _) = run(&["scan", "--json"]);
     assert_eq!(summary(&l)["owners_source"], "bpf");
