@@ -37,8 +37,9 @@ blocks the port. `tcploop kill` destroys loops.
 Owners: as root on a kernel with BTF, a BPF iterator walks every process's
 open files in the kernel (one pass, about 0.2 to 0.6 us a file, loaded while
 the socket table is read); elsewhere /proc/PID/fd is read. Both look only
-for the loops found and name every process holding one. Reading other users' processes from
-/proc needs root: those are counted as unknown, never dropped.
+for the loops found and name every process holding one. Reading other
+users' processes from /proc needs root: those are counted as unknown, never
+dropped.
 
 Exit codes: 0 no loop, 1 loops found, 2 error.
 
