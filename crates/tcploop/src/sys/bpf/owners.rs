@@ -28,8 +28,8 @@
 //! CO-RE (rewriting the object's field offsets for the running kernel) is
 //! left to the kernel itself (`core_relos` of `BPF_PROG_LOAD`, Linux
 //! 5.17+): userspace then never parses the kernel's 5 MB of BTF, which
-//! would cost about 30 ms and 15 MB. It only reads it once and walks it,
-//! keeping nothing, for the id of `bpf_iter_task_file` ([`func_id`]).
+//! would cost about 30 ms and 15 MB. It only reads it once, 64 KiB at a
+//! time, for the id of `bpf_iter_task_file` ([`func_id`]).
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -153,16 +153,19 @@ impl OwnerIter {
         // that an unprivileged caller is told at once
         let map =
             map_create(8, 1, WANTED_CAPACITY).map_err(|e| classify("creating the BPF map", &e))?;
-        let vmlinux = std::fs::read(VMLINUX_BTF)
-            .map_err(|e| Refusal::Unsupported(format!("reading {VMLINUX_BTF}: {e}")))?;
-        let target = func_id(&vmlinux, "bpf_iter_task_file").ok_or_else(|| {
-            Refusal::Unsupported(
-                "finding bpf_iter_task_file in the kernel's BTF (task_file iterators need \
+        let target = std::fs::File::open(VMLINUX_BTF)
+            .and_then(|f| {
+                use std::os::unix::fs::FileExt;
+                func_id(|off, buf| f.read_at(buf, off), "bpf_iter_task_file")
+            })
+            .map_err(|e| Refusal::Unsupported(format!("reading {VMLINUX_BTF}: {e}")))?
+            .ok_or_else(|| {
+                Refusal::Unsupported(
+                    "finding bpf_iter_task_file in the kernel's BTF (task_file iterators need \
                  Linux 5.8+)"
-                    .into(),
-            )
-        })?;
-        drop(vmlinux);
+                        .into(),
+                )
+            })?;
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             Refusal::Unsupported(format!("owners.bpf.o: {what}: {e}"))
         };
@@ -276,31 +279,60 @@ impl OwnerIter {
 const BTF_MAGIC: u16 = 0xeb9f;
 const BTF_KIND_FUNC: u32 = 12;
 
-/// The id of the `FUNC` type named `name` in raw BTF, found by walking the
-/// records without keeping any.
-pub fn func_id(btf: &[u8], name: &str) -> Option<u32> {
-    let u32_at = |off: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(btf.get(off..off + 4)?.try_into().ok()?))
-    };
-    if u16::from_ne_bytes(btf.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
-        return None;
+/// The id of the `FUNC` type named `name` in raw BTF, read through
+/// `read_at(offset, buf)` (`pread(2)`) in 64 KiB pieces, so that the
+/// kernel's 5 MB are never held at once: first the string section, for the
+/// offset of `name`, then the type records, for the `FUNC` that bears it.
+/// `Ok(None)`: not there.
+pub fn func_id(
+    read_at: impl Fn(u64, &mut [u8]) -> io::Result<usize>,
+    name: &str,
+) -> io::Result<Option<u32>> {
+    let mut r = Chunked::new(&read_at);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("BTF: {what}"));
+    let hdr = r.get(0, 24)?.ok_or_else(|| bad("no header"))?;
+    let u32_in = |b: &[u8], o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+    if u16::from_ne_bytes([hdr[0], hdr[1]]) != BTF_MAGIC {
+        return Err(bad("bad magic"));
     }
-    let hdr_len = u32_at(4)? as usize;
-    let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
-    let str_off = u32_at(16)? as usize;
-    let types = hdr_len.checked_add(type_off)?;
-    let end = types.checked_add(type_len)?;
-    let strings = btf.get(hdr_len.checked_add(str_off)?..)?;
-    let (mut at, mut id) = (types, 1u32);
-    while at + 12 <= end {
-        let (name_off, info) = (u32_at(at)? as usize, u32_at(at + 4)?);
-        let (kind, vlen) = ((info >> 24) & 0x1f, (info & 0xffff) as usize);
-        if kind == BTF_KIND_FUNC {
-            let s = strings.get(name_off..)?;
-            let len = s.iter().position(|b| *b == 0)?;
-            if &s[..len] == name.as_bytes() {
-                return Some(id);
+    let hdr_len = u64::from(u32_in(&hdr, 4));
+    let types = hdr_len + u64::from(u32_in(&hdr, 8));
+    let types_end = types + u64::from(u32_in(&hdr, 12));
+    let strings = hdr_len + u64::from(u32_in(&hdr, 16));
+    let strings_end = strings + u64::from(u32_in(&hdr, 20));
+    // the strings: NUL-separated, the first one empty, so every name but
+    // that one follows a NUL: look for "\0name\0"
+    let mut pattern = vec![0u8];
+    pattern.extend_from_slice(name.as_bytes());
+    pattern.push(0);
+    let mut offsets = vec![];
+    let mut at = strings;
+    while at < strings_end {
+        let want = (strings_end - at).min(CHUNK as u64) as usize;
+        let Some(piece) = r.get(at, want)? else { break };
+        for (i, w) in piece.windows(pattern.len()).enumerate() {
+            if w == &pattern[..] {
+                offsets.push(at - strings + i as u64 + 1);
             }
+        }
+        if want < CHUNK {
+            break;
+        }
+        // overlap the next piece so that a name cut in two is still seen
+        at += (want - pattern.len() + 1) as u64;
+    }
+    if offsets.is_empty() {
+        return Ok(None);
+    }
+    let (mut at, mut id) = (types, 1u32);
+    while at + 12 <= types_end {
+        let rec = r
+            .get(at, 12)?
+            .ok_or_else(|| bad("type records cut short"))?;
+        let (name_off, info) = (u64::from(u32_in(&rec, 0)), u32_in(&rec, 4));
+        let (kind, vlen) = ((info >> 24) & 0x1f, u64::from(info & 0xffff));
+        if kind == BTF_KIND_FUNC && offsets.contains(&name_off) {
+            return Ok(Some(id));
         }
         at += 12
             + match kind {
@@ -309,11 +341,53 @@ pub fn func_id(btf: &[u8], name: &str) -> Option<u32> {
                 4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
                 6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
                 0 | 2 | 7..=12 | 16 | 18 => 0,
-                _ => return None, // a kind this walker does not know
+                k => return Err(bad(&format!("type kind {k} unknown to this walker"))),
             };
         id += 1;
     }
-    None
+    Ok(None)
+}
+
+const CHUNK: usize = 64 * 1024;
+
+/// Reads through `read_at` in pieces of [`CHUNK`], keeping one piece.
+struct Chunked<'a, F> {
+    read_at: &'a F,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a, F: Fn(u64, &mut [u8]) -> io::Result<usize>> Chunked<'a, F> {
+    fn new(read_at: &'a F) -> Self {
+        Chunked {
+            read_at,
+            start: 0,
+            buf: vec![],
+        }
+    }
+
+    /// The `len` bytes at `off` (`None` past the end).
+    fn get(&mut self, off: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+        let end = self.start + self.buf.len() as u64;
+        if off < self.start || off + len as u64 > end {
+            self.start = off;
+            self.buf.resize(len.max(CHUNK), 0);
+            let mut got = 0;
+            while got < self.buf.len() {
+                let n = (self.read_at)(off + got as u64, &mut self.buf[got..])?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            self.buf.truncate(got);
+            if got < len {
+                return Ok(None);
+            }
+        }
+        let i = (off - self.start) as usize;
+        Ok(Some(self.buf[i..i + len].to_vec()))
+    }
 }
 
 /// One CO-RE relocation record (`struct bpf_core_relo`): the instruction
@@ -725,6 +799,69 @@ mod tests {
         assert_eq!(parse(&b[..31]), Err(ParseError::Truncated(31)));
         assert_eq!(parse(&b), Err(ParseError::NoTrailer));
         assert_eq!(parse(&[]), Err(ParseError::NoTrailer));
+    }
+
+    /// A BTF blob: header, then `types` (raw records), then `strings`.
+    fn btf(types: &[u8], strings: &[u8]) -> Vec<u8> {
+        let mut b = vec![];
+        b.extend_from_slice(&BTF_MAGIC.to_ne_bytes());
+        b.extend_from_slice(&[1, 0]); // version, flags
+        for v in [
+            24,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            strings.len() as u32,
+        ] {
+            b.extend_from_slice(&v.to_ne_bytes()); // hdr_len, type_off/len, str_off/len
+        }
+        b.extend_from_slice(types);
+        b.extend_from_slice(strings);
+        b
+    }
+
+    fn ty(name_off: u32, kind: u32, vlen: u32, size_or_type: u32, extra: usize) -> Vec<u8> {
+        let mut r = vec![];
+        r.extend_from_slice(&name_off.to_ne_bytes());
+        r.extend_from_slice(&(kind << 24 | vlen).to_ne_bytes());
+        r.extend_from_slice(&size_or_type.to_ne_bytes());
+        r.extend(std::iter::repeat_n(0u8, extra));
+        r
+    }
+
+    #[test]
+    fn func_id_walks_every_kind_and_matches_whole_names() {
+        // strings: "", "int", "bpf_iter_task_file_x", "bpf_iter_task_file", "task"
+        let strings = b"\0int\0bpf_iter_task_file_x\0bpf_iter_task_file\0task\0";
+        let mut t = vec![];
+        t.extend(ty(1, 1, 0, 4, 4)); // 1: INT "int", 4 extra bytes
+        t.extend(ty(0, 2, 0, 1, 0)); // 2: PTR to 1
+        t.extend(ty(45, 4, 2, 16, 24)); // 3: STRUCT "task", 2 members
+        t.extend(ty(0, 13, 1, 1, 8)); // 4: FUNC_PROTO, 1 param
+        t.extend(ty(5, 12, 0, 4, 0)); // 5: FUNC "bpf_iter_task_file_x"
+        t.extend(ty(0, 3, 0, 0, 12)); // 6: ARRAY
+        t.extend(ty(26, 12, 0, 4, 0)); // 7: FUNC "bpf_iter_task_file"
+        let b = btf(&t, strings);
+        let read = |off: u64, buf: &mut [u8]| -> io::Result<usize> {
+            // at most 5 bytes a read, as a stingy file would
+            let off = (off as usize).min(b.len());
+            let n = buf.len().min(5).min(b.len() - off);
+            buf[..n].copy_from_slice(&b[off..off + n]);
+            Ok(n)
+        };
+        assert_eq!(func_id(read, "bpf_iter_task_file").unwrap(), Some(7));
+        assert_eq!(func_id(read, "bpf_iter_task_file_x").unwrap(), Some(5));
+        assert_eq!(func_id(read, "task").unwrap(), None, "a STRUCT, not a FUNC");
+        assert_eq!(func_id(read, "bpf_iter").unwrap(), None, "whole names only");
+        let mut bad = b.clone();
+        bad[0] = 0;
+        let read_bad = |off: u64, buf: &mut [u8]| -> io::Result<usize> {
+            let off = (off as usize).min(bad.len());
+            let n = buf.len().min(bad.len() - off);
+            buf[..n].copy_from_slice(&bad[off..off + n]);
+            Ok(n)
+        };
+        assert!(func_id(read_bad, "task").is_err());
     }
 
     /// The real programs against a listener of this process (root and BTF;
