@@ -156,12 +156,13 @@ impl Owners {
 ///
 /// Why after the dump rather than beside it: the iterator can also test the
 /// loop condition itself and so run while the dump runs, but measured at
-/// 100k sockets that pass costs twice the inode pass (it reads each
-/// socket's `struct sock`, a cache miss each; the inode pass stops at the
-/// inode), and on a busy 2-core machine the two do not really run at once:
-/// dump then inode pass was as fast or faster, for half the CPU
-/// (BENCHMARKS.md, scan). It also sees exactly what the `/proc` walk sees: a
-/// loop made during the dump is in both or in neither.
+/// 100k sockets that pass costs 1.5 to 2 times the inode pass (it reads
+/// each socket's `struct sock`, a cache miss each; the inode pass stops at
+/// the inode). Beside the dump it wins only with a core free: on a busy
+/// 2-core machine the dump then the inode pass won four runs of seven, by
+/// 6 to 14%, for a third less CPU in the kernel; the other way won the
+/// three quietest (BENCHMARKS.md, scan). It also sees exactly what the
+/// `/proc` walk sees: a loop made during the dump is in both or in neither.
 #[derive(Debug)]
 pub struct InKernel {
     iter: OwnerIter,
