@@ -160,7 +160,7 @@ impl Owners {
 /// each socket's `struct sock`, a cache miss each; the inode pass stops at
 /// the inode). Beside the dump it wins only with a core free: on a busy
 /// 2-core machine the dump then the inode pass won four runs of seven, by
-/// 6 to 14%, for a third less CPU in the kernel; the other way won the
+/// 5 to 13%, for a third less CPU in the kernel; the other way won the
 /// three quietest (BENCHMARKS.md, scan). It also sees exactly what the
 /// `/proc` walk sees: a loop made during the dump is in both or in neither.
 #[derive(Debug)]
