@@ -922,3 +922,49 @@ fn scenario_owner_sources() {
     )
     .unwrap();
 }
+
+/// In a PID namespace of its own (and a network namespace, `unshare -pfn
+/// --mount-proc`), a process is numbered differently than on the host: the
+/// kernel's walk must give the numbers the reader sees, as `/proc` does.
+#[test]
+fn owners_are_numbered_in_the_readers_pid_namespace() {
+    if common::skip_unless(
+        common::bpf_plausible(),
+        "owners_in_a_pid_namespace",
+        "root and a kernel with BTF (the BPF owner source)",
+    ) {
+        return;
+    }
+    let script = r#"
+import json, os, socket, subprocess, sys
+s = socket.socket(); s.bind(("127.0.0.1", 40100)); s.connect(("127.0.0.1", 40100))
+out = {"pid": os.getpid(), "fd": s.fileno()}
+for src in ("bpf", "proc"):
+    r = subprocess.run([sys.argv[1], "scan", "--json", "--owners", src], capture_output=True, text=True)
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    out[src] = [l["data"] for l in lines]
+    out[src + "_stderr"] = r.stderr
+print(json.dumps(out))
+"#;
+    let o = common::output(
+        Command::new("unshare")
+            .args(["-p", "-f", "--mount-proc", "-n", "sh", "-c"])
+            .arg("ip link set lo up && exec python3 -c \"$0\" \"$1\"")
+            .arg(script)
+            .arg(common::bin()),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: Value = serde_json::from_str(common::stdout(&o).trim()).unwrap();
+    let pid = v["pid"].as_u64().unwrap();
+    assert!(pid < 100, "numbered in the new namespace: {pid}");
+    for src in ["bpf", "proc"] {
+        let lines = v[src].as_array().unwrap();
+        assert_eq!(lines.len(), 2, "{src}: {v}");
+        assert_eq!(
+            lines[0]["owners"],
+            serde_json::json!([{"pid": pid, "comm": "python3", "fd": v["fd"]}]),
+            "{src}: {v}"
+        );
+        assert_eq!(lines[1]["owners_source"], src, "{v}");
+    }
+}
