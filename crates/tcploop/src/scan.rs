@@ -10,8 +10,11 @@
 //!
 //! [`scan`] reads every TCP socket of the network namespace (IPv4 and IPv6,
 //! all states) from the sock_diag netlink dump, or from `/proc/net/tcp{,6}`
-//! when netlink is unavailable ([`Source`]), keeps the loops, and then looks
-//! up the processes holding *only those* ([`crate::owners`]). With
+//! when netlink is unavailable ([`Source`]), keeps the loops, and looks up
+//! the processes holding them ([`crate::owners`]): where BPF is allowed, a
+//! kernel iterator (loaded while the dump runs) walks every process's fds
+//! in one pass; elsewhere `/proc/PID/fd` is read; either looks only for the
+//! loops' inodes ([`ScanOptions::owners`]). With
 //! [`ScanOptions::all_netns`] it does the same in every network namespace
 //! of the host, entered with `setns(2)`.
 //!
@@ -38,11 +41,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::owners::{self, Owner, Owners, Search};
+use crate::owners::{
+    self, InKernel, InKernelError, Owner, OwnerSource, OwnerSourceUsed, Owners, Search,
+};
 use crate::sys::diag::{self, state, DiagError, DiagSocket, DiagSocketFd, Family};
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
 use crate::sys::procnet::{self, ProcNetError};
+use crate::sys::tcpdiag;
 
 /// Where the socket table comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +91,8 @@ pub struct ScanOptions {
     pub port: Option<u16>,
     /// Skip the owner lookup (the loops are still reported).
     pub no_owners: bool,
+    /// Where to look for owners.
+    pub owners: OwnerSource,
     /// Every network namespace of the host, not only the caller's.
     pub all_netns: bool,
 }
@@ -212,6 +220,11 @@ pub struct ScanReport {
     pub processes_unreadable: u64,
     /// The owner lookup's details (`None` when skipped or not needed).
     pub owner_lookup: Option<Owners>,
+    /// Where owners were looked for (`None` with `no_owners`).
+    pub owners_source: Option<OwnerSourceUsed>,
+    /// Why the kernel's walk was not used, when [`OwnerSource::Auto`] fell
+    /// back to `/proc`.
+    pub owners_fallback: Option<String>,
     /// The source used (`Proc` if any namespace fell back).
     pub source: SourceUsed,
     /// Why netlink was not used, when [`Source::Auto`] fell back to /proc.
@@ -261,6 +274,9 @@ pub enum ScanError {
     /// `/proc` could not be listed (owners or namespaces).
     #[error("listing /proc: {0}")]
     Proc(#[source] io::Error),
+    /// The kernel's owner walk was asked for and could not be used.
+    #[error("--owners bpf: {0}")]
+    Bpf(InKernelError),
     /// The own namespace could not be identified.
     #[error("reading /proc/thread-self/ns/net: {0}")]
     OwnNetns(#[source] io::Error),
@@ -298,8 +314,24 @@ struct NsDump {
 /// Reads the socket table of the calling *thread's* namespace. A table
 /// that changes during the read can show a socket twice (both the netlink
 /// dump and the /proc file resume by position): loops are deduplicated.
+///
+/// Netlink: one walk of the kernel's TCP tables for both families
+/// (`TCPDIAG_GETSOCK`, [`tcpdiag`]), not one per family; without the
+/// bound-only sockets (`TCP_BOUND_INACTIVE`, never a loop), whose state
+/// alone makes the kernel walk its bind table as well. If the kernel refuses
+/// the one-walk request, two dumps of all states.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
-    let netlink = |f: &mut dyn FnMut(&DiagSocket)| diag::dump_all(diag::ALL_STATES, f);
+    let netlink = |f: &mut dyn FnMut(&DiagSocket)| {
+        let mut delivered = false;
+        let states = diag::ALL_STATES & !(1 << state::BOUND_INACTIVE);
+        match tcpdiag::dump_both(states, |s| {
+            delivered = true;
+            f(s)
+        }) {
+            Err(_) if !delivered => diag::dump_all(diag::ALL_STATES, f),
+            r => r,
+        }
+    };
     let mut d = dump_with(source, port, netlink, Path::new(procnet::THREAD_NET))?;
     d.loops
         .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
@@ -405,6 +437,74 @@ fn label(proc: &Proc, n: &netns::Netns, own: u64) -> NetnsLabel {
 
 /// Scans for loops (see the module documentation).
 pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
+    if opts.no_owners || opts.owners == OwnerSource::Proc {
+        let mut report = dump_all(opts)?;
+        proc_owners(&mut report, None)?;
+        return Ok(report);
+    }
+    // the iterator loads while the dump runs
+    let (report, kernel) = std::thread::scope(|s| {
+        let kernel = s.spawn(InKernel::start);
+        let report = dump_all(opts);
+        let kernel = kernel
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (report, kernel)
+    });
+    let mut report = report?;
+    let inodes = loop_inodes(&report);
+    let res = kernel.and_then(|k| k.finish(inodes.iter().copied()));
+    match res {
+        Ok(o) => {
+            report.owners_source = Some(OwnerSourceUsed::Bpf);
+            set_owners(&mut report, &inodes, o);
+        }
+        Err(e) if opts.owners == OwnerSource::Bpf => return Err(ScanError::Bpf(e)),
+        Err(e) => proc_owners(&mut report, Some(e.to_string()))?,
+    }
+    Ok(report)
+}
+
+/// The inodes of the loops found (0 for TIME-WAIT ones).
+fn loop_inodes(report: &ScanReport) -> Vec<u64> {
+    report
+        .loops
+        .iter()
+        .map(|l| u64::from(l.socket.inode))
+        .collect()
+}
+
+/// Looks up owners with the `/proc` walk (`fallback`: why the kernel's walk
+/// was not used), or counts them all unknown with `no_owners`.
+fn proc_owners(report: &mut ScanReport, fallback: Option<String>) -> Result<(), ScanError> {
+    let inodes = loop_inodes(report);
+    if report.owners_source == Some(OwnerSourceUsed::Proc) {
+        report.owners_fallback = fallback;
+        if inodes.iter().any(|i| *i != 0) {
+            // every owner, as the kernel's walk gives: a loop shared after
+            // fork() is held by each process
+            let o = owners::find_owners(inodes.iter().copied(), Search::AllOwners)
+                .map_err(ScanError::Proc)?;
+            set_owners(report, &inodes, o);
+        }
+    } else {
+        report.owners_unknown = inodes.iter().filter(|i| **i != 0).count() as u64;
+    }
+    Ok(())
+}
+
+fn set_owners(report: &mut ScanReport, inodes: &[u64], o: Owners) {
+    for l in &mut report.loops {
+        l.owners = o.of(u64::from(l.socket.inode)).to_vec();
+    }
+    report.owners_unknown = o.unknown(inodes.iter().copied());
+    report.processes_unreadable = o.processes_denied + o.processes_failed;
+    report.owner_lookup = Some(o);
+}
+
+/// The socket tables of the namespaces asked for, reduced to their loops
+/// (no owners yet).
+fn dump_all(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     let own = netns::current().map_err(ScanError::OwnNetns)?;
     let mut report = ScanReport {
         loops: vec![],
@@ -412,6 +512,8 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         owners_unknown: 0,
         processes_unreadable: 0,
         owner_lookup: None,
+        owners_source: (!opts.no_owners).then_some(OwnerSourceUsed::Proc),
+        owners_fallback: None,
         source: SourceUsed::Netlink,
         fallback: None,
         namespaces: vec![],
@@ -491,23 +593,6 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     report
         .loops
         .sort_by_key(|l| (l.netns.inode, l.port(), l.socket.family, l.socket.inode));
-    let inodes: Vec<u64> = report
-        .loops
-        .iter()
-        .map(|l| u64::from(l.socket.inode))
-        .collect();
-    if !opts.no_owners && inodes.iter().any(|i| *i != 0) {
-        let o = owners::find_owners(inodes.iter().copied(), Search::FirstOwner)
-            .map_err(ScanError::Proc)?;
-        for l in &mut report.loops {
-            l.owners = o.of(u64::from(l.socket.inode)).to_vec();
-        }
-        report.owners_unknown = o.unknown(inodes.iter().copied());
-        report.processes_unreadable = o.processes_denied + o.processes_failed;
-        report.owner_lookup = Some(o);
-    } else if opts.no_owners {
-        report.owners_unknown = inodes.iter().filter(|i| **i != 0).count() as u64;
-    }
     Ok(report)
 }
 

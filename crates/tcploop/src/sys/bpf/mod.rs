@@ -4,7 +4,11 @@
 //! one line, why BPF could not be used here and what to do instead.
 //!
 //! One child module a program: each owns its object's loading, attaching
-//! and maps, and turns what the kernel gives into plain data.
+//! and maps, and turns what the kernel gives into plain data:
+//! - [`owners`]: the `task_file` iterator that finds which process holds
+//!   which socket (`scan`).
+
+pub mod owners;
 
 use std::fmt;
 use std::io;
