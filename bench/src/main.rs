@@ -11,6 +11,8 @@ mod demo;
 mod guard;
 mod preload;
 mod scan;
+mod shield;
+mod shield_latency;
 mod trace;
 mod watch;
 
@@ -36,6 +38,10 @@ enum Area {
     Preload(preload::Args),
     /// tcploop watch CPU use
     Watch(watch::Args),
+    /// loopback traffic with and without tcploop shield; loops per 100k tries
+    Shield(shield::Args),
+    /// how soon tcploop shield daemon covers a new namespace
+    ShieldLatency(shield_latency::Args),
     /// the eBPF event source: loops caught, latency, host cost, watch CPU
     Trace(trace::Args),
 }
@@ -48,6 +54,8 @@ fn main() -> anyhow::Result<()> {
         Area::Guard(a) => guard::run(a),
         Area::Preload(a) => preload::run(a),
         Area::Watch(a) => watch::run(a),
+        Area::Shield(a) => shield::run(a),
+        Area::ShieldLatency(a) => shield_latency::run(a),
         Area::Trace(a) => trace::run(a),
     }
 }

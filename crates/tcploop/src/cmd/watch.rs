@@ -17,7 +17,10 @@
 //!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}` (`fd` is -1 when
 //!   the loop came from a kernel event: the process is known, not its fd);
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
-//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`);
+//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`), plus
+//!   `"kills_on_port": 2` (loops destroyed on this port so far) and, from the second one on a
+//!   port in the ephemeral range that is not reserved, `"advice": string` (its client
+//!   reconnects and loops again: reserve the port);
 //! - `kill_failed`: the same fields plus `"error": string` (said once a loop; not retried);
 //! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
 //! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
@@ -146,6 +149,17 @@ struct LoopEvent<'a> {
     seen_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kills_on_port: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice: Option<String>,
+}
+
+/// A loop destroyed by `--kill-after`: how many on its port so far, and
+/// what to do when they keep coming back.
+struct KillNote {
+    kills_on_port: u64,
+    advice: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,6 +195,7 @@ impl Log<'_> {
         t: &Tracked,
         seen: Option<Duration>,
         error: Option<String>,
+        note: Option<KillNote>,
     ) -> anyhow::Result<()> {
         let s = &t.sock;
         if self.json {
@@ -204,6 +219,8 @@ impl Log<'_> {
                         .collect(),
                     seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
                     error,
+                    kills_on_port: note.as_ref().map(|n| n.kills_on_port),
+                    advice: note.and_then(|n| n.advice),
                 },
             )?;
         } else {
@@ -231,7 +248,7 @@ impl Log<'_> {
                     .collect();
                 v.join(", ")
             };
-            let extra = match (seen, error) {
+            let mut extra = match (seen, error) {
                 (_, Some(e)) => format!("  ({e})"),
                 (Some(d), None) if d < Duration::from_millis(100) => {
                     format!("  after {}", report::duration(d))
@@ -239,6 +256,9 @@ impl Log<'_> {
                 (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
                 _ => String::new(),
             };
+            if let Some(a) = note.and_then(|n| n.advice) {
+                extra.push_str(&format!("\n    note: {a}"));
+            }
             writeln!(
                 self.out,
                 "{} {what} {} <-> itself  {}  {who}{extra}",
@@ -349,6 +369,7 @@ struct State<'a> {
     tracker: Tracker,
     scanner: watch::Scanner,
     given_up: HashSet<LoopKey>,
+    kills_on_port: HashMap<u16, u64>,
     scans: u64,
     scan_errors: u64,
     loops_seen: u64,
@@ -390,10 +411,10 @@ impl State<'_> {
                         Change::Appeared(t) => {
                             self.loops_seen += 1;
                             appeared.push(labels(t));
-                            self.log.loop_event("loop_appeared", t, None, None)?;
+                            self.log.loop_event("loop_appeared", t, None, None, None)?;
                         }
                         Change::Gone(t, d) => {
-                            self.log.loop_event("loop_gone", t, Some(*d), None)?
+                            self.log.loop_event("loop_gone", t, Some(*d), None, None)?
                         }
                     }
                 }
@@ -435,11 +456,26 @@ impl State<'_> {
             }
             let seen = Some(now.saturating_duration_since(t.since));
             let failure = match watch::kill(&t.sock) {
-                Ok(Killed::Destroyed { .. }) => {
+                Ok(Killed::Destroyed { loops_again, .. }) => {
                     self.kills += 1;
                     self.metrics.record_kill(true);
                     self.tracker.forget(&t.sock);
-                    self.log.loop_event("loop_killed", &t, seen, None)?;
+                    let port = t.sock.local.port();
+                    let n = self.kills_on_port.entry(port).or_insert(0u64);
+                    *n += 1;
+                    let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
+                        format!(
+                            "loop {n} on port {port}: its client reconnects and loops again, as \
+                             the port is in the ephemeral range and not reserved; reserve it \
+                             (tcploop audit --ports {port} --apply) and the next kill is the last"
+                        )
+                    });
+                    let note = KillNote {
+                        kills_on_port: *n,
+                        advice,
+                    };
+                    self.log
+                        .loop_event("loop_killed", &t, seen, None, Some(note))?;
                     None
                 }
                 // closed by its owner meanwhile: the next scan (or its end
@@ -459,7 +495,8 @@ impl State<'_> {
                 // said once, not retried every scan
                 self.given_up.insert(key);
                 self.metrics.record_kill(false);
-                self.log.loop_event("kill_failed", &t, seen, Some(e))?;
+                self.log
+                    .loop_event("kill_failed", &t, seen, Some(e), None)?;
             }
         }
         Ok(())
@@ -564,6 +601,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         tracker: Tracker::new(),
         scanner: watch::Scanner::new(),
         given_up: HashSet::new(),
+        kills_on_port: HashMap::new(),
         scans: 0,
         scan_errors: 0,
         loops_seen: 0,
@@ -674,7 +712,7 @@ fn watch_events(
                     if st.tracker.insert(t.clone()) {
                         st.loops_seen += 1;
                         appeared.push(labels(&t));
-                        st.log.loop_event("loop_appeared", &t, None, None)?;
+                        st.log.loop_event("loop_appeared", &t, None, None, None)?;
                         changed = true;
                     }
                 }
@@ -686,7 +724,7 @@ fn watch_events(
                         } else {
                             held
                         };
-                        st.log.loop_event("loop_gone", &t, Some(held), None)?;
+                        st.log.loop_event("loop_gone", &t, Some(held), None, None)?;
                         changed = true;
                     }
                 }

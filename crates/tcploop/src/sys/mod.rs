@@ -15,12 +15,16 @@
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`poll`]: waiting for a socket to become writable, or fds readable (`poll(2)`);
 //! - [`signal`]: SIGINT, SIGTERM and SIGCHLD read from a `signalfd(2)`;
-//! - [`bpf`]: the BPF programs (aya): loading, attaching, their maps.
+//! - [`bpf`]: the BPF programs (the loop detector, the shield, the owners iterator), loaded with aya;
+//! - [`inotify`]: watching directories for new namespaces (`inotify(7)`);
+//! - [`iptables`]: the shield's iptables rule pair (runs `iptables`, the one exception).
 #![allow(unsafe_code)]
 
 pub mod bpf;
 pub mod diag;
 pub mod ifaddrs;
+pub mod inotify;
+pub mod iptables;
 pub mod lock;
 pub mod netns;
 pub mod ns;

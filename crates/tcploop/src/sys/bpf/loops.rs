@@ -20,7 +20,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Btf, Ebpf, EbpfLoader};
 
-use super::{classify_chain, precheck, Refusal};
+use super::{classify_error, precheck, Refusal};
 
 /// The compiled program (`make -C crates/tcploop/bpf`), embedded.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../../bpf/loops.bpf.o");
@@ -145,26 +145,26 @@ impl LoopSource {
         }
         let mut ebpf = loader
             .load(OBJECT)
-            .map_err(|e| classify_chain("loading the loop detector (maps)", &e))?;
+            .map_err(|e| classify_error("loading the loop detector (maps)", &e))?;
         let prog: &mut BtfTracePoint = ebpf
             .program_mut("loop_state")
             .ok_or_else(|| Refusal::Unsupported("the object has no loop_state program".into()))?
             .try_into()
-            .map_err(|e| classify_chain("loading the loop detector", &e))?;
+            .map_err(|e| classify_error("loading the loop detector", &e))?;
         prog.load("inet_sock_set_state", &btf)
-            .map_err(|e| classify_chain("loading the loop detector (verifier)", &e))?;
+            .map_err(|e| classify_error("loading the loop detector (verifier)", &e))?;
         prog.attach()
-            .map_err(|e| classify_chain("attaching to tp_btf/inet_sock_set_state", &e))?;
+            .map_err(|e| classify_error("attaching to tp_btf/inet_sock_set_state", &e))?;
         let ring = RingBuf::try_from(
             ebpf.take_map("events")
                 .ok_or_else(|| Refusal::Unsupported("no events map".into()))?,
         )
-        .map_err(|e| classify_chain("opening the ring buffer", &e))?;
+        .map_err(|e| classify_error("opening the ring buffer", &e))?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map("counters")
                 .ok_or_else(|| Refusal::Unsupported("no counters map".into()))?,
         )
-        .map_err(|e| classify_chain("opening the counters", &e))?;
+        .map_err(|e| classify_error("opening the counters", &e))?;
         Ok(LoopSource {
             ring,
             counters,
