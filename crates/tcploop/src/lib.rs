@@ -22,6 +22,7 @@
 //!   [`shield_daemon`]: keeping it on in every namespace, new ones included;
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`trace`]: loops reported by the kernel (BPF) the instant they form, and their end;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
@@ -50,6 +51,7 @@ pub mod shield;
 pub mod shield_daemon;
 pub mod survey;
 pub mod sys;
+pub mod trace;
 pub mod watch;
 
 pub use tcploop_guard::is_loop;

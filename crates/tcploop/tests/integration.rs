@@ -20,3 +20,4 @@ mod run;
 mod scan;
 mod serve;
 mod shield;
+mod trace;
