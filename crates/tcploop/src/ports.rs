@@ -110,6 +110,24 @@ impl PortRange {
     }
 }
 
+/// `LO-HI`, the form a user types (`40000-40009`); the kernel's own file
+/// form (`"32768\t60999"`) is [`PortRange::parse`]. Serves as a clap value
+/// parser.
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortRange, String> {
+        let (a, b) = s
+            .split_once('-')
+            .ok_or_else(|| format!("{s:?} is not a port range LO-HI"))?;
+        let low = parse_port(a)?;
+        let high = parse_port(b)?;
+        if low > high {
+            return Err(format!("backwards port range {s:?}"));
+        }
+        Ok(PortRange { low, high })
+    }
+}
+
 impl fmt::Display for PortRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}-{}", self.low, self.high)
@@ -120,6 +138,14 @@ impl fmt::Display for PortRange {
 /// `ip_local_reserved_ports` ("8080,9000-9010").
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortSet(Vec<(u16, u16)>);
+
+/// [`PortSet::parse`] (`8080,9000-9010`), as a clap value parser.
+impl std::str::FromStr for PortSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<PortSet, String> {
+        PortSet::parse(s)
+    }
+}
 
 impl PortSet {
     /// Parses a list such as `8080,9000-9010` (empty text: empty set).

@@ -142,6 +142,28 @@ enum Stop {
     Interrupted,
 }
 
+/// [`run`] on a worker thread while `on_tick` is called on this one about
+/// every 50 ms with the live counters (a progress display; it may call
+/// [`Progress::stop`], on Ctrl-C say), and once more at the end.
+pub fn run_watched(
+    cfg: &Config,
+    progress: &Progress,
+    on_tick: &mut dyn FnMut(&Progress) -> io::Result<()>,
+) -> io::Result<Result<Report, ReproError>> {
+    std::thread::scope(|s| {
+        let h = s.spawn(|| run(cfg, progress));
+        while !h.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            if let Err(e) = on_tick(progress) {
+                progress.stop();
+                let _ = h.join();
+                return Err(e);
+            }
+        }
+        Ok(h.join().expect("reproducer thread"))
+    })
+}
+
 /// Runs the reproducer until a connect succeeds or a limit is reached.
 pub fn run(cfg: &Config, progress: &Progress) -> Result<Report, ReproError> {
     let start = Instant::now();
@@ -337,6 +359,266 @@ fn wait_connected(sock: &Socket) -> io::Result<()> {
     match sock.take_error()? {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// How long to hold a loop before releasing it.
+pub enum Hold {
+    /// Release at once.
+    No,
+    /// Hold this long.
+    For(Duration),
+    /// Hold until a line (Enter) arrives on this reader, read on a thread
+    /// of its own so that a stop still ends the wait.
+    UntilLine(Box<dyn io::Read + Send>),
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hold::No => f.write_str("No"),
+            Hold::For(d) => write!(f, "For({d:?})"),
+            Hold::UntilLine(_) => f.write_str("UntilLine"),
+        }
+    }
+}
+
+impl Hold {
+    /// What a display says before the hold: `None` when not held,
+    /// `Some(Some(d))` for a hold of `d`, `Some(None)` until Enter.
+    pub fn shown(&self) -> Option<Option<Duration>> {
+        match self {
+            Hold::No => None,
+            Hold::For(d) => Some(Some(*d)),
+            Hold::UntilLine(_) => Some(None),
+        }
+    }
+}
+
+/// How a hold ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Not held.
+    No,
+    /// Held for the time asked, or until Enter.
+    Done,
+    /// `stop` said so (Ctrl-C).
+    Interrupted,
+    /// Someone else destroyed the loop while it was held (`tcploop kill`,
+    /// `ss -K`).
+    Destroyed,
+}
+
+/// What a loop proves, and how it was let go: [`prove`]'s answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    /// The socket wrote [`ECHO`] and read the same bytes back from itself.
+    pub echo: bool,
+    /// A server's `bind()` of the port (with SO_REUSEADDR) got EADDRINUSE
+    /// while the loop was held: the port is stolen.
+    pub stolen: bool,
+    /// How the hold ended.
+    pub held: Held,
+    /// The loop was gone before its release (destroyed by another process):
+    /// there was nothing left to release.
+    pub destroyed: bool,
+    /// A server could bind the port again right after the release (RST
+    /// frees it at once; a graceful close leaves it in TIME-WAIT).
+    pub freed: bool,
+}
+
+/// How a run ended, once a loop was proved and released: [`conclude`]'s
+/// answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A loop, with what it proved.
+    Loop(Proof),
+    /// A real listener answered (released with RST at once).
+    Listener,
+    /// The try limit was reached.
+    TryLimit,
+    /// The time limit was reached.
+    TimeLimit,
+    /// Stopped (Ctrl-C).
+    Interrupted,
+}
+
+/// Finishes a run: a loop is proved ([`prove`]), a listener's connection
+/// is reset, anything else is said as is.
+pub fn conclude(
+    outcome: Outcome,
+    target: SocketAddr,
+    hold: Hold,
+    rst: bool,
+    stop: &dyn Fn() -> bool,
+    shown: &mut dyn FnMut(&Proof) -> io::Result<()>,
+) -> io::Result<Ended> {
+    Ok(match outcome {
+        Outcome::SelfConnect(sock) => Ended::Loop(prove(sock, target, hold, rst, stop, shown)?),
+        Outcome::Listener(sock) => {
+            release(sock, true);
+            Ended::Listener
+        }
+        Outcome::MaxTries => Ended::TryLimit,
+        Outcome::Timeout => Ended::TimeLimit,
+        Outcome::Interrupted => Ended::Interrupted,
+    })
+}
+
+/// What `connect` knows before its first try: the destination as this
+/// namespace sees it, the predictor's verdict, and a port that would loop.
+#[derive(Debug)]
+pub struct Plan {
+    /// The destination, classified.
+    pub host: crate::host::Host,
+    /// The address the tries go to (the effective address, the port).
+    pub target: SocketAddr,
+    /// The verdict on the port.
+    pub prediction: crate::predict::Prediction,
+    /// A port of this host that can loop, when the asked one cannot.
+    pub suggestion: Option<u16>,
+}
+
+impl Plan {
+    /// Whether the predictor rules a loop out (no loop, or a listener).
+    pub fn cannot_loop(&self) -> bool {
+        use crate::predict::Verdict;
+        matches!(
+            self.prediction.verdict,
+            Verdict::Impossible | Verdict::Listening
+        )
+    }
+}
+
+/// Surveys this namespace and predicts a plain `connect()` to `port` of
+/// `resolved`.
+pub fn plan(resolved: &crate::host::Resolved, port: u16) -> Result<Plan, crate::ports::FactsError> {
+    use crate::predict::{self, Client};
+    let survey = crate::survey::Survey::take()?;
+    let host = survey.host(resolved.addr, resolved.scope_id);
+    let target = match host.effective {
+        std::net::IpAddr::V6(v6) => {
+            SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, resolved.scope_id))
+        }
+        v4 => SocketAddr::new(v4, port),
+    };
+    let sit = survey.situation(&host, Client::Connect);
+    let prediction = predict::predict(&sit, port);
+    let mut plan = Plan {
+        target,
+        prediction,
+        suggestion: None,
+        host: host.clone(),
+    };
+    if plan.cannot_loop() && host.source_is_destination() {
+        plan.suggestion = predict::suggest(&sit, port);
+    }
+    Ok(plan)
+}
+
+/// The bytes a loop writes to itself.
+pub const ECHO: &[u8] = b"tcploop";
+
+/// The proof of a loop, for `connect` and `demo` alike: echo [`ECHO`]
+/// through the socket, probe a server's `bind()` of `target` (stolen),
+/// tell `shown` (a display: the proof so far, before the hold), hold the
+/// loop as asked (`stop` is polled: Ctrl-C), release it (RST when `rst`,
+/// else FIN) and probe the bind again (freed). An error of `shown` is
+/// returned after the release.
+pub fn prove(
+    sock: Socket,
+    target: SocketAddr,
+    hold: Hold,
+    rst: bool,
+    stop: &dyn Fn() -> bool,
+    shown: &mut dyn FnMut(&Proof) -> io::Result<()>,
+) -> io::Result<Proof> {
+    let echo = echo(&sock, ECHO).is_ok_and(|b| b == ECHO);
+    let stolen = matches!(can_bind(target), Ok(false));
+    let mut proof = Proof {
+        echo,
+        stolen,
+        held: Held::No,
+        destroyed: false,
+        freed: false,
+    };
+    if let Err(e) = shown(&proof) {
+        release(sock, true);
+        return Err(e);
+    }
+    let held = hold_loop(&sock, hold, stop);
+    let destroyed = held == Held::Destroyed || !still_connected(&sock);
+    release(sock, rst);
+    proof.freed = matches!(can_bind(target), Ok(true));
+    proof.held = held;
+    proof.destroyed = destroyed;
+    Ok(proof)
+}
+
+/// Writes `msg` and reads as many bytes back (1 s at most): on a loop, the
+/// socket receives what it sent.
+pub fn echo(sock: &Socket, msg: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut s: &Socket = sock;
+    s.write_all(msg)?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut buf = vec![0u8; msg.len()];
+    let r = s.read_exact(&mut buf);
+    let _ = sock.set_read_timeout(None);
+    r.map(|()| buf)
+}
+
+/// Whether a server could bind `addr` now, as servers do (SO_REUSEADDR):
+/// `Ok(false)` is EADDRINUSE.
+pub fn can_bind(addr: SocketAddr) -> io::Result<bool> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    match s.bind(&addr.into()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn hold_loop(sock: &Socket, hold: Hold, stop: &dyn Fn() -> bool) -> Held {
+    let check = |sock: &Socket| {
+        if stop() {
+            Some(Held::Interrupted)
+        } else if !still_connected(sock) {
+            Some(Held::Destroyed)
+        } else {
+            None
+        }
+    };
+    match hold {
+        Hold::No => Held::No,
+        Hold::For(d) => {
+            let end = Instant::now() + d;
+            while Instant::now() < end {
+                if let Some(h) = check(sock) {
+                    return h;
+                }
+                std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
+            }
+            Held::Done
+        }
+        Hold::UntilLine(mut input) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            // detached: a blocked read of a terminal cannot be cancelled
+            std::thread::spawn(move || {
+                let mut b = [0u8; 1];
+                while matches!(input.read(&mut b), Ok(1)) && b[0] != b'\n' {}
+                let _ = tx.send(());
+            });
+            loop {
+                if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    return Held::Done;
+                }
+                if let Some(h) = check(sock) {
+                    return h;
+                }
+            }
+        }
     }
 }
 

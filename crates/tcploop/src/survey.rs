@@ -52,3 +52,57 @@ impl Survey {
         }
     }
 }
+
+/// What `tcploop check` learns: the destination as this namespace sees it,
+/// whether the socket dump was missing, and one prediction a port (the
+/// shield's protection, when it is on here, applied).
+#[derive(Debug)]
+pub struct Checked {
+    /// The destination, classified.
+    pub host: Host,
+    /// Why the socket dump failed, if it did (listeners and bound ports are
+    /// then unknown).
+    pub inventory_error: Option<String>,
+    /// One prediction a port, in the order asked.
+    pub predictions: Vec<crate::predict::Prediction>,
+}
+
+impl Checked {
+    /// Whether any port can loop, or might (the check's exit code).
+    pub fn any_can_loop(&self) -> bool {
+        use crate::predict::Verdict;
+        self.predictions
+            .iter()
+            .any(|p| matches!(p.verdict, Verdict::Possible | Verdict::Unknown))
+    }
+}
+
+/// Predicts, for each port, whether a `client`'s connect() to `addr`
+/// (`scope_id`: IPv6 scope, else 0) can loop here, now.
+pub fn check(
+    addr: IpAddr,
+    scope_id: u32,
+    client: Client,
+    ports: &[u16],
+) -> Result<Checked, FactsError> {
+    let survey = Survey::take()?;
+    let host = survey.host(addr, scope_id);
+    let shield = crate::shield::protection_here();
+    let sit = survey.situation(&host, client);
+    let predictions = ports
+        .iter()
+        .map(|&port| {
+            let mut p = crate::predict::predict(&sit, port);
+            if let Some(how) = &shield {
+                crate::predict::shielded(&mut p, how);
+            }
+            p
+        })
+        .collect();
+    let inventory_error = survey.inventory.as_ref().err().map(|e| e.to_string());
+    Ok(Checked {
+        host,
+        inventory_error,
+        predictions,
+    })
+}

@@ -73,7 +73,7 @@ pub struct Args {
     pub port: Option<u16>,
     /// ip_local_port_range inside the sandbox
     #[arg(long, default_value = "40000-40009", value_name = "LO-HI")]
-    pub range: String,
+    pub range: PortRange,
     /// The parity lesson: an odd port never loops, until every even port is held by bind()
     #[arg(long)]
     pub odd: bool,
@@ -176,7 +176,7 @@ struct Phase {
 /// process enters its sandbox first.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let start = Instant::now();
-    let range = super::check::parse_range(&args.range)?;
+    let range = args.range;
     anyhow::ensure!(
         range.connect_high() > range.low,
         "the range {range} is too narrow: connect() needs at least two ports"
@@ -429,9 +429,8 @@ struct Work {
     got: Got,
     tries: u64,
     elapsed: Duration,
-    echo: Option<Vec<u8>>,
-    stolen: Option<bool>,
-    freed: Option<bool>,
+    /// The loop's proof (echo, stolen, freed), when one was found.
+    proof: Option<repro::Proof>,
 }
 
 /// One phase: the reproducer with a capture, then its story.
@@ -459,18 +458,15 @@ fn attempt(
             got: Got::NoLoop,
             tries: rep.tries,
             elapsed: rep.elapsed,
-            echo: None,
-            stolen: None,
-            freed: None,
+            proof: None,
         };
         match rep.outcome {
             Outcome::SelfConnect(sock) => {
                 w.got = Got::Loop;
-                w.echo = session::echo(&sock, b"tcploop").ok();
-                w.stolen = Some(matches!(session::try_bind(target),
-                    Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE)));
-                repro::release(sock, true);
-                w.freed = Some(session::try_bind(target).is_ok());
+                w.proof = repro::prove(sock, target, repro::Hold::No, true, &|| false, &mut |_| {
+                    Ok(())
+                })
+                .ok();
             }
             Outcome::Listener(sock) => {
                 w.got = Got::Listener;
@@ -535,9 +531,9 @@ fn attempt(
         isn: l.map(|l| l.isn),
         same_isn: l.map(Loop::same_isn),
         handshake: l.map(|l| l.handshake().iter().map(|s| s.seg.flags.name()).collect()),
-        echo: looped.then(|| work.echo.as_deref() == Some(b"tcploop".as_slice())),
-        port_stolen: work.stolen,
-        port_free_after: work.freed,
+        echo: looped.then(|| work.proof.is_some_and(|p| p.echo)),
+        port_stolen: work.proof.map(|p| p.stolen),
+        port_free_after: work.proof.map(|p| p.freed),
         captured: segs.len(),
         dropped: cap.stats.drops,
         elapsed_s: work.elapsed.as_secs_f64(),
@@ -757,26 +753,22 @@ fn show_loop(o: &mut Out<'_>, l: &Loop) -> anyhow::Result<()> {
 fn show_proof(o: &mut Out<'_>, target: SocketAddr, w: &Work) -> anyhow::Result<()> {
     let a = report::addr(target);
     writeln!(o.w, "\nProof that it is a loop:")?;
-    match &w.echo {
-        Some(b) if b == b"tcploop" => writeln!(
+    let p = w.proof;
+    match p.map(|p| p.echo) {
+        Some(true) => writeln!(
             o.w,
             "  - it wrote \"tcploop\" and read \"tcploop\" back, on the same socket"
         )?,
-        Some(b) => writeln!(
-            o.w,
-            "  - it wrote \"tcploop\" and read {:?} back",
-            String::from_utf8_lossy(b)
-        )?,
-        None => writeln!(o.w, "  - it wrote \"tcploop\" but read nothing back")?,
+        _ => writeln!(o.w, "  - it wrote \"tcploop\" but did not read it back")?,
     }
-    match w.stolen {
+    match p.map(|p| p.stolen) {
         Some(true) => writeln!(
             o.w,
             "  - a server binding {a} gets EADDRINUSE: the port is stolen"
         )?,
         _ => writeln!(o.w, "  - a server could bind {a} (unexpected)")?,
     }
-    match w.freed {
+    match p.map(|p| p.freed) {
         Some(true) => writeln!(
             o.w,
             "  - released with RST (SO_LINGER 0): a server can bind {a} again"

@@ -6,6 +6,7 @@
 use std::os::unix::process::CommandExt;
 
 use anyhow::Context;
+use tcploop::ports::{PortRange, PortSet};
 use tcploop::sandbox::{Isolation, Sandbox};
 
 use crate::exit::Exit;
@@ -22,10 +23,10 @@ Examples:
 pub struct Args {
     /// ip_local_port_range inside, e.g. 40000-40009 (default: the kernel's)
     #[arg(long, value_name = "LO-HI")]
-    pub range: Option<String>,
+    pub range: Option<PortRange>,
     /// ip_local_reserved_ports inside, e.g. 40004,40006-40008
     #[arg(long, value_name = "LIST")]
-    pub reserve: Option<String>,
+    pub reserve: Option<PortSet>,
     /// Use a plain network namespace (root) instead of a user+net namespace
     #[arg(long)]
     pub netns_only: bool,
@@ -37,17 +38,8 @@ pub struct Args {
 /// Runs the command; returns only on error.
 pub fn run(args: Args) -> anyhow::Result<Exit> {
     let sandbox = Sandbox {
-        range: args
-            .range
-            .as_deref()
-            .map(super::check::parse_range)
-            .transpose()?,
-        reserved: args
-            .reserve
-            .as_deref()
-            .map(tcploop::ports::PortSet::parse)
-            .transpose()
-            .map_err(anyhow::Error::msg)?,
+        range: args.range,
+        reserved: args.reserve,
         isolation: if args.netns_only {
             Isolation::NetNsOnly
         } else {

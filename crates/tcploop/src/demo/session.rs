@@ -1,7 +1,7 @@
 //! The live part of the demo: a capture running beside the reproducer, and
 //! the checks that prove a socket is connected to itself.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -87,26 +87,6 @@ fn read_until(cap: &Capture, done: &AtomicBool) -> (Vec<Frame>, Option<io::Error
             Err(e) => return (frames, Some(e)),
         }
     }
-}
-
-/// Writes a few bytes on `sock` and reads them back: a socket connected to
-/// itself receives what it sends. Returns what came back.
-pub fn echo(sock: &Socket, msg: &[u8]) -> io::Result<Vec<u8>> {
-    let mut s: &Socket = sock;
-    s.write_all(msg)?;
-    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let mut buf = vec![0u8; msg.len()];
-    let r = s.read_exact(&mut buf);
-    sock.set_read_timeout(None)?;
-    r.map(|()| buf)
-}
-
-/// What a server gets when it binds `addr` now (with SO_REUSEADDR, as
-/// servers do): `Ok(())` if the port is free. The socket is closed at once.
-pub fn try_bind(addr: SocketAddr) -> io::Result<()> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())
 }
 
 /// Holds `ports` of `ip` with `bind()` alone (no listen): `connect()` never

@@ -6,6 +6,8 @@
 //! engine's own types so that the schema changes only on purpose. Each
 //! command documents its line types in its module.
 
+pub mod check;
+pub mod connect;
 pub mod shield;
 
 use std::io::{self, Write};
@@ -13,6 +15,26 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 pub mod trace;
+
+/// Human text or JSON Lines: the one choice a command's `--json` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text for people, system-given strings escaped ([`escape`]).
+    Human,
+    /// JSON Lines, `{"type", "data"}`.
+    Json,
+}
+
+impl Format {
+    /// `--json` given or not.
+    pub fn json_if(json: bool) -> Format {
+        if json {
+            Format::Json
+        } else {
+            Format::Human
+        }
+    }
+}
 
 /// One JSON Lines record: `{"type": ty, "data": data}`.
 #[derive(Debug, Serialize)]
