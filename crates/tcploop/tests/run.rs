@@ -222,61 +222,7 @@ fn prove(name: &str, args: impl Fn(u32) -> Vec<OsString>, via: Option<&str>) {
 // ---------------------------------------------------------------------------
 // Python
 
-const PYTHON_CLIENT: &str = r#"
-import json, socket, sys
-mode, n, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-family = socket.AF_INET6 if mode == "ipv6" else socket.AF_INET
-dst = ("::1" if mode == "ipv6" else "127.0.0.1", port)
-def sock():
-    s = socket.socket(family)
-    if mode == "timeout":
-        s.settimeout(5)  # CPython then connects non-blocking: poll + SO_ERROR
-    return s
-if mode.startswith("fastopen"):
-    # TCP Fast Open without a cookie: the data rides in the SYN, and a
-    # TCP_FASTOPEN_CONNECT connect() returns before any packet is sent
-    with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
-        f.write("5")
-loops = refused = other = 0
-for _ in range(n):
-    s = sock()
-    try:
-        if mode == "fastopen-sendto":
-            s.sendto(b"x", 0x20000000, dst)  # MSG_FASTOPEN, no connect()
-        elif mode == "fastopen-connect":
-            s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
-            s.connect(dst)
-            s.send(b"x")  # the SYN leaves now
-        else:
-            s.connect(dst)
-        if s.getsockname() == s.getpeername():
-            loops += 1
-            if mode.startswith("fastopen"):
-                s.recv(1)  # its own byte: unread, close would send a RST
-        else:
-            other += 1
-    except ConnectionRefusedError:
-        refused += 1
-    except OSError:
-        other += 1
-    s.close()
-bound, served = True, False
-srv = socket.socket(family)
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    srv.bind(dst)
-    srv.listen()
-except OSError as e:
-    bound = str(e)
-if bound is True:
-    c = sock()
-    c.connect(dst)
-    a, _ = srv.accept()
-    c.sendall(b"ping")
-    served = a.recv(4) == b"ping" and c.getsockname() != c.getpeername()
-print(json.dumps(dict(attempts=n, loops=loops, refused=refused, other=other,
-                      bound=bound, served=served)))
-"#;
+const PYTHON_CLIENT: &str = include_str!("fixtures/run_client.py");
 
 fn python(mode: &'static str) -> impl Fn(u32) -> Vec<OsString> {
     move |n| {
@@ -336,102 +282,7 @@ fn python_connect_with_timeout_never_loops() {
 // ---------------------------------------------------------------------------
 // C
 
-const C_CLIENT: &str = r#"
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-static struct sockaddr_in dst;
-static const char *mode;
-static long loops, refused, other;
-
-/* One connect in the chosen style: 0 when connected, else the error. */
-static int attempt(int fd) {
-    if (strcmp(mode, "nonblocking") != 0 && strcmp(mode, "again") != 0 &&
-        strcmp(mode, "dup") != 0)
-        return connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0 ? 0 : errno;
-    fcntl(fd, F_SETFL, O_NONBLOCK);
-    if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) return 0;
-    if (errno != EINPROGRESS) return errno;
-    struct pollfd p = {fd, POLLOUT, 0};
-    if (poll(&p, 1, 5000) != 1) return ETIMEDOUT;
-    if (strcmp(mode, "again") == 0) { /* connect() again to learn the result */
-        if (connect(fd, (struct sockaddr *)&dst, sizeof dst) == 0) return 0;
-        return errno == EISCONN ? 0 : errno;
-    }
-    int e = 0, d = fd;
-    socklen_t l = sizeof e;
-    if (strcmp(mode, "dup") == 0) d = dup(fd); /* ask through another descriptor */
-    if (getsockopt(d, SOL_SOCKET, SO_ERROR, &e, &l) != 0) e = errno;
-    if (d != fd) close(d);
-    return e;
-}
-
-static int is_loop(int fd) {
-    struct sockaddr_in a, b;
-    socklen_t la = sizeof a, lb = sizeof b;
-    if (getsockname(fd, (struct sockaddr *)&a, &la) || getpeername(fd, (struct sockaddr *)&b, &lb))
-        return 0;
-    return a.sin_port == b.sin_port && a.sin_addr.s_addr == b.sin_addr.s_addr;
-}
-
-static void *attempts(void *arg) {
-    long n = *(long *)arg;
-    for (long i = 0; i < n; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        int e = attempt(fd);
-        if (e == 0) __atomic_fetch_add(is_loop(fd) ? &loops : &other, 1, __ATOMIC_RELAXED);
-        else __atomic_fetch_add(e == ECONNREFUSED ? &refused : &other, 1, __ATOMIC_RELAXED);
-        close(fd);
-    }
-    return NULL;
-}
-
-int main(int argc, char **argv) {
-    if (argc != 4) return 2;
-    mode = argv[1];
-    long n = atol(argv[2]);
-    dst.sin_family = AF_INET;
-    dst.sin_port = htons(atoi(argv[3]));
-    dst.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (strcmp(mode, "nostderr") == 0) close(2); /* the next socket gets fd 2 */
-    if (strcmp(mode, "threads") == 0) { /* 4 threads at once, n/4 each */
-        pthread_t t[4];
-        long each = n / 4;
-        for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, attempts, &each);
-        for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
-    } else {
-        attempts(&n);
-    }
-    char bound[160] = "true";
-    int served = 0;
-    int srv = socket(AF_INET, SOCK_STREAM, 0), one = 1;
-    setsockopt(srv, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(srv, (struct sockaddr *)&dst, sizeof dst) || listen(srv, 8)) {
-        snprintf(bound, sizeof bound, "\"%s\"", strerror(errno));
-    } else {
-        int c = socket(AF_INET, SOCK_STREAM, 0);
-        if (attempt(c) == 0) {
-            int a = accept(srv, NULL, NULL);
-            char buf[4] = {0};
-            fcntl(c, F_SETFL, 0);
-            served = write(c, "ping", 4) == 4 && read(a, buf, 4) == 4 &&
-                     memcmp(buf, "ping", 4) == 0 && !is_loop(c);
-        }
-    }
-    printf("{\"attempts\":%ld,\"loops\":%ld,\"refused\":%ld,\"other\":%ld,\"bound\":%s,"
-           "\"served\":%s}\n", n, loops, refused, other, bound, served ? "true" : "false");
-    return 0;
-}
-"#;
+const C_CLIENT: &str = include_str!("fixtures/run_client.c");
 
 /// The C client, compiled once with the system's `cc`.
 fn c_client() -> PathBuf {
@@ -545,32 +396,7 @@ fn c_nonblocking_connect_called_again_never_loops() {
 // curl: one process, one transfer per URL of a [1-N] glob, each a new
 // connection; `-w` prints both ends of each.
 
-const CURL_SCRIPT: &str = r#"
-n=$1; port=$2; tcploop=$3; guard=$4
-run() { if [ "$guard" = 1 ]; then "$tcploop" run --log -- "$@"; else "$@"; fi; }
-run curl -sS -o /dev/null -w '%{local_port} %{remote_port} %{exitcode}\n' \
-    "http://127.0.0.1:$port/[1-$n]" > curl.out
-loops=$(awk '$1 != 0 && $1 == $2' curl.out | wc -l)
-refused=$(awk '$3 == 7' curl.out | wc -l)
-total=$(wc -l < curl.out)
-python3 -m http.server --bind 127.0.0.1 "$port" > /dev/null 2> server.err &
-srv=$!
-bound=false
-for i in $(seq 100); do
-    if "$tcploop" run -- curl -s -o /dev/null "http://127.0.0.1:$port/"; then bound=true; break; fi
-    kill -0 $srv 2>/dev/null || break
-    sleep 0.1
-done
-served=false
-if [ $bound = true ]; then
-    code=$(run curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/")
-    [ "$code" = 200 ] && served=true
-    kill $srv
-else
-    bound="\"$(tail -n 1 server.err)\""
-fi
-echo "{\"attempts\":$total,\"loops\":$loops,\"refused\":$refused,\"other\":$((total-loops-refused)),\"bound\":$bound,\"served\":$served}"
-"#;
+const CURL_SCRIPT: &str = include_str!("fixtures/run_curl.sh");
 
 #[test]
 fn curl_never_loops() {
@@ -625,40 +451,7 @@ fn curl_never_loops() {
 // ---------------------------------------------------------------------------
 // Node (libuv: non-blocking connect, epoll, SO_ERROR)
 
-const NODE_CLIENT: &str = r#"
-const net = require('net');
-const [mode, n, port] = [process.argv[1], +process.argv[2], +process.argv[3]];
-const host = '127.0.0.1';
-function attempt() {
-  return new Promise((resolve) => {
-    const s = net.connect({ port, host });
-    s.once('connect', () => {
-      const loop = s.localPort === s.remotePort && s.localAddress === s.remoteAddress;
-      s.destroy();
-      resolve(loop ? 'loops' : 'other');
-    });
-    s.once('error', (e) => { s.destroy(); resolve(e.code === 'ECONNREFUSED' ? 'refused' : 'other'); });
-  });
-}
-(async () => {
-  const t = { attempts: n, loops: 0, refused: 0, other: 0, bound: true, served: false };
-  for (let i = 0; i < n; i++) t[await attempt()]++;
-  const srv = net.createServer((c) => c.pipe(c));
-  await new Promise((resolve) => {
-    srv.once('error', (e) => { t.bound = e.message; resolve(); });
-    srv.listen(port, host, resolve);
-  });
-  if (t.bound === true) {
-    t.served = await new Promise((resolve) => {
-      const c = net.connect({ port, host }, () => c.write('ping'));
-      c.once('data', (d) => { resolve(d.toString() === 'ping' && c.localPort !== c.remotePort); c.destroy(); });
-      c.once('error', () => resolve(false));
-    });
-  }
-  console.log(JSON.stringify(t));
-  process.exit(0);
-})();
-"#;
+const NODE_CLIENT: &str = include_str!("fixtures/run_client.js");
 
 #[test]
 fn node_never_loops() {
@@ -678,48 +471,7 @@ fn node_never_loops() {
 // ---------------------------------------------------------------------------
 // Java (java.net.Socket, JDK 17: NioSocketImpl), run from source
 
-const JAVA_CLIENT: &str = r#"
-import java.io.IOException;
-import java.net.*;
-
-public class Client {
-    public static void main(String[] a) throws Exception {
-        boolean timed = a[0].equals("timeout");
-        int n = Integer.parseInt(a[1]);
-        InetSocketAddress dst = new InetSocketAddress(InetAddress.getByName("127.0.0.1"), Integer.parseInt(a[2]));
-        long loops = 0, refused = 0, other = 0;
-        for (int i = 0; i < n; i++) {
-            try (Socket s = new Socket()) {
-                if (timed) s.connect(dst, 5000); else s.connect(dst);
-                if (s.getLocalPort() == s.getPort() && s.getLocalAddress().equals(s.getInetAddress())) loops++;
-                else other++;
-            } catch (ConnectException e) {
-                refused++;
-            } catch (IOException e) {
-                other++;
-            }
-        }
-        String bound = "true";
-        boolean served = false;
-        try (ServerSocket srv = new ServerSocket()) {
-            srv.setReuseAddress(true);
-            srv.bind(dst);
-            try (Socket c = new Socket()) {
-                if (timed) c.connect(dst, 5000); else c.connect(dst);
-                try (Socket acc = srv.accept()) {
-                    c.getOutputStream().write("ping".getBytes());
-                    served = new String(acc.getInputStream().readNBytes(4)).equals("ping")
-                        && c.getLocalPort() != c.getPort();
-                }
-            }
-        } catch (BindException e) {
-            bound = "\"" + e.getMessage() + "\"";
-        }
-        System.out.printf("{\"attempts\":%d,\"loops\":%d,\"refused\":%d,\"other\":%d,\"bound\":%s,\"served\":%b}%n",
-            n, loops, refused, other, bound, served);
-    }
-}
-"#;
+const JAVA_CLIENT: &str = include_str!("fixtures/Client.java");
 
 fn java(mode: &'static str) -> impl Fn(u32) -> Vec<OsString> {
     static SRC: OnceLock<PathBuf> = OnceLock::new();
@@ -836,7 +588,7 @@ fn unknown_command_is_a_clear_error() {
     );
 }
 
-const EXIT3: &str = "int main(void) { return 3; }\n";
+const EXIT3: &str = include_str!("fixtures/exit3.c");
 
 /// A static executable that exits 3, built once, or `None` (said loudly)
 /// when this system cannot link statically (no libc.a).
