@@ -4,7 +4,12 @@
 
 use clap::{Parser, Subcommand};
 
+use std::io::Write;
+
+use clap::CommandFactory;
+
 use crate::cmd;
+use crate::exit::Exit;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
@@ -74,6 +79,31 @@ pub enum Command {
         after_help = "A write error (a full disk) is exit 2, never a panic.\n\nExamples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1\n  tcploop completions man --dir /usr/local/share/man/man1   one page a command"
     )]
     Completions(cmd::completions::Args),
+}
+
+/// Runs the chosen command.
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    use cmd::*;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let code = match cli.command {
+        Command::Connect(a) => connect::run(a, &mut out),
+        Command::Ports(a) => ports::run(a, &mut out),
+        Command::Check(a) => check::run(a, &mut out),
+        Command::Scan(a) => scan::run(a, &mut out),
+        Command::Kill(a) => kill::run(a, &mut out),
+        Command::Demo(a) => demo::run(a, &mut out),
+        Command::Audit(a) => audit::run(a, &mut out),
+        Command::Trace(a) => trace::run(a, &mut out),
+        Command::Watch(a) => watch::run(a, &mut out),
+        Command::FreePort(a) => free_port::run(a, &mut out),
+        Command::Run(a) => run::run(a, &mut out),
+        Command::Shield(a) => shield::run(a, &mut out),
+        Command::Sandbox(a) => sandbox::run(a),
+        Command::Completions(a) => completions::run(a, Cli::command(), &mut out),
+    }?;
+    out.flush()?;
+    Ok(code)
 }
 
 /// Parses argv; `tcploop PORT ...` (the article's form) means `tcploop connect PORT ...`.

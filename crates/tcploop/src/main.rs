@@ -9,7 +9,7 @@ mod exit;
 
 fn main() -> ExitCode {
     let args = cli::parse();
-    match cmd::run(args) {
+    match cli::run(args) {
         Ok(code) => code.into(),
         Err(e) => {
             if is_broken_pipe(&e) {

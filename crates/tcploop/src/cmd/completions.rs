@@ -9,9 +9,6 @@
 
 use std::io::Write;
 
-use clap::CommandFactory;
-
-use crate::cli::Cli;
 use crate::exit::Exit;
 
 /// What to print.
@@ -38,8 +35,10 @@ pub struct Args {
 }
 
 /// Runs the command.
-pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let mut cmd = Cli::command();
+///
+/// `cmd` is the whole command line's definition (`Cli::command()`); its
+/// `after_help` is the exit-code table the man page prints.
+pub fn run(args: Args, mut cmd: clap::Command, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let shell = match args.target {
         Target::Bash => clap_complete::Shell::Bash,
         Target::Zsh => clap_complete::Shell::Zsh,
@@ -141,9 +140,11 @@ fn main_page(cmd: &clap::Command, pages: bool) -> std::io::Result<Vec<u8>> {
         );
     }
     s.push_str(".SH \"EXIT STATUS\"\n");
-    s.push_str(&verbatim(
-        crate::cli::EXIT_CODES.trim_start_matches("Exit codes:\n"),
-    ));
+    let codes = cmd
+        .get_after_help()
+        .map(|h| h.to_string())
+        .unwrap_or_default();
+    s.push_str(&verbatim(codes.trim_start_matches("Exit codes:\n")));
     w.extend_from_slice(s.as_bytes());
     man.render_version_section(&mut w)?;
     Ok(w)

@@ -1,11 +1,9 @@
 //! One module a command: its clap arguments, their validation into a config,
-//! the call into the library, and the rendering of the result.
+//! the call into the library, and the rendering of the result. The
+//! dispatch from the parsed command line is `cli::Cli::run`: `cli` imports
+//! `cmd`, never the other way round.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-
-use crate::cli::{Cli, Command};
-use crate::exit::Exit;
 
 pub mod audit;
 pub mod check;
@@ -22,30 +20,6 @@ pub mod shield;
 pub mod shield_daemon;
 pub mod trace;
 pub mod watch;
-
-/// Runs the chosen command.
-pub fn run(cli: Cli) -> anyhow::Result<Exit> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let code = match cli.command {
-        Command::Connect(a) => connect::run(a, &mut out),
-        Command::Ports(a) => ports::run(a, &mut out),
-        Command::Check(a) => check::run(a, &mut out),
-        Command::Scan(a) => scan::run(a, &mut out),
-        Command::Kill(a) => kill::run(a, &mut out),
-        Command::Demo(a) => demo::run(a, &mut out),
-        Command::Audit(a) => audit::run(a, &mut out),
-        Command::Trace(a) => trace::run(a, &mut out),
-        Command::Watch(a) => watch::run(a, &mut out),
-        Command::FreePort(a) => free_port::run(a, &mut out),
-        Command::Run(a) => run::run(a, &mut out),
-        Command::Shield(a) => shield::run(a, &mut out),
-        Command::Sandbox(a) => sandbox::run(a),
-        Command::Completions(a) => completions::run(a, &mut out),
-    }?;
-    out.flush()?;
-    Ok(code)
-}
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
