@@ -106,3 +106,53 @@ pub fn check(
         predictions,
     })
 }
+
+/// What `tcploop ports` shows: the ephemeral-port facts and what they mean
+/// for plain `connect()`, as data (the wording is the output layer's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortsView {
+    /// The facts as read.
+    pub facts: EphemeralFacts,
+    /// Whether the kernel prefers one parity for connect() (Linux 4.6+).
+    pub parity_split: bool,
+    /// The parity plain connect() prefers (that of the range's low end).
+    pub connect_parity: crate::ports::Parity,
+    /// Even ports plain connect() can pick.
+    pub even: usize,
+    /// Odd ports plain connect() can pick.
+    pub odd: usize,
+    /// The top port of an odd-sized range, which connect() never uses.
+    pub top_port_unused: Option<u16>,
+    /// Ports of the range, not reserved, that something listens on, with
+    /// the listening addresses; `Err`: the socket dump failed, and why.
+    pub listening_in_range: Result<Vec<(u16, Vec<std::net::SocketAddr>)>, String>,
+}
+
+/// Reads this namespace's ephemeral-port facts for `tcploop ports`.
+pub fn ports_view() -> Result<PortsView, FactsError> {
+    use crate::ports::Parity;
+    let s = Survey::take()?;
+    let f = s.facts;
+    let r = f.range;
+    let listening_in_range = match &s.inventory {
+        Ok(inv) => {
+            let mut v: Vec<_> = inv
+                .listeners()
+                .filter(|(p, _)| r.contains(*p) && !f.reserved.contains(*p))
+                .map(|(port, addrs)| (port, addrs.to_vec()))
+                .collect();
+            v.sort_by_key(|(p, _)| *p);
+            Ok(v)
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(PortsView {
+        parity_split: f.kernel.is_some_and(|k| k.has_parity_split()),
+        connect_parity: r.connect_parity(),
+        even: f.connect_candidates(Parity::Even).count(),
+        odd: f.connect_candidates(Parity::Odd).count(),
+        top_port_unused: (r.connect_high() < r.high).then_some(r.high),
+        listening_in_range,
+        facts: f,
+    })
+}

@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod connect;
+pub mod ports;
 pub mod shield;
 
 use std::io::{self, Write};
