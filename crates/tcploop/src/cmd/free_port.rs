@@ -2,21 +2,13 @@
 //! server can listen on without any risk of a client looping into them
 //! (see [`tcploop::freeport`]).
 //!
-//! Text output: one port a line, so that `PORT=$(tcploop free-port)` works.
-//!
-//! JSON Lines: one line of type `free_port` a port, data
-//! `{"port": 23817, "host": "127.0.0.1", "why": "below_range"|"above_range"|"reserved"}`,
-//! then one of type `summary`, data
-//! `{"count": 1, "host": "127.0.0.1", "range": {"low": 32768, "high": 60999},
-//!   "reserved": "8080,9000-9010", "candidates": 36280, "in_use": 0, "unbindable": 0,
-//!   "dump_error": null|string}`.
+//! The output (and its JSON schema) is [`tcploop::report::free_port`].
 
 use std::io::Write;
 use std::net::IpAddr;
 
-use serde::Serialize;
 use tcploop::freeport;
-use tcploop::report;
+use tcploop::report::{self, Format};
 
 use crate::exit::Exit;
 
@@ -50,73 +42,10 @@ pub struct Args {
     pub json: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct PortLine {
-    port: u16,
-    host: String,
-    why: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-struct Range {
-    low: u16,
-    high: u16,
-}
-
-#[derive(Debug, Serialize)]
-struct Summary {
-    count: usize,
-    host: String,
-    range: Range,
-    reserved: String,
-    candidates: usize,
-    in_use: u32,
-    unbindable: u32,
-    dump_error: Option<String>,
-}
-
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let found = freeport::free_ports(usize::from(args.count), args.host)?;
-    if let Some(e) = &found.dump_error {
-        eprintln!(
-            "tcploop: warning: the socket dump failed ({e}); ports were checked by binding only"
-        );
-    }
-    if !args.json {
-        for p in &found.ports {
-            writeln!(out, "{}", p.port)?;
-        }
-        return Ok(Exit::Ok);
-    }
-    let host = found.host.to_string();
-    for p in &found.ports {
-        report::json_line(
-            out,
-            "free_port",
-            &PortLine {
-                port: p.port,
-                host: host.clone(),
-                why: p.why.as_str(),
-            },
-        )?;
-    }
-    report::json_line(
-        out,
-        "summary",
-        &Summary {
-            count: found.ports.len(),
-            host,
-            range: Range {
-                low: found.range.low,
-                high: found.range.high,
-            },
-            reserved: found.reserved.to_string(),
-            candidates: found.candidates,
-            in_use: found.in_use,
-            unbindable: found.unbindable,
-            dump_error: found.dump_error.as_ref().map(|e| e.to_string()),
-        },
-    )?;
+    report::free_port::warning(&mut std::io::stderr(), &found)?;
+    report::free_port::render(out, Format::json_if(args.json), &found)?;
     Ok(Exit::Ok)
 }
