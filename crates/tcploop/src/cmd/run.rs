@@ -11,7 +11,8 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 
 use anyhow::Context;
-use tcploop::preload::{self, Gap};
+use tcploop::preload;
+use tcploop::report;
 
 use crate::exit::Exit;
 
@@ -66,58 +67,32 @@ pub struct Args {
 /// Runs the command; returns only on error.
 pub fn run(args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
     check_command(&args.command)?;
-    let exe = std::env::current_exe().ok();
-    let lib = preload::find_library(
-        std::env::var_os(preload::ENV_LIB).as_deref(),
-        exe.as_deref(),
-    )?;
     let name = &args.command[0];
-    let path_env = std::env::var_os("PATH");
-    let program = preload::resolve_command(name, path_env.as_deref())
-        .with_context(|| format!("{}: command not found", name.to_string_lossy()))?;
-    let (gaps, chain) = preload::gaps(&program, &lib.elf, path_env.as_deref());
-    let mut stderr = std::io::stderr().lock();
-    if let (false, [first, .., last]) = (gaps.is_empty(), chain.as_slice()) {
-        writeln!(
-            stderr,
-            "tcploop run: note: {} is a script run by {}",
-            first.display(),
-            last.display()
-        )?;
-    }
-    for gap in &gaps {
-        let level = if gap.certain() { "warning" } else { "note" };
-        writeln!(stderr, "tcploop run: {level}: {gap}")?;
-    }
+    let env = preload::Env {
+        lib: std::env::var_os(preload::ENV_LIB),
+        exe: std::env::current_exe().ok(),
+        path: std::env::var_os("PATH"),
+        ld_preload: std::env::var_os(preload::LD_PRELOAD),
+    };
+    let plan = preload::plan(name, &env)?;
+    report::run::notes(&mut std::io::stderr().lock(), &plan)?;
     if args.strict {
-        if let Some(g) = gaps.iter().find(|g| g.certain()) {
-            anyhow::bail!("--strict: not running {}: {}", program.display(), short(g));
+        if let Some(g) = plan.gaps.iter().find(|g| g.certain()) {
+            anyhow::bail!(
+                "--strict: not running {}: {}",
+                plan.program.display(),
+                report::run::kind(g)
+            );
         }
     }
-    drop(stderr);
-
     let mut cmd = std::process::Command::new(name);
-    cmd.args(&args.command[1..]).env(
-        preload::LD_PRELOAD,
-        preload::ld_preload_value(&lib.path, std::env::var_os(preload::LD_PRELOAD).as_deref()),
-    );
+    cmd.args(&args.command[1..])
+        .env(preload::LD_PRELOAD, &plan.ld_preload);
     if args.log {
         cmd.env(preload::ENV_LOG, "1");
     }
     let err = cmd.exec();
-    Err(err).with_context(|| format!("running {}", program.display()))
-}
-
-/// A gap's kind, for the one-line `--strict` error.
-fn short(g: &Gap) -> &'static str {
-    match g {
-        Gap::Static { .. } => "statically linked",
-        Gap::Setuid { .. } => "setuid",
-        Gap::Setgid { .. } => "setgid",
-        Gap::Go { .. } => "a Go program",
-        Gap::Arch { .. } => "another architecture than the guard library",
-        Gap::Unknown { .. } => "unknown format",
-    }
+    Err(err).with_context(|| format!("running {}", plan.program.display()))
 }
 
 /// A usage error for what is no command at all: an empty name, or an

@@ -90,5 +90,63 @@ pub enum PreloadError {
     },
 }
 
+/// What [`plan`] reads from the environment, passed in so that the
+/// engine reads none of it itself.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    /// `TCPLOOP_PRELOAD`.
+    pub lib: Option<std::ffi::OsString>,
+    /// The running `tcploop` executable (the library is looked for beside it).
+    pub exe: Option<PathBuf>,
+    /// `PATH`.
+    pub path: Option<std::ffi::OsString>,
+    /// `LD_PRELOAD` as it was.
+    pub ld_preload: Option<std::ffi::OsString>,
+}
+
+/// How a command will be run under the guard.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The guard library.
+    pub library: Library,
+    /// The program, found as `execvp(3)` would.
+    pub program: PathBuf,
+    /// Why the guard may not cover it ([`Gap::certain`] ones: it will not).
+    pub gaps: Vec<Gap>,
+    /// The `#!` chain from the program to its interpreter (empty or one
+    /// element when it is no script).
+    pub chain: Vec<PathBuf>,
+    /// The `LD_PRELOAD` value to run it with.
+    pub ld_preload: std::ffi::OsString,
+}
+
+/// Why `tcploop run` cannot plan a command.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The library is missing or unusable.
+    #[error(transparent)]
+    Library(#[from] PreloadError),
+    /// The command is not on `PATH`.
+    #[error("{}: command not found", .0.to_string_lossy())]
+    NotFound(std::ffi::OsString),
+}
+
+/// Finds the library and the program `name`, and what the guard will not
+/// cover for it.
+pub fn plan(name: &std::ffi::OsStr, env: &Env) -> Result<Plan, PlanError> {
+    let library = find_library(env.lib.as_deref(), env.exe.as_deref())?;
+    let program = resolve_command(name, env.path.as_deref())
+        .ok_or_else(|| PlanError::NotFound(name.to_owned()))?;
+    let (gaps, chain) = gaps(&program, &library.elf, env.path.as_deref());
+    let ld_preload = ld_preload_value(&library.path, env.ld_preload.as_deref());
+    Ok(Plan {
+        library,
+        program,
+        gaps,
+        chain,
+        ld_preload,
+    })
+}
+
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ pub mod check;
 pub mod connect;
 pub mod free_port;
 pub mod ports;
+pub mod run;
 pub mod shield;
 
 use std::io::{self, Write};
