@@ -19,6 +19,7 @@
 //! | `tcploop_scan_errors_total` | counter | scans that failed (logged, not fatal) |
 //! | `tcploop_kills_total` | counter | loops destroyed by `--kill-after` |
 //! | `tcploop_kill_errors_total` | counter | destroys that failed |
+//! | `tcploop_build_info{version,arch}` | gauge | always 1; the labels say which build runs (for dashboards and upgrades across a fleet) |
 //!
 //! An alert rule as simple as `tcploop_loops_present > 0` fires within one
 //! scan interval plus one scrape interval of a loop appearing.
@@ -43,6 +44,15 @@ pub struct LoopLabels {
     pub port: u16,
     /// The owning command (`comm`), or `unknown`.
     pub command: String,
+}
+
+/// The labels of `tcploop_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    /// The crate version (`CARGO_PKG_VERSION`).
+    version: &'static str,
+    /// The CPU architecture it was built for (`std::env::consts::ARCH`).
+    arch: &'static str,
 }
 
 /// What one scan found, as the metrics need it.
@@ -97,6 +107,18 @@ impl Metrics {
         let scan_errors = Counter::default();
         let kills = Counter::default();
         let kill_errors = Counter::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                arch: std::env::consts::ARCH,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the version and architecture of the running tcploop",
+            build_info,
+        );
         registry.register(
             "loops",
             "Self-connected TCP sockets present now, by port and owning command",
@@ -426,6 +448,12 @@ mod tests {
         let text = m.render();
         assert!(text.contains("tcploop_loops_present 0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        let build = format!(
+            "tcploop_build_info{{version=\"{}\",arch=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        );
+        assert!(text.contains(&build), "{text}");
         m.record_scan(&ScanSample {
             loops: vec![l(40004, "python3")],
             appeared: vec![l(40004, "python3")],
