@@ -10,5 +10,6 @@ mod connect;
 mod demo;
 mod deploy;
 mod free_port;
+mod procsys;
 mod run;
 mod scan;
