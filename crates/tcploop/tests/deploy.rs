@@ -94,7 +94,11 @@ fn man_pages_name_only_pages_that_exist() {
 /// argument (names and values) before it acts on a trailing `--help`, so
 /// an unknown flag or a bad value fails and a good line prints help.
 fn assert_accepted(line: &[String], source: &str) {
-    assert_eq!(line.first().map(String::as_str), Some("tcploop"), "{source}: {line:?}");
+    assert_eq!(
+        line.first().map(String::as_str),
+        Some("tcploop"),
+        "{source}: {line:?}"
+    );
     if line.get(1).map(String::as_str) == Some("shield") && !has_command("shield") {
         // `shield` comes with its own change; until it is in this build its
         // lines cannot be checked (they are once it is).
@@ -135,7 +139,11 @@ fn systemd_units_verify_and_their_command_lines_are_accepted() {
         assert_eq!(line[0], "/usr/bin/tcploop", "{name}");
         line[0] = "tcploop".into();
         assert_accepted(&line, name);
-        for key in ["CapabilityBoundingSet=", "NoNewPrivileges=yes", "ProtectSystem=strict"] {
+        for key in [
+            "CapabilityBoundingSet=",
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+        ] {
             assert!(text.contains(key), "{name} lacks {key}");
         }
         // systemd-analyze checks the unit as installed, with the binary at
@@ -149,9 +157,16 @@ fn systemd_units_verify_and_their_command_lines_are_accepted() {
             .collect();
         let path = dir.join(name);
         std::fs::write(&path, local).unwrap();
-        let o = common::output(std::process::Command::new("systemd-analyze").arg("verify").arg(&path));
+        let o = common::output(
+            std::process::Command::new("systemd-analyze")
+                .arg("verify")
+                .arg(&path),
+        );
         let said = format!("{}{}", common::stdout(&o), common::stderr(&o));
-        assert!(o.status.success() && said.trim().is_empty(), "{name}: {said}");
+        assert!(
+            o.status.success() && said.trim().is_empty(),
+            "{name}: {said}"
+        );
     }
     // The control: a unit with a misspelt option is not clean.
     let bad = dir.join("tcploop-bad.service");
@@ -163,10 +178,310 @@ fn systemd_units_verify_and_their_command_lines_are_accepted() {
         ),
     )
     .unwrap();
-    let o = common::output(std::process::Command::new("systemd-analyze").arg("verify").arg(&bad));
+    let o = common::output(
+        std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&bad),
+    );
     assert!(
         !common::stderr(&o).trim().is_empty(),
         "systemd-analyze saw nothing wrong in a bad unit"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn alert_rules_check_and_pass_their_unit_tests() {
+    let dir = deploy().join("prometheus");
+    let o = common::output(
+        std::process::Command::new("promtool")
+            .args(["check", "rules", "tcploop-alerts.yml"])
+            .current_dir(&dir),
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+    let o = common::output(
+        std::process::Command::new("promtool")
+            .args(["test", "rules", "tcploop-alerts.test.yml"])
+            .current_dir(&dir),
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+    // The control: the same tests fail against a rule that never fires.
+    let tmp = temp_dir("rules");
+    let rules = std::fs::read_to_string(dir.join("tcploop-alerts.yml")).unwrap();
+    let broken = rules.replace(
+        "max by (instance) (tcploop_loops_present) > 0",
+        "max by (instance) (tcploop_loops_present) > 1",
+    );
+    assert_ne!(broken, rules);
+    std::fs::write(tmp.join("tcploop-alerts.yml"), broken).unwrap();
+    std::fs::copy(
+        dir.join("tcploop-alerts.test.yml"),
+        tmp.join("tcploop-alerts.test.yml"),
+    )
+    .unwrap();
+    let o = common::output(
+        std::process::Command::new("promtool")
+            .args(["test", "rules", "tcploop-alerts.test.yml"])
+            .current_dir(&tmp),
+    );
+    assert!(!o.status.success(), "the unit tests pass a broken rule");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Every PromQL query of the dashboard: its panels' targets and its
+/// template variables.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(deploy().join("grafana/tcploop-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut q = vec![];
+    for p in d["panels"].as_array().unwrap() {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+        for t in targets {
+            q.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for v in d["templating"]["list"].as_array().unwrap() {
+        if let Some(def) = v["definition"].as_str() {
+            q.push(def.to_string());
+        }
+    }
+    q
+}
+
+/// The `tcploop_*` metric names a query uses.
+fn tcploop_metrics(query: &str) -> Vec<String> {
+    let mut names = vec![];
+    let mut rest = query;
+    while let Some(i) = rest.find("tcploop_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+/// The sample names of a classic-format /metrics page.
+fn page_metrics(page: &str) -> std::collections::BTreeSet<String> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect()
+}
+
+/// Child processes killed when the scenario ends, however it ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> Option<String> {
+    let o = common::output(
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(args),
+    );
+    o.status.success().then(|| common::stdout(&o))
+}
+
+/// A Prometheus API call; its `data`, once `status` is `success`.
+fn prom_api(web: &str, path: &str, query: Option<&str>) -> Option<serde_json::Value> {
+    let url = format!("http://{web}{path}");
+    let q = query.map(|q| format!("query={q}"));
+    let mut args = vec![url.as_str()];
+    if let Some(q) = &q {
+        args.extend(["--data-urlencode", q.as_str()]);
+    }
+    let text = curl(&args)?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("Prometheus answered {path} with bad JSON ({e}): {text}"));
+    (v["status"] == "success").then(|| v["data"].clone())
+}
+
+/// Polls until `f` answers (bounded: 30 s, then a panic with `what`).
+fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
+    assert_eq!(
+        common::scenario("40000-40009", None, "deploy::scenario_dashboard_and_alerts"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from dashboard_and_alerts_work_against_a_real_watch_and_prometheus"]
+fn scenario_dashboard_and_alerts() {
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let dir = out.with_extension("deploy.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // An exposed listener (in the range, not reserved) and the watcher.
+    let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
+    let _watch = Reaped(
+        common::tcploop(&[
+            "watch",
+            "--interval",
+            "200ms",
+            "--prometheus",
+            "127.0.0.1:9977",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    until("the watch serves /metrics", || {
+        curl(&["http://127.0.0.1:9977/metrics"])
+    });
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+            deploy().join("prometheus/tcploop-alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let web = "127.0.0.1:9090";
+    let _prometheus = Reaped(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus) must be installed"),
+    );
+
+    // A loop, made as a plain client would (bounded), and kept.
+    let dest: std::net::SocketAddr = "127.0.0.1:40004".parse().unwrap();
+    let looped = (0..5000)
+        .find_map(|_| {
+            std::net::TcpStream::connect(dest)
+                .ok()
+                .filter(|s| s.local_addr().unwrap() == dest)
+        })
+        .expect("a loop within 5000 tries");
+
+    // Every metric the dashboard names is on the real page.
+    let page = until("the loop on /metrics", || {
+        curl(&["http://127.0.0.1:9977/metrics"])
+            .filter(|p| p.contains("\ntcploop_loops_present 1\n"))
+    });
+    let exported = page_metrics(&page);
+    let queries = dashboard_queries();
+    for q in &queries {
+        let names = tcploop_metrics(q);
+        assert!(
+            !names.is_empty(),
+            "a dashboard query names no tcploop metric: {q}"
+        );
+        for n in names {
+            assert!(
+                exported.contains(&n),
+                "dashboard query {q} names {n}, not exported: {exported:?}"
+            );
+        }
+    }
+    // ... and every panel has data once Prometheus has scraped a few times.
+    for q in &queries {
+        let promql = q
+            .replace("$instance", ".*")
+            .replace("$__rate_interval", "2s");
+        if promql.starts_with("label_values(") {
+            let metric = promql
+                .trim_start_matches("label_values(")
+                .split(',')
+                .next()
+                .unwrap()
+                .to_string();
+            until(&format!("{q} has values"), || {
+                prom_api(web, "/api/v1/query", Some(&metric))
+                    .filter(|d| d["result"][0]["metric"]["instance"].is_string())
+            });
+            continue;
+        }
+        until(&format!("the dashboard's query {q} has data"), || {
+            prom_api(web, "/api/v1/query", Some(&promql))
+                .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+        });
+    }
+
+    // The rules load, evaluate without error, and the loop alert goes
+    // pending (its `for: 1m` is longer than this test waits).
+    let alerts = until("TcploopLoopPresent pending", || {
+        prom_api(web, "/api/v1/alerts", None).filter(|d| {
+            d["alerts"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
+            })
+        })
+    });
+    let a = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
+        .unwrap();
+    assert_eq!(a["state"], "pending", "{a}");
+    assert_eq!(a["labels"]["instance"], "127.0.0.1:9977", "{a}");
+    let rules = until("the rules evaluated", || {
+        prom_api(web, "/api/v1/rules", None).filter(|d| {
+            d["groups"][0]["rules"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|r| r["health"] != "unknown"))
+        })
+    });
+    let all: Vec<&serde_json::Value> = rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(all.len(), 8, "{rules}");
+    for r in all {
+        assert_eq!(
+            r["health"], "ok",
+            "rule {} evaluates with an error: {r}",
+            r["name"]
+        );
+    }
+    drop(looped);
+    std::fs::write(out, "ok").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }
