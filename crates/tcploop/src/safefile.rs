@@ -61,16 +61,16 @@ pub enum SafeFileError {
         /// The limit.
         limit: u64,
     },
-    /// A system call failed.
-    #[error("{op} {}: {source}", path.display())]
+    /// A system call failed. (The kernel's answer is part of the message,
+    /// not a separate cause, so that it is said once.)
+    #[error("{op} {}: {error}", path.display())]
     Io {
         /// What was being done: `creating a temporary file in`, `writing`, ...
         op: &'static str,
         /// The file or directory.
         path: PathBuf,
         /// The kernel's answer.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -78,7 +78,7 @@ impl SafeFileError {
     /// The I/O error kind, if a system call failed (`PermissionDenied`: not root).
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
         match self {
-            SafeFileError::Io { source, .. } => Some(source.kind()),
+            SafeFileError::Io { error, .. } => Some(error.kind()),
             _ => None,
         }
     }
@@ -104,7 +104,7 @@ fn io_err<'a>(
     move |e| SafeFileError::Io {
         op,
         path: path.to_owned(),
-        source: e.into(),
+        error: e.into(),
     }
 }
 
@@ -176,10 +176,10 @@ pub fn read(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, SafeFileError> {
     std::fs::File::from(fd)
         .take(limit + 1)
         .read_to_end(&mut buf)
-        .map_err(|source| SafeFileError::Io {
+        .map_err(|error| SafeFileError::Io {
             op: "reading",
             path: path.to_owned(),
-            source,
+            error,
         })?;
     if buf.len() as u64 > limit {
         return Err(too_large(buf.len() as u64));
@@ -194,7 +194,7 @@ pub fn read_to_string(path: &Path, limit: u64) -> Result<Option<String>, SafeFil
             String::from_utf8(b).map_err(|e| SafeFileError::Io {
                 op: "reading",
                 path: path.to_owned(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
+                error: io::Error::new(io::ErrorKind::InvalidData, e),
             })
         })
         .transpose()
@@ -208,7 +208,7 @@ fn split(path: &Path) -> Result<(PathBuf, OsString), SafeFileError> {
         .ok_or_else(|| SafeFileError::Io {
             op: "naming",
             path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+            error: io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
         })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
@@ -287,10 +287,10 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), SafeFileErro
     let res = (|| {
         f.write_all(contents)
             .and_then(|()| f.sync_all())
-            .map_err(|source| SafeFileError::Io {
+            .map_err(|error| SafeFileError::Io {
                 op: "writing",
                 path: dir.join(&tmp),
-                source,
+                error,
             })?;
         drop(f);
         // again, just before the rename: refuse what appeared meanwhile
