@@ -19,6 +19,7 @@
 //! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
 //! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
+//! - [`container`]: the container, Kubernetes pod or systemd service of a process, from its cgroup;
 //! - [`audit`]: exposed services and the reserved-ports fix;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
@@ -30,6 +31,7 @@
 //! does that.
 
 pub mod audit;
+pub mod container;
 pub mod demo;
 pub mod freeport;
 pub mod host;

@@ -38,13 +38,51 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The labels of the per-loop series.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+/// The labels of the per-loop series. `netns`, `container` and `pod` are
+/// left out of a series when empty (the loop is in the watcher's own
+/// namespace, its owner in no container, or in no pod), as Prometheus
+/// treats an empty label as no label.
+///
+/// Their values are bounded: `netns` is a namespace inode (one a live
+/// namespace), `container` is `runtime/name` (the container's name, or
+/// the first 12 digits of its id: one a container), `pod` is
+/// `namespace/name` or the pod UID; and the family holds at most
+/// [`MAX_LOOP_SERIES`] series, dropping those at 0 for an hour.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LoopLabels {
     /// The looped port.
     pub port: u16,
     /// The owning command (`comm`), or `unknown`.
     pub command: String,
+    /// The loop's network namespace inode, when it is not the watcher's own.
+    pub netns: String,
+    /// The owner's container or systemd service
+    /// ([`crate::container::Container::label`]), if any.
+    pub container: String,
+    /// The owner's Kubernetes pod ([`crate::container::Container::pod_label`]), if any.
+    pub pod: String,
+}
+
+impl EncodeLabelSet for LoopLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut v: Vec<(&str, String)> = vec![
+            ("port", self.port.to_string()),
+            ("command", self.command.clone()),
+        ];
+        for (k, val) in [
+            ("netns", &self.netns),
+            ("container", &self.container),
+            ("pod", &self.pod),
+        ] {
+            if !val.is_empty() {
+                v.push((k, val.clone()));
+            }
+        }
+        v.encode(encoder)
+    }
 }
 
 /// The labels of `tcploop_build_info`.
@@ -602,7 +640,33 @@ mod tests {
         LoopLabels {
             port,
             command: command.into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn container_and_pod_labels_appear_only_when_known() {
+        let m = Metrics::new();
+        let mut c = l(40004, "curl");
+        c.container = "containerd/api".into();
+        c.pod = "shop/api-0".into();
+        c.netns = "4026532281".into();
+        m.record_scan(&ScanSample {
+            loops: vec![c.clone(), l(40006, "redis-cli")],
+            appeared: vec![c],
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(
+            text.contains(
+                "tcploop_loops{port=\"40004\",command=\"curl\",netns=\"4026532281\",container=\"containerd/api\",pod=\"shop/api-0\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcploop_loops{port=\"40006\",command=\"redis-cli\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -33,11 +33,13 @@
 //! }
 //! ```
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::container::Container;
 use crate::owners::{self, Owner, Owners, Search};
 use crate::sys::diag::{self, state, DiagError, DiagSocket, DiagSocketFd, Family};
 use crate::sys::netns::{self, NetnsError};
@@ -226,6 +228,10 @@ pub struct ScanReport {
     /// Namespaces whose process exited between listing and entering
     /// (`all_netns`): not an error, and not scanned.
     pub netns_vanished: u64,
+    /// The container (or systemd service) of each owner and of each
+    /// namespace's process, by pid ([`crate::container`]); processes in
+    /// none are absent.
+    pub containers: BTreeMap<u32, Container>,
 }
 
 /// Why a scan failed.
@@ -376,6 +382,7 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         skipped: vec![],
         netns_unreadable_pids: 0,
         netns_vanished: 0,
+        containers: BTreeMap::new(),
     };
     let mut found: Vec<(NetnsLabel, NsDump)> = vec![];
     if opts.all_netns {
@@ -459,6 +466,13 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     } else if opts.no_owners {
         report.owners_unknown = inodes.iter().filter(|i| **i != 0).count() as u64;
     }
+    let pids: Vec<u32> = report
+        .loops
+        .iter()
+        .flat_map(|l| l.owners.iter().map(|o| o.pid).chain(l.netns.pid))
+        .chain(report.namespaces.iter().filter_map(|n| n.pid))
+        .collect();
+    report.containers = crate::container::of_pids(pids);
     Ok(report)
 }
 

@@ -30,6 +30,8 @@ pub struct OwnerInfo {
     pub command: String,
     /// The fd number in that process.
     pub fd: i32,
+    /// Its container or systemd service, if any ([`crate::container`]).
+    pub container: Option<crate::container::Container>,
 }
 
 /// What identifies one loop across scans.
@@ -282,6 +284,7 @@ pub fn owners_of<'a>(
                         pid: o.pid,
                         command: o.comm.clone(),
                         fd: o.fd,
+                        container: crate::container::of_pid(o.pid),
                     })
                     .collect();
                 (i as u32, v)
@@ -340,6 +343,7 @@ mod tests {
                 pid: 7,
                 command: "python3".into(),
                 fd: 3,
+                container: None,
             }],
         );
         assert_eq!(tr.new_loops(&[a]).len(), 1);

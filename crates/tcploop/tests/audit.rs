@@ -660,6 +660,17 @@ pub(crate) mod schema {
         pid: u32,
         command: String,
         fd: i32,
+        container: Option<Container>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Container {
+        runtime: String,
+        id: String,
+        name: Option<String>,
+        pod_uid: Option<String>,
+        pod: Option<String>,
+        namespace: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -9,6 +9,7 @@ mod audit;
 mod check;
 mod clobber;
 mod connect;
+mod container;
 mod demo;
 mod deploy;
 mod escape;

@@ -8,7 +8,8 @@
 //! - `port`, one per audited port:
 //!   `{"port": 40004, "status": "exposed"|"reserved"|"outside_range", "configured": bool,
 //!     "listening": [{"addr": "0.0.0.0:40004", "inode": 123, "uid": 0,
-//!                    "owners": [{"pid": 1, "command": "python3", "fd": 3}]}],
+//!                    "owners": [{"pid": 1, "command": "python3", "fd": 3,
+//!                                "container": null|CONTAINER (as in `tcploop scan --json`)}]}],
 //!     "host": "127.0.0.1", "when_down": {"verdict": "possible"|"impossible"|"listening"|"unknown",
 //!     "reasons": [string], "expected_tries": number|null}, "advice": [string]}`;
 //! - `loop`, one per self-connected socket present:
@@ -99,6 +100,10 @@ struct OwnerOut {
     pid: u32,
     command: String,
     fd: i32,
+    container: Option<super::scan::ContainerWire>,
+    /// `, container docker/web` for human text.
+    #[serde(skip)]
+    container_text: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,6 +184,8 @@ struct SummaryLine {
 struct Lookup {
     found: Option<Owners>,
     error: Option<String>,
+    /// The owners' containers, by pid.
+    containers: std::collections::BTreeMap<u32, tcploop::container::Container>,
 }
 
 impl Lookup {
@@ -188,10 +195,15 @@ impl Lookup {
             .map(|o| o.of(u64::from(inode)))
             .unwrap_or_default()
             .iter()
-            .map(|o| OwnerOut {
-                pid: o.pid,
-                command: o.comm.clone(),
-                fd: o.fd,
+            .map(|o| {
+                let c = self.containers.get(&o.pid);
+                OwnerOut {
+                    pid: o.pid,
+                    command: o.comm.clone(),
+                    fd: o.fd,
+                    container: c.map(Into::into),
+                    container_text: super::scan::container_text(c),
+                }
             })
             .collect()
     }
@@ -212,14 +224,19 @@ impl Lookup {
 /// One walk over /proc for the listeners and loops the audit names.
 fn lookup_owners(a: &Audit) -> Lookup {
     let inodes: Vec<u64> = inodes(a).into_iter().map(u64::from).collect();
-    match owners::find_owners(inodes, Search::FirstOwner) {
-        Ok(o) => Lookup {
-            found: Some(o),
-            error: None,
-        },
+    match owners::find_owners(inodes.iter().copied(), Search::FirstOwner) {
+        Ok(o) => {
+            let pids = inodes.iter().flat_map(|&i| o.of(i)).map(|o| o.pid);
+            Lookup {
+                containers: tcploop::container::of_pids(pids.collect::<Vec<_>>()),
+                found: Some(o),
+                error: None,
+            }
+        }
         Err(e) => Lookup {
             found: None,
             error: Some(e.to_string()),
+            containers: Default::default(),
         },
     }
 }
@@ -512,7 +529,13 @@ impl Renderer<'_> {
                         let who: Vec<String> = o
                             .iter()
                             .map(|o| {
-                                format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd)
+                                format!(
+                                    "{} pid {} fd {}{}",
+                                    report::escape(&o.command),
+                                    o.pid,
+                                    o.fd,
+                                    o.container_text
+                                )
                             })
                             .collect();
                         format!("{} ({})", report::addr(l.addr), who.join(", "))

@@ -6,7 +6,8 @@
 //! - `watch_started`: `{"time", "interval_s": 1.0, "prometheus": "127.0.0.1:9977"|null,
 //!   "textfile": path|null, "kill_after_s": number|null}`;
 //! - `loop_appeared`: `{"time", "local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123,
-//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}`;
+//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3, "container": null|CONTAINER}]}`
+//!   (CONTAINER as in `tcploop scan --json`);
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
 //! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`);
 //! - `kill_failed`: the same fields plus `"error": string` (said once a loop; not retried);
@@ -94,6 +95,7 @@ struct OwnerOut<'a> {
     pid: u32,
     command: &'a str,
     fd: i32,
+    container: Option<super::scan::ContainerWire>,
 }
 
 #[derive(Debug, Serialize)]
@@ -162,6 +164,7 @@ impl Log<'_> {
                             pid: o.pid,
                             command: &o.command,
                             fd: o.fd,
+                            container: o.container.as_ref().map(Into::into),
                         })
                         .collect(),
                     seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
@@ -181,7 +184,15 @@ impl Log<'_> {
                 let v: Vec<String> = t
                     .owners
                     .iter()
-                    .map(|o| format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd))
+                    .map(|o| {
+                        format!(
+                            "{} pid {} fd {}{}",
+                            report::escape(&o.command),
+                            o.pid,
+                            o.fd,
+                            super::scan::container_text(o.container.as_ref())
+                        )
+                    })
                     .collect();
                 v.join(", ")
             };
@@ -422,8 +433,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
 }
 
 fn labels(t: &Tracked) -> LoopLabels {
+    let c = t.owners.first().and_then(|o| o.container.as_ref());
     LoopLabels {
         port: t.sock.local.port(),
         command: t.command(),
+        netns: String::new(),
+        container: c.map(|c| c.label()).unwrap_or_default(),
+        pod: c.and_then(|c| c.pod_label()).unwrap_or_default(),
     }
 }

@@ -9,6 +9,7 @@
 //! - [`packet`]: `AF_PACKET` capture on one interface (`packet(7)`);
 //! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`);
 //! - [`procnet`]: `/proc/net/tcp` and `tcp6`, the fallback socket table;
+//! - [`cgroup`]: `/proc/PID/cgroup` and the container runtimes' state files;
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
@@ -17,6 +18,7 @@
 #![allow(unsafe_code)]
 
 pub mod bpf;
+pub mod cgroup;
 pub mod diag;
 pub mod ifaddrs;
 pub mod lock;

@@ -1,0 +1,172 @@
+//! Container identity for real: a cgroup v2 directory made by the test,
+//! named as Docker's systemd driver names a container's
+//! (`docker-<64 hex>.scope`), holds a process with a loop in a network
+//! namespace of its own; `scan`, `audit` and `watch`'s metrics must name
+//! that container. The control: the same process, before it moves into
+//! the cgroup, is named no such container.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::common;
+
+const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a v2
+/// host, `/sys/fs/cgroup/unified` on a hybrid one), from mountinfo.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if !right.starts_with("cgroup2 ") {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Removes the test's cgroup, however the test ends.
+struct Cgroup(PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_loop_in_a_docker_named_cgroup_is_named_by_its_container() {
+    let mount = cgroup2_mount();
+    if common::skip_unless(
+        common::is_root() && mount.is_some(),
+        "a_loop_in_a_docker_named_cgroup_is_named_by_its_container",
+        "root and a cgroup v2 hierarchy (to make a cgroup)",
+    ) {
+        return;
+    }
+    let mount = mount.unwrap();
+    let id: String = format!(
+        "{:016x}",
+        (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    )
+    .repeat(4);
+    let cg = Cgroup(mount.join(format!("docker-{id}.scope")));
+    std::fs::create_dir(&cg.0).unwrap();
+    let v: Value = serde_json::from_str(&common::scenario_with(
+        "40000-40009",
+        None,
+        "container::scenario_container",
+        &[(ENV_CGROUP, cg.0.to_str().unwrap())],
+    ))
+    .unwrap();
+    let want = json!({"runtime": "docker", "id": id, "name": null, "pod_uid": null, "pod": null, "namespace": null});
+    assert_ne!(
+        v["before"], want,
+        "the control: outside the cgroup it is no such container: {v}"
+    );
+    assert_eq!(v["scan"], want, "{v}");
+    assert!(
+        v["scan_text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("container docker/{}", &id[..12])),
+        "{v}"
+    );
+    assert_eq!(v["audit"], want, "{v}");
+    let series = format!("container=\"docker/{}\"", &id[..12]);
+    assert!(
+        v["metrics"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("tcploop_loops{port=\"40004\"")
+                && l.contains(&series)
+                && l.ends_with(" 1")),
+        "{v}"
+    );
+    assert_eq!(v["watch_event"], want, "{v}");
+}
+
+fn tcploop_out(args: &[&str]) -> String {
+    let o = common::output(&mut common::tcploop(args));
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "tcploop {args:?}: {}",
+        common::stderr(&o)
+    );
+    common::stdout(&o)
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The container of the first owner of the first `ty` line of scan.
+fn scan_owner_container() -> Value {
+    let out = lines(&tcploop_out(&["scan", "--json"]));
+    let s = out.iter().find(|l| l["type"] == "socket").expect("a loop");
+    s["data"]["owners"][0]["container"].clone()
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from a_loop_in_a_docker_named_cgroup_is_named_by_its_container"]
+fn scenario_container() {
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let cg = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
+    let dest: SocketAddr = "127.0.0.1:40004".parse().unwrap();
+    let looped = (0..5000)
+        .find_map(|_| {
+            TcpStream::connect(dest)
+                .ok()
+                .filter(|s| s.local_addr().unwrap() == dest)
+        })
+        .expect("a loop within 5000 tries");
+    let _service = TcpListener::bind("127.0.0.1:40001").unwrap();
+    let before = scan_owner_container();
+
+    // Into the cgroup ("0": the writing process itself).
+    std::fs::write(cg.join("cgroup.procs"), "0").unwrap();
+    let scan = scan_owner_container();
+    let scan_text = tcploop_out(&["scan"]);
+    let audit = lines(&tcploop_out(&["audit", "--json"]));
+    let audit_owner = audit
+        .iter()
+        .find(|l| l["type"] == "port" && l["data"]["port"] == 40001)
+        .map(|l| l["data"]["listening"][0]["owners"][0]["container"].clone())
+        .unwrap_or(Value::Null);
+    let dir = out.with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let textfile = dir.join("tcploop.prom");
+    let watch = lines(&tcploop_out(&[
+        "watch",
+        "--json",
+        "--count",
+        "1",
+        "--textfile",
+        textfile.to_str().unwrap(),
+    ]));
+    let event = watch
+        .iter()
+        .find(|l| l["type"] == "loop_appeared")
+        .map(|l| l["data"]["owners"][0]["container"].clone())
+        .unwrap_or(Value::Null);
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    // Back to the root, so that the cgroup can be removed.
+    let root = cg.parent().unwrap_or(Path::new("/"));
+    std::fs::write(root.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    drop(looped);
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(
+        out,
+        json!({"before": before, "scan": scan, "scan_text": scan_text, "audit": audit_owner,
+               "metrics": metrics, "watch_event": event})
+        .to_string(),
+    )
+    .unwrap();
+}
