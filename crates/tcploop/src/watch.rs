@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
+use crate::scan::NetnsLabel;
 use crate::sys::diag::{self, state, DiagError, DiagSocket};
 use crate::sys::tcpdiag;
 
@@ -204,6 +205,9 @@ impl Snapshot {
 /// Why a scan failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// The host's namespaces could not be listed (`--all-netns`).
+    #[error("listing the network namespaces: {0}")]
+    Namespaces(#[source] std::io::Error),
     /// The port facts could not be read.
     #[error(transparent)]
     Facts(#[from] FactsError),
@@ -265,6 +269,157 @@ impl Scanner {
     }
 }
 
+/// One scan of every network namespace of the host ([`HostScanner`]).
+#[derive(Debug, Clone, Default)]
+pub struct HostSnapshot {
+    /// Self-connected sockets, every namespace together.
+    pub loops: Vec<DiagSocket>,
+    /// The namespace of each loop that is not in the watcher's own.
+    pub netns_of: HashMap<LoopKey, NetnsLabel>,
+    /// Exposed listening ports, summed over the namespaces.
+    pub exposed_listeners: u64,
+    /// Sockets seen, summed over the namespaces.
+    pub sockets: u64,
+    /// Namespaces scanned.
+    pub namespaces: u64,
+    /// Namespaces that appeared since the previous scan.
+    pub appeared: Vec<NetnsLabel>,
+    /// Namespaces gone since the previous scan.
+    pub gone: Vec<NetnsLabel>,
+    /// Namespaces that could not be scanned, and why (each said once,
+    /// the first time; they are tried again every scan).
+    pub newly_skipped: Vec<(NetnsLabel, String)>,
+    /// Namespaces that could not be scanned this time.
+    pub skipped: u64,
+}
+
+impl From<Snapshot> for HostSnapshot {
+    /// One namespace's scan (the watcher's own) in the host's shape.
+    fn from(s: Snapshot) -> HostSnapshot {
+        HostSnapshot {
+            exposed_listeners: s.exposed_listeners.iter().count() as u64,
+            sockets: s.sockets,
+            loops: s.loops,
+            namespaces: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Scans every network namespace of the host, again and again: the
+/// namespaces are listed afresh each scan, as `scan --all-netns` lists
+/// them (each distinct `/proc/*/ns/net`, and `/run/netns/*`), so that
+/// namespaces that appear (a container starts) are scanned from their
+/// first scan on and those that go are dropped, without a restart. Each
+/// is entered with `setns(2)` on a short-lived thread
+/// ([`crate::sys::netns::run_in`]) and scanned like the watcher's own
+/// ([`Scanner`], one kept per namespace). Needs CAP_SYS_ADMIN (setns) and
+/// CAP_SYS_PTRACE (other users' `/proc/PID/ns/net`); namespaces that
+/// cannot be entered are reported once and counted each scan.
+#[derive(Debug)]
+pub struct HostScanner {
+    own: u64,
+    scanners: HashMap<u64, Scanner>,
+    known: BTreeMap<u64, NetnsLabel>,
+    skipped_said: std::collections::HashSet<u64>,
+    first: bool,
+}
+
+impl HostScanner {
+    /// A host scanner; `own` is the watcher's own namespace inode.
+    pub fn new() -> std::io::Result<HostScanner> {
+        Ok(HostScanner {
+            own: crate::sys::netns::current()?,
+            scanners: HashMap::new(),
+            known: BTreeMap::new(),
+            skipped_said: Default::default(),
+            first: true,
+        })
+    }
+
+    /// The watcher's own namespace inode.
+    pub fn own(&self) -> u64 {
+        self.own
+    }
+
+    /// Scans every namespace once.
+    pub fn scan(&mut self) -> Result<HostSnapshot, ScanError> {
+        use crate::sys::netns::{self, NetnsError};
+        let proc = crate::sys::procfd::Proc::open().map_err(ScanError::Namespaces)?;
+        let list = netns::list(&proc).map_err(ScanError::Namespaces)?;
+        let mut out = HostSnapshot::default();
+        let mut now: BTreeMap<u64, NetnsLabel> = BTreeMap::new();
+        for n in &list.found {
+            let label = NetnsLabel {
+                inode: n.inode,
+                pid: n.pid,
+                comm: n.pid.and_then(|p| proc.comm(p)),
+                name: n.name.clone(),
+                path: (n.inode != self.own).then(|| n.path.clone()),
+            };
+            let scanner = self.scanners.entry(n.inode).or_default();
+            let res = match &label.path {
+                None => Ok(scanner.scan()),
+                Some(p) => netns::run_in(p, || scanner.scan()),
+            };
+            let snap = match res {
+                Ok(Ok(snap)) => snap,
+                // its last process exited between listing and entering
+                Err(NetnsError::Open { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    continue
+                }
+                Ok(Err(e)) if n.inode == self.own => return Err(e),
+                Ok(Err(e)) => {
+                    self.skip(&mut out, label, e.to_string());
+                    continue;
+                }
+                Err(e) => {
+                    self.skip(&mut out, label, e.to_string());
+                    continue;
+                }
+            };
+            out.namespaces += 1;
+            out.sockets += snap.sockets;
+            out.exposed_listeners += snap.exposed_listeners.iter().count() as u64;
+            for s in &snap.loops {
+                if n.inode != self.own {
+                    out.netns_of.insert(LoopKey::of(s), label.clone());
+                }
+            }
+            out.loops.extend(snap.loops);
+            now.insert(n.inode, label);
+        }
+        if !self.first {
+            out.appeared = now
+                .iter()
+                .filter(|(i, _)| !self.known.contains_key(i))
+                .map(|(_, l)| l.clone())
+                .collect();
+            out.gone = self
+                .known
+                .iter()
+                .filter(|(i, _)| !now.contains_key(i))
+                .map(|(_, l)| l.clone())
+                .collect();
+        }
+        self.first = false;
+        let listed: std::collections::HashSet<u64> = list.found.iter().map(|n| n.inode).collect();
+        self.scanners.retain(|i, _| listed.contains(i));
+        self.skipped_said.retain(|i| listed.contains(i));
+        self.known = now;
+        Ok(out)
+    }
+
+    fn skip(&mut self, out: &mut HostSnapshot, label: NetnsLabel, why: String) {
+        out.skipped += 1;
+        if self.skipped_said.insert(label.inode) {
+            out.newly_skipped.push((label, why));
+        }
+    }
+}
+
 /// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
 /// stopping once each has an owner), by inode.
 pub fn owners_of<'a>(
@@ -291,6 +446,19 @@ pub fn owners_of<'a>(
             })
         })
         .collect())
+}
+
+/// Destroys a loop of another namespace (`netns`, as [`HostScanner`]
+/// found it) the way [`kill`] does in the caller's.
+pub fn kill_in(
+    sock: &DiagSocket,
+    netns: &NetnsLabel,
+) -> Result<crate::scan::Killed, crate::scan::KillError> {
+    crate::scan::kill(&crate::scan::Loop {
+        socket: *sock,
+        owners: vec![],
+        netns: netns.clone(),
+    })
 }
 
 /// Destroys a loop of the caller's namespace with `SOCK_DESTROY` through

@@ -485,3 +485,96 @@ fn scenario_dashboard_and_alerts() {
     std::fs::write(out, "ok").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A process in a network namespace of its own (made by `unshare -n`
+/// inside the test's sandbox) that brings `lo` up, narrows the port range
+/// and connects to itself, then holds the loop until its stdin closes.
+fn spawn_looper() -> Reaped {
+    let script = "import socket,sys\n\
+        for i in range(5000):\n\
+        \x20   s=socket.socket()\n\
+        \x20   try: s.connect(('127.0.0.1',40004))\n\
+        \x20   except OSError: continue\n\
+        \x20   if s.getsockname()==s.getpeername(): break\n\
+        else: sys.exit('no loop')\n\
+        print('looped', flush=True)\n\
+        sys.stdin.read()\n";
+    let child = std::process::Command::new("unshare")
+        .args([
+            "-n",
+            "sh",
+            "-c",
+            "ip link set lo up && echo '40000 40009' > /proc/sys/net/ipv4/ip_local_port_range && exec python3 -c \"$0\"",
+        ])
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) and python3");
+    let mut r = Reaped(child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(r.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "looped\n", "the looper failed");
+    r
+}
+
+#[test]
+fn watch_all_netns_follows_namespaces_that_come_and_go() {
+    assert_eq!(
+        common::scenario("40000-40009", None, "deploy::scenario_watch_all_netns"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from watch_all_netns_follows_namespaces_that_come_and_go"]
+fn scenario_watch_all_netns() {
+    use crate::audit::{spawn_watch, wait_for};
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let (_watch, rx) = spawn_watch(&["watch", "--all-netns", "--json", "--interval", "100ms"]);
+    wait_for(&rx, "watch_started");
+    // A namespace that appears after the watch started, with a loop in it.
+    let mut looper = spawn_looper();
+    let pid = looper.0.id();
+    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let appeared = until("its netns_appeared", || {
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .ok()
+            .filter(|v| v["type"] == "netns_appeared" && v["data"]["netns"]["inode"] == ino)
+    });
+    assert_eq!(appeared["data"]["netns"]["pid"], pid, "{appeared}");
+    let ev = wait_for(&rx, "loop_appeared");
+    assert_eq!(ev["local"], "127.0.0.1:40004", "{ev}");
+    assert_eq!(ev["netns"]["inode"], ino, "{ev}");
+    assert_eq!(ev["owners"][0]["command"], "python3", "{ev}");
+    assert_eq!(ev["owners"][0]["pid"], pid, "{ev}");
+
+    // The control: a watch of its own namespace only does not see it.
+    let o = common::output(&mut common::tcploop(&["watch", "--json", "--count", "1"]));
+    let own = common::json_lines(&o);
+    assert!(
+        !own.iter().any(|l| l["type"] == "loop_appeared"),
+        "without --all-netns: {own:?}"
+    );
+
+    // The namespace goes: the loop and the namespace are reported gone.
+    drop(looper.0.stdin.take());
+    let _ = looper.0.wait();
+    let gone = wait_for(&rx, "loop_gone");
+    assert_eq!(gone["netns"]["inode"], ino, "{gone}");
+    let ns_gone = until("its netns_gone", || {
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .ok()
+            .filter(|v| v["type"] == "netns_gone" && v["data"]["netns"]["inode"] == ino)
+    });
+    assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
+    std::fs::write(out, "ok").unwrap();
+}

@@ -60,14 +60,33 @@ failed, both are said and the exit code is 2.
 
 Exit codes: 0 nothing exposed and no loop (after --apply: the state after the
 fix); 1 exposed ports or loops; 2 error (after --apply: the fix was not
-applied, or applied but not persisted). --emit-sysctl exits 0 once the file
-is printed.
+applied, or applied but not persisted). --emit exits 0 once the fix is
+printed.
+
+--emit prints the same reservation (every port reserved now plus the exposed
+ones) for where it is set: k8s, the pod spec's securityContext.sysctls entry
+(each pod has its own network namespace, which starts with nothing reserved;
+a safe sysctl since Kubernetes 1.27); docker, the `docker run --sysctl` flag;
+sysctl, the /etc/sysctl.d file for the host (--emit-sysctl is the same).
 
 Examples:
   tcploop audit                                   listeners in the range, and the fix
   tcploop audit --ports 33333,40000-40010         also ports of services now down
-  tcploop audit --emit-sysctl > /etc/sysctl.d/60-tcploop.conf
+  tcploop audit --emit sysctl > /etc/sysctl.d/60-tcploop.conf
+  tcploop audit --ports 8080 --emit k8s           the pod's securityContext
+  docker run $(tcploop audit --ports 8080 --emit docker) IMAGE
   sudo tcploop audit --apply --persist            reserve now and at every boot";
+
+/// The formats of `--emit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// the pod spec's securityContext.sysctls entry (Kubernetes 1.27+: a safe sysctl)
+    K8s,
+    /// the `docker run` / `podman run` flag: --sysctl net.ipv4.ip_local_reserved_ports=...
+    Docker,
+    /// an /etc/sysctl.d file for the host
+    Sysctl,
+}
 
 /// Arguments of `tcploop audit`.
 #[derive(Debug, clap::Args)]
@@ -78,7 +97,11 @@ pub struct Args {
     /// Also audit the ports listed in FILE (commas, spaces or lines; # comments)
     #[arg(long, value_name = "FILE")]
     pub ports_file: Option<PathBuf>,
-    /// Print only the /etc/sysctl.d file that applies the fix
+    /// Print only the fix, as a Kubernetes pod securityContext (k8s), a
+    /// `docker run` flag (docker) or an /etc/sysctl.d file (sysctl)
+    #[arg(long, value_enum, value_name = "FORMAT", conflicts_with_all = ["apply", "json", "emit_sysctl"])]
+    pub emit: Option<Emit>,
+    /// The same as --emit sysctl
     #[arg(long, conflicts_with_all = ["apply", "json"])]
     pub emit_sysctl: bool,
     /// Write the fix to /proc/sys now (root, or CAP_NET_ADMIN over the namespace)
@@ -267,8 +290,14 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
     let a = audit::take(&configured).context("auditing this network namespace")?;
 
-    if args.emit_sysctl {
-        out.write_all(a.fix.sysctl_d().as_bytes())?;
+    let emit = args.emit.or(args.emit_sysctl.then_some(Emit::Sysctl));
+    if let Some(format) = emit {
+        let text = match format {
+            Emit::K8s => a.fix.kubernetes(),
+            Emit::Docker => a.fix.docker(),
+            Emit::Sysctl => a.fix.sysctl_d(),
+        };
+        out.write_all(text.as_bytes())?;
         return Ok(Exit::Ok);
     }
 

@@ -146,6 +146,14 @@ pub fn container_text(c: Option<&Container>) -> String {
     t
 }
 
+impl NetnsWire {
+    /// With the container of the namespace's process.
+    pub fn with_container(mut self, c: Option<&Container>) -> NetnsWire {
+        self.container = c.map(Into::into);
+        self
+    }
+}
+
 impl From<&NetnsLabel> for NetnsWire {
     fn from(l: &NetnsLabel) -> NetnsWire {
         NetnsWire {

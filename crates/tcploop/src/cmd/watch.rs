@@ -27,7 +27,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
 use tcploop::report;
-use tcploop::scan::Killed;
+use tcploop::scan::{Killed, NetnsLabel};
 use tcploop::sys::diag::state;
 use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 
@@ -79,6 +79,10 @@ pub struct Args {
     /// JSON Lines events
     #[arg(long)]
     pub json: bool,
+    /// Watch every network namespace of the host (containers, pods), listed
+    /// afresh each scan (root: CAP_SYS_ADMIN and CAP_SYS_PTRACE)
+    #[arg(long)]
+    pub all_netns: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,6 +110,9 @@ struct LoopEvent<'a> {
     inode: u32,
     cookie: u64,
     owners: Vec<OwnerOut<'a>>,
+    /// The loop's namespace, when not the watcher's own (`--all-netns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<super::scan::NetnsWire>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seen_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +143,16 @@ fn now_text() -> String {
 struct Log<'a> {
     out: &'a mut dyn Write,
     json: bool,
+    /// The namespace of each loop outside the watcher's own (`--all-netns`).
+    netns_of: HashMap<LoopKey, NetnsLabel>,
+}
+
+#[derive(Debug, Serialize)]
+struct NetnsEvent {
+    time: String,
+    netns: super::scan::NetnsWire,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl Log<'_> {
@@ -147,6 +164,7 @@ impl Log<'_> {
         error: Option<String>,
     ) -> anyhow::Result<()> {
         let s = &t.sock;
+        let ns = self.netns_of.get(&LoopKey::of(s));
         if self.json {
             report::json_line(
                 self.out,
@@ -167,6 +185,10 @@ impl Log<'_> {
                             container: o.container.as_ref().map(Into::into),
                         })
                         .collect(),
+                    netns: ns.map(|n| {
+                        super::scan::NetnsWire::from(n)
+                            .with_container(n.pid.and_then(tcploop::container::of_pid).as_ref())
+                    }),
                     seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
                     error,
                 },
@@ -201,12 +223,50 @@ impl Log<'_> {
                 (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
                 _ => String::new(),
             };
+            let where_ = ns
+                .map(|n| format!("  in netns {}", report::escape(&n.describe())))
+                .unwrap_or_default();
             writeln!(
                 self.out,
-                "{} {what} {} <-> itself  {}  {who}{extra}",
+                "{} {what} {} <-> itself  {}  {who}{where_}{extra}",
                 now_text(),
                 report::addr(s.local),
                 state::name(s.state)
+            )?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// `netns_appeared`, `netns_gone`, `netns_skipped` (`--all-netns`).
+    fn netns_event(
+        &mut self,
+        ty: &str,
+        n: &NetnsLabel,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            report::json_line(
+                self.out,
+                ty,
+                &NetnsEvent {
+                    time: now_text(),
+                    netns: n.into(),
+                    error,
+                },
+            )?;
+        } else {
+            let what = match ty {
+                "netns_appeared" => "namespace appeared",
+                "netns_gone" => "namespace gone    ",
+                _ => "namespace skipped ",
+            };
+            let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+            writeln!(
+                self.out,
+                "{} {what} {}{why}",
+                now_text(),
+                report::escape(&n.describe())
             )?;
         }
         self.out.flush()?;
@@ -259,6 +319,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let mut log = Log {
         out,
         json: args.json,
+        netns_of: HashMap::new(),
     };
     if args.json {
         report::json_line(
@@ -293,14 +354,31 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     log.out.flush()?;
 
     let mut tracker = Tracker::new();
-    let mut scanner = watch::Scanner::new();
+    let mut polling = if args.all_netns {
+        Polling::Host(
+            watch::HostScanner::new().context("reading this process's network namespace")?,
+        )
+    } else {
+        Polling::One(watch::Scanner::new())
+    };
     let mut given_up: HashSet<LoopKey> = HashSet::new();
     let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
     let mut next = Instant::now();
     while !super::interrupted() {
         let t0 = Instant::now();
-        match scanner.scan() {
+        let round = match &mut polling {
+            Polling::One(s) => s.scan().map(watch::HostSnapshot::from),
+            Polling::Host(h) => h.scan(),
+        };
+        match round {
             Ok(snap) => {
+                for n in &snap.appeared {
+                    log.netns_event("netns_appeared", n, None)?;
+                }
+                for (n, why) in &snap.newly_skipped {
+                    log.netns_event("netns_skipped", n, Some(why.clone()))?;
+                }
+                log.netns_of.extend(snap.netns_of.clone());
                 let fresh = tracker.new_loops(&snap.loops);
                 let owners = if fresh.is_empty() {
                     HashMap::new()
@@ -320,7 +398,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     match c {
                         Change::Appeared(t) => {
                             loops_seen += 1;
-                            appeared.push(labels(t));
+                            appeared.push(labels(t, &log.netns_of));
                             log.loop_event("loop_appeared", t, None, None)?;
                         }
                         Change::Gone(t, d) => log.loop_event("loop_gone", t, Some(*d), None)?,
@@ -334,7 +412,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                             continue;
                         }
                         let seen = Some(now.saturating_duration_since(t.since));
-                        let failure = match watch::kill(&t.sock) {
+                        let killed = match log.netns_of.get(&key) {
+                            Some(n) => watch::kill_in(&t.sock, n),
+                            None => watch::kill(&t.sock),
+                        };
+                        let failure = match killed {
                             Ok(Killed::Destroyed { .. }) => {
                                 kills += 1;
                                 metrics.record_kill(true);
@@ -363,10 +445,18 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                         }
                     }
                 }
+                for n in &snap.gone {
+                    log.netns_event("netns_gone", n, None)?;
+                }
+                log.netns_of
+                    .retain(|k, _| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
                 metrics.record_scan(&ScanSample {
-                    loops: tracker.present().map(labels).collect(),
+                    loops: tracker
+                        .present()
+                        .map(|t| labels(t, &log.netns_of))
+                        .collect(),
                     appeared,
-                    exposed_listeners: snap.exposed_listeners.iter().count() as u64,
+                    exposed_listeners: snap.exposed_listeners,
                     sockets: snap.sockets,
                     duration: t0.elapsed(),
                 });
@@ -432,12 +522,21 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn labels(t: &Tracked) -> LoopLabels {
+/// How the watch polls: its own namespace, or every namespace of the host.
+enum Polling {
+    One(watch::Scanner),
+    Host(watch::HostScanner),
+}
+
+fn labels(t: &Tracked, netns_of: &HashMap<LoopKey, NetnsLabel>) -> LoopLabels {
     let c = t.owners.first().and_then(|o| o.container.as_ref());
     LoopLabels {
         port: t.sock.local.port(),
         command: t.command(),
-        netns: String::new(),
+        netns: netns_of
+            .get(&LoopKey::of(&t.sock))
+            .map(|n| n.inode.to_string())
+            .unwrap_or_default(),
         container: c.map(|c| c.label()).unwrap_or_default(),
         pod: c.and_then(|c| c.pod_label()).unwrap_or_default(),
     }
