@@ -565,6 +565,49 @@ fn scenario_watch_all_netns() {
         "without --all-netns: {own:?}"
     );
 
+    // The capabilities of tcploop-watch.service are enough (the loop is
+    // found, owner included), and the one that setns(2) asks for is needed.
+    let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect();
+    let with_caps = |caps: &[String]| {
+        let set: String = std::iter::once("-all".to_string())
+            .chain(caps.iter().map(|c| format!("+{c}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let o = common::output(
+            std::process::Command::new("setpriv")
+                .args(["--bounding-set", &set, "--no-new-privs", "--"])
+                .arg(common::bin())
+                .args(["watch", "--all-netns", "--json", "--count", "1"]),
+        );
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        common::json_lines(&o)
+    };
+    let full = with_caps(&caps);
+    let found = full
+        .iter()
+        .find(|l| l["type"] == "loop_appeared" && l["data"]["netns"]["inode"] == ino)
+        .unwrap_or_else(|| panic!("with the unit's capabilities {caps:?}: {full:?}"));
+    assert_eq!(found["data"]["owners"][0]["command"], "python3", "{found}");
+    let less: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
+    let without = with_caps(&less);
+    assert!(
+        !without.iter().any(|l| l["type"] == "loop_appeared"),
+        "without CAP_SYS_ADMIN: {without:?}"
+    );
+    assert!(
+        without
+            .iter()
+            .any(|l| l["type"] == "netns_skipped" && l["data"]["netns"]["inode"] == ino),
+        "without CAP_SYS_ADMIN the namespace is skipped, and said so: {without:?}"
+    );
+
     // The namespace goes: the loop and the namespace are reported gone.
     drop(looper.0.stdin.take());
     let _ = looper.0.wait();
