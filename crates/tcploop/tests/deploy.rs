@@ -621,3 +621,190 @@ fn scenario_watch_all_netns() {
     assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
     std::fs::write(out, "ok").unwrap();
 }
+
+/// Every YAML document of a file, as JSON values (PyYAML, Debian's
+/// python3-yaml, does the parsing).
+fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
+    let o = common::output(std::process::Command::new("python3").args([
+        "-c",
+        "import json,sys,yaml; json.dump(list(yaml.safe_load_all(open(sys.argv[1]))), sys.stdout)",
+        path.to_str().unwrap(),
+    ]));
+    assert!(
+        o.status.success(),
+        "{} does not parse as YAML (python3-yaml must be installed): {}",
+        path.display(),
+        common::stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// The capabilities of tcploop-watch.service, as Kubernetes names them.
+fn watch_unit_caps() -> Vec<String> {
+    let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
+    let mut caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    caps.sort();
+    caps
+}
+
+#[test]
+fn the_daemonset_parses_is_confined_and_its_command_line_is_accepted() {
+    let docs = yaml_docs(&deploy().join("kubernetes/tcploop-daemonset.yaml"));
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Namespace", "DaemonSet"]);
+    let ds = &docs[1];
+    let pod = &ds["spec"]["template"];
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"],
+        "the selector selects the pods"
+    );
+    let spec = &pod["spec"];
+    assert_eq!(
+        spec["hostPID"], true,
+        "every process and its namespace are seen"
+    );
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut add: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    add.sort();
+    assert_eq!(
+        add,
+        watch_unit_caps(),
+        "the same capabilities as the systemd unit"
+    );
+    for k in ["cpu", "memory"] {
+        assert!(c["resources"]["limits"][k].is_string(), "a {k} limit");
+        assert!(c["resources"]["requests"][k].is_string(), "a {k} request");
+    }
+    // The command line, with Kubernetes' $(VAR) expansion done.
+    let env: Vec<&str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    let mut line = vec!["tcploop".to_string()];
+    for a in c["args"].as_array().unwrap() {
+        let a = a.as_str().unwrap();
+        if let Some(var) = a.strip_prefix("$(").and_then(|r| r.split_once(')')) {
+            assert!(env.contains(&var.0), "{a}: {} is not in env", var.0);
+        }
+        line.push(a.replace("$(NODE_IP)", "127.0.0.1"));
+    }
+    assert!(line.contains(&"--all-netns".to_string()), "{line:?}");
+    assert_accepted(&line, "tcploop-daemonset.yaml");
+    // Prometheus finds it where it listens.
+    let ann = &pod["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    let port = ann["prometheus.io/port"].as_str().unwrap();
+    let listen = line
+        .iter()
+        .skip_while(|a| *a != "--prometheus")
+        .nth(1)
+        .unwrap();
+    assert!(
+        listen.ends_with(&format!(":{port}")),
+        "{listen} vs port {port}"
+    );
+    assert_eq!(c["ports"][0]["containerPort"].to_string(), port);
+
+    let scrape = yaml_docs(&deploy().join("prometheus/kubernetes-scrape.yml"));
+    let job = &scrape[0]["scrape_configs"][0];
+    assert_eq!(
+        job["kubernetes_sd_configs"][0]["namespaces"]["names"][0],
+        "tcploop"
+    );
+    assert_eq!(docs[0]["metadata"]["name"], "tcploop");
+}
+
+#[test]
+fn the_image_command_line_is_accepted_and_prometheus_config_checks() {
+    let text = std::fs::read_to_string(deploy().join("container/Dockerfile")).unwrap();
+    let json_of = |word: &str| -> Vec<String> {
+        let line = text
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(word))
+            .unwrap_or_else(|| panic!("no {word}"));
+        serde_json::from_str(line.trim()).unwrap()
+    };
+    let mut line = json_of("ENTRYPOINT ");
+    assert_eq!(line, ["/usr/bin/tcploop"]);
+    line[0] = "tcploop".into();
+    line.extend(json_of("CMD "));
+    assert_accepted(&line, "Dockerfile");
+    let o = common::output(
+        std::process::Command::new("promtool")
+            .args(["check", "config", "prometheus.yml"])
+            .current_dir(deploy().join("prometheus")),
+    );
+    assert!(
+        o.status.success(),
+        "{}{}",
+        common::stdout(&o),
+        common::stderr(&o)
+    );
+}
+
+#[test]
+fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
+    let emit = |format: &str| {
+        let o = common::output(&mut common::sandboxed(
+            "40000-40009",
+            &["audit", "--ports", "40004,40005", "--emit", format],
+        ));
+        assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+        common::stdout(&o)
+    };
+    let dir = temp_dir("emit");
+    let k8s = dir.join("pod.yaml");
+    std::fs::write(&k8s, emit("k8s")).unwrap();
+    let pod = yaml_docs(&k8s);
+    let sysctl = &pod[0]["securityContext"]["sysctls"][0];
+    assert_eq!(sysctl["name"], "net.ipv4.ip_local_reserved_ports");
+    let value = sysctl["value"].as_str().unwrap().to_string();
+    assert_eq!(value, "40004-40005");
+    assert_eq!(
+        emit("docker"),
+        format!("--sysctl net.ipv4.ip_local_reserved_ports={value}\n")
+    );
+    assert!(emit("sysctl").ends_with(&format!("net.ipv4.ip_local_reserved_ports = {value}\n")));
+    // The value fixes it: set as a runtime would, the audit finds nothing
+    // exposed any more; the control, unset, it does.
+    let audit_after = |set: bool| {
+        let script = format!(
+            "{} sysctl -q -w net.ipv4.ip_local_reserved_ports={value}; {} audit --ports 40004,40005",
+            if set { "" } else { ":" },
+            common::bin().display()
+        );
+        let o = common::output(&mut common::tcploop(&[
+            "sandbox",
+            "--range",
+            "40000-40009",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]));
+        o.status.code()
+    };
+    assert_eq!(audit_after(true), Some(0));
+    assert_eq!(audit_after(false), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
