@@ -16,7 +16,7 @@ const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
 
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a v2
 /// host, `/sys/fs/cgroup/unified` on a hybrid one), from mountinfo.
-fn cgroup2_mount() -> Option<PathBuf> {
+pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     text.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
@@ -28,7 +28,22 @@ fn cgroup2_mount() -> Option<PathBuf> {
 }
 
 /// Removes the test's cgroup, however the test ends.
-struct Cgroup(PathBuf);
+pub(crate) struct Cgroup(pub(crate) PathBuf);
+
+impl Cgroup {
+    /// Makes `docker-<ID>.scope` under the v2 mount: a test-unique id
+    /// (from the pid and `salt`), and the cgroup.
+    pub(crate) fn docker(mount: &Path, salt: u64) -> (Cgroup, String) {
+        let id = format!(
+            "{:016x}",
+            (std::process::id() as u64 + salt).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        )
+        .repeat(4);
+        let cg = Cgroup(mount.join(format!("docker-{id}.scope")));
+        std::fs::create_dir(&cg.0).unwrap();
+        (cg, id)
+    }
+}
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
@@ -46,14 +61,7 @@ fn a_loop_in_a_docker_named_cgroup_is_named_by_its_container() {
     ) {
         return;
     }
-    let mount = mount.unwrap();
-    let id: String = format!(
-        "{:016x}",
-        (std::process::id() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    )
-    .repeat(4);
-    let cg = Cgroup(mount.join(format!("docker-{id}.scope")));
-    std::fs::create_dir(&cg.0).unwrap();
+    let (cg, id) = Cgroup::docker(&mount.unwrap(), 0);
     let v: Value = serde_json::from_str(&common::scenario_with(
         "40000-40009",
         None,

@@ -312,6 +312,9 @@ fn prom_api(web: &str, path: &str, query: Option<&str>) -> Option<serde_json::Va
     let text = curl(&args)?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("Prometheus answered {path} with bad JSON ({e}): {text}"));
+    if v["status"] != "success" {
+        eprintln!("Prometheus: {path} {query:?}: {v}");
+    }
     (v["status"] == "success").then(|| v["data"].clone())
 }
 
@@ -327,12 +330,34 @@ fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
+
 #[test]
 fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
+    let mount = crate::container::cgroup2_mount();
+    if common::skip_unless(
+        common::is_root() && mount.is_some(),
+        "dashboard_and_alerts_work_against_a_real_watch_and_prometheus",
+        "root and a cgroup v2 hierarchy (the loop's owner runs in a docker-named cgroup)",
+    ) {
+        return;
+    }
+    let (cg, _id) = crate::container::Cgroup::docker(&mount.unwrap(), 1);
     assert_eq!(
-        common::scenario("40000-40009", None, "deploy::scenario_dashboard_and_alerts"),
+        common::scenario_with(
+            "40000-40009",
+            None,
+            "deploy::scenario_dashboard_and_alerts",
+            &[(ENV_CGROUP, cg.0.to_str().unwrap())],
+        ),
         "ok"
     );
+}
+
+/// The dashboard's panels of the shield daemon (`tcploop_shield_*`): not
+/// served by `watch`, checked against the daemon's code instead.
+fn is_shield_query(q: &str) -> bool {
+    q.contains("tcploop_shield_")
 }
 
 #[test]
@@ -344,11 +369,13 @@ fn scenario_dashboard_and_alerts() {
     let dir = out.with_extension("deploy.d");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let cgroup = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
     // An exposed listener (in the range, not reserved) and the watcher.
     let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
     let _watch = Reaped(
         common::tcploop(&[
             "watch",
+            "--all-netns",
             "--interval",
             "200ms",
             "--prometheus",
@@ -388,15 +415,9 @@ fn scenario_dashboard_and_alerts() {
             .expect("prometheus (Debian package prometheus) must be installed"),
     );
 
-    // A loop, made as a plain client would (bounded), and kept.
-    let dest: std::net::SocketAddr = "127.0.0.1:40004".parse().unwrap();
-    let looped = (0..5000)
-        .find_map(|_| {
-            std::net::TcpStream::connect(dest)
-                .ok()
-                .filter(|s| s.local_addr().unwrap() == dest)
-        })
-        .expect("a loop within 5000 tries");
+    // A loop, made as a plain client would, in a namespace of its own, by
+    // a process in a docker-named cgroup; kept until the end.
+    let looped = spawn_looper(Some(&cgroup));
 
     // Every metric the dashboard names is on the real page.
     let page = until("the loop on /metrics", || {
@@ -404,7 +425,28 @@ fn scenario_dashboard_and_alerts() {
             .filter(|p| p.contains("\ntcploop_loops_present 1\n"))
     });
     let exported = page_metrics(&page);
-    let queries = dashboard_queries();
+    let (shield, queries): (Vec<String>, Vec<String>) = dashboard_queries()
+        .into_iter()
+        .partition(|q| is_shield_query(q));
+    assert!(!shield.is_empty());
+    let daemon = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shield_daemon.rs");
+    match std::fs::read_to_string(&daemon) {
+        Ok(code) => {
+            for q in &shield {
+                for n in tcploop_metrics(q) {
+                    let family = n.strip_suffix("_total").unwrap_or(&n);
+                    assert!(
+                        code.contains(family),
+                        "{q}: {n} is not in {}",
+                        daemon.display()
+                    );
+                }
+            }
+        }
+        Err(_) => {
+            eprintln!("note: no shield daemon in this build: the shield panels are not checked")
+        }
+    }
     for q in &queries {
         let names = tcploop_metrics(q);
         assert!(
@@ -460,6 +502,20 @@ fn scenario_dashboard_and_alerts() {
         .unwrap();
     assert_eq!(a["state"], "pending", "{a}");
     assert_eq!(a["labels"]["instance"], "127.0.0.1:9977", "{a}");
+    // The loop is named by its container and namespace in Prometheus.
+    let by_container = until("the loop's series with its container", || {
+        prom_api(
+            web,
+            "/api/v1/query",
+            Some("tcploop_loops{container=~\"docker/.+\"}"),
+        )
+        .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+    });
+    assert_eq!(by_container["result"][0]["value"][1], "1", "{by_container}");
+    assert!(
+        by_container["result"][0]["metric"]["netns"].is_string(),
+        "{by_container}"
+    );
     let rules = until("the rules evaluated", || {
         prom_api(web, "/api/v1/rules", None).filter(|d| {
             d["groups"][0]["rules"]
@@ -489,7 +545,7 @@ fn scenario_dashboard_and_alerts() {
 /// A process in a network namespace of its own (made by `unshare -n`
 /// inside the test's sandbox) that brings `lo` up, narrows the port range
 /// and connects to itself, then holds the loop until its stdin closes.
-fn spawn_looper() -> Reaped {
+fn spawn_looper(cgroup: Option<&Path>) -> Reaped {
     let script = "import socket,sys\n\
         for i in range(5000):\n\
         \x20   s=socket.socket()\n\
@@ -504,9 +560,12 @@ fn spawn_looper() -> Reaped {
             "-n",
             "sh",
             "-c",
-            "ip link set lo up && echo '40000 40009' > /proc/sys/net/ipv4/ip_local_port_range && exec python3 -c \"$0\"",
+            "if [ -n \"$1\" ]; then echo $$ > \"$1/cgroup.procs\"; fi && \
+             ip link set lo up && echo '40000 40009' > /proc/sys/net/ipv4/ip_local_port_range && \
+             exec python3 -c \"$0\"",
         ])
         .arg(script)
+        .arg(cgroup.map(|p| p.as_os_str().to_owned()).unwrap_or_default())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -540,7 +599,7 @@ fn scenario_watch_all_netns() {
     let (_watch, rx) = spawn_watch(&["watch", "--all-netns", "--json", "--interval", "100ms"]);
     wait_for(&rx, "watch_started");
     // A namespace that appears after the watch started, with a loop in it.
-    let mut looper = spawn_looper();
+    let mut looper = spawn_looper(None);
     let pid = looper.0.id();
     let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
         .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
