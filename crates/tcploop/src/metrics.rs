@@ -9,7 +9,7 @@
 //!
 //! | metric | type | meaning |
 //! | --- | --- | --- |
-//! | `tcploop_loops{port,command}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read); a series that was seen stays, at 0, after its loops go away, for an hour; at most [`MAX_LOOP_SERIES`] series |
+//! | `tcploop_loops{port,command,netns,container,pod}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read), namespace (`--all-netns`, outside the watcher's own), the owner's container and pod (see [`LoopLabels`]); a series that was seen stays, at 0, after its loops go away, for an hour; at most [`MAX_LOOP_SERIES`] series |
 //! | `tcploop_loops_present` | gauge | all self-connected sockets present now |
 //! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start (dropped with its `tcploop_loops` series) |
 //! | `tcploop_loop_series_overflow_total` | counter | loops that appeared while [`MAX_LOOP_SERIES`] series existed, so got no series of their own (still counted in `tcploop_loops_present`) |

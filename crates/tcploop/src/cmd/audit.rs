@@ -683,7 +683,7 @@ impl Renderer<'_> {
             writeln!(
                 out,
                 "  `tcploop audit --apply` does it now (root); add --persist to also write {}; \
-                 --emit-sysctl prints that file",
+                 --emit sysctl prints that file (--emit k8s, --emit docker: for a pod, a container)",
                 audit::DEFAULT_SYSCTL_FILE
             )?;
         }

@@ -34,17 +34,21 @@ use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 use crate::exit::Exit;
 
 pub const AFTER_HELP: &str = "\
-Each scan is one socket dump of this network namespace; the owners of a loop
-are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
+Each scan is one socket dump of this network namespace (with --all-netns, of
+each namespace of the host, listed afresh each scan, so containers that start
+or stop are followed); the owners of a loop, and their containers, are looked
+up once, when it appears. Runs until SIGINT or SIGTERM (then exits
 0), or --count scans. A failed scan is logged and counted
 (tcploop_scan_errors_total), never fatal.
 
-Metrics (--prometheus, --textfile): tcploop_loops{port,command} (gauge; stays
+Metrics (--prometheus, --textfile): tcploop_loops{port,command,netns,container,pod}
+(gauge; netns, container and pod only when known and not empty; stays
 at 0 for an hour once a loop has gone; at most 500 series, further loops are
 counted in tcploop_loop_series_overflow_total), tcploop_loops_present,
 tcploop_loops_seen_total, tcploop_exposed_listeners, tcploop_sockets,
 tcploop_scan_duration_seconds, tcploop_scans_total, tcploop_scan_errors_total,
-tcploop_kills_total, tcploop_kill_errors_total. Alert on
+tcploop_kills_total, tcploop_kill_errors_total, tcploop_build_info{version,arch}.
+Alert on
 `tcploop_loops_present > 0`.
 
 The /metrics server answers GET and HEAD (405 otherwise), serves each client
@@ -56,6 +60,7 @@ Examples:
   tcploop watch
   tcploop watch --json --prometheus 127.0.0.1:9977
   tcploop watch --textfile /var/lib/prometheus/node-exporter/tcploop.prom
+  sudo tcploop watch --all-netns              every namespace: containers, pods
   tcploop watch --kill-after 30s              destroy loops older than 30 s";
 
 /// Arguments of `tcploop watch`.
