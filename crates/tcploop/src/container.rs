@@ -55,7 +55,8 @@ pub enum Runtime {
     /// LXC / LXD / Incus.
     Lxc,
     /// A Kubernetes pod's container whose runtime the path does not name
-    /// (the kubelet's cgroupfs driver: `/kubepods/QOS/podUID/ID`).
+    /// (the kubelet's cgroupfs driver: `/kubepods/QOS/podUID/ID`) and whose
+    /// state file was not found ([`of_pid`] names the runtime when it is).
     Kubernetes,
     /// A systemd service (no container).
     SystemdService,
@@ -389,7 +390,7 @@ pub fn state_files(c: &Container) -> Vec<(PathBuf, StateKind)> {
                         PathBuf::from(format!(
                             "/run/containerd/io.containerd.runtime.v2.task/{ns}/{id}/config.json"
                         )),
-                        StateKind::Oci,
+                        StateKind::Containerd,
                     )
                 })
                 .collect();
@@ -398,7 +399,7 @@ pub fn state_files(c: &Container) -> Vec<(PathBuf, StateKind)> {
                     PathBuf::from(format!(
                         "/run/containers/storage/overlay-containers/{id}/userdata/config.json"
                     )),
-                    StateKind::Oci,
+                    StateKind::Storage,
                 ));
                 v.push((
                     PathBuf::from(format!("/var/lib/docker/containers/{id}/config.v2.json")),
@@ -411,19 +412,33 @@ pub fn state_files(c: &Container) -> Vec<(PathBuf, StateKind)> {
             PathBuf::from(format!(
                 "/run/containers/storage/overlay-containers/{id}/userdata/config.json"
             )),
-            StateKind::Oci,
+            StateKind::Storage,
         )],
         Runtime::Nspawn | Runtime::Lxc | Runtime::SystemdService => vec![],
     }
 }
 
-/// The format of a state file.
+/// The format of a state file, and the runtime that writes it there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StateKind {
-    /// An OCI runtime `config.json`.
-    Oci,
+    /// An OCI runtime `config.json`, under containerd's state directory.
+    Containerd,
+    /// An OCI runtime `config.json`, under containers/storage (CRI-O, Podman).
+    Storage,
     /// Docker's `config.v2.json`.
     Docker,
+}
+
+impl StateKind {
+    /// The runtime a [`Runtime::Kubernetes`] container turns out to use
+    /// when its state file is found here.
+    pub fn runtime(self) -> Runtime {
+        match self {
+            StateKind::Containerd => Runtime::Containerd,
+            StateKind::Storage => Runtime::CriO,
+            StateKind::Docker => Runtime::Docker,
+        }
+    }
 }
 
 /// Fills in the names a state file gives (names already known are kept).
@@ -445,11 +460,14 @@ pub fn of_pid(pid: u32) -> Option<Container> {
             continue;
         };
         let names = match kind {
-            StateKind::Oci => names_from_oci_config(&bytes),
+            StateKind::Containerd | StateKind::Storage => names_from_oci_config(&bytes),
             StateKind::Docker => names_from_docker_config(&bytes),
         };
         if let Some(n) = names {
             apply_names(&mut c, n);
+            if c.runtime == Runtime::Kubernetes {
+                c.runtime = kind.runtime();
+            }
             break;
         }
     }

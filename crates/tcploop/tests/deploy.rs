@@ -596,8 +596,21 @@ fn scenario_watch_all_netns() {
     let Some(out) = common::scenario_out() else {
         return;
     };
-    let (_watch, rx) = spawn_watch(&["watch", "--all-netns", "--json", "--interval", "100ms"]);
+    // The textfile is written after each scan: once it exists, the first
+    // scan (which reports no appearance, only what is there) is done.
+    let textfile = out.with_extension("prom");
+    let _ = std::fs::remove_file(&textfile);
+    let (_watch, rx) = spawn_watch(&[
+        "watch",
+        "--all-netns",
+        "--json",
+        "--interval",
+        "100ms",
+        "--textfile",
+        textfile.to_str().unwrap(),
+    ]);
     wait_for(&rx, "watch_started");
+    until("the first scan", || textfile.exists().then_some(()));
     // A namespace that appears after the watch started, with a loop in it.
     let mut looper = spawn_looper(None);
     let pid = looper.0.id();
@@ -678,6 +691,7 @@ fn scenario_watch_all_netns() {
             .filter(|v| v["type"] == "netns_gone" && v["data"]["netns"]["inode"] == ino)
     });
     assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
+    let _ = std::fs::remove_file(&textfile);
     std::fs::write(out, "ok").unwrap();
 }
 

@@ -48,8 +48,7 @@ counted in tcploop_loop_series_overflow_total), tcploop_loops_present,
 tcploop_loops_seen_total, tcploop_exposed_listeners, tcploop_sockets,
 tcploop_scan_duration_seconds, tcploop_scans_total, tcploop_scan_errors_total,
 tcploop_kills_total, tcploop_kill_errors_total, tcploop_build_info{version,arch}.
-Alert on
-`tcploop_loops_present > 0`.
+Alert on `tcploop_loops_present > 0` (deploy/prometheus has tested rules).
 
 The /metrics server answers GET and HEAD (405 otherwise), serves each client
 on a thread of its own (at most 32 at once; 503 beyond), and gives each

@@ -12,6 +12,7 @@
 //! - [`cgroup`]: `/proc/PID/cgroup` and the container runtimes' state files;
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
+//! - [`sockstat`]: `/proc/PID/net/sockstat{,6}`, a namespace's socket counts;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
@@ -29,6 +30,7 @@ pub mod poll;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;
+pub mod sockstat;
 pub mod tcpdiag;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
