@@ -62,9 +62,9 @@ pub enum Command {
     /// Run a command in a throwaway user+net namespace with its own port range
     #[command(after_help = cmd::sandbox::AFTER_HELP)]
     Sandbox(cmd::sandbox::Args),
-    /// Print shell completions (bash, zsh, fish, elvish, powershell) or a man page
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) or man pages
     #[command(
-        after_help = "Examples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1"
+        after_help = "Examples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1\n  tcploop completions man --out-dir /usr/local/share/man/man1   every page"
     )]
     Completions(cmd::completions::Args),
 }
