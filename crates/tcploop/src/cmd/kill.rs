@@ -135,7 +135,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 } else {
                     "would-destroy"
                 };
-                line(out, l, action, None)?;
+                line(out, l, &r.containers, action, None)?;
             } else if aborted {
                 writeln!(
                     out,
@@ -183,7 +183,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             }
         };
         if args.json {
-            line(out, l, action, port)?;
+            line(out, l, &r.containers, action, port)?;
         } else {
             let what = match (&outcome, port) {
                 (Killed::Destroyed { .. }, Some(p)) => {
@@ -254,6 +254,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
 fn line(
     out: &mut dyn Write,
     l: &scan::Loop,
+    containers: &std::collections::BTreeMap<u32, tcploop::container::Container>,
     action: &'static str,
     port: Option<&PortState>,
 ) -> std::io::Result<()> {
@@ -268,7 +269,7 @@ fn line(
         out,
         "kill",
         &KillWire {
-            socket: l.into(),
+            socket: SocketWire::from(l).with_containers(containers),
             action,
             port_state: state,
             port_detail: detail,
