@@ -453,9 +453,17 @@ pub fn apply_names(c: &mut Container, n: Names) {
 /// names its runtime's state files give; `None` when the process runs in
 /// none (or has exited). Unreadable state files leave the names absent.
 pub fn of_pid(pid: u32) -> Option<Container> {
+    of_pid_in(pid, std::path::Path::new("/"))
+}
+
+/// [`of_pid`] with the runtimes' state files looked for under `root`
+/// instead of `/` (where a host's directories are mounted elsewhere, and
+/// for tests).
+pub fn of_pid_in(pid: u32, root: &std::path::Path) -> Option<Container> {
     let text = crate::sys::cgroup::proc_cgroup(pid).ok()?;
     let mut c = from_proc_cgroup(&text)?;
     for (path, kind) in state_files(&c) {
+        let path = root.join(path.strip_prefix("/").unwrap_or(&path));
         let Ok(Some(bytes)) = crate::sys::cgroup::state_file(&path) else {
             continue;
         };

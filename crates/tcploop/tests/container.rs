@@ -178,3 +178,68 @@ fn scenario_container() {
     )
     .unwrap();
 }
+
+/// The names from a runtime's state file, for real: a process in a cgroup
+/// laid out as the kubelet's cgroupfs driver makes it
+/// (`/kubepods/besteffort/podUID/ID`: the runtime is not in the path), and
+/// containerd's `config.json` for that id under a scratch root. The
+/// control: without the file, the pod is known by its UID only and the
+/// runtime stays unnamed.
+#[test]
+fn a_pod_container_is_named_from_containerds_state_file() {
+    let mount = cgroup2_mount();
+    if common::skip_unless(
+        common::is_root() && mount.is_some(),
+        "a_pod_container_is_named_from_containerds_state_file",
+        "root and a cgroup v2 hierarchy (to make a cgroup)",
+    ) {
+        return;
+    }
+    let mount = mount.unwrap();
+    let uid = "8d1c2f3a-4b5e-4c6d-9e0f-1a2b3c4d5e6f";
+    let id = format!("{:016x}", std::process::id() as u64 + 7).repeat(4);
+    // The kubelet's top cgroup is `kubepods` (or `kubepods.slice`): a
+    // name of that shape of the test's own, so no real one is touched.
+    let top = mount.join(format!("kubepods.tcploop-test-{}", std::process::id()));
+    let pod = top.join("besteffort").join(format!("pod{uid}"));
+    let leaf = pod.join(&id);
+    std::fs::create_dir_all(&leaf).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+
+    let root = std::env::temp_dir().join(format!("tcploop-state-{}", std::process::id()));
+    let without = tcploop::container::of_pid_in(child.id(), &root).expect("a container");
+    let state = root.join(format!(
+        "run/containerd/io.containerd.runtime.v2.task/k8s.io/{id}/config.json"
+    ));
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(
+        &state,
+        format!(
+            r#"{{"ociVersion":"1.1.0","annotations":{{"io.kubernetes.cri.container-name":"api",
+            "io.kubernetes.cri.sandbox-name":"api-0","io.kubernetes.cri.sandbox-namespace":"shop",
+            "io.kubernetes.cri.sandbox-uid":"{uid}"}}}}"#
+        ),
+    )
+    .unwrap();
+    let with = tcploop::container::of_pid_in(child.id(), &root).expect("a container");
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&leaf);
+    let _ = std::fs::remove_dir(&pod);
+    let _ = std::fs::remove_dir(top.join("besteffort"));
+    let _ = std::fs::remove_dir(&top);
+    std::fs::remove_dir_all(&root).unwrap();
+
+    assert_eq!(without.runtime.as_str(), "kubernetes", "{without:?}");
+    assert_eq!(without.pod_uid.as_deref(), Some(uid));
+    assert_eq!(without.pod, None);
+    assert_eq!(with.runtime.as_str(), "containerd", "{with:?}");
+    assert_eq!(with.id, id);
+    assert_eq!(with.label(), "containerd/api");
+    assert_eq!(with.pod_label().as_deref(), Some("shop/api-0"));
+}
