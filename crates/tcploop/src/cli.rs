@@ -64,7 +64,7 @@ pub enum Command {
     Sandbox(cmd::sandbox::Args),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) or man pages
     #[command(
-        after_help = "Examples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1\n  tcploop completions man --out-dir /usr/local/share/man/man1   every page"
+        after_help = "Examples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1\n  tcploop completions man --dir /usr/local/share/man/man1   every page"
     )]
     Completions(cmd::completions::Args),
 }

@@ -2,7 +2,7 @@
 //! generated from the same clap definitions as `--help`.
 //!
 //! `man` prints `tcploop(1)`, whose COMMANDS section names one page a
-//! command (`tcploop-scan(1)` ...); `man --out-dir DIR` writes all of them,
+//! command (`tcploop-scan(1)` ...); `man --dir DIR` writes all of them,
 //! `tcploop.1` and one `tcploop-COMMAND.1` a command (nested commands too),
 //! so that every page it names exists. The files are created new
 //! (`O_EXCL`): an existing page is an error, never overwritten.
@@ -24,7 +24,7 @@ pub enum Target {
     Fish,
     Elvish,
     Powershell,
-    /// roff man pages: tcploop(1), and one page a command with --out-dir
+    /// roff man pages: tcploop(1), and one page a command with --dir
     Man,
 }
 
@@ -34,9 +34,9 @@ pub struct Args {
     /// The shell, or `man`
     #[arg(value_enum)]
     pub target: Target,
-    /// With `man`: write tcploop.1 and tcploop-COMMAND.1 for every command into this directory
+    /// With `man`: write tcploop.1 and one page a command (tcploop-connect.1, ...) into DIR
     #[arg(long, value_name = "DIR")]
-    pub out_dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
 }
 
 /// Runs the command.
@@ -50,7 +50,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         Target::Elvish => clap_complete::Shell::Elvish,
         Target::Powershell => clap_complete::Shell::PowerShell,
         Target::Man => {
-            match &args.out_dir {
+            match &args.dir {
                 None => clap_mangen::Man::new(cmd).render(out)?,
                 Some(dir) => {
                     cmd.build();
@@ -64,10 +64,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             return Ok(Exit::Ok);
         }
     };
-    anyhow::ensure!(
-        args.out_dir.is_none(),
-        "--out-dir goes with `man` only; completions are printed"
-    );
+    anyhow::ensure!(args.dir.is_none(), "--dir goes with `man` only");
     clap_complete::generate(shell, &mut cmd, "tcploop", out);
     Ok(Exit::Ok)
 }
