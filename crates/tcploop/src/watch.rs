@@ -388,11 +388,14 @@ impl HostScanner {
                     continue
                 }
                 Ok(Err(e)) if n.inode == self.own => return Err(e),
+                // skipped, but there: neither "gone" nor "appeared" again
                 Ok(Err(e)) => {
+                    now.insert(n.inode, label.clone());
                     self.skip(&mut out, label, e.to_string());
                     continue;
                 }
                 Err(e) => {
+                    now.insert(n.inode, label.clone());
                     self.skip(&mut out, label, e.to_string());
                     continue;
                 }
