@@ -440,6 +440,35 @@ impl HostScanner {
     }
 }
 
+/// How a watch polls: its own namespace ([`Scanner`]), or every namespace
+/// of the host ([`HostScanner`]); both give a [`HostSnapshot`].
+#[derive(Debug)]
+pub enum Poller {
+    /// The caller's namespace.
+    One(Scanner),
+    /// Every namespace (`--all-netns`).
+    Host(HostScanner),
+}
+
+impl Poller {
+    /// A poller of the caller's namespace, or of every namespace.
+    pub fn new(all_netns: bool) -> std::io::Result<Poller> {
+        Ok(if all_netns {
+            Poller::Host(HostScanner::new()?)
+        } else {
+            Poller::One(Scanner::new())
+        })
+    }
+
+    /// Scans once.
+    pub fn scan(&mut self) -> Result<HostSnapshot, ScanError> {
+        match self {
+            Poller::One(s) => s.scan().map(HostSnapshot::from),
+            Poller::Host(h) => h.scan(),
+        }
+    }
+}
+
 /// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
 /// stopping once each has an owner), by inode.
 pub fn owners_of<'a>(

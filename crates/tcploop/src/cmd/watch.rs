@@ -358,23 +358,14 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     log.out.flush()?;
 
     let mut tracker = Tracker::new();
-    let mut polling = if args.all_netns {
-        Polling::Host(
-            watch::HostScanner::new().context("reading this process's network namespace")?,
-        )
-    } else {
-        Polling::One(watch::Scanner::new())
-    };
+    let mut poller =
+        watch::Poller::new(args.all_netns).context("reading this process's network namespace")?;
     let mut given_up: HashSet<LoopKey> = HashSet::new();
     let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
     let mut next = Instant::now();
     while !super::interrupted() {
         let t0 = Instant::now();
-        let round = match &mut polling {
-            Polling::One(s) => s.scan().map(watch::HostSnapshot::from),
-            Polling::Host(h) => h.scan(),
-        };
-        match round {
+        match poller.scan() {
             Ok(snap) => {
                 for n in &snap.appeared {
                     log.netns_event("netns_appeared", n, None)?;
@@ -524,12 +515,6 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         )?;
     }
     Ok(Exit::Ok)
-}
-
-/// How the watch polls: its own namespace, or every namespace of the host.
-enum Polling {
-    One(watch::Scanner),
-    Host(watch::HostScanner),
 }
 
 fn labels(t: &Tracked, netns_of: &HashMap<LoopKey, NetnsLabel>) -> LoopLabels {
