@@ -868,3 +868,34 @@ fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
     assert_eq!(audit_after(false), Some(1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_dashboard_is_well_formed() {
+    let text = std::fs::read_to_string(deploy().join("grafana/tcploop-dashboard.json")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(d["uid"], "tcploop");
+    let panels = d["panels"].as_array().unwrap();
+    let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids are unique");
+    // No two panels overlap on Grafana's 24-column grid.
+    let rect = |p: &serde_json::Value| {
+        let g = &p["gridPos"];
+        let n = |k: &str| g[k].as_u64().unwrap();
+        (n("x"), n("y"), n("w"), n("h"))
+    };
+    for (i, a) in panels.iter().enumerate() {
+        let (ax, ay, aw, ah) = rect(a);
+        assert!(ax + aw <= 24, "{} is wider than the grid", a["title"]);
+        for b in &panels[i + 1..] {
+            let (bx, by, bw, bh) = rect(b);
+            let apart = ax + aw <= bx || bx + bw <= ax || ay + ah <= by || by + bh <= ay;
+            assert!(apart, "{} and {} overlap", a["title"], b["title"]);
+        }
+        // every query uses the dashboard's data source variable
+        for t in a["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", a["title"]);
+        }
+    }
+}
