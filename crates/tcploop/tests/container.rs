@@ -243,3 +243,66 @@ fn a_pod_container_is_named_from_containerds_state_file() {
     assert_eq!(with.label(), "containerd/api");
     assert_eq!(with.pod_label().as_deref(), Some("shop/api-0"));
 }
+
+/// The mount point of the cgroup v1 `name=systemd` hierarchy (a hybrid
+/// host's), from mountinfo.
+fn cgroup1_systemd_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split(' ');
+        if r.next()? != "cgroup" || !r.nth(1)?.split(',').any(|o| o == "name=systemd") {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// Hybrid for real: a process in a cgroup v1 `name=systemd` directory laid
+/// out as Docker's cgroupfs driver makes it (`/docker/ID`), while its v2
+/// line says `0::/` (as on this project's CI machine), is named by the v1
+/// line. The control: the same process before the move is not that container.
+#[test]
+fn a_process_in_a_v1_docker_cgroup_on_a_hybrid_host_is_named() {
+    let Some(v1) = cgroup1_systemd_mount() else {
+        // A pure cgroup v2 host has no v1 hierarchy: the layout is covered
+        // by the parser's fixtures there.
+        eprintln!("note: no cgroup v1 name=systemd hierarchy here (not a hybrid host)");
+        return;
+    };
+    if common::skip_unless(
+        common::is_root(),
+        "a_process_in_a_v1_docker_cgroup_on_a_hybrid_host_is_named",
+        "root (to make a cgroup)",
+    ) {
+        return;
+    }
+    let id = format!("{:016x}", std::process::id() as u64 + 11).repeat(4);
+    // `docker` may exist (a real Docker): only the test's own leaf is made
+    // and removed, and `docker` only if the test made it.
+    let parent = v1.join("docker");
+    let made_parent = std::fs::create_dir(&parent).is_ok();
+    let leaf = parent.join(&id);
+    std::fs::create_dir(&leaf).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let before = tcploop::container::of_pid(child.id());
+    std::fs::write(leaf.join("cgroup.procs"), child.id().to_string()).unwrap();
+    let text = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
+    let after = tcploop::container::of_pid(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir(&leaf);
+    if made_parent {
+        let _ = std::fs::remove_dir(&parent);
+    }
+    let after = after.unwrap_or_else(|| panic!("no container in {text}"));
+    assert_eq!(after.runtime.as_str(), "docker", "{text}");
+    assert_eq!(after.id, id, "{text}");
+    assert!(
+        before.as_ref().is_none_or(|b| b.id != id),
+        "the control: {before:?}"
+    );
+}
