@@ -267,7 +267,7 @@ pub(crate) fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json
 }
 
 /// Makes a loop to ip:port (bounded), as a plain client would.
-fn make_loop(ip: &str, port: u16) -> TcpStream {
+pub(crate) fn make_loop(ip: &str, port: u16) -> TcpStream {
     let dest = SocketAddr::new(ip.parse().unwrap(), port);
     for _ in 0..5000 {
         if let Ok(s) = TcpStream::connect(dest) {

@@ -899,3 +899,154 @@ fn the_dashboard_is_well_formed() {
         }
     }
 }
+
+/// The whole alerting path with the shipped rules: a real watch, a real
+/// Prometheus evaluating `deploy/prometheus/tcploop-alerts.yml`, a real
+/// Alertmanager, and a webhook receiver that writes what it gets. Five
+/// loops form one after the other (each seen by the watch and scraped
+/// before the next): `TcploopLoopsForming` (3 or more in 15 minutes, no
+/// `for`) fires and is delivered.
+#[test]
+fn an_alert_reaches_alertmanager_and_its_receiver() {
+    assert_eq!(
+        common::scenario("40000-40009", None, "deploy::scenario_alertmanager"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from an_alert_reaches_alertmanager_and_its_receiver"]
+fn scenario_alertmanager() {
+    use crate::audit::{make_loop, spawn_watch, wait_for};
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    let dir = out.with_extension("am.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_watch, rx) = spawn_watch(&[
+        "watch",
+        "--json",
+        "--interval",
+        "100ms",
+        "--prometheus",
+        "127.0.0.1:9977",
+    ]);
+    wait_for(&rx, "watch_started");
+
+    // The receiver: every POST body appended to a file.
+    let received = dir.join("received.json");
+    let _hook = Reaped(
+        std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import http.server,sys\n\
+                 class H(http.server.BaseHTTPRequestHandler):\n\
+                 \x20   def do_POST(self):\n\
+                 \x20       b=self.rfile.read(int(self.headers['Content-Length']))\n\
+                 \x20       open(sys.argv[1],'ab').write(b+b'\\n')\n\
+                 \x20       self.send_response(200); self.end_headers()\n\
+                 \x20   def log_message(self,*a): pass\n\
+                 http.server.HTTPServer(('127.0.0.1',5001),H).serve_forever()\n",
+            ])
+            .arg(&received)
+            .spawn()
+            .expect("python3"),
+    );
+    let am_config = dir.join("alertmanager.yml");
+    std::fs::write(
+        &am_config,
+        "route:\n  receiver: hook\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+         receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:5001/\n",
+    )
+    .unwrap();
+    let _alertmanager = Reaped(
+        std::process::Command::new("prometheus-alertmanager")
+            .arg(format!("--config.file={}", am_config.display()))
+            .arg(format!("--storage.path={}", dir.join("am").display()))
+            .args([
+                "--web.listen-address=127.0.0.1:9093",
+                "--cluster.listen-address=",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-alertmanager (Debian package prometheus-alertmanager)"),
+    );
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+            deploy().join("prometheus/tcploop-alerts.yml").display()
+        ),
+    )
+    .unwrap();
+    let web = "127.0.0.1:9090";
+    let _prometheus = Reaped(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus"),
+    );
+    until("Prometheus scrapes the watch", || {
+        prom_api(web, "/api/v1/query", Some("up{job=\"tcploop\"} == 1"))
+            .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+    });
+
+    // Five loops, one after the other, each seen and scraped.
+    for i in 1..=5u32 {
+        let s = make_loop("127.0.0.1", 40004);
+        wait_for(&rx, "loop_appeared");
+        socket2::SockRef::from(&s)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(s);
+        wait_for(&rx, "loop_gone");
+        until(&format!("loop {i} scraped"), || {
+            prom_api(web, "/api/v1/query", Some("sum(tcploop_loops_seen_total)"))
+                .filter(|d| d["result"][0]["value"][1].as_str() == Some(i.to_string().as_str()))
+        });
+    }
+
+    // Delivered (that fewer than 3 loops do not fire is the control of the
+    // rule's unit tests, alert_rules_check_and_pass_their_unit_tests).
+    let body = until("TcploopLoopsForming delivered to the receiver", || {
+        std::fs::read_to_string(&received)
+            .ok()
+            .filter(|t| t.contains("TcploopLoopsForming"))
+    });
+    let payload: serde_json::Value = body
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v.to_string().contains("TcploopLoopsForming"))
+        .unwrap();
+    let alert = payload["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "TcploopLoopsForming")
+        .unwrap();
+    assert_eq!(alert["status"], "firing", "{payload}");
+    assert_eq!(alert["labels"]["instance"], "127.0.0.1:9977", "{payload}");
+    assert_eq!(alert["labels"]["severity"], "warning", "{payload}");
+    assert!(
+        alert["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("TCP loops keep forming"),
+        "{payload}"
+    );
+    std::fs::write(out, "ok").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
