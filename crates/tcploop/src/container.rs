@@ -284,9 +284,12 @@ fn unescape_unit(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') && i + 4 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 2..i + 4], 16) {
-                out.push(v);
+        let hex = |c: u8| (c as char).to_digit(16);
+        if let (b'\\', Some(b'x'), Some(&h), Some(&l)) =
+            (b[i], b.get(i + 1), b.get(i + 2), b.get(i + 3))
+        {
+            if let (Some(h), Some(l)) = (hex(h), hex(l)) {
+                out.push((h * 16 + l) as u8);
                 i += 4;
                 continue;
             }
@@ -684,6 +687,25 @@ mod tests {
         // a hex id that is too short, or under an unknown parent
         assert_eq!(from_cgroup_path("/docker/3f4b9e6c1a2d"), None);
         assert_eq!(from_cgroup_path(&format!("/somewhere/{ID}")), None);
+    }
+
+    #[test]
+    fn odd_paths_never_panic() {
+        for path in [
+            "/machine.slice/systemd-nspawn@a\\x1é.service",
+            "/machine.slice/machine-\\x.scope",
+            "/machine.slice/machine-\\xzz\\x2d.scope",
+            "/system.slice/\\x.service",
+            "/kubepods/pod/é",
+            "/kubepods.slice/kubepods-podé.slice/cri-containerd-é.scope",
+            "////",
+            ":::",
+        ] {
+            let _ = from_cgroup_path(path);
+            let _ = from_proc_cgroup(&format!("0::{path}\n1:name=systemd:{path}\n"));
+        }
+        assert_eq!(unescape_unit("a\\x2db\\x"), "a-b\\x");
+        assert_eq!(unescape_unit("\\x1é"), "\\x1é");
     }
 
     #[test]
