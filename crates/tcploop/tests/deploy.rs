@@ -699,20 +699,6 @@ fn yaml_docs(path: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
-/// The capabilities of tcploop-watch.service, as Kubernetes names them.
-fn watch_unit_caps() -> Vec<String> {
-    let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
-    let mut caps: Vec<String> = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .unwrap()
-        .split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_string())
-        .collect();
-    caps.sort();
-    caps
-}
-
 #[test]
 fn the_daemonset_parses_is_confined_and_its_command_line_is_accepted() {
     let docs = yaml_docs(&deploy().join("kubernetes/tcploop-daemonset.yaml"));
@@ -745,7 +731,7 @@ fn the_daemonset_parses_is_confined_and_its_command_line_is_accepted() {
     add.sort();
     assert_eq!(
         add,
-        watch_unit_caps(),
+        unit_caps("tcploop-watch.service"),
         "the same capabilities as the systemd unit"
     );
     for k in ["cpu", "memory"] {
@@ -790,6 +776,15 @@ fn the_daemonset_parses_is_confined_and_its_command_line_is_accepted() {
         job["kubernetes_sd_configs"][0]["namespaces"]["names"][0],
         "tcploop"
     );
+    // the jobs the alert rules name: tcploop, and tcploop-shield for the shield's pods
+    let jobs: Vec<&str> = job["relabel_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target_label"] == "job")
+        .map(|r| r["replacement"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["tcploop", "tcploop-shield"]);
     assert_eq!(docs[0]["metadata"]["name"], "tcploop");
 }
 
@@ -1049,4 +1044,68 @@ fn scenario_alertmanager() {
     );
     std::fs::write(out, "ok").unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The capabilities of a systemd unit of deploy/systemd, as Kubernetes
+/// names them.
+fn unit_caps(unit: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(deploy().join("systemd").join(unit)).unwrap();
+    let mut caps: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .unwrap()
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_string())
+        .collect();
+    caps.sort();
+    caps
+}
+
+#[test]
+fn the_shield_daemonset_is_confined_like_its_unit() {
+    let docs = yaml_docs(&deploy().join("kubernetes/tcploop-shield-daemonset.yaml"));
+    assert_eq!(docs.len(), 1);
+    let ds = &docs[0];
+    assert_eq!(ds["kind"], "DaemonSet");
+    assert_eq!(ds["metadata"]["namespace"], "tcploop");
+    let pod = &ds["spec"]["template"];
+    assert_eq!(
+        ds["spec"]["selector"]["matchLabels"],
+        pod["metadata"]["labels"]
+    );
+    let spec = &pod["spec"];
+    assert_eq!(spec["hostPID"], true);
+    assert_eq!(
+        spec["hostNetwork"], true,
+        "the node's own lo is shielded too"
+    );
+    let c = &spec["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut add: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    add.sort();
+    assert_eq!(add, unit_caps("tcploop-shield.service"));
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert!(mounts.contains(&"/sys/fs/bpf"), "{mounts:?}");
+    let mut line = vec!["tcploop".to_string()];
+    for a in c["args"].as_array().unwrap() {
+        line.push(a.as_str().unwrap().replace("$(NODE_IP)", "127.0.0.1"));
+    }
+    assert_eq!(line[1..3], ["shield", "daemon"]);
+    assert_accepted(&line, "tcploop-shield-daemonset.yaml");
+    assert_eq!(pod["metadata"]["annotations"]["prometheus.io/port"], "9978");
 }
