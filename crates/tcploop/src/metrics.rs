@@ -20,6 +20,8 @@
 //! | `tcploop_scan_errors_total` | counter | scans that failed (logged, not fatal) |
 //! | `tcploop_kills_total` | counter | loops destroyed by `--kill-after` |
 //! | `tcploop_kill_errors_total` | counter | destroys that failed |
+//! | `tcploop_namespaces` | gauge | network namespaces the last scan looked at (1 without `--all-netns`; with it, idle ones included) |
+//! | `tcploop_namespaces_skipped` | gauge | namespaces the last scan could not enter (`--all-netns` without the privileges): their loops go unseen |
 //! | `tcploop_build_info{version,arch}` | gauge | always 1; the labels say which build runs (for dashboards and upgrades across a fleet) |
 //!
 //! An alert rule as simple as `tcploop_loops_present > 0` fires within one
@@ -105,6 +107,10 @@ pub struct ScanSample {
     pub exposed_listeners: u64,
     /// Sockets seen.
     pub sockets: u64,
+    /// Network namespaces scanned (1 without `--all-netns`).
+    pub namespaces: u64,
+    /// Network namespaces that could not be scanned (`--all-netns`).
+    pub namespaces_skipped: u64,
     /// How long the scan took.
     pub duration: Duration,
 }
@@ -130,6 +136,8 @@ pub struct Metrics {
     loops_seen: Family<LoopLabels, Counter>,
     exposed_listeners: Gauge,
     sockets: Gauge,
+    namespaces: Gauge,
+    namespaces_skipped: Gauge,
     scan_duration: Gauge<f64, AtomicU64>,
     scans: Counter,
     scan_errors: Counter,
@@ -157,6 +165,8 @@ impl Metrics {
         let loops_seen = Family::<LoopLabels, Counter>::default();
         let exposed_listeners = Gauge::default();
         let sockets = Gauge::default();
+        let namespaces = Gauge::default();
+        let namespaces_skipped = Gauge::default();
         let scan_duration = Gauge::<f64, AtomicU64>::default();
         let scans = Counter::default();
         let scan_errors = Counter::default();
@@ -201,6 +211,16 @@ impl Metrics {
             sockets.clone(),
         );
         registry.register(
+            "namespaces",
+            "Network namespaces scanned by the last scan",
+            namespaces.clone(),
+        );
+        registry.register(
+            "namespaces_skipped",
+            "Network namespaces the last scan could not enter (their loops go unseen)",
+            namespaces_skipped.clone(),
+        );
+        registry.register(
             "scan_duration_seconds",
             "Duration of the last scan in seconds",
             scan_duration.clone(),
@@ -236,6 +256,8 @@ impl Metrics {
             loops_seen,
             exposed_listeners,
             sockets,
+            namespaces,
+            namespaces_skipped,
             scan_duration,
             scans,
             scan_errors,
@@ -289,6 +311,8 @@ impl Metrics {
         self.loops_present.set(s.loops.len() as i64);
         self.exposed_listeners.set(s.exposed_listeners as i64);
         self.sockets.set(s.sockets as i64);
+        self.namespaces.set(s.namespaces as i64);
+        self.namespaces_skipped.set(s.namespaces_skipped as i64);
         self.scan_duration.set(s.duration.as_secs_f64());
         self.scans.inc();
     }
@@ -686,6 +710,8 @@ mod tests {
             appeared: vec![l(40004, "python3")],
             exposed_listeners: 2,
             sockets: 10,
+            namespaces: 3,
+            namespaces_skipped: 1,
             duration: Duration::from_millis(3),
         });
         let text = m.render();
@@ -693,6 +719,8 @@ mod tests {
             text.contains("tcploop_loops{port=\"40004\",command=\"python3\"} 1\n"),
             "{text}"
         );
+        assert!(text.contains("tcploop_namespaces 3\n"), "{text}");
+        assert!(text.contains("tcploop_namespaces_skipped 1\n"), "{text}");
         assert!(text.contains("tcploop_loops_present 1\n"));
         assert!(text.contains("tcploop_exposed_listeners 2\n"));
         assert!(text.contains("tcploop_loops_seen_total{port=\"40004\",command=\"python3\"} 1\n"));

@@ -516,7 +516,7 @@ fn scenario_dashboard_and_alerts() {
         .iter()
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
-    assert_eq!(all.len(), 8, "{rules}");
+    assert_eq!(all.len(), 9, "{rules}");
     for r in all {
         assert_eq!(
             r["health"], "ok",

@@ -47,7 +47,8 @@ at 0 for an hour once a loop has gone; at most 500 series, further loops are
 counted in tcploop_loop_series_overflow_total), tcploop_loops_present,
 tcploop_loops_seen_total, tcploop_exposed_listeners, tcploop_sockets,
 tcploop_scan_duration_seconds, tcploop_scans_total, tcploop_scan_errors_total,
-tcploop_kills_total, tcploop_kill_errors_total, tcploop_build_info{version,arch}.
+tcploop_kills_total, tcploop_kill_errors_total, tcploop_namespaces,
+tcploop_namespaces_skipped, tcploop_build_info{version,arch}.
 Alert on `tcploop_loops_present > 0` (deploy/prometheus has tested rules).
 
 The /metrics server answers GET and HEAD (405 otherwise), serves each client
@@ -453,6 +454,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     appeared,
                     exposed_listeners: snap.exposed_listeners,
                     sockets: snap.sockets,
+                    namespaces: snap.namespaces,
+                    namespaces_skipped: snap.skipped,
                     duration: t0.elapsed(),
                 });
             }
