@@ -323,6 +323,11 @@ impl From<Snapshot> for HostSnapshot {
 /// idle containers are skipped for nothing. Needs CAP_SYS_ADMIN (setns) and
 /// CAP_SYS_PTRACE (other users' `/proc/PID/ns/net`); namespaces that
 /// cannot be entered are reported once and counted each scan.
+///
+/// Namespaces are known by inode, which the kernel reuses once a namespace
+/// is gone: one that ends and another that gets its inode between two
+/// scans look like one namespace (its loops are still tracked by socket
+/// cookie, which is never reused).
 #[derive(Debug)]
 pub struct HostScanner {
     own: u64,
