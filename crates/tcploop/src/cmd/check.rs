@@ -2,7 +2,7 @@
 //! host:port end in a self-connect here, now, and why.
 //!
 //! JSON Lines: one line of type `check` per port, data
-//! `{"host": "127.0.0.1", "port": 40004, "verdict": "possible"|"impossible"|"listening"|"unknown",
+//! `{"host": "127.0.0.1", "port": 40004, "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown",
 //!   "reasons": [string], "expected_tries": number|null}`.
 
 use std::io::Write;
@@ -18,7 +18,8 @@ use crate::exit::Exit;
 pub const AFTER_HELP: &str = "\
 Verdicts: possible (with the expected number of tries), impossible (with the
 reason), listening (something listens: connects succeed but are no loops),
-unknown (a fact is missing, and which). Exit code 1 when any port is possible
+prevented (it could loop, but `tcploop shield` is on here and turns the
+self-connect into ECONNREFUSED), unknown (a fact is missing, and which). Exit code 1 when any port is possible
 or unknown, 0 when none can loop.
 
 Examples:
@@ -38,7 +39,7 @@ pub struct Args {
     /// How the client gets its source port
     #[arg(long, value_enum, default_value_t = ClientKind::Connect)]
     pub client: ClientKind,
-    /// The client sets IP_LOCAL_PORT_RANGE to LO-HI (Linux 6.3+)
+    /// The client sets IP_LOCAL_PORT_RANGE to LO-HI (Linux 6.3+; from 6.8 without parity preference)
     #[arg(long, value_name = "LO-HI")]
     pub local_range: Option<String>,
     /// JSON Lines output
@@ -118,9 +119,13 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
     let host = survey.host(resolved.addr, resolved.scope_id);
     let sit = survey.situation(&host, client);
+    let shield = tcploop::shield::protection_here();
     let mut any = false;
     for port in ports {
-        let p = predict::predict(&sit, port);
+        let mut p = predict::predict(&sit, port);
+        if let Some(how) = &shield {
+            predict::shielded(&mut p, how);
+        }
         any |= matches!(p.verdict, Verdict::Possible | Verdict::Unknown);
         let hostport = report::addr(std::net::SocketAddr::new(host.effective, port));
         if args.json {

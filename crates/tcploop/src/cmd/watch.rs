@@ -9,7 +9,10 @@
 //!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3, "container": null|CONTAINER}]}`
 //!   (CONTAINER as in `tcploop scan --json`);
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
-//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`);
+//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`), plus
+//!   `"kills_on_port": 2` (loops destroyed on this port so far) and, from the second one on a
+//!   port in the ephemeral range that is not reserved, `"advice": string` (its client
+//!   reconnects and loops again: reserve the port);
 //! - `kill_failed`: the same fields plus `"error": string` (said once a loop; not retried);
 //! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
 //! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
@@ -122,6 +125,17 @@ struct LoopEvent<'a> {
     seen_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kills_on_port: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice: Option<String>,
+}
+
+/// A loop destroyed by `--kill-after`: how many on its port so far, and
+/// what to do when they keep coming back.
+struct KillNote {
+    kills_on_port: u64,
+    advice: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -167,6 +181,7 @@ impl Log<'_> {
         t: &Tracked,
         seen: Option<Duration>,
         error: Option<String>,
+        note: Option<KillNote>,
     ) -> anyhow::Result<()> {
         let s = &t.sock;
         let ns = self.netns_of.get(&LoopKey::of(s));
@@ -196,6 +211,8 @@ impl Log<'_> {
                     }),
                     seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
                     error,
+                    kills_on_port: note.as_ref().map(|n| n.kills_on_port),
+                    advice: note.and_then(|n| n.advice),
                 },
             )?;
         } else {
@@ -223,7 +240,7 @@ impl Log<'_> {
                     .collect();
                 v.join(", ")
             };
-            let extra = match (seen, error) {
+            let mut extra = match (seen, error) {
                 (_, Some(e)) => format!("  ({e})"),
                 (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
                 _ => String::new(),
@@ -231,6 +248,9 @@ impl Log<'_> {
             let where_ = ns
                 .map(|n| format!("  in netns {}", report::escape(&n.describe())))
                 .unwrap_or_default();
+            if let Some(a) = note.and_then(|n| n.advice) {
+                extra.push_str(&format!("\n    note: {a}"));
+            }
             writeln!(
                 self.out,
                 "{} {what} {} <-> itself  {}  {who}{where_}{extra}",
@@ -362,6 +382,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let mut poller =
         watch::Poller::new(args.all_netns).context("reading this process's network namespace")?;
     let mut given_up: HashSet<LoopKey> = HashSet::new();
+    let mut kills_on_port: HashMap<u16, u64> = HashMap::new();
     let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
     let mut next = Instant::now();
     while !super::interrupted() {
@@ -395,9 +416,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                         Change::Appeared(t) => {
                             loops_seen += 1;
                             appeared.push(labels(t, &log.netns_of));
-                            log.loop_event("loop_appeared", t, None, None)?;
+                            log.loop_event("loop_appeared", t, None, None, None)?;
                         }
-                        Change::Gone(t, d) => log.loop_event("loop_gone", t, Some(*d), None)?,
+                        Change::Gone(t, d) => {
+                            log.loop_event("loop_gone", t, Some(*d), None, None)?
+                        }
                     }
                 }
                 if let Some(after) = args.kill_after {
@@ -413,11 +436,26 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                             None => watch::kill(&t.sock),
                         };
                         let failure = match killed {
-                            Ok(Killed::Destroyed { .. }) => {
+                            Ok(Killed::Destroyed { loops_again, .. }) => {
                                 kills += 1;
                                 metrics.record_kill(true);
                                 tracker.forget(&t.sock);
-                                log.loop_event("loop_killed", &t, seen, None)?;
+                                let port = t.sock.local.port();
+                                let n = kills_on_port.entry(port).or_insert(0u64);
+                                *n += 1;
+                                let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
+                                    format!(
+                                        "loop {n} on port {port}: its client reconnects and \
+                                         loops again, as the port is in the ephemeral range and \
+                                         not reserved; reserve it (tcploop audit --ports {port} \
+                                         --apply) and the next kill is the last"
+                                    )
+                                });
+                                let note = KillNote {
+                                    kills_on_port: *n,
+                                    advice,
+                                };
+                                log.loop_event("loop_killed", &t, seen, None, Some(note))?;
                                 None
                             }
                             // closed by its owner meanwhile: the next scan
@@ -437,7 +475,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                             // said once, not retried every scan
                             given_up.insert(key);
                             metrics.record_kill(false);
-                            log.loop_event("kill_failed", &t, seen, Some(e))?;
+                            log.loop_event("kill_failed", &t, seen, Some(e), None)?;
                         }
                     }
                 }

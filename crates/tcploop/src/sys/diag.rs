@@ -315,6 +315,16 @@ pub fn dump_all(states: u32, mut f: impl FnMut(&DiagSocket)) -> Result<(), DiagE
 /// a TCP socket without `SO_REUSEADDR` (IPv6: `IPV6_V6ONLY`) is bound to it
 /// and closed at once. `Ok(false)` is EADDRINUSE.
 pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
+    // A v4-mapped address (`::ffff:127.0.0.1`, a dual-stack socket's view
+    // of IPv4) cannot be bound by an IPv6-only socket (EINVAL): a server
+    // would bind the IPv4 address, so check that.
+    let addr = match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    };
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -323,7 +333,10 @@ pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
-    match s.bind(&addr.into()) {
+    let res = s.bind(&addr.into());
+    // closing a bound, unconnected socket releases the port at once
+    drop(s);
+    match res {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(false),
         Err(e) => Err(e),
