@@ -382,7 +382,8 @@ fn scenario_dashboard_and_alerts() {
         format!(
             "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
              rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n\
+             \x20 - job_name: tcploop-shield\n    static_configs:\n      - targets: ['127.0.0.1:9978']\n",
             deploy().join("prometheus/tcploop-alerts.yml").display()
         ),
     )
@@ -405,6 +406,16 @@ fn scenario_dashboard_and_alerts() {
     // A loop, made as a plain client would, in a namespace of its own, by
     // a process in a docker-named cgroup; kept until the end.
     let looped = spawn_looper(Some(&cgroup));
+    // The shield daemon, for its panels, once the loop is there (it would
+    // refuse it afterwards); in the sandbox it covers the sandbox's
+    // namespaces only, with its iptables mechanism.
+    let _shield = Reaped(
+        common::tcploop(&["shield", "daemon", "--prometheus", "127.0.0.1:9978"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
 
     // Every metric the dashboard names is on the real page.
     let page = until("the loop on /metrics", || {
@@ -447,8 +458,9 @@ fn scenario_dashboard_and_alerts() {
             );
         }
     }
-    // ... and every panel has data once Prometheus has scraped a few times.
-    for q in &queries {
+    // ... and every panel has data once Prometheus has scraped a few times
+    // (the shield's too: its daemon runs here).
+    for q in queries.iter().chain(&shield) {
         let promql = q
             .replace("$instance", ".*")
             .replace("$__rate_interval", "2s");
