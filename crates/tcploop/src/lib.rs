@@ -23,6 +23,7 @@
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`container`]: the container, Kubernetes pod or systemd service of a process, from its cgroup;
 //! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`trace`]: loops reported by the kernel (BPF) the instant they form, and their end;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
@@ -52,6 +53,7 @@ pub mod shield;
 pub mod shield_daemon;
 pub mod survey;
 pub mod sys;
+pub mod trace;
 pub mod watch;
 
 pub use tcploop_guard::is_loop;

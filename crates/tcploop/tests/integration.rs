@@ -22,3 +22,4 @@ mod run;
 mod scan;
 mod serve;
 mod shield;
+mod trace;
