@@ -180,6 +180,12 @@ fn setup_error(step: Step, source: io::Error) -> SandboxError {
     SandboxError::Setup { what, source }
 }
 
+/// Whether this process runs as root (effective uid 0): a plain network
+/// namespace ([`Isolation::NetNsOnly`]) needs it.
+pub fn is_root() -> bool {
+    ns::euid() == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

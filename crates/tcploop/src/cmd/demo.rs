@@ -26,20 +26,19 @@
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
-use tcploop::demo::segment::{self, Segment};
-use tcploop::demo::session::{self, Captured};
+use tcploop::demo::phase::{run_phase, PhaseConfig, PhaseReport};
+use tcploop::demo::segment::Segment;
 use tcploop::demo::story::{self, Loop, Role, Story};
 use tcploop::demo::{ladder, pcap, svg};
 use tcploop::ports::{Parity, PortRange};
-use tcploop::predict::{self, Client, Prediction, Verdict};
+use tcploop::predict::Prediction;
 use tcploop::report;
-use tcploop::repro::{self, Outcome, Progress, SocketMode};
+use tcploop::repro;
 use tcploop::sandbox::{Entered, Isolation, Sandbox, SandboxError};
-use tcploop::survey::Survey;
 
 use crate::exit::Exit;
 
@@ -162,7 +161,7 @@ struct Out<'a> {
     namespace: &'static str,
     range: PortRange,
     /// Every frame of every phase, for --pcap.
-    frames: Vec<tcploop::sys::packet::Frame>,
+    frames: Vec<tcploop::demo::session::Frame>,
     /// The first loop, for --svg.
     first_loop: Option<Loop>,
 }
@@ -212,7 +211,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
 
     anyhow::ensure!(
-        !args.netns_only || tcploop::sys::ns::euid() == 0,
+        !args.netns_only || tcploop::sandbox::is_root(),
         "--netns-only needs root (a plain network namespace needs CAP_SYS_ADMIN); \
          without it the demo uses a user+net namespace, which needs no privilege"
     );
@@ -250,12 +249,18 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let code = if args.odd {
         odd_lesson(&mut o, &args, target)?
     } else {
-        let sit = Survey::take().context("reading the sandbox's port facts")?;
-        let pred = predict_here(&sit, target);
+        let cfg = PhaseConfig {
+            target,
+            hold: vec![],
+            max_tries: args.max_tries,
+            only_if_possible: true,
+        };
+        let rep = run_phase(&cfg)?;
+        let pred = &rep.prediction;
         if !o.json {
-            reasons(&mut o, &pred)?;
+            reasons(&mut o, pred)?;
         }
-        if pred.verdict != Verdict::Possible {
+        if !rep.tried {
             if !o.json {
                 writeln!(o.w, "\nNo loop can happen on port {port} here.")?;
                 if Parity::of(port) != range.connect_parity() {
@@ -265,10 +270,10 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     )?;
                 }
             }
-            result_only(&mut o, "loop", target, &pred)?;
+            result_only(&mut o, "loop", target, pred)?;
             return Ok(Exit::Found);
         }
-        let phase = attempt(&mut o, "loop", target, &pred, &[], args.max_tries, true)?;
+        let phase = show_phase(&mut o, "loop", &cfg, rep, true)?;
         if phase.looped {
             Exit::Ok
         } else {
@@ -335,12 +340,6 @@ fn default_target(range: PortRange, odd: bool) -> u16 {
     c.get(c.len() / 2).copied().unwrap_or(range.low)
 }
 
-fn predict_here(survey: &Survey, target: SocketAddr) -> Prediction {
-    let host = survey.host(target.ip(), 0);
-    let sit = survey.situation(&host, Client::Connect);
-    predict::predict(&sit, target.port())
-}
-
 fn intro(o: &mut Out<'_>, entered: Entered, target: SocketAddr, odd: bool) -> anyhow::Result<()> {
     let r = o.range;
     writeln!(
@@ -380,127 +379,77 @@ fn odd_lesson(o: &mut Out<'_>, args: &Args, target: SocketAddr) -> anyhow::Resul
     let r = o.range;
     let pref = r.connect_parity();
     let port = target.port();
-    let survey = Survey::take().context("reading the sandbox's port facts")?;
-    let pred = predict_here(&survey, target);
+    let cfg = PhaseConfig {
+        target,
+        hold: vec![],
+        max_tries: args.tries,
+        only_if_possible: false,
+    };
+    let rep = run_phase(&cfg)?;
     if !o.json {
         writeln!(
             o.w,
             "\n1. With the {pref} ports free, {port} does not loop:"
         )?;
-        for reason in pred.reasons.iter().skip(1) {
+        for reason in rep.prediction.reasons.iter().skip(1) {
             say(o.w, "     ", reason)?;
         }
     }
-    attempt(o, "parity", target, &pred, &[], args.tries, false)?;
+    show_phase(o, "parity", &cfg, rep, false)?;
 
     let evens: Vec<u16> = r
         .connect_candidates()
         .filter(|&p| Parity::of(p) == pref)
         .collect();
-    let holders = session::hold(target.ip(), evens.iter().copied())
-        .context("holding the ports with bind()")?;
-    let survey = Survey::take().context("reading the sandbox's port facts")?;
-    let pred = predict_here(&survey, target);
+    let cfg = PhaseConfig {
+        target,
+        hold: evens.clone(),
+        max_tries: args.max_tries,
+        only_if_possible: false,
+    };
+    let rep = run_phase(&cfg)?;
     if !o.json {
         writeln!(
             o.w,
             "\n2. Now every {pref} port is held by bind() ({}):",
             join(&evens)
         )?;
-        for reason in pred.reasons.iter().skip(1) {
+        for reason in rep.prediction.reasons.iter().skip(1) {
             say(o.w, "     ", reason)?;
         }
     }
-    let phase = attempt(o, "held", target, &pred, &evens, args.max_tries, true)?;
-    drop(holders);
+    let phase = show_phase(o, "held", &cfg, rep, true)?;
     Ok(if phase.looped { Exit::Ok } else { Exit::Found })
 }
 
-/// How the reproducer ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Got {
-    Loop,
-    NoLoop,
-    Listener,
-}
-
-/// What the work inside the capture found.
-struct Work {
-    got: Got,
-    tries: u64,
-    elapsed: Duration,
-    /// The loop's proof (echo, stolen, freed), when one was found.
-    proof: Option<repro::Proof>,
-}
-
-/// One phase: the reproducer with a capture, then its story.
-fn attempt(
+/// Renders one phase's report.
+fn show_phase(
     o: &mut Out<'_>,
     phase: &str,
-    target: SocketAddr,
-    pred: &Prediction,
-    held: &[u16],
-    max_tries: u64,
+    cfg: &PhaseConfig,
+    rep: PhaseReport,
     expect_loop: bool,
 ) -> anyhow::Result<Phase> {
-    let cfg = repro::Config {
-        target,
-        mode: SocketMode::Reuse,
-        jobs: 1,
-        max_tries: Some(max_tries),
-        timeout: Some(Duration::from_secs(10)),
-        reuseaddr: false,
-        sample_port: false,
-    };
-    let (work, cap) = session::capture_while(|| -> Result<Work, repro::ReproError> {
-        let rep = repro::run(&cfg, &Progress::default())?;
-        let mut w = Work {
-            got: Got::NoLoop,
-            tries: rep.tries,
-            elapsed: rep.elapsed,
-            proof: None,
-        };
-        match rep.outcome {
-            Outcome::SelfConnect(sock) => {
-                w.got = Got::Loop;
-                w.proof = repro::prove(sock, target, repro::Hold::No, true, &|| false, &mut |_| {
-                    Ok(())
-                })
-                .ok();
-            }
-            Outcome::Listener(sock) => {
-                w.got = Got::Listener;
-                repro::release(sock, true);
-            }
-            _ => {}
-        }
-        Ok(w)
-    })
-    .context("capturing on lo")?;
-    let work = work?;
-    let looped = work.got == Got::Loop;
-    if work.got == Got::Listener {
-        anyhow::bail!(
-            "something answered on {} inside the sandbox: not a loop",
-            report::addr(target)
-        );
-    }
-
-    let segs = decode_all(&cap);
-    let (story, roles) = story::tell(&segs, target);
+    let target = cfg.target;
+    let held = &cfg.hold;
+    let pred = &rep.prediction;
+    let looped = rep.looped;
+    let segs = &rep.segments;
+    let (story, roles) = (&rep.story, &rep.roles);
+    let cap = &rep.captured;
     let origin = segs.first().map_or(SystemTime::UNIX_EPOCH, |s| s.ts);
     if o.json {
-        emit_json(o, phase, &segs, &roles, &story, origin)?;
+        emit_json(o, phase, segs, roles, story, origin)?;
     } else if expect_loop {
-        show_tries(o, &story, target, work.tries, looped)?;
+        show_tries(o, story, target, rep.tries, looped)?;
         if let Some(l) = &story.looped {
             show_loop(o, l)?;
         }
         if looped {
-            show_proof(o, target, &work)?;
+            show_proof(o, target, rep.proof)?;
         }
     } else {
-        show_no_loop(o, &story, work.tries, looped)?;
+        show_no_loop(o, story, rep.tries, looped)?;
     }
     if cap.stats.drops > 0 && !o.json {
         writeln!(
@@ -509,12 +458,7 @@ fn attempt(
             cap.stats.drops
         )?;
     }
-    let mut ports: Vec<u16> = story.refused.iter().map(|r| r.port).collect();
-    if let Some(l) = &story.looped {
-        ports.push(l.socket.port());
-    }
-    ports.sort_unstable();
-    ports.dedup();
+    let ports = rep.source_ports();
     let l = story.looped.as_ref();
     let result = ResultLine {
         phase,
@@ -525,18 +469,18 @@ fn attempt(
         verdict: pred.verdict.as_str(),
         reasons: &pred.reasons,
         held: held.to_vec(),
-        tries: work.tries,
+        tries: rep.tries,
         refused: story.refused.len(),
         source_ports: ports,
         isn: l.map(|l| l.isn),
         same_isn: l.map(Loop::same_isn),
         handshake: l.map(|l| l.handshake().iter().map(|s| s.seg.flags.name()).collect()),
-        echo: looped.then(|| work.proof.is_some_and(|p| p.echo)),
-        port_stolen: work.proof.map(|p| p.stolen),
-        port_free_after: work.proof.map(|p| p.freed),
+        echo: looped.then(|| rep.proof.is_some_and(|p| p.echo)),
+        port_stolen: rep.proof.map(|p| p.stolen),
+        port_free_after: rep.proof.map(|p| p.freed),
         captured: segs.len(),
         dropped: cap.stats.drops,
-        elapsed_s: work.elapsed.as_secs_f64(),
+        elapsed_s: rep.elapsed.as_secs_f64(),
     };
     if o.json {
         report::json_line(o.w, "result", &result)?;
@@ -544,15 +488,8 @@ fn attempt(
     if o.first_loop.is_none() {
         o.first_loop = story.looped.clone();
     }
-    o.frames.extend(cap.frames);
+    o.frames.extend(rep.captured.frames);
     Ok(Phase { looped })
-}
-
-fn decode_all(cap: &Captured) -> Vec<Segment> {
-    cap.frames
-        .iter()
-        .filter_map(|f| segment::decode(&f.data, f.ts))
-        .collect()
 }
 
 fn result_only(
@@ -750,10 +687,9 @@ fn show_loop(o: &mut Out<'_>, l: &Loop) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show_proof(o: &mut Out<'_>, target: SocketAddr, w: &Work) -> anyhow::Result<()> {
+fn show_proof(o: &mut Out<'_>, target: SocketAddr, p: Option<repro::Proof>) -> anyhow::Result<()> {
     let a = report::addr(target);
     writeln!(o.w, "\nProof that it is a loop:")?;
-    let p = w.proof;
     match p.map(|p| p.echo) {
         Some(true) => writeln!(
             o.w,

@@ -2,9 +2,12 @@
 //! the kernel really exchanged.
 //!
 //! The pieces, from the wire up:
+//! - [`phase`]: one phase, `run_phase(PhaseConfig) -> PhaseReport`: ports
+//!   held, the prediction, the reproducer inside a capture, the loop's proof
+//!   ([`crate::repro::prove`]: echo, stolen port, release), the story;
 //! - [`session`]: captures every frame on `lo` (an `AF_PACKET` socket, see
 //!   [`crate::sys::packet`]) on a thread of its own while the caller runs the
-//!   reproducer, and holds the small proofs (echo, stolen port, release);
+//!   reproducer, and holds ports with `bind()`;
 //! - [`segment`]: decodes a frame into a TCP [`segment::Segment`];
 //! - [`story`]: sorts the segments into refused tries (SYN, then RST) and the
 //!   loop, and walks the loop through the TCP states: CLOSED, SYN-SENT,
@@ -13,10 +16,11 @@
 //!   as an SVG picture;
 //! - [`pcap`]: writes the capture as a pcap file for tcpdump and Wireshark.
 //!
-//! Everything but [`session`] is pure and tested from fixtures.
+//! Everything but [`session`] and [`phase`] is pure and tested from fixtures.
 
 pub mod ladder;
 pub mod pcap;
+pub mod phase;
 pub mod segment;
 pub mod session;
 pub mod story;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::sys::packet::{Capture, CaptureError, Frame, Stats};
+use crate::sys::packet::{Capture, Stats};
+pub use crate::sys::packet::{CaptureError, Frame};
 
 /// How long the capture keeps reading once the work is done: frames on `lo`
 /// are queued to the capture socket before the sending system call returns,

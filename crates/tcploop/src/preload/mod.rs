@@ -30,7 +30,7 @@
 
 //! The module in three parts: [`library`] finds the guard library (and
 //! the program, as `execvp(3)` would) and builds `LD_PRELOAD`; [`elf`]
-//! reads ELF headers and `#!` lines; [`gaps`] says what the guard does not
+//! reads ELF headers and `#!` lines; [`gaps`](mod@gaps) says what the guard does not
 //! cover for a given program.
 
 use std::path::PathBuf;
