@@ -41,121 +41,122 @@ fn ip(args: &str) {
     assert!(st.success(), "ip {args}");
 }
 
-/// Inside the sandbox: set up `case`, ask `check`, then really connect.
-#[test]
-#[ignore = "scenario: run inside a sandbox by the tests below"]
-fn predictor_case() {
-    let Some(out) = scenario_out() else { return };
-    let case = std::env::var("TCPLOOP_CASE").unwrap();
-    let mut keep: Vec<Socket> = vec![];
-    let (host, port) = match case.as_str() {
-        "even" => ("127.0.0.1", "40004"),
-        "odd" => ("127.0.0.1", "40005"),
-        "reserved" => ("127.0.0.1", "40004"),
-        "top-of-odd-range" => ("127.0.0.1", "40010"),
-        "bind-held" => {
-            keep.push(bound("127.0.0.1:40004", false));
-            ("127.0.0.1", "40004")
-        }
-        "bind-held-other-address" => {
-            ip("addr add 127.0.0.2/8 dev lo");
-            keep.push(bound("127.0.0.2:40004", false));
-            ("127.0.0.1", "40004")
-        }
-        "bind-held-ipv6" => {
-            keep.push(bound("[::1]:40004", true));
-            ("127.0.0.1", "40004")
-        }
-        "connected-holder" => {
-            // 40004 becomes the source port of a connection to a listener
-            // elsewhere: that does not protect it.
-            let l = listener("127.0.0.1:50000");
-            let c = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-            c.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-                .ok();
-            drop(c);
-            let mut got = false;
-            for _ in 0..200 {
+scenario! {
+    /// Inside the sandbox: set up `case`, ask `check`, then really connect.
+    fn predictor_case(out) {
+        let case = std::env::var("TCPLOOP_CASE").unwrap();
+        let mut keep: Vec<Socket> = vec![];
+        let (host, port) = match case.as_str() {
+            "even" => ("127.0.0.1", "40004"),
+            "odd" => ("127.0.0.1", "40005"),
+            "reserved" => ("127.0.0.1", "40004"),
+            "top-of-odd-range" => ("127.0.0.1", "40010"),
+            "bind-held" => {
+                keep.push(bound("127.0.0.1:40004", false));
+                ("127.0.0.1", "40004")
+            }
+            "bind-held-other-address" => {
+                ip("addr add 127.0.0.2/8 dev lo");
+                keep.push(bound("127.0.0.2:40004", false));
+                ("127.0.0.1", "40004")
+            }
+            "bind-held-ipv6" => {
+                keep.push(bound("[::1]:40004", true));
+                ("127.0.0.1", "40004")
+            }
+            "connected-holder" => {
+                // 40004 becomes the source port of a connection to a listener
+                // elsewhere: that does not protect it.
+                let l = listener("127.0.0.1:50000");
                 let c = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-                c.connect(&"127.0.0.1:50000".parse::<SocketAddr>().unwrap().into())
-                    .unwrap();
-                let p = c.local_addr().unwrap().as_socket().unwrap().port();
-                keep.push(c);
-                if p == 40004 {
-                    got = true;
-                    break;
+                c.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+                    .ok();
+                drop(c);
+                let mut got = false;
+                for _ in 0..200 {
+                    let c = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+                    c.connect(&"127.0.0.1:50000".parse::<SocketAddr>().unwrap().into())
+                        .unwrap();
+                    let p = c.local_addr().unwrap().as_socket().unwrap().port();
+                    keep.push(c);
+                    if p == 40004 {
+                        got = true;
+                        break;
+                    }
+                }
+                assert!(got, "no connection got source port 40004");
+                keep.push(l);
+                ("127.0.0.1", "40004")
+            }
+            "listening" => {
+                keep.push(listener("0.0.0.0:40004"));
+                ("127.0.0.1", "40004")
+            }
+            "odd-after-exhaustion" => {
+                for p in (40000..=40008).step_by(2) {
+                    keep.push(bound(&format!("127.0.0.1:{p}"), false));
+                }
+                ("127.0.0.1", "40005")
+            }
+            "ipv6-even" => ("::1", "40004"),
+            "ipv6-odd" => ("::1", "40005"),
+            "unspecified" => ("0.0.0.0", "40006"),
+            "v4-mapped" => ("::ffff:127.0.0.1", "40002"),
+            "other-loopback" => ("127.0.0.2", "40004"),
+            "interface" | "interface-odd" | "interface-v6" => {
+                ip("link add veth0 type veth peer name veth1");
+                ip("addr add 10.99.0.1/24 dev veth0");
+                ip("-6 addr add fd00::1/64 dev veth0 nodad");
+                ip("link set veth0 up");
+                match case.as_str() {
+                    "interface" => ("10.99.0.1", "40006"),
+                    "interface-odd" => ("10.99.0.1", "40007"),
+                    _ => ("fd00::1", "40008"),
                 }
             }
-            assert!(got, "no connection got source port 40004");
-            keep.push(l);
-            ("127.0.0.1", "40004")
-        }
-        "listening" => {
-            keep.push(listener("0.0.0.0:40004"));
-            ("127.0.0.1", "40004")
-        }
-        "odd-after-exhaustion" => {
-            for p in (40000..=40008).step_by(2) {
-                keep.push(bound(&format!("127.0.0.1:{p}"), false));
-            }
-            ("127.0.0.1", "40005")
-        }
-        "ipv6-even" => ("::1", "40004"),
-        "ipv6-odd" => ("::1", "40005"),
-        "unspecified" => ("0.0.0.0", "40006"),
-        "v4-mapped" => ("::ffff:127.0.0.1", "40002"),
-        "other-loopback" => ("127.0.0.2", "40004"),
-        "interface" | "interface-odd" | "interface-v6" => {
-            ip("link add veth0 type veth peer name veth1");
-            ip("addr add 10.99.0.1/24 dev veth0");
-            ip("-6 addr add fd00::1/64 dev veth0 nodad");
-            ip("link set veth0 up");
-            match case.as_str() {
-                "interface" => ("10.99.0.1", "40006"),
-                "interface-odd" => ("10.99.0.1", "40007"),
-                _ => ("fd00::1", "40008"),
-            }
-        }
-        other => panic!("unknown case {other}"),
-    };
-    let check = output(&mut tcploop(&["check", "--json", "--host", host, port]));
-    let lines = json_lines(&check);
-    let c = &of_type(&lines, "check")[0];
-    let conn = output(&mut tcploop(&[
-        "connect",
-        "--json",
-        "--quiet",
-        "--no-hold",
-        "--force",
-        "--max-tries",
-        NEVER_TRIES,
-        "--host",
-        host,
-        port,
-    ]));
-    let r = of_type(&json_lines(&conn), "result")[0].clone();
-    let v = serde_json::json!({
-        "verdict": c["verdict"],
-        "reasons": c["reasons"],
-        "expected_tries": c["expected_tries"],
-        "check_exit": check.status.code(),
-        "outcome": r["outcome"],
-        "tries": r["tries"],
-        "local": r["local"],
-        "connect_exit": conn.status.code(),
-    });
-    std::fs::write(out, v.to_string()).unwrap();
-    drop(keep);
+            other => panic!("unknown case {other}"),
+        };
+        let check = output(&mut tcploop(&["check", "--json", "--host", host, port]));
+        let lines = json_lines(&check);
+        let c = &of_type(&lines, "check")[0];
+        let conn = output(&mut tcploop(&[
+            "connect",
+            "--json",
+            "--quiet",
+            "--no-hold",
+            "--force",
+            "--max-tries",
+            NEVER_TRIES,
+            "--host",
+            host,
+            port,
+        ]));
+        let r = of_type(&json_lines(&conn), "result")[0].clone();
+        let v = serde_json::json!({
+            "verdict": c["verdict"],
+            "reasons": c["reasons"],
+            "expected_tries": c["expected_tries"],
+            "check_exit": check.status.code(),
+            "outcome": r["outcome"],
+            "tries": r["tries"],
+            "local": r["local"],
+            "connect_exit": conn.status.code(),
+        });
+        std::fs::write(out, v.to_string()).unwrap();
+        drop(keep);
+    }
 }
 
-fn case(range: &str, reserve: Option<&str>, name: &str) -> Value {
-    let text = scenario_with(
+/// The verdict and what really happened in case `name` (`None`: skipped,
+/// no namespaces here).
+fn case(range: &str, reserve: Option<&str>, name: &str) -> Option<Value> {
+    let text = predictor_case::run(&Sandbox {
         range,
         reserve,
-        "check::predictor_case",
-        &[("TCPLOOP_CASE", name)],
-    );
-    serde_json::from_str(&text).unwrap()
+        envs: &[("TCPLOOP_CASE", name)],
+        netns_only: false,
+    })?;
+    Some(serde_json::from_str(&text).unwrap())
 }
 
 /// The predictor and reality agree: possible <=> loops, listening <=> a
@@ -194,7 +195,9 @@ const NARROW: &str = "40000-40009";
 
 #[test]
 fn even_port_loops_as_predicted() {
-    let v = case(NARROW, None, "even");
+    let Some(v) = case(NARROW, None, "even") else {
+        return;
+    };
     expect(&v, "possible", "even");
     assert_eq!(v["expected_tries"], 5.0);
     assert_eq!(v["local"], "127.0.0.1:40004");
@@ -202,131 +205,151 @@ fn even_port_loops_as_predicted() {
 
 #[test]
 fn odd_port_never_loops() {
-    expect(&case(NARROW, None, "odd"), "impossible", "odd");
+    let Some(v) = case(NARROW, None, "odd") else {
+        return;
+    };
+    expect(&v, "impossible", "odd");
 }
 
 #[test]
 fn reserved_port_never_loops() {
-    expect(
-        &case(NARROW, Some("40004"), "reserved"),
-        "impossible",
-        "ip_local_reserved_ports",
-    );
+    let Some(v) = case(NARROW, Some("40004"), "reserved") else {
+        return;
+    };
+    expect(&v, "impossible", "ip_local_reserved_ports");
 }
 
 #[test]
 fn top_port_of_an_odd_sized_range_never_loops() {
-    expect(
-        &case("40000-40010", None, "top-of-odd-range"),
-        "impossible",
-        "odd number of ports",
-    );
+    let Some(v) = case("40000-40010", None, "top-of-odd-range") else {
+        return;
+    };
+    expect(&v, "impossible", "odd number of ports");
 }
 
 #[test]
 fn bind_held_port_never_loops() {
-    expect(&case(NARROW, None, "bind-held"), "impossible", "bind()");
+    let Some(v) = case(NARROW, None, "bind-held") else {
+        return;
+    };
+    expect(&v, "impossible", "bind()");
 }
 
 #[test]
 fn port_bound_on_another_address_never_loops() {
-    expect(
-        &case(NARROW, None, "bind-held-other-address"),
-        "impossible",
-        "127.0.0.2:40004",
-    );
+    let Some(v) = case(NARROW, None, "bind-held-other-address") else {
+        return;
+    };
+    expect(&v, "impossible", "127.0.0.2:40004");
 }
 
 #[test]
 fn port_bound_by_ipv6_protects_ipv4() {
-    expect(
-        &case(NARROW, None, "bind-held-ipv6"),
-        "impossible",
-        "[::1]:40004",
-    );
+    let Some(v) = case(NARROW, None, "bind-held-ipv6") else {
+        return;
+    };
+    expect(&v, "impossible", "[::1]:40004");
 }
 
 #[test]
 fn a_connected_source_port_gives_no_protection() {
-    expect(
-        &case(NARROW, None, "connected-holder"),
-        "possible",
-        "do not protect it",
-    );
+    let Some(v) = case(NARROW, None, "connected-holder") else {
+        return;
+    };
+    expect(&v, "possible", "do not protect it");
 }
 
 #[test]
 fn listening_port_reaches_the_listener() {
-    expect(
-        &case(NARROW, None, "listening"),
-        "listening",
-        "0.0.0.0:40004",
-    );
+    let Some(v) = case(NARROW, None, "listening") else {
+        return;
+    };
+    expect(&v, "listening", "0.0.0.0:40004");
 }
 
 #[test]
 fn odd_port_loops_once_every_even_port_is_bind_held() {
-    let v = case(NARROW, None, "odd-after-exhaustion");
+    let Some(v) = case(NARROW, None, "odd-after-exhaustion") else {
+        return;
+    };
     expect(&v, "possible", "falls back to odd");
     assert_eq!(v["expected_tries"], 5.0);
 }
 
 #[test]
 fn ipv6_loopback_follows_the_same_parity_rule() {
-    expect(&case(NARROW, None, "ipv6-even"), "possible", "::1");
-    expect(&case(NARROW, None, "ipv6-odd"), "impossible", "odd");
+    let Some(v) = case(NARROW, None, "ipv6-even") else {
+        return;
+    };
+    expect(&v, "possible", "::1");
+    let Some(v) = case(NARROW, None, "ipv6-odd") else {
+        return;
+    };
+    expect(&v, "impossible", "odd");
 }
 
 #[test]
 fn unspecified_address_means_this_host() {
-    let v = case(NARROW, None, "unspecified");
+    let Some(v) = case(NARROW, None, "unspecified") else {
+        return;
+    };
     expect(&v, "possible", "this host");
     assert_eq!(v["local"], "127.0.0.1:40006");
 }
 
 #[test]
 fn v4_mapped_loopback_loops() {
-    expect(&case(NARROW, None, "v4-mapped"), "possible", "even");
+    let Some(v) = case(NARROW, None, "v4-mapped") else {
+        return;
+    };
+    expect(&v, "possible", "even");
 }
 
 #[test]
 fn other_loopback_address_never_loops() {
-    expect(
-        &case(NARROW, None, "other-loopback"),
-        "impossible",
-        "127.0.0.1",
-    );
+    let Some(v) = case(NARROW, None, "other-loopback") else {
+        return;
+    };
+    expect(&v, "impossible", "127.0.0.1");
 }
 
 #[test]
 fn interface_addresses_loop_like_loopback() {
-    expect(&case(NARROW, None, "interface"), "possible", "veth0");
-    expect(&case(NARROW, None, "interface-odd"), "impossible", "odd");
-    expect(&case(NARROW, None, "interface-v6"), "possible", "veth0");
+    let Some(v) = case(NARROW, None, "interface") else {
+        return;
+    };
+    expect(&v, "possible", "veth0");
+    let Some(v) = case(NARROW, None, "interface-odd") else {
+        return;
+    };
+    expect(&v, "impossible", "odd");
+    let Some(v) = case(NARROW, None, "interface-v6") else {
+        return;
+    };
+    expect(&v, "possible", "veth0");
 }
 
-/// The expected number of tries is the measured mean: 200 loops made
-/// in-process with a fresh socket per try, each reset with RST.
-#[test]
-#[ignore = "scenario: run inside a sandbox by expected_tries_match_the_measured_mean"]
-fn mean_tries_scenario() {
-    let Some(out) = scenario_out() else { return };
-    let target: SocketAddr = "127.0.0.1:40004".parse().unwrap();
-    let mut total = 0u64;
-    let trials = 200u64;
-    for _ in 0..trials {
-        for n in 1..=10_000u64 {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-            if s.connect(&target.into()).is_ok() {
-                assert!(tcploop_guard::is_self_connected(&s).unwrap());
-                s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
-                total += n;
-                break;
+scenario! {
+    /// The expected number of tries is the measured mean: 200 loops made
+    /// in-process with a fresh socket per try, each reset with RST.
+    fn mean_tries(out) {
+        let target: SocketAddr = "127.0.0.1:40004".parse().unwrap();
+        let mut total = 0u64;
+        let trials = 200u64;
+        for _ in 0..trials {
+            for n in 1..=10_000u64 {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+                if s.connect(&target.into()).is_ok() {
+                    assert!(tcploop_guard::is_self_connected(&s).unwrap());
+                    s.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+                    total += n;
+                    break;
+                }
+                assert!(n < 10_000, "no loop in 10,000 tries");
             }
-            assert!(n < 10_000, "no loop in 10,000 tries");
         }
+        std::fs::write(out, format!("{}", total as f64 / trials as f64)).unwrap();
     }
-    std::fs::write(out, format!("{}", total as f64 / trials as f64)).unwrap();
 }
 
 #[test]
@@ -335,9 +358,10 @@ fn expected_tries_match_the_measured_mean() {
     let expected = of_type(&json_lines(&check), "check")[0]["expected_tries"]
         .as_f64()
         .unwrap();
-    let mean: f64 = scenario(NARROW, None, "check::mean_tries_scenario")
-        .parse()
-        .unwrap();
+    let Some(text) = mean_tries::run(&Sandbox::range(NARROW)) else {
+        return;
+    };
+    let mean: f64 = text.parse().unwrap();
     // geometric with p = 1/5: the mean of 200 trials has a standard error
     // of about 0.32; allow a wide margin, the point is the order of magnitude.
     assert!(

@@ -3,9 +3,10 @@
 //! Two ways to run something inside a throwaway namespace:
 //! - [`sandboxed`]: `tcploop sandbox --range R -- tcploop ARGS`, the binary
 //!   as a user runs it;
-//! - [`scenario`]: re-runs *this test binary* inside a sandbox, for one
+//! - [`scenario!`]: re-runs *this test binary* inside a sandbox, for one
 //!   `#[ignore]`d test that sets up sockets and then runs real connects; the
-//!   child writes its findings to the file named by `TCPLOOP_SCENARIO_OUT`.
+//!   child writes its findings to the file named by `TCPLOOP_SCENARIO_OUT`
+//!   (the older [`scenario`] function names the child by hand).
 //!   The libtest harness is threaded, so a test cannot enter a namespace
 //!   itself; its re-executed child starts inside one.
 #![allow(dead_code)]
@@ -86,11 +87,107 @@ pub fn scenario_out() -> Option<PathBuf> {
     std::env::var_os(SCENARIO_ENV).map(PathBuf::from)
 }
 
-/// Runs the `#[ignore]`d test `name` (its full path, e.g.
-/// `check::scenario_bind_held`) of this binary inside a sandbox with port
+/// Where and how a scenario runs: `tcploop sandbox --range RANGE [--reserve
+/// LIST] [--netns-only]`, with extra environment variables for the child.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sandbox<'a> {
+    /// `ip_local_port_range` inside.
+    pub range: &'a str,
+    /// `ip_local_reserved_ports` inside.
+    pub reserve: Option<&'a str>,
+    /// Environment variables for the child.
+    pub envs: &'a [(&'a str, &'a str)],
+    /// A plain network namespace (root) instead of user+net: the child keeps
+    /// the initial namespace's capabilities, which BPF needs.
+    pub netns_only: bool,
+}
+
+impl<'a> Sandbox<'a> {
+    /// A user+net sandbox with port range `range`.
+    pub fn range(range: &'a str) -> Sandbox<'a> {
+        Sandbox {
+            range,
+            ..Sandbox::default()
+        }
+    }
+}
+
+/// Whether this machine can make the sandboxes scenarios run in, probed
+/// once (`tcploop sandbox --range 40000-40009 -- true`).
+pub fn sandboxes_work() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        Command::new(bin())
+            .args(["sandbox", "--range", "40000-40009", "--", "true"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// A test whose body runs inside a throwaway namespace. The libtest harness
+/// is threaded, so a test cannot enter a namespace itself: `scenario!`
+/// writes the `#[ignore]`d child test (the body, which writes its findings
+/// to the path bound to `$out`) and, beside it, a module of the same name
+/// whose `run(&Sandbox)` re-runs this test binary inside a sandbox on that
+/// child alone and returns what it wrote, or `None` (after a loud skip, a
+/// failure under `TCPLOOP_REQUIRE_PRIVILEGED`) where sandboxes cannot be made.
+///
+/// ```ignore
+/// scenario! {
+///     /// What it does inside.
+///     fn held_loop(out) { std::fs::write(out, "ok").unwrap(); }
+/// }
+/// let Some(text) = held_loop::run(&Sandbox::range("40000-40009")) else { return };
+/// ```
+macro_rules! scenario {
+    ($(#[$m:meta])* fn $name:ident($out:ident) $body:block) => {
+        $(#[$m])*
+        #[test]
+        #[ignore = "a scenario: its parent test runs it inside a sandbox"]
+        fn $name() {
+            let Some($out) = $crate::common::scenario_out() else {
+                return;
+            };
+            $body
+        }
+
+        mod $name {
+            /// Runs the scenario inside a sandbox; `None`: skipped.
+            pub fn run(sandbox: &$crate::common::Sandbox<'_>) -> Option<String> {
+                $crate::common::run_scenario(sandbox, module_path!())
+            }
+        }
+    };
+}
+
+/// Runs the scenario at `module_path` (`integration::check::mean_tries`:
+/// the child test is `check::mean_tries`) inside `sandbox`; see
+/// [`scenario!`].
+pub fn run_scenario(sandbox: &Sandbox<'_>, module_path: &str) -> Option<String> {
+    let name = module_path
+        .split_once("::")
+        .map_or(module_path, |(_, rest)| rest);
+    if skip_unless(
+        sandboxes_work(),
+        name,
+        "user or network namespaces (tcploop sandbox)",
+    ) {
+        return None;
+    }
+    Some(scenario_in(
+        sandbox.range,
+        sandbox.reserve,
+        name,
+        sandbox.envs,
+        sandbox.netns_only,
+    ))
+}
+
+/// The older form of [`scenario!`]: runs the `#[ignore]`d test `name` (its
+/// full path, e.g. `check::scenario_bind_held`) inside a sandbox with port
 /// range `range` (and reserved ports), and returns what it wrote.
 pub fn scenario(range: &str, reserve: Option<&str>, name: &str) -> String {
-    scenario_with(range, reserve, name, &[])
+    scenario_in(range, reserve, name, &[], false)
 }
 
 /// [`scenario`] with extra environment variables for the child.
@@ -103,9 +200,7 @@ pub fn scenario_with(
     scenario_in(range, reserve, name, envs, false)
 }
 
-/// [`scenario`] in a plain network namespace (`sandbox --netns-only`, root):
-/// without a user namespace, the child keeps the initial namespace's
-/// capabilities, which BPF needs.
+/// [`scenario`] in a plain network namespace (`sandbox --netns-only`, root).
 pub fn scenario_netns_only(range: &str, name: &str) -> String {
     scenario_in(range, None, name, &[], true)
 }

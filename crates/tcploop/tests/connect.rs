@@ -84,65 +84,62 @@ fn ipv6_loops_too() {
     assert_eq!(r["peer"], "[::1]:40008");
 }
 
-/// Inside the sandbox: hold a loop, look at it with ss, try to bind its
-/// port, release it, bind again; also the graceful close and TIME-WAIT.
-#[test]
-#[ignore = "scenario: run inside a sandbox by held_loop_steals_the_port_and_release_frees_it"]
-fn hold_and_release_scenario() {
-    let Some(out) = scenario_out() else { return };
-    let mut child = tcploop(&["connect", "40004", "--hold", "5s"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let l = lines.next().expect("connect ended before holding").unwrap();
-        if l.starts_with("Holding the loop") {
-            break;
+scenario! {
+    /// Inside the sandbox: hold a loop, look at it with ss, try to bind its
+    /// port, release it, bind again; also the graceful close and TIME-WAIT.
+    fn hold_and_release(out) {
+        let mut child = tcploop(&["connect", "40004", "--hold", "5s"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let l = lines.next().expect("connect ended before holding").unwrap();
+            if l.starts_with("Holding the loop") {
+                break;
+            }
+            assert!(Instant::now() < deadline);
         }
-        assert!(Instant::now() < deadline);
-    }
-    let while_held = bind_errno("127.0.0.1:40004");
-    let ss = std::process::Command::new("ss")
-        .args(["-tnH", "state", "established"])
-        .output()
-        .expect("ss (iproute2)");
-    let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
-    // Ctrl-C while holding: released, exit 130 as documented.
-    signal(child.id(), libc::SIGINT);
-    let status = child.wait().unwrap();
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let after_rst = bind_errno("127.0.0.1:40004");
+        let while_held = bind_errno("127.0.0.1:40004");
+        let ss = std::process::Command::new("ss")
+            .args(["-tnH", "state", "established"])
+            .output()
+            .expect("ss (iproute2)");
+        let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
+        // Ctrl-C while holding: released, exit 130 as documented.
+        signal(child.id(), libc::SIGINT);
+        let status = child.wait().unwrap();
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let after_rst = bind_errno("127.0.0.1:40004");
 
-    let graceful = output(&mut tcploop(&[
-        "connect",
-        "40006",
-        "--no-hold",
-        "--graceful-close",
-    ]));
-    assert!(graceful.status.success());
-    let after_fin = bind_errno("127.0.0.1:40006");
-    let v = serde_json::json!({
-        "while_held": while_held,
-        "ss": ss,
-        "exit": status.code(),
-        "rest": rest,
-        "after_rst": after_rst,
-        "after_fin": after_fin,
-        "graceful_text": stdout(&graceful),
-    });
-    std::fs::write(out, v.to_string()).unwrap();
+        let graceful = output(&mut tcploop(&[
+            "connect",
+            "40006",
+            "--no-hold",
+            "--graceful-close",
+        ]));
+        assert!(graceful.status.success());
+        let after_fin = bind_errno("127.0.0.1:40006");
+        let v = serde_json::json!({
+            "while_held": while_held,
+            "ss": ss,
+            "exit": status.code(),
+            "rest": rest,
+            "after_rst": after_rst,
+            "after_fin": after_fin,
+            "graceful_text": stdout(&graceful),
+        });
+        std::fs::write(out, v.to_string()).unwrap();
+    }
 }
 
 #[test]
 fn held_loop_steals_the_port_and_release_frees_it() {
-    let v: serde_json::Value = serde_json::from_str(&scenario(
-        NARROW,
-        None,
-        "connect::hold_and_release_scenario",
-    ))
-    .unwrap();
+    let Some(text) = hold_and_release::run(&Sandbox::range(NARROW)) else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["while_held"], libc::EADDRINUSE, "{v}");
     let ss = v["ss"].as_str().unwrap();
     assert!(
@@ -318,12 +315,10 @@ fn every_command_has_help_and_completions_work() {
 /// stops holding, and claims no release.
 #[test]
 fn a_held_loop_destroyed_by_someone_else_is_said_and_not_released() {
-    let v: serde_json::Value = serde_json::from_str(&scenario(
-        NARROW,
-        None,
-        "connect::destroyed_while_held_scenario",
-    ))
-    .unwrap();
+    let Some(text) = destroyed_while_held::run(&Sandbox::range(NARROW)) else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["exit"], 0, "{v}");
     let text = v["text"].as_str().unwrap();
     assert!(text.contains("destroyed while held"), "{text}");
@@ -333,41 +328,40 @@ fn a_held_loop_destroyed_by_someone_else_is_said_and_not_released() {
     assert_eq!(r["released"], serde_json::Value::Null, "{v}");
 }
 
-#[test]
-#[ignore = "scenario: run inside a sandbox by a_held_loop_destroyed_by_someone_else_..."]
-fn destroyed_while_held_scenario() {
-    let Some(out) = scenario_out() else { return };
-    let run_and_kill = |json: bool| {
-        let mut args = vec!["connect", "40004", "--hold", "60s"];
-        if json {
-            args.push("--json");
-        }
-        let child = tcploop(&args).stdout(Stdio::piped()).spawn().unwrap();
-        // wait (bounded) until the loop exists, then destroy it
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let o = output(&mut tcploop(&["scan", "--port", "40004", "--json"]));
-            if o.status.code() == Some(1) {
-                break;
+scenario! {
+    fn destroyed_while_held(out) {
+        let run_and_kill = |json: bool| {
+            let mut args = vec!["connect", "40004", "--hold", "60s"];
+            if json {
+                args.push("--json");
             }
-            assert!(Instant::now() < deadline, "no loop to destroy");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let k = output(&mut tcploop(&["kill", "--port", "40004", "--yes"]));
-        assert!(k.status.success(), "{}", stdout(&k));
-        let o = child.wait_with_output().unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    };
-    let (exit, text) = run_and_kill(false);
-    let (_, json) = run_and_kill(true);
-    let result = json
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|l| l["type"] == "result")
-        .unwrap();
-    let v = serde_json::json!({"exit": exit, "text": text, "json": result["data"]});
-    std::fs::write(out, v.to_string()).unwrap();
+            let child = tcploop(&args).stdout(Stdio::piped()).spawn().unwrap();
+            // wait (bounded) until the loop exists, then destroy it
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let o = output(&mut tcploop(&["scan", "--port", "40004", "--json"]));
+                if o.status.code() == Some(1) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "no loop to destroy");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let k = output(&mut tcploop(&["kill", "--port", "40004", "--yes"]));
+            assert!(k.status.success(), "{}", stdout(&k));
+            let o = child.wait_with_output().unwrap();
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+            )
+        };
+        let (exit, text) = run_and_kill(false);
+        let (_, json) = run_and_kill(true);
+        let result = json
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l["type"] == "result")
+            .unwrap();
+        let v = serde_json::json!({"exit": exit, "text": text, "json": result["data"]});
+        std::fs::write(out, v.to_string()).unwrap();
+    }
 }

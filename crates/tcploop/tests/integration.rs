@@ -2,6 +2,7 @@
 //! network namespaces the tests create (`tcploop sandbox`), so that nothing
 //! touches the host's own ports. One test binary, one module per area.
 
+#[macro_use]
 mod common;
 
 mod apply;
