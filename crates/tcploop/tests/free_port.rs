@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tcploop_guard::{Guard, SelfConnectError};
 
-use crate::common;
+use crate::common::{self, Sandbox};
 
 const RANGE: &str = "40000-40009";
 /// A closed port of the parity plain `connect()` uses in [`RANGE`].
@@ -120,11 +120,10 @@ fn assert_contract(t: &Value, n: u64) {
 
 #[test]
 fn guard_std_never_returns_a_loop() {
-    let v = parse(&common::scenario(
-        RANGE,
-        None,
-        "free_port::scenario_guard_std",
-    ));
+    let Some(text) = guard_std::run(&Sandbox::range(RANGE)) else {
+        return;
+    };
+    let v = parse(&text);
     assert!(
         v["control_loop_after"].as_u64().is_some(),
         "the control: a plain client loops here: {v}"
@@ -143,49 +142,48 @@ fn guard_std_never_returns_a_loop() {
     assert_eq!(v["rebind"], "ok", "the port is free right after: {v}");
 }
 
-#[test]
-#[ignore = "runs inside a sandbox via guard_std_never_returns_a_loop"]
-fn scenario_guard_std() {
-    let addr = closed();
-    let control = plain_until_loop(addr, 1000);
-    assert!(control.is_some(), "no loop without the guard: bad sandbox?");
+scenario! {
+    fn guard_std(_out) {
+        let addr = closed();
+        let control = plain_until_loop(addr, 1000);
+        assert!(control.is_some(), "no loop without the guard: bad sandbox?");
 
-    let fds_before = fd_count();
-    let mut connect = Tally::default();
-    for _ in 0..100_000 {
-        connect.add(tcploop_guard::connect(addr));
+        let fds_before = fd_count();
+        let mut connect = Tally::default();
+        for _ in 0..100_000 {
+            connect.add(tcploop_guard::connect(addr));
+        }
+        let mut timeout = Tally::default();
+        for _ in 0..10_000 {
+            timeout.add(tcploop_guard::connect_timeout(
+                &addr,
+                Duration::from_secs(5),
+            ));
+        }
+        let mut no_retry = Tally::default();
+        let guard = Guard::new().retries(0);
+        for _ in 0..20_000 {
+            no_retry.add(guard.connect(addr));
+        }
+        let fds_after = fd_count();
+        let rebind = match TcpListener::bind(addr) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        report(&json!({
+            "control_loop_after": control,
+            "connect": connect.json(), "connect_timeout": timeout.json(), "no_retry": no_retry.json(),
+            "fds_before": fds_before, "fds_after": fds_after, "rebind": rebind,
+        }));
     }
-    let mut timeout = Tally::default();
-    for _ in 0..10_000 {
-        timeout.add(tcploop_guard::connect_timeout(
-            &addr,
-            Duration::from_secs(5),
-        ));
-    }
-    let mut no_retry = Tally::default();
-    let guard = Guard::new().retries(0);
-    for _ in 0..20_000 {
-        no_retry.add(guard.connect(addr));
-    }
-    let fds_after = fd_count();
-    let rebind = match TcpListener::bind(addr) {
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.to_string(),
-    };
-    report(&json!({
-        "control_loop_after": control,
-        "connect": connect.json(), "connect_timeout": timeout.json(), "no_retry": no_retry.json(),
-        "fds_before": fds_before, "fds_after": fds_after, "rebind": rebind,
-    }));
 }
 
 #[test]
 fn guard_tokio_never_returns_a_loop() {
-    let v = parse(&common::scenario(
-        RANGE,
-        None,
-        "free_port::scenario_guard_tokio",
-    ));
+    let Some(text) = guard_tokio::run(&Sandbox::range(RANGE)) else {
+        return;
+    };
+    let v = parse(&text);
     assert!(
         v["control_loop_after"].as_u64().is_some(),
         "the control: a plain tokio client loops here: {v}"
@@ -200,102 +198,101 @@ fn guard_tokio_never_returns_a_loop() {
     assert_eq!(v["rebind"], "ok", "the port is free right after: {v}");
 }
 
-#[test]
-#[ignore = "runs inside a sandbox via guard_tokio_never_returns_a_loop"]
-fn scenario_guard_tokio() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let addr = closed();
-    let v = rt.block_on(async {
-        let mut control = None;
-        for i in 1..=1000u32 {
-            if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
-                let looped = tcploop_guard::is_self_connected(&s).unwrap();
-                socket2::SockRef::from(&s)
-                    .set_linger(Some(Duration::ZERO))
-                    .unwrap();
-                if looped {
-                    control = Some(i);
-                    break;
+scenario! {
+    fn guard_tokio(_out) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let addr = closed();
+        let v = rt.block_on(async {
+            let mut control = None;
+            for i in 1..=1000u32 {
+                if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                    let looped = tcploop_guard::is_self_connected(&s).unwrap();
+                    socket2::SockRef::from(&s)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                    if looped {
+                        control = Some(i);
+                        break;
+                    }
                 }
             }
-        }
-        assert!(control.is_some(), "no loop without the guard: bad sandbox?");
+            assert!(control.is_some(), "no loop without the guard: bad sandbox?");
 
-        let fds_before = fd_count();
-        let mut connect = Tally::default();
-        for _ in 0..10_000 {
-            connect.add(tcploop_guard::tokio::connect(addr).await);
-        }
-        let mut no_retry = Tally::default();
-        let guard = Guard::new().retries(0);
-        for _ in 0..5_000 {
-            no_retry.add(guard.connect_async(addr).await);
-        }
-        let fds_after = fd_count();
-        let rebind = match tokio::net::TcpListener::bind(addr).await {
-            Ok(_) => "ok".to_string(),
-            Err(e) => e.to_string(),
-        };
-        json!({
-            "control_loop_after": control,
-            "connect": connect.json(), "no_retry": no_retry.json(),
-            "fds_before": fds_before, "fds_after": fds_after, "rebind": rebind,
-        })
-    });
-    report(&v);
+            let fds_before = fd_count();
+            let mut connect = Tally::default();
+            for _ in 0..10_000 {
+                connect.add(tcploop_guard::tokio::connect(addr).await);
+            }
+            let mut no_retry = Tally::default();
+            let guard = Guard::new().retries(0);
+            for _ in 0..5_000 {
+                no_retry.add(guard.connect_async(addr).await);
+            }
+            let fds_after = fd_count();
+            let rebind = match tokio::net::TcpListener::bind(addr).await {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            };
+            json!({
+                "control_loop_after": control,
+                "connect": connect.json(), "no_retry": no_retry.json(),
+                "fds_before": fds_before, "fds_after": fds_after, "rebind": rebind,
+            })
+        });
+        report(&v);
+    }
 }
 
 #[test]
 fn guard_connects_to_a_live_listener_on_the_first_try() {
-    let v = parse(&common::scenario(
-        RANGE,
-        None,
-        "free_port::scenario_guard_live_listener",
-    ));
+    let Some(text) = guard_live_listener::run(&Sandbox::range(RANGE)) else {
+        return;
+    };
+    let v = parse(&text);
     assert_eq!(v["std"], 1000, "{v}");
     assert_eq!(v["tokio"], 1000, "{v}");
 }
 
-#[test]
-#[ignore = "runs inside a sandbox via guard_connects_to_a_live_listener_on_the_first_try"]
-fn scenario_guard_live_listener() {
-    // A listener on the port the control loops into.
-    let addr = closed();
-    let server = TcpListener::bind(addr).unwrap();
-    // No retry allowed: success means the first attempt connected.
-    let guard = Guard::new().retries(0);
-    let mut std_ok = 0;
-    for i in 0..1000u32 {
-        let mut c = guard.connect(addr).unwrap();
-        let (mut s, peer) = server.accept().unwrap();
-        assert_eq!(peer, c.local_addr().unwrap());
-        assert_eq!(c.peer_addr().unwrap(), addr);
-        c.write_all(&i.to_be_bytes()).unwrap();
-        let mut buf = [0; 4];
-        s.read_exact(&mut buf).unwrap();
-        assert_eq!(u32::from_be_bytes(buf), i);
-        std_ok += 1;
-    }
-    drop(server);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let tokio_ok = rt.block_on(async {
-        let server = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let mut n = 0;
-        for _ in 0..1000 {
-            let c = guard.connect_async(addr).await.unwrap();
-            let (_s, peer) = server.accept().await.unwrap();
+scenario! {
+    fn guard_live_listener(_out) {
+        // A listener on the port the control loops into.
+        let addr = closed();
+        let server = TcpListener::bind(addr).unwrap();
+        // No retry allowed: success means the first attempt connected.
+        let guard = Guard::new().retries(0);
+        let mut std_ok = 0;
+        for i in 0..1000u32 {
+            let mut c = guard.connect(addr).unwrap();
+            let (mut s, peer) = server.accept().unwrap();
             assert_eq!(peer, c.local_addr().unwrap());
-            n += 1;
+            assert_eq!(c.peer_addr().unwrap(), addr);
+            c.write_all(&i.to_be_bytes()).unwrap();
+            let mut buf = [0; 4];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(u32::from_be_bytes(buf), i);
+            std_ok += 1;
         }
-        n
-    });
-    report(&json!({"std": std_ok, "tokio": tokio_ok}));
+        drop(server);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        let tokio_ok = rt.block_on(async {
+            let server = tokio::net::TcpListener::bind(addr).await.unwrap();
+            let mut n = 0;
+            for _ in 0..1000 {
+                let c = guard.connect_async(addr).await.unwrap();
+                let (_s, peer) = server.accept().await.unwrap();
+                assert_eq!(peer, c.local_addr().unwrap());
+                n += 1;
+            }
+            n
+        });
+        report(&json!({"std": std_ok, "tokio": tokio_ok}));
+    }
 }
 
 /// `free-port` inside the sandbox, as JSON lines.
@@ -416,11 +413,13 @@ fn free_port_rejects_bad_input_with_one_line() {
 
 #[test]
 fn free_port_skips_ports_in_use() {
-    let v = parse(&common::scenario(
-        "1024-65535",
-        Some("40004-40006"),
-        "free_port::scenario_free_port_in_use",
-    ));
+    let Some(text) = free_port_in_use::run(&Sandbox {
+        reserve: Some("40004-40006"),
+        ..Sandbox::range("1024-65535")
+    }) else {
+        return;
+    };
+    let v = parse(&text);
     assert_eq!(v["with_listener"], json!([40004, 40006]), "{v}");
     assert_eq!(v["with_bound"], json!([40006]), "{v}");
     assert!(
@@ -432,46 +431,45 @@ fn free_port_skips_ports_in_use() {
     );
 }
 
-#[test]
-#[ignore = "runs inside a sandbox via free_port_skips_ports_in_use"]
-fn scenario_free_port_in_use() {
-    let host = "127.0.0.1".parse().unwrap();
-    let sorted = |n| {
-        let mut v: Vec<u16> = tcploop::freeport::free_ports(n, host)
-            .unwrap()
-            .ports
-            .iter()
-            .map(|p| p.port)
-            .collect();
-        v.sort_unstable();
-        v
-    };
-    // A listener on another address still holds the port (one bind bucket a port).
-    let _listener = TcpListener::bind("[::1]:40005")
-        .or_else(|_| TcpListener::bind("127.0.0.2:40005"))
-        .unwrap();
-    let with_listener = sorted(2);
-    // A socket that is only bound (no listen) holds it too.
-    let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    bound
-        .bind(&"127.0.0.1:40004".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let with_bound = sorted(1);
-    let not_enough = tcploop::freeport::free_ports(2, host)
-        .map(|_| String::new())
-        .unwrap_or_else(|e| e.to_string());
-    report(&json!({
-        "with_listener": with_listener, "with_bound": with_bound, "not_enough": not_enough,
-    }));
+scenario! {
+    fn free_port_in_use(_out) {
+        let host = "127.0.0.1".parse().unwrap();
+        let sorted = |n| {
+            let mut v: Vec<u16> = tcploop::freeport::free_ports(n, host)
+                .unwrap()
+                .ports
+                .iter()
+                .map(|p| p.port)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        // A listener on another address still holds the port (one bind bucket a port).
+        let _listener = TcpListener::bind("[::1]:40005")
+            .or_else(|_| TcpListener::bind("127.0.0.2:40005"))
+            .unwrap();
+        let with_listener = sorted(2);
+        // A socket that is only bound (no listen) holds it too.
+        let bound = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        bound
+            .bind(&"127.0.0.1:40004".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let with_bound = sorted(1);
+        let not_enough = tcploop::freeport::free_ports(2, host)
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        report(&json!({
+            "with_listener": with_listener, "with_bound": with_bound, "not_enough": not_enough,
+        }));
+    }
 }
 
 #[test]
 fn free_ports_never_loop() {
-    let v = parse(&common::scenario(
-        RANGE,
-        None,
-        "free_port::scenario_free_ports_never_loop",
-    ));
+    let Some(text) = inside_free_ports_never_loop::run(&Sandbox::range(RANGE)) else {
+        return;
+    };
+    let v = parse(&text);
     assert!(
         v["control_loop_after"].as_u64().is_some(),
         "the control: a plain client loops into 40004 here: {v}"
@@ -486,36 +484,36 @@ fn free_ports_never_loop() {
     assert_contract(&v["hammer"], 10 * 2_000);
 }
 
-#[test]
-#[ignore = "runs inside a sandbox via free_ports_never_loop"]
-fn scenario_free_ports_never_loop() {
-    let control = plain_until_loop(closed(), 1000);
-    // Five from the library, five from the command, as a test suite would get them.
-    let lib = tcploop::freeport::free_ports(5, "127.0.0.1".parse().unwrap()).unwrap();
-    let mut ports: Vec<u16> = lib.ports.iter().map(|p| p.port).collect();
-    let o = common::output(&mut common::tcploop(&["free-port", "-n", "5"]));
-    assert!(o.status.success(), "{}", common::stderr(&o));
-    ports.extend(
-        common::stdout(&o)
-            .lines()
-            .map(|l| l.parse::<u16>().unwrap()),
-    );
-    let unbindable: Vec<u16> = ports
-        .iter()
-        .copied()
-        .filter(|&p| TcpListener::bind(("127.0.0.1", p)).is_err())
-        .collect();
-    // A plain, unguarded client hammering each: refused every time, never looped.
-    let mut hammer = Tally::default();
-    for &p in &ports {
-        for _ in 0..2_000 {
-            hammer.add(TcpStream::connect(("127.0.0.1", p)));
+scenario! {
+    fn inside_free_ports_never_loop(_out) {
+        let control = plain_until_loop(closed(), 1000);
+        // Five from the library, five from the command, as a test suite would get them.
+        let lib = tcploop::freeport::free_ports(5, "127.0.0.1".parse().unwrap()).unwrap();
+        let mut ports: Vec<u16> = lib.ports.iter().map(|p| p.port).collect();
+        let o = common::output(&mut common::tcploop(&["free-port", "-n", "5"]));
+        assert!(o.status.success(), "{}", common::stderr(&o));
+        ports.extend(
+            common::stdout(&o)
+                .lines()
+                .map(|l| l.parse::<u16>().unwrap()),
+        );
+        let unbindable: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|&p| TcpListener::bind(("127.0.0.1", p)).is_err())
+            .collect();
+        // A plain, unguarded client hammering each: refused every time, never looped.
+        let mut hammer = Tally::default();
+        for &p in &ports {
+            for _ in 0..2_000 {
+                hammer.add(TcpStream::connect(("127.0.0.1", p)));
+            }
         }
+        report(&json!({
+            "control_loop_after": control, "ports": ports, "unbindable": unbindable,
+            "hammer": hammer.json(),
+        }));
     }
-    report(&json!({
-        "control_loop_after": control, "ports": ports, "unbindable": unbindable,
-        "hammer": hammer.json(),
-    }));
 }
 
 /// The guard crate's second pattern, first half: a port held by a bound
@@ -523,11 +521,10 @@ fn scenario_free_ports_never_loop() {
 /// client as its source port, so a plain client never loops into it.
 #[test]
 fn a_port_held_bound_never_loops() {
-    let v = parse(&common::scenario(
-        RANGE,
-        None,
-        "free_port::scenario_a_port_held_bound_never_loops",
-    ));
+    let Some(text) = inside_a_port_held_bound_never_loops::run(&Sandbox::range(RANGE)) else {
+        return;
+    };
+    let v = parse(&text);
     assert!(
         v["control_loop_after"].as_u64().is_some(),
         "the control: a plain client loops into 40004 while it is unbound: {v}"
@@ -535,16 +532,16 @@ fn a_port_held_bound_never_loops() {
     assert_contract(&v["hammer"], 20_000);
 }
 
-#[test]
-#[ignore = "runs inside a sandbox via a_port_held_bound_never_loops"]
-fn scenario_a_port_held_bound_never_loops() {
-    let control = plain_until_loop(closed(), 1000);
-    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    held.bind(&closed().into()).unwrap();
-    let mut hammer = Tally::default();
-    for _ in 0..20_000 {
-        hammer.add(TcpStream::connect(closed()));
+scenario! {
+    fn inside_a_port_held_bound_never_loops(_out) {
+        let control = plain_until_loop(closed(), 1000);
+        let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        held.bind(&closed().into()).unwrap();
+        let mut hammer = Tally::default();
+        for _ in 0..20_000 {
+            hammer.add(TcpStream::connect(closed()));
+        }
+        drop(held);
+        report(&json!({ "control_loop_after": control, "hammer": hammer.json() }));
     }
-    drop(held);
-    report(&json!({ "control_loop_after": control, "hammer": hammer.json() }));
 }
