@@ -5,39 +5,21 @@
 //! thread exists), sets a narrow port range, then runs the reproducer of
 //! `tcploop connect` while a capture thread reads every frame on `lo`.
 //!
-//! JSON Lines (`--json`), in this order for each phase (one phase, `loop`;
-//! with `--odd` two: `parity`, then `held`):
-//! - `packet`: every TCP segment captured, data `{"phase", "t_us" (since
-//!   the phase's first segment), "src", "dst", "flags" ("SYN", "SYN-ACK",
-//!   "RST-ACK"...), "seq", "ack", "len", "win", "options", "role"
-//!   ("refused"|"loop"|"other"), "try" (the try's number, for refused
-//!   tries; null otherwise)}`;
-//! - `state`: each state change of the looped socket, right after the
-//!   segment that caused it, data `{"phase", "t_us", "socket", "from", "to",
-//!   "why"}` (CLOSED, SYN-SENT, SYN-RECEIVED, ESTABLISHED, ...);
-//! - `result`: data `{"phase", "outcome" ("self-connect"|"no-loop"),
-//!   "namespace" ("user+net"|"net"), "range", "target", "verdict",
-//!   "reasons", "held" (ports held by bind()), "tries", "refused",
-//!   "source_ports" (distinct, sorted), "isn", "same_isn", "handshake"
-//!   (flags of the handshake segments), "echo", "port_stolen",
-//!   "port_free_after", "captured", "dropped", "elapsed_s"}`; fields that do
-//!   not apply are null.
+//! The engine is [`tcploop::demo::phase::run_phase`]; the output (and its
+//! JSON schema) is [`tcploop::report::demo`].
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use anyhow::Context;
-use serde::Serialize;
 use tcploop::demo::phase::{run_phase, PhaseConfig, PhaseReport};
-use tcploop::demo::segment::Segment;
-use tcploop::demo::story::{self, Loop, Role, Story};
-use tcploop::demo::{ladder, pcap, svg};
+use tcploop::demo::story::Loop;
+use tcploop::demo::{pcap, svg};
 use tcploop::ports::{Parity, PortRange};
-use tcploop::predict::Prediction;
-use tcploop::report;
-use tcploop::repro;
+use tcploop::report::demo::Out;
+use tcploop::report::{self, Format};
 use tcploop::sandbox::{Entered, Isolation, Sandbox, SandboxError};
 
 use crate::exit::Exit;
@@ -98,77 +80,6 @@ pub struct Args {
     /// JSON Lines output (packet, state, result)
     #[arg(long)]
     pub json: bool,
-}
-
-/// A `packet` line.
-#[derive(Debug, Serialize)]
-struct PacketLine<'a> {
-    phase: &'a str,
-    t_us: f64,
-    src: String,
-    dst: String,
-    flags: String,
-    seq: u32,
-    ack: u32,
-    len: u32,
-    win: u16,
-    options: &'a str,
-    role: &'static str,
-    #[serde(rename = "try")]
-    try_: Option<usize>,
-}
-
-/// A `state` line.
-#[derive(Debug, Serialize)]
-struct StateLine<'a> {
-    phase: &'a str,
-    t_us: f64,
-    socket: String,
-    from: &'static str,
-    to: &'static str,
-    why: &'static str,
-}
-
-/// A `result` line.
-#[derive(Debug, Serialize)]
-struct ResultLine<'a> {
-    phase: &'a str,
-    outcome: &'static str,
-    namespace: &'static str,
-    range: String,
-    target: String,
-    verdict: &'static str,
-    reasons: &'a [String],
-    held: Vec<u16>,
-    tries: u64,
-    refused: usize,
-    source_ports: Vec<u16>,
-    isn: Option<u32>,
-    same_isn: Option<bool>,
-    handshake: Option<Vec<String>>,
-    echo: Option<bool>,
-    port_stolen: Option<bool>,
-    port_free_after: Option<bool>,
-    captured: usize,
-    dropped: u64,
-    elapsed_s: f64,
-}
-
-/// What the demo's outputs go to.
-struct Out<'a> {
-    w: &'a mut dyn Write,
-    json: bool,
-    namespace: &'static str,
-    range: PortRange,
-    /// Every frame of every phase, for --pcap.
-    frames: Vec<tcploop::demo::session::Frame>,
-    /// The first loop, for --svg.
-    first_loop: Option<Loop>,
-}
-
-/// The result of one phase.
-struct Phase {
-    looped: bool,
 }
 
 /// Runs the command. Called from `main` before any thread exists: the
@@ -233,21 +144,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     };
     let mut o = Out {
         w: out,
-        json: args.json,
+        format: Format::json_if(args.json),
         namespace: match entered {
             Entered::UserAndNet => "user+net",
             Entered::NetOnly => "net",
         },
         range,
-        frames: vec![],
-        first_loop: None,
     };
-    if !o.json {
-        intro(&mut o, entered, target, args.odd)?;
-    }
-
+    report::demo::intro(&mut o, entered, target, args.odd)?;
+    let mut kept = Kept::default();
     let code = if args.odd {
-        odd_lesson(&mut o, &args, target)?
+        odd_lesson(&mut o, &mut kept, &args, target)?
     } else {
         let cfg = PhaseConfig {
             target,
@@ -256,72 +163,38 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             only_if_possible: true,
         };
         let rep = run_phase(&cfg)?;
-        let pred = &rep.prediction;
-        if !o.json {
-            reasons(&mut o, pred)?;
-        }
+        report::demo::reasons(&mut o, &rep.prediction)?;
         if !rep.tried {
-            if !o.json {
-                writeln!(o.w, "\nNo loop can happen on port {port} here.")?;
-                if Parity::of(port) != range.connect_parity() {
-                    writeln!(
-                        o.w,
-                        "`tcploop demo --odd {port}` shows why, and how it loops all the same."
-                    )?;
-                }
-            }
-            result_only(&mut o, "loop", target, pred)?;
+            report::demo::cannot_loop(&mut o, "loop", target, &rep.prediction)?;
             return Ok(Exit::Found);
         }
-        let phase = show_phase(&mut o, "loop", &cfg, rep, true)?;
-        if phase.looped {
-            Exit::Ok
-        } else {
-            Exit::Found
-        }
+        report::demo::phase(&mut o, "loop", &cfg, &rep, true)?;
+        kept.keep(rep)
     };
-
     if let Some(p) = &args.pcap {
         let mut buf = vec![];
         pcap::write(
             &mut buf,
-            o.frames
+            kept.frames
                 .iter()
                 .map(|fr| (fr.ts, fr.data.as_slice(), fr.wire_len)),
         )
         .with_context(|| format!("writing {}", p.display()))?;
         tcploop::safefile::write(p, &buf, 0o644)?;
     }
-    if let (Some(p), Some(l)) = (&args.svg, &o.first_loop) {
-        tcploop::safefile::write(p, svg::render(l).as_bytes(), 0o644)?;
-    }
-    if !o.json {
-        let mut files = vec![];
-        if let Some(p) = &args.pcap {
-            files.push(format!(
-                "{} ({} frames: tcpdump -nr {0})",
-                p.display(),
-                o.frames.len()
-            ));
+    let svg = match (&args.svg, &kept.first_loop) {
+        (Some(p), Some(l)) => {
+            tcploop::safefile::write(p, svg::render(l).as_bytes(), 0o644)?;
+            Some(p.as_path())
         }
-        if let (Some(p), Some(_)) = (&args.svg, &o.first_loop) {
-            files.push(format!("{} (the ladder)", p.display()));
-        }
-        if !files.is_empty() {
-            writeln!(o.w)?;
-            say(o.w, "", &format!("Wrote {}.", files.join(" and ")))?;
-        }
-        writeln!(o.w)?;
-        say(
-            o.w,
-            "",
-            &format!(
-                "Done in {} ms, namespace set-up included. The namespace ends with this \
-                 process: nothing is left on the host.",
-                start.elapsed().as_millis()
-            ),
-        )?;
-    }
+        _ => None,
+    };
+    report::demo::done(
+        &mut o,
+        args.pcap.as_deref().map(|p| (p, kept.frames.len())),
+        svg,
+        start.elapsed(),
+    )?;
     Ok(code)
 }
 
@@ -340,45 +213,15 @@ fn default_target(range: PortRange, odd: bool) -> u16 {
     c.get(c.len() / 2).copied().unwrap_or(range.low)
 }
 
-fn intro(o: &mut Out<'_>, entered: Entered, target: SocketAddr, odd: bool) -> anyhow::Result<()> {
-    let r = o.range;
-    writeln!(
-        o.w,
-        "tcploop demo: a TCP socket connects to itself{}\n",
-        if odd { " (the parity lesson)" } else { "" }
-    )?;
-    let ns = match entered {
-        Entered::UserAndNet => "a fresh user+net namespace with lo up (no root needed)",
-        Entered::NetOnly => {
-            "a fresh network namespace with lo up (as root: user namespaces are \
-             unavailable here, or --netns-only)"
-        }
-    };
-    say(o.w, "  sandbox  ", ns)?;
-    say(o.w, "  range    ", &format!("ip_local_port_range {r}"))?;
-    say(
-        o.w,
-        "  target   ",
-        &format!("{}, nothing listening there", report::addr(target)),
-    )?;
-    Ok(())
-}
-
-fn reasons(o: &mut Out<'_>, pred: &Prediction) -> anyhow::Result<()> {
-    // The first reason is about the address (it is this host's): the
-    // intro said so already.
-    for (i, r) in pred.reasons.iter().skip(1).enumerate() {
-        say(o.w, if i == 0 { "  why      " } else { "           " }, r)?;
-    }
-    Ok(())
-}
-
 /// The parity lesson: the odd target with even ports free (no loop within
 /// `--tries`), then with every even port held by bind() (a loop).
-fn odd_lesson(o: &mut Out<'_>, args: &Args, target: SocketAddr) -> anyhow::Result<Exit> {
-    let r = o.range;
-    let pref = r.connect_parity();
-    let port = target.port();
+fn odd_lesson(
+    o: &mut Out<'_>,
+    acc: &mut Kept,
+    args: &Args,
+    target: SocketAddr,
+) -> anyhow::Result<Exit> {
+    let pref = o.range.connect_parity();
     let cfg = PhaseConfig {
         target,
         hold: vec![],
@@ -386,388 +229,51 @@ fn odd_lesson(o: &mut Out<'_>, args: &Args, target: SocketAddr) -> anyhow::Resul
         only_if_possible: false,
     };
     let rep = run_phase(&cfg)?;
-    if !o.json {
-        writeln!(
-            o.w,
-            "\n1. With the {pref} ports free, {port} does not loop:"
-        )?;
-        for reason in rep.prediction.reasons.iter().skip(1) {
-            say(o.w, "     ", reason)?;
-        }
-    }
-    show_phase(o, "parity", &cfg, rep, false)?;
-
-    let evens: Vec<u16> = r
-        .connect_candidates()
-        .filter(|&p| Parity::of(p) == pref)
-        .collect();
+    report::demo::lesson_step(o, 1, &cfg, &rep.prediction)?;
+    report::demo::phase(o, "parity", &cfg, &rep, false)?;
+    acc.keep(rep);
     let cfg = PhaseConfig {
         target,
-        hold: evens.clone(),
+        hold: o
+            .range
+            .connect_candidates()
+            .filter(|&p| Parity::of(p) == pref)
+            .collect(),
         max_tries: args.max_tries,
         only_if_possible: false,
     };
     let rep = run_phase(&cfg)?;
-    if !o.json {
-        writeln!(
-            o.w,
-            "\n2. Now every {pref} port is held by bind() ({}):",
-            join(&evens)
-        )?;
-        for reason in rep.prediction.reasons.iter().skip(1) {
-            say(o.w, "     ", reason)?;
+    report::demo::lesson_step(o, 2, &cfg, &rep.prediction)?;
+    report::demo::phase(o, "held", &cfg, &rep, true)?;
+    Ok(acc.keep(rep))
+}
+
+/// What the phases leave for the files: every frame (--pcap), the first
+/// loop (--svg).
+#[derive(Default)]
+struct Kept {
+    frames: Vec<tcploop::demo::session::Frame>,
+    first_loop: Option<Loop>,
+}
+
+impl Kept {
+    /// Keeps a phase's frames and loop; its exit code.
+    fn keep(&mut self, rep: PhaseReport) -> Exit {
+        if self.first_loop.is_none() {
+            self.first_loop = rep.story.looped.clone();
         }
-    }
-    let phase = show_phase(o, "held", &cfg, rep, true)?;
-    Ok(if phase.looped { Exit::Ok } else { Exit::Found })
-}
-
-/// Renders one phase's report.
-fn show_phase(
-    o: &mut Out<'_>,
-    phase: &str,
-    cfg: &PhaseConfig,
-    rep: PhaseReport,
-    expect_loop: bool,
-) -> anyhow::Result<Phase> {
-    let target = cfg.target;
-    let held = &cfg.hold;
-    let pred = &rep.prediction;
-    let looped = rep.looped;
-    let segs = &rep.segments;
-    let (story, roles) = (&rep.story, &rep.roles);
-    let cap = &rep.captured;
-    let origin = segs.first().map_or(SystemTime::UNIX_EPOCH, |s| s.ts);
-    if o.json {
-        emit_json(o, phase, segs, roles, story, origin)?;
-    } else if expect_loop {
-        show_tries(o, story, target, rep.tries, looped)?;
-        if let Some(l) = &story.looped {
-            show_loop(o, l)?;
-        }
-        if looped {
-            show_proof(o, target, rep.proof)?;
-        }
-    } else {
-        show_no_loop(o, story, rep.tries, looped)?;
-    }
-    if cap.stats.drops > 0 && !o.json {
-        writeln!(
-            o.w,
-            "  (the capture missed {} frames: the buffer was full; the counts above are low)",
-            cap.stats.drops
-        )?;
-    }
-    let ports = rep.source_ports();
-    let l = story.looped.as_ref();
-    let result = ResultLine {
-        phase,
-        outcome: if looped { "self-connect" } else { "no-loop" },
-        namespace: o.namespace,
-        range: o.range.to_string(),
-        target: report::addr(target),
-        verdict: pred.verdict.as_str(),
-        reasons: &pred.reasons,
-        held: held.to_vec(),
-        tries: rep.tries,
-        refused: story.refused.len(),
-        source_ports: ports,
-        isn: l.map(|l| l.isn),
-        same_isn: l.map(Loop::same_isn),
-        handshake: l.map(|l| l.handshake().iter().map(|s| s.seg.flags.name()).collect()),
-        echo: looped.then(|| rep.proof.is_some_and(|p| p.echo)),
-        port_stolen: rep.proof.map(|p| p.stolen),
-        port_free_after: rep.proof.map(|p| p.freed),
-        captured: segs.len(),
-        dropped: cap.stats.drops,
-        elapsed_s: rep.elapsed.as_secs_f64(),
-    };
-    if o.json {
-        report::json_line(o.w, "result", &result)?;
-    }
-    if o.first_loop.is_none() {
-        o.first_loop = story.looped.clone();
-    }
-    o.frames.extend(rep.captured.frames);
-    Ok(Phase { looped })
-}
-
-fn result_only(
-    o: &mut Out<'_>,
-    phase: &str,
-    target: SocketAddr,
-    pred: &Prediction,
-) -> anyhow::Result<()> {
-    if !o.json {
-        return Ok(());
-    }
-    let r = ResultLine {
-        phase,
-        outcome: "no-loop",
-        namespace: o.namespace,
-        range: o.range.to_string(),
-        target: report::addr(target),
-        verdict: pred.verdict.as_str(),
-        reasons: &pred.reasons,
-        held: vec![],
-        tries: 0,
-        refused: 0,
-        source_ports: vec![],
-        isn: None,
-        same_isn: None,
-        handshake: None,
-        echo: None,
-        port_stolen: None,
-        port_free_after: None,
-        captured: 0,
-        dropped: 0,
-        elapsed_s: 0.0,
-    };
-    report::json_line(o.w, "result", &r)?;
-    Ok(())
-}
-
-fn us(t: SystemTime, origin: SystemTime) -> f64 {
-    (story::since(t, origin).as_secs_f64() * 1e7).round() / 10.0
-}
-
-fn emit_json(
-    o: &mut Out<'_>,
-    phase: &str,
-    segs: &[Segment],
-    roles: &[Role],
-    story: &Story,
-    origin: SystemTime,
-) -> anyhow::Result<()> {
-    let mut steps = story.looped.iter().flat_map(|l| l.steps.iter());
-    for (seg, role) in segs.iter().zip(roles) {
-        report::json_line(
-            o.w,
-            "packet",
-            &PacketLine {
-                phase,
-                t_us: us(seg.ts, origin),
-                src: report::addr(seg.src),
-                dst: report::addr(seg.dst),
-                flags: seg.flags.name(),
-                seq: seg.seq,
-                ack: seg.ack,
-                len: seg.len,
-                win: seg.win,
-                options: &seg.options,
-                role: role.as_str(),
-                try_: match role {
-                    Role::Refused(n) => Some(*n),
-                    _ => None,
-                },
-            },
-        )?;
-        if *role == Role::Loop {
-            if let Some(step) = steps.next() {
-                for t in &step.transitions {
-                    report::json_line(
-                        o.w,
-                        "state",
-                        &StateLine {
-                            phase,
-                            t_us: us(t.ts, origin),
-                            socket: report::addr(seg.src),
-                            from: t.from.as_str(),
-                            to: t.to.as_str(),
-                            why: t.why,
-                        },
-                    )?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// How many refused tries are drawn before the rest is summed up.
-const SHOWN_TRIES: usize = 3;
-
-fn show_tries(
-    o: &mut Out<'_>,
-    story: &Story,
-    target: SocketAddr,
-    tries: u64,
-    looped: bool,
-) -> anyhow::Result<()> {
-    let p = target.port();
-    writeln!(
-        o.w,
-        "\nConnecting to {} until the kernel picks {p} as the source port:",
-        report::addr(target)
-    )?;
-    let n = story.refused.len();
-    for (i, r) in story.refused.iter().enumerate().take(SHOWN_TRIES) {
-        let rst = if r.answered {
-            format!(" ──RST──▶ {}", r.port)
+        self.frames.extend(rep.captured.frames);
+        if rep.looped {
+            Exit::Ok
         } else {
-            "   (its RST was not captured)".into()
-        };
-        writeln!(
-            o.w,
-            "  try {:<4} {} ──SYN──▶ {p}{rst}   refused",
-            i + 1,
-            r.port
-        )?;
-    }
-    if n > SHOWN_TRIES {
-        let mut rest: Vec<u16> = story.refused[SHOWN_TRIES..]
-            .iter()
-            .map(|r| r.port)
-            .collect();
-        rest.sort_unstable();
-        rest.dedup();
-        writeln!(
-            o.w,
-            "  ... {} more refused the same way, from source port{} {}",
-            n - SHOWN_TRIES,
-            if rest.len() == 1 { "" } else { "s" },
-            join(&rest)
-        )?;
-    }
-    if looped {
-        writeln!(
-            o.w,
-            "  try {tries:<4} {p} ──SYN──▶ {p}   the same port: it connects to itself"
-        )?;
-    } else {
-        writeln!(o.w, "  No loop after {} tries.", report::thousands(tries))?;
-    }
-    Ok(())
-}
-
-fn show_no_loop(o: &mut Out<'_>, story: &Story, tries: u64, looped: bool) -> anyhow::Result<()> {
-    let mut ports: Vec<u16> = story.refused.iter().map(|r| r.port).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    let parities: Vec<Parity> = {
-        let mut v: Vec<Parity> = ports.iter().map(|&p| Parity::of(p)).collect();
-        v.dedup();
-        v.sort_by_key(|p| p.as_str());
-        v.dedup();
-        v
-    };
-    let all = match parities.as_slice() {
-        [one] => format!(" (all {one})"),
-        _ => String::new(),
-    };
-    if looped {
-        writeln!(o.w, "   It looped after {tries} tries (unexpected).")?;
-    } else {
-        say(
-            o.w,
-            "   ",
-            &format!(
-                "{} tries, all refused. Source ports the kernel picked: {}{all}.",
-                report::thousands(tries),
-                join(&ports)
-            ),
-        )?;
-    }
-    Ok(())
-}
-
-fn show_loop(o: &mut Out<'_>, l: &Loop) -> anyhow::Result<()> {
-    writeln!(
-        o.w,
-        "\nThe loop, as captured on lo: one socket, {}, is both ends.\n",
-        report::addr(l.socket)
-    )?;
-    for line in ladder::render(l) {
-        writeln!(o.w, "  {line}")?;
-    }
-    writeln!(o.w)?;
-    for n in ladder::notes(l) {
-        say(o.w, "  ", &n)?;
-    }
-    Ok(())
-}
-
-fn show_proof(o: &mut Out<'_>, target: SocketAddr, p: Option<repro::Proof>) -> anyhow::Result<()> {
-    let a = report::addr(target);
-    writeln!(o.w, "\nProof that it is a loop:")?;
-    match p.map(|p| p.echo) {
-        Some(true) => writeln!(
-            o.w,
-            "  - it wrote \"tcploop\" and read \"tcploop\" back, on the same socket"
-        )?,
-        _ => writeln!(o.w, "  - it wrote \"tcploop\" but did not read it back")?,
-    }
-    match p.map(|p| p.stolen) {
-        Some(true) => writeln!(
-            o.w,
-            "  - a server binding {a} gets EADDRINUSE: the port is stolen"
-        )?,
-        _ => writeln!(o.w, "  - a server could bind {a} (unexpected)")?,
-    }
-    match p.map(|p| p.freed) {
-        Some(true) => writeln!(
-            o.w,
-            "  - released with RST (SO_LINGER 0): a server can bind {a} again"
-        )?,
-        _ => writeln!(o.w, "  - released, but {a} is still busy")?,
-    }
-    Ok(())
-}
-
-/// The width human output wraps at.
-const WIDTH: usize = 78;
-
-/// Writes `text` after `prefix`, wrapped at [`WIDTH`] with later lines
-/// indented as deep as the prefix.
-fn say(w: &mut dyn Write, prefix: &str, text: &str) -> std::io::Result<()> {
-    let indent = prefix.chars().count();
-    let mut line = prefix.to_string();
-    let mut len = indent;
-    let mut empty = true;
-    for word in text.split_whitespace() {
-        let wl = word.chars().count();
-        if !empty && len + 1 + wl > WIDTH {
-            writeln!(w, "{line}")?;
-            line = " ".repeat(indent);
-            len = indent;
-            empty = true;
+            Exit::Found
         }
-        if !empty {
-            line.push(' ');
-            len += 1;
-        }
-        line.push_str(word);
-        len += wl;
-        empty = false;
     }
-    writeln!(w, "{line}")
-}
-
-fn join(ports: &[u16]) -> String {
-    ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wraps_with_a_hanging_indent() {
-        let mut v = vec![];
-        let text = "word ".repeat(30);
-        say(&mut v, "  why      ", &text).unwrap();
-        let out = String::from_utf8(v).unwrap();
-        let lines: Vec<&str> = out.lines().collect();
-        assert!(lines.len() > 1);
-        assert!(lines.iter().all(|l| l.chars().count() <= WIDTH));
-        assert!(lines[0].starts_with("  why      word"));
-        assert!(lines[1].starts_with("           word"));
-        assert_eq!(out.matches("word").count(), 30);
-    }
 
     #[test]
     fn default_targets() {

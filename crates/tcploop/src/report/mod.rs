@@ -8,6 +8,7 @@
 
 pub mod check;
 pub mod connect;
+pub mod demo;
 pub mod free_port;
 pub mod ports;
 pub mod run;
