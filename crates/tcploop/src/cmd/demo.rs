@@ -82,66 +82,76 @@ pub struct Args {
     pub json: bool,
 }
 
+impl Args {
+    /// Parse, then resolve: the target, checked against the range (and
+    /// `--odd`), the output files checked writable before any work.
+    fn target(&self) -> anyhow::Result<SocketAddr> {
+        let range = self.range;
+        anyhow::ensure!(
+            range.connect_high() > range.low,
+            "the range {range} is too narrow: connect() needs at least two ports"
+        );
+        let ip: IpAddr = if self.ipv6 {
+            Ipv6Addr::LOCALHOST.into()
+        } else {
+            Ipv4Addr::LOCALHOST.into()
+        };
+        let port = self.port.unwrap_or_else(|| default_target(range, self.odd));
+        anyhow::ensure!(
+            range.contains(port),
+            "port {port} is outside the range {range}: choose a port inside it (or another --range)"
+        );
+        let pref = range.connect_parity();
+        anyhow::ensure!(
+            !self.odd || Parity::of(port) != pref,
+            "--odd needs a target of the parity connect() does not try first: {} here, since \
+             the range starts at {}; {port} is {}",
+            pref.other(),
+            range.low,
+            pref
+        );
+        // Check the output files first, so that errors come before any work;
+        // they are written at the end through safefile (never through a
+        // symlink, atomically).
+        for p in [&self.pcap, &self.svg].into_iter().flatten() {
+            tcploop::safefile::check_writable(p)?;
+        }
+        anyhow::ensure!(
+            !self.netns_only || tcploop::sandbox::is_root(),
+            "--netns-only needs root (a plain network namespace needs CAP_SYS_ADMIN); \
+             without it the demo uses a user+net namespace, which needs no privilege"
+        );
+        Ok(SocketAddr::new(ip, port))
+    }
+
+    /// Enters the demo's sandbox (this process, before any thread exists).
+    fn enter(&self) -> anyhow::Result<Entered> {
+        let sandbox = Sandbox {
+            range: Some(self.range),
+            reserved: None,
+            isolation: if self.netns_only {
+                Isolation::NetNsOnly
+            } else {
+                Isolation::Auto
+            },
+        };
+        match sandbox.enter() {
+            Ok(e) => Ok(e),
+            Err(e @ SandboxError::NoUserNs(_)) => {
+                anyhow::bail!("the demo runs in a throwaway namespace, and {e}")
+            }
+            Err(e) => Err(e).context("entering the demo's sandbox"),
+        }
+    }
+}
+
 /// Runs the command. Called from `main` before any thread exists: the
 /// process enters its sandbox first.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let start = Instant::now();
+    let target = args.target()?;
+    let entered = args.enter()?;
     let range = args.range;
-    anyhow::ensure!(
-        range.connect_high() > range.low,
-        "the range {range} is too narrow: connect() needs at least two ports"
-    );
-    let ip: IpAddr = if args.ipv6 {
-        Ipv6Addr::LOCALHOST.into()
-    } else {
-        Ipv4Addr::LOCALHOST.into()
-    };
-    let port = match args.port {
-        Some(p) => p,
-        None => default_target(range, args.odd),
-    };
-    anyhow::ensure!(
-        range.contains(port),
-        "port {port} is outside the range {range}: choose a port inside it (or another --range)"
-    );
-    let pref = range.connect_parity();
-    anyhow::ensure!(
-        !args.odd || Parity::of(port) != pref,
-        "--odd needs a target of the parity connect() does not try first: {} here, since \
-         the range starts at {}; {port} is {}",
-        pref.other(),
-        range.low,
-        pref
-    );
-    let target = SocketAddr::new(ip, port);
-    // Check the output files first, so that errors come before any work;
-    // they are written at the end through safefile (never through a
-    // symlink, atomically).
-    for p in [&args.pcap, &args.svg].into_iter().flatten() {
-        tcploop::safefile::check_writable(p)?;
-    }
-
-    anyhow::ensure!(
-        !args.netns_only || tcploop::sandbox::is_root(),
-        "--netns-only needs root (a plain network namespace needs CAP_SYS_ADMIN); \
-         without it the demo uses a user+net namespace, which needs no privilege"
-    );
-    let sandbox = Sandbox {
-        range: Some(range),
-        reserved: None,
-        isolation: if args.netns_only {
-            Isolation::NetNsOnly
-        } else {
-            Isolation::Auto
-        },
-    };
-    let entered = match sandbox.enter() {
-        Ok(e) => e,
-        Err(e @ SandboxError::NoUserNs(_)) => {
-            anyhow::bail!("the demo runs in a throwaway namespace, and {e}")
-        }
-        Err(e) => return Err(e).context("entering the demo's sandbox"),
-    };
     let mut o = Out {
         w: out,
         format: Format::json_if(args.json),
@@ -171,6 +181,19 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         report::demo::phase(&mut o, "loop", &cfg, &rep, true)?;
         kept.keep(rep)
     };
+    let svg = write_files(&args, &kept)?;
+    report::demo::done(
+        &mut o,
+        args.pcap.as_deref().map(|p| (p, kept.frames.len())),
+        svg,
+        start.elapsed(),
+    )?;
+    Ok(code)
+}
+
+/// Writes `--pcap` and `--svg` (the first loop, if one was drawn) through
+/// safefile; the SVG's path when it was written.
+fn write_files<'a>(args: &'a Args, kept: &Kept) -> anyhow::Result<Option<&'a std::path::Path>> {
     if let Some(p) = &args.pcap {
         let mut buf = vec![];
         pcap::write(
@@ -189,13 +212,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
         _ => None,
     };
-    report::demo::done(
-        &mut o,
-        args.pcap.as_deref().map(|p| (p, kept.frames.len())),
-        svg,
-        start.elapsed(),
-    )?;
-    Ok(code)
+    Ok(svg)
 }
 
 /// The middle candidate of the parity connect() uses (or, for `odd`, of the
