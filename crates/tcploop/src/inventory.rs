@@ -55,6 +55,14 @@ impl Inventory {
         inv
     }
 
+    /// An empty inventory, to [`add`](Self::add) sockets to.
+    pub fn new(bound_visible: bool) -> Inventory {
+        Inventory {
+            bound_visible,
+            ..Inventory::default()
+        }
+    }
+
     /// Adds one socket.
     pub fn add(&mut self, s: &DiagSocket) {
         self.sockets += 1;

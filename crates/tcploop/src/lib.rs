@@ -20,6 +20,8 @@
 //! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`holders`]: who holds one port now, and what each does to a server's `bind()`;
+//! - [`doctor`]: "my server cannot bind its port": the cause, the holder, the fix in order;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
@@ -30,7 +32,9 @@
 
 pub mod audit;
 pub mod demo;
+pub mod doctor;
 pub mod freeport;
+pub mod holders;
 pub mod host;
 pub mod inventory;
 pub mod metrics;

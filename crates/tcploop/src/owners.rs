@@ -101,6 +101,14 @@ impl Owners {
     }
 }
 
+#[cfg(test)]
+impl Owners {
+    /// Records an owner (test fixtures).
+    pub(crate) fn insert(&mut self, inode: u64, owner: Owner) {
+        self.by_inode.entry(inode).or_default().push(owner);
+    }
+}
+
 /// Finds the processes holding the sockets with these inodes (0s, the
 /// TIME-WAIT and request sockets, are ignored). Fails only if `/proc`
 /// cannot be listed at all.

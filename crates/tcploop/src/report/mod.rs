@@ -6,6 +6,8 @@
 //! engine's own types so that the schema changes only on purpose. Each
 //! command documents its line types in its module.
 
+pub mod doctor;
+
 use std::io::{self, Write};
 
 use serde::Serialize;
