@@ -30,6 +30,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::holders;
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
 use crate::ports::{EphemeralFacts, Parity, PortSet};
@@ -233,6 +234,7 @@ pub fn analyze(
         } else {
             Status::Exposed
         };
+        let here = holders::listening(on_port.get(&port).into_iter().flatten().copied());
         let down: Vec<&DiagSocket> = holders
             .iter()
             .copied()
@@ -243,7 +245,10 @@ pub fn analyze(
                     .into_iter()
                     .flatten()
                     .copied()
-                    .filter(|s| s.state != state::LISTEN),
+                    // the service's listeners and the connections they
+                    // accepted go down with it: they are not sockets that
+                    // took the port as their source port
+                    .filter(|s| s.state != state::LISTEN && !holders::accepted(&here, s)),
             )
             .collect();
         let inv = Inventory::from_sockets(down, bound_visible);

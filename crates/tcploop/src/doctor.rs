@@ -603,44 +603,71 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
             }
         }
         Verdict::Listening => {
-            for h in d.conflicting().filter(|h| h.holder.kind == Kind::Listener) {
-                if h.is_service {
-                    v.push(step(
-                        Action::Nothing,
-                        format!(
-                            "the service is already running: {} listens on {}; stop it first if you \
-                             meant to start another copy",
-                            who(&h.owners),
-                            h.holder.local()
-                        ),
-                        None,
-                    ));
-                } else if h.holder.reuseport_group() {
-                    v.push(step(
-                        Action::Nothing,
-                        format!(
-                            "{} listen on {} as a SO_REUSEPORT group of {} sockets: a server of the \
-                             same user that sets SO_REUSEPORT would join the group and share its \
-                             connections; any other gets EADDRINUSE. tcploop cannot help: stop that \
-                             program, or run the server on another port (`tcploop free-port`)",
-                            who(&h.owners),
-                            h.holder.local(),
-                            h.holder.sockets.len()
-                        ),
-                        None,
-                    ));
-                } else {
-                    v.push(step(
-                        Action::Nothing,
-                        format!(
-                            "{} listens on {}: tcploop cannot help; stop that program, or run the \
-                             server on another port (`tcploop free-port`)",
-                            who(&h.owners),
-                            h.holder.local()
-                        ),
-                        None,
-                    ));
-                }
+            let ls: Vec<&Owned> = d
+                .conflicting()
+                .filter(|h| h.holder.kind == Kind::Listener)
+                .collect();
+            let addrs = |hs: &[&Owned]| {
+                hs.iter()
+                    .map(|h| h.holder.local().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let owners = |hs: &[&Owned]| {
+                let mut o: Vec<Owner> = hs.iter().flat_map(|h| h.owners.clone()).collect();
+                o.sort_by_key(|o| o.pid);
+                o.dedup_by_key(|o| o.pid);
+                o
+            };
+            let service: Vec<&Owned> = ls.iter().copied().filter(|h| h.is_service).collect();
+            let groups: Vec<&Owned> = ls
+                .iter()
+                .copied()
+                .filter(|h| !h.is_service && h.holder.reuseport_group())
+                .collect();
+            let others: Vec<&Owned> = ls
+                .iter()
+                .copied()
+                .filter(|h| !h.is_service && !h.holder.reuseport_group())
+                .collect();
+            if !service.is_empty() {
+                v.push(step(
+                    Action::Nothing,
+                    format!(
+                        "the service is already running: {} listens on {}; stop it first if you \
+                         meant to start another copy",
+                        who(&owners(&service)),
+                        addrs(&service)
+                    ),
+                    None,
+                ));
+            }
+            for h in groups {
+                v.push(step(
+                    Action::Nothing,
+                    format!(
+                        "{} listen on {} as a SO_REUSEPORT group of {} sockets: a server of the \
+                         same user that sets SO_REUSEPORT would join the group and share its \
+                         connections; any other gets EADDRINUSE. tcploop cannot help: stop that \
+                         program, or run the server on another port (`tcploop free-port`)",
+                        who(&h.owners),
+                        h.holder.local(),
+                        h.holder.sockets.len()
+                    ),
+                    None,
+                ));
+            }
+            if !others.is_empty() {
+                v.push(step(
+                    Action::Nothing,
+                    format!(
+                        "{} listens on {}: tcploop cannot help; stop that program, or run the \
+                         server on another port (`tcploop free-port`)",
+                        who(&owners(&others)),
+                        addrs(&others)
+                    ),
+                    None,
+                ));
             }
         }
         Verdict::StolenByLoop | Verdict::TimeWait if d.loops().next().is_some() => {
@@ -756,6 +783,91 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
         }
     }
     v
+}
+
+/// A port that is stolen now (for `check`): held by self-connected sockets
+/// or by connections using it as their source port, so that a server's bind
+/// fails; with the prediction for "while the service is down", kept apart.
+#[derive(Debug, Clone)]
+pub struct Theft {
+    /// The thieves: loops (alive or in TIME-WAIT) and source-port
+    /// connections that conflict with the server's address.
+    pub holders: Vec<Owned>,
+    /// What a real bind of the server's address says now.
+    pub probe: Probe,
+    /// The predictor for a client `connect()` with these holders gone and
+    /// the service down.
+    pub when_down: Prediction,
+}
+
+/// Whether `port` is stolen now from a server on `host`'s address (see
+/// [`Theft`]); `None` when nothing steals it (free, listening, held by a
+/// bind, or the bind succeeds all the same). `survey` must have kept the
+/// port's sockets ([`Survey::take_keeping`](crate::survey::Survey::take_keeping)).
+pub fn theft(
+    survey: &crate::survey::Survey,
+    host: &host::Host,
+    client: Client,
+    port: u16,
+) -> Option<Theft> {
+    let inv = survey.inventory.as_ref().ok()?;
+    let on_port: Vec<DiagSocket> = survey
+        .kept
+        .iter()
+        .filter(|s| s.local.port() == port)
+        .copied()
+        .collect();
+    let server = host.effective;
+    let all = holders::analyze(&on_port, server);
+    if all.iter().any(|h| h.conflicts && h.kind == Kind::Listener) {
+        return None;
+    }
+    let thieves: Vec<Holder> = all
+        .into_iter()
+        .filter(|h| {
+            h.conflicts && matches!(h.kind, Kind::Loop | Kind::LoopTimeWait | Kind::SourcePort)
+        })
+        .collect();
+    if thieves.is_empty() {
+        return None;
+    }
+    let probe = Probe::take(SocketAddr::new(server, port));
+    if probe.plain == Ok(true) {
+        return None;
+    }
+    let inodes: Vec<u64> = thieves.iter().flat_map(|h| h.inodes()).collect();
+    let found = owners::find_owners(inodes, Search::FirstOwner).unwrap_or_default();
+    let holders = thieves
+        .into_iter()
+        .map(|holder| {
+            let mut owners: Vec<Owner> =
+                holder.inodes().flat_map(|i| found.of(i).to_vec()).collect();
+            owners.sort_by_key(|o| o.pid);
+            owners.dedup_by_key(|o| o.pid);
+            let owners_unknown = holder.inodes().filter(|i| found.of(*i).is_empty()).count() as u64;
+            Owned {
+                holder,
+                owners,
+                owners_unknown,
+                is_service: false,
+            }
+        })
+        .collect();
+    let down = holders::when_down(&inv.without_port(port), &on_port);
+    let when_down = predict::predict(
+        &Situation {
+            facts: &survey.facts,
+            inventory: Some(&down),
+            host,
+            client,
+        },
+        port,
+    );
+    Some(Theft {
+        holders,
+        probe,
+        when_down,
+    })
 }
 
 /// Where a service's port comes from.

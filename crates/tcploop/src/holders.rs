@@ -250,11 +250,7 @@ pub fn analyze<'a>(
     server: IpAddr,
 ) -> Vec<Holder> {
     let sockets: Vec<&DiagSocket> = sockets.into_iter().collect();
-    let listeners: Vec<IpAddr> = sockets
-        .iter()
-        .filter(|s| s.state == state::LISTEN)
-        .map(|s| s.local.ip())
-        .collect();
+    let listeners = listening(sockets.iter().copied());
     let mut out: Vec<Holder> = vec![];
     let group = |kind: Kind, s: &DiagSocket, out: &mut Vec<Holder>| {
         let key = |h: &Holder| {
@@ -291,9 +287,7 @@ pub fn analyze<'a>(
             state::TIME_WAIT if is_loop => out.push(holder(Kind::LoopTimeWait, vec![*s], server)),
             state::TIME_WAIT => group(Kind::TimeWait, s, &mut out),
             _ if is_loop => out.push(holder(Kind::Loop, vec![*s], server)),
-            _ if listeners.iter().any(|l| covers(*l, s.local.ip())) => {
-                group(Kind::Accepted, s, &mut out)
-            }
+            _ if accepted(&listeners, s) => group(Kind::Accepted, s, &mut out),
             _ => group(Kind::SourcePort, s, &mut out),
         }
     }
@@ -350,23 +344,39 @@ pub fn verdict(holders: &[Holder]) -> Verdict {
 }
 
 /// Whether a socket on the port belongs to the service itself or to a loop:
-/// listeners, the connections they accepted, self-connected sockets. Left
+/// listeners, the connections they accepted (`listeners`: the addresses
+/// listening on the port, see [`listening`]), self-connected sockets. Left
 /// out of the inventory for "while the service is down", because they go
 /// away with the service (or with `kill`); the others stay.
-pub fn goes_with_the_service(sockets: &[DiagSocket], s: &DiagSocket) -> bool {
-    if s.state == state::LISTEN || tcploop_guard::is_loop(s.local, s.peer) {
-        return true;
-    }
+pub fn goes_with_the_service(listeners: &[IpAddr], s: &DiagSocket) -> bool {
+    s.state == state::LISTEN || tcploop_guard::is_loop(s.local, s.peer) || accepted(listeners, s)
+}
+
+/// The addresses listening among `sockets` (all on one port).
+pub fn listening<'a>(sockets: impl IntoIterator<Item = &'a DiagSocket>) -> Vec<IpAddr> {
+    sockets
+        .into_iter()
+        .filter(|s| s.state == state::LISTEN)
+        .map(|s| s.local.ip())
+        .collect()
+}
+
+/// Whether `s` is a connection accepted by one of `listeners` (the
+/// addresses listening on its port): a connected socket whose local address
+/// a listener covers. The service's own connection, not one that took the
+/// port as its source port.
+pub fn accepted(listeners: &[IpAddr], s: &DiagSocket) -> bool {
     let connected = !matches!(
         s.state,
-        state::BOUND_INACTIVE | state::CLOSE | state::NEW_SYN_RECV | state::TIME_WAIT
+        state::LISTEN
+            | state::BOUND_INACTIVE
+            | state::CLOSE
+            | state::NEW_SYN_RECV
+            | state::TIME_WAIT
     );
     connected
-        && sockets.iter().any(|l| {
-            l.state == state::LISTEN
-                && l.local.port() == s.local.port()
-                && covers(l.local.ip(), s.local.ip())
-        })
+        && !tcploop_guard::is_loop(s.local, s.peer)
+        && listeners.iter().any(|l| covers(*l, s.local.ip()))
 }
 
 /// The inventory the predictor should see for "while the service on `port`
@@ -375,8 +385,9 @@ pub fn goes_with_the_service(sockets: &[DiagSocket], s: &DiagSocket) -> bool {
 /// [`goes_with_the_service`]).
 pub fn when_down(rest: &Inventory, on_port: &[DiagSocket]) -> Inventory {
     let mut inv = rest.clone();
+    let listeners = listening(on_port);
     for s in on_port {
-        if !goes_with_the_service(on_port, s) {
+        if !goes_with_the_service(&listeners, s) {
             inv.add(s);
         }
     }
@@ -446,11 +457,11 @@ mod tests {
         assert_eq!(kinds[0], Kind::Listener);
         assert_eq!(kinds[1], Kind::Accepted);
         assert_eq!(verdict(&h), Verdict::Listening);
-        assert!(goes_with_the_service(&socks, &socks[1]));
+        assert!(goes_with_the_service(&listening(&socks), &socks[1]));
         // the listener gone, the same connections are source-port holders
         let h = analyze(&socks[1..2], v4("0.0.0.0"));
         assert_eq!(h[0].kind, Kind::SourcePort);
-        assert!(!goes_with_the_service(&socks[1..2], &socks[1]));
+        assert!(!goes_with_the_service(&listening(&socks[1..2]), &socks[1]));
     }
 
     #[test]

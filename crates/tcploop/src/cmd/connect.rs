@@ -140,6 +140,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 verdict: pred.verdict.as_str(),
                 reasons: &pred.reasons,
                 expected_tries: pred.expected_tries,
+                holders: vec![],
+                when_down: None,
             },
         )?;
     }
