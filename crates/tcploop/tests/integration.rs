@@ -8,6 +8,7 @@ mod audit;
 mod check;
 mod connect;
 mod demo;
+mod doctor;
 mod free_port;
 mod run;
 mod scan;
