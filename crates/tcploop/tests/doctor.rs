@@ -126,7 +126,10 @@ fn redis(port: &str) -> Redis {
     let stdout = g.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(l).is_err() {
                 break;
             }
