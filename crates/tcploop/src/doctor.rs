@@ -954,18 +954,18 @@ pub fn listen_stream(unit: &str) -> Option<(u16, Option<IpAddr>)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sys::diag::state;
 
-    fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
+    pub(crate) fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
         DiagSocket {
             inode,
             ..DiagSocket::fixture(st, local, peer)
         }
     }
 
-    fn owner(pid: u32, comm: &str, fd: i32) -> Owner {
+    pub(crate) fn owner(pid: u32, comm: &str, fd: i32) -> Owner {
         Owner {
             pid,
             comm: comm.into(),
@@ -973,7 +973,7 @@ mod tests {
         }
     }
 
-    fn diagnosis(
+    pub(crate) fn diagnosis(
         socks: &[DiagSocket],
         reserved: &str,
         probe_plain: bool,

@@ -472,6 +472,60 @@ fn doctor_case() {
             assert_eq!(h["bind"], "eaddrinuse-unless-reuseport");
             redis_fails(PORT, "reuseport group");
         }
+        "all-netns" => {
+            // a loop in a namespace nested in this one (a container's)
+            let py = "import socket,time\n\
+                for i in range(3000):\n\
+                \x20   s = socket.socket()\n\
+                \x20   try:\n\
+                \x20       s.connect(('127.0.0.1', 40004))\n\
+                \x20   except OSError:\n\
+                \x20       s.close(); continue\n\
+                \x20   print('looped', flush=True); break\n\
+                time.sleep(60)\n";
+            let script = format!(
+                "ip link set lo up && echo '40000 40009' > {RANGE_FILE} && exec python3 -c \"{py}\""
+            );
+            let mut inner = Group::spawn(
+                Command::new("unshare")
+                    .args(["-n", "sh", "-c", &script])
+                    .stdout(Stdio::piped()),
+            );
+            let mut line = [0u8; 6];
+            inner
+                .0
+                .stdout
+                .as_mut()
+                .unwrap()
+                .read_exact(&mut line)
+                .unwrap();
+            assert_eq!(&line, b"looped");
+            let here = doctor(&[]);
+            assert_eq!(here.code, 0, "nothing on the port in this namespace");
+            let all = doctor(&["--all-netns"]);
+            assert_eq!(all.code, 1);
+            let own = all.diagnoses[0]["netns"].clone();
+            assert_eq!(all.diagnoses[0]["verdict"], "free", "{:?}", all.diagnoses);
+            let nested: Vec<&Value> = all.diagnoses.iter().filter(|d| d["netns"] != own).collect();
+            assert_eq!(nested.len(), 1, "{:?}", all.diagnoses);
+            assert_eq!(nested[0]["verdict"], "stolen-by-loop");
+            let h = all
+                .holders
+                .iter()
+                .find(|h| h["netns"] == nested[0]["netns"])
+                .unwrap();
+            assert_eq!(h["owners"][0]["command"], "python3", "{h}");
+            let f = doctor(&["--all-netns", "--fix"]);
+            assert_eq!(f.code, 0, "{:?}", f.diagnoses);
+            let fx = f
+                .fixes
+                .iter()
+                .find(|x| x["netns"] == nested[0]["netns"])
+                .unwrap();
+            assert_eq!(fx["killed"][0]["outcome"], "destroyed", "{fx}");
+            assert_eq!(fx["bind"], "ok");
+            assert!(inner.alive());
+        }
         other => panic!("unknown case {other}"),
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -534,6 +588,11 @@ fn a_bind_only_socket_is_named_and_left_alone() {
 #[test]
 fn a_foreign_listener_is_named_and_no_action_is_taken() {
     case("foreign-listener");
+}
+
+#[test]
+fn all_netns_finds_and_fixes_a_loop_in_a_nested_namespace() {
+    case("all-netns");
 }
 
 #[test]

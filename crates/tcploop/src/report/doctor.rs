@@ -735,7 +735,50 @@ fn fix_text(out: &mut dyn Write, f: &FixReport, d: &Diagnosis) -> io::Result<()>
 
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
+    use crate::doctor::tests::{diagnosis, owner, sock};
+    use crate::doctor::NsOutcome;
+
+    /// A loop owned by a process that renamed itself to clear the screen
+    /// and start a line of its own: the text shows the name escaped, the
+    /// JSON exactly.
+    #[test]
+    fn a_hostile_process_name_is_escaped_in_text_and_exact_in_json() {
+        let name = "\x1b[2J\x1b[31mX\nY";
+        let d = diagnosis(
+            &[sock(
+                state::ESTABLISHED,
+                "127.0.0.1:40004",
+                "127.0.0.1:40004",
+                9,
+            )],
+            "",
+            false,
+            &[(9, owner(31201, name, 3))],
+        );
+        let o = Outcome {
+            namespaces: vec![NsOutcome {
+                before: d,
+                fix: None,
+                after: None,
+            }],
+            skipped: vec![],
+        };
+        let mut text = vec![];
+        render(&mut text, &o, false).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(!text.contains('\x1b'), "{text}");
+        assert!(
+            text.contains("\\x1b[2J\\x1b[31mX\\x0aY (pid 31201"),
+            "{text}"
+        );
+        assert!(!text.lines().any(|l| l.starts_with('Y')), "{text}");
+        let mut json = vec![];
+        render(&mut json, &o, true).unwrap();
+        let first: serde_json::Value =
+            serde_json::from_slice(json.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(first["data"]["owners"][0]["command"], name);
+    }
 
     #[test]
     fn control_characters_are_escaped() {
