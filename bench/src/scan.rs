@@ -16,6 +16,10 @@
 //! rounds.
 //!
 //! `cargo run --release -p tcploop-bench -- scan [--sizes 1000,10000,100000] [--rounds 5]`
+//!
+//! With `--doctor`, the same sockets time `tcploop doctor PORT` (one port's
+//! whole diagnosis: holders, owners, bind probes, prediction) against
+//! `ss -tanp 'sport = :PORT'`, what a user would run to find the holder.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -46,6 +50,9 @@ pub struct Args {
     /// Timed rounds per size (each runs every contender once)
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Time `tcploop doctor PORT` against `ss -tanp 'sport = :PORT'` instead
+    #[arg(long)]
+    doctor: bool,
     /// (internal) running inside the sandbox
     #[arg(long, hide = true)]
     inner: bool,
@@ -86,16 +93,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!("| sockets | tool | median wall | vs tcploop scan | max RSS |");
+    println!(
+        "| sockets | tool | median wall | vs {} | max RSS |",
+        if args.doctor {
+            "tcploop doctor"
+        } else {
+            "tcploop scan"
+        }
+    );
     println!("| ---: | --- | ---: | ---: | ---: |");
     // a fresh namespace for each size: nothing left over from the last one
     for size in &args.sizes {
-        let a = vec![
+        let mut a = vec![
             "scan".to_string(),
             "--inner".into(),
             format!("--sizes={size}"),
             format!("--rounds={}", args.rounds),
         ];
+        if args.doctor {
+            a.push("--doctor".into());
+        }
         let status = common::sandboxed(&tcploop, RANGE, &me, &a)
             .env("TCPLOOP_BIN", &tcploop)
             .status()?;
@@ -209,12 +226,32 @@ struct Contender {
     argv: Vec<String>,
 }
 
-fn contenders(tcploop: &Path, phase2: bool) -> Vec<Contender> {
+fn contenders(tcploop: &Path, phase2: bool, doctor: bool) -> Vec<Contender> {
     let t = tcploop.display().to_string();
     let c = |name: &str, argv: &[&str]| Contender {
         name: name.to_string(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
     };
+    if doctor {
+        let (port, what) = if phase2 {
+            (BIG_LOOP, "the largest holder's loop")
+        } else {
+            (LOOP_BASE, "a loop in the small client")
+        };
+        let p = port.to_string();
+        let filter = format!("sport = :{port}");
+        return vec![
+            c(
+                &format!("tcploop doctor {port} ({what})"),
+                &[&t, "doctor", &p],
+            ),
+            c(&format!("ss -tanp '{filter}'"), &["ss", "-tanp", &filter]),
+            c(
+                &format!("tcploop scan --port {port}"),
+                &[&t, "scan", "--port", &p],
+            ),
+        ];
+    }
     if phase2 {
         return vec![
             c(
@@ -323,7 +360,7 @@ fn measure(
         loops == want_loops && unknown == 0,
         "tcploop scan found {summary}"
     );
-    let cs = contenders(tcploop, phase2);
+    let cs = contenders(tcploop, phase2, args.doctor);
     let mut samples: Vec<Vec<f64>> = vec![vec![]; cs.len()];
     for round in 0..args.rounds {
         for k in 0..cs.len() {
@@ -344,7 +381,12 @@ fn measure(
             },
             c.name,
             medians[i] * 1e3,
-            medians[i] / base.unwrap_or(medians[0]),
+            medians[i]
+                / if args.doctor {
+                    medians[0]
+                } else {
+                    base.unwrap_or(medians[0])
+                },
             rss as f64 / 1024.0
         );
     }

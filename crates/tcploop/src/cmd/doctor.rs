@@ -31,6 +31,10 @@ bind-only socket or an ordinary connection. Then it checks that a server can
 bind the port, and diagnoses again. Needs root (or CAP_NET_ADMIN over the
 namespace).
 
+--host ADDR is the address the server binds: 0.0.0.0 (the default) conflicts
+with every IPv4 holder; an IPv6 address is checked IPV6_V6ONLY (as servers
+that bind [::] and 0.0.0.0 apart do), so bind 0.0.0.0 and [::] both.
+
 Verdicts: free, stolen-by-loop, stolen-by-source-port, time-wait, listening,
 bind-held.
 
