@@ -191,6 +191,7 @@ fn doctor(args: &[&str]) -> Doc {
     all.extend_from_slice(args);
     let o = output(&mut tcploop(&all));
     let lines = json_lines(&o);
+    lines.iter().for_each(schema::check);
     Doc {
         code: o.status.code().unwrap_or(-1),
         holders: of_type(&lines, "holder"),
@@ -625,5 +626,121 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let e = stderr(&o);
         assert!(!e.contains("panicked"), "{args:?}: {e}");
+    }
+}
+
+/// The JSON Lines contract of `doctor`: every line's `data` deserializes
+/// into these, with no unknown field (the README's JSON section and the
+/// rustdoc of src/report/doctor.rs).
+mod schema {
+    #![allow(dead_code)]
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Owner {
+        pid: u32,
+        command: String,
+        fd: i32,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Holder {
+        netns: u64,
+        after_fix: bool,
+        kind: String,
+        local: String,
+        states: Vec<String>,
+        sockets: u64,
+        conflicts: bool,
+        bind: String,
+        bind_reuseaddr: String,
+        reuseport_group: bool,
+        is_service: bool,
+        owners: Vec<Owner>,
+        owners_unknown: u64,
+        peers: Vec<String>,
+        peers_total: u64,
+        time_wait_left_ms: Option<u32>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WhenDown {
+        host: String,
+        verdict: String,
+        reasons: Vec<String>,
+        expected_tries: Option<f64>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Step {
+        action: String,
+        text: String,
+        command: Option<String>,
+        automatic: bool,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Diagnosis {
+        netns: u64,
+        netns_label: String,
+        after_fix: bool,
+        port: u16,
+        server: String,
+        verdict: String,
+        summary: String,
+        invisible_holder: bool,
+        bind: String,
+        bind_reuseaddr: String,
+        range: String,
+        in_range: bool,
+        reserved: bool,
+        exposed: bool,
+        when_down: WhenDown,
+        steps: Vec<Step>,
+        sockets_seen: u64,
+        processes_unreadable: u64,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Killed {
+        local: String,
+        state: String,
+        outcome: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Fix {
+        netns: u64,
+        reserved: Option<String>,
+        reserve_error: Option<String>,
+        killed: Vec<Killed>,
+        bind: String,
+        bind_reuseaddr: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Skipped {
+        netns: u64,
+        netns_label: String,
+        reason: String,
+    }
+
+    fn parse<T: for<'a> Deserialize<'a>>(ty: &str, d: &serde_json::Value) {
+        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
+            panic!("{ty} line does not match its schema: {e}: {d}");
+        }
+    }
+
+    /// Checks one line against its type's schema.
+    pub fn check(line: &serde_json::Value) {
+        let d = &line["data"];
+        match line["type"].as_str().unwrap_or("") {
+            "holder" => parse::<Holder>("holder", d),
+            "diagnosis" => parse::<Diagnosis>("diagnosis", d),
+            "fix" => parse::<Fix>("fix", d),
+            "skipped" => parse::<Skipped>("skipped", d),
+            other => panic!("unknown line type {other:?}: {line}"),
+        }
     }
 }
