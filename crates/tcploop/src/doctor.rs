@@ -603,6 +603,21 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
     );
     let exposed = d.standing.exposed();
     let mut v = vec![];
+    if d.verdict != Verdict::Free
+        && d.verdict != Verdict::Listening
+        && d.probe.plain == Ok(false)
+        && d.probe.reuseaddr == Ok(true)
+    {
+        // e.g. the server's own connections in TIME-WAIT after a restart
+        v.push(step(
+            Action::StartServer,
+            format!(
+                "a server that sets SO_REUSEADDR (redis, nginx and most servers do) can bind \
+                 {addr} now, as the check shows; one that does not must wait for the steps below"
+            ),
+            None,
+        ));
+    }
     match d.verdict {
         Verdict::Free => {
             if exposed && d.when_down.verdict == predict::Verdict::Possible {
@@ -979,6 +994,17 @@ pub(crate) mod tests {
         probe_plain: bool,
         names: &[(u32, Owner)],
     ) -> Diagnosis {
+        diagnosis_with(socks, reserved, (probe_plain, probe_plain), names)
+    }
+
+    /// A diagnosis from fixtures; `probe`: what the binds without and with
+    /// SO_REUSEADDR say (`true`: bindable).
+    fn diagnosis_with(
+        socks: &[DiagSocket],
+        reserved: &str,
+        probe: (bool, bool),
+        names: &[(u32, Owner)],
+    ) -> Diagnosis {
         let facts = EphemeralFacts::fixture(40000, 40009, reserved);
         let look = Look {
             facts,
@@ -991,8 +1017,8 @@ pub(crate) mod tests {
                 up: true,
             }],
             probe: Probe {
-                plain: Ok(probe_plain),
-                reuseaddr: Ok(probe_plain),
+                plain: Ok(probe.0),
+                reuseaddr: Ok(probe.1),
             },
         };
         let mut found = owners::Owners::default();
@@ -1125,6 +1151,19 @@ pub(crate) mod tests {
         let d = diagnosis(&[other], "40004", false, &[]);
         assert_eq!(actions(&d), [Action::Wait, Action::StartServer]);
         assert!(d.steps[0].text.contains("42 s more"), "{:?}", d.steps);
+        // the TIME-WAIT sockets had SO_REUSEADDR (a server's own, after a
+        // restart): the check lets a SO_REUSEADDR server bind now, and says so
+        let d = diagnosis_with(&[other], "", (false, true), &[]);
+        assert_eq!(
+            actions(&d),
+            [
+                Action::StartServer,
+                Action::Reserve,
+                Action::Wait,
+                Action::StartServer
+            ]
+        );
+        assert!(d.steps[0].text.contains("can bind 0.0.0.0:40004 now"));
     }
 
     #[test]
