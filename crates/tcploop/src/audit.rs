@@ -396,31 +396,57 @@ fn advice(
     v
 }
 
+/// The lock file `apply` holds (`flock(2)`, exclusive) around its
+/// read-modify-write of `ip_local_reserved_ports`, so that concurrent runs
+/// never lose each other's ports. Created mode 0600 if absent; never
+/// followed if it is a symlink. When it cannot be created (not root, /run
+/// read-only), the fix is applied without it and the result says so.
+pub const LOCK_FILE: &str = "/run/tcploop-reserved-ports.lock";
+
+/// The largest sysctl.d file `persist` reads: 1 MiB.
+pub const SYSCTL_FILE_LIMIT: u64 = 1024 * 1024;
+
 /// Why the fix could not be applied or persisted.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// Writing or reading `/proc/sys` failed.
     #[error(transparent)]
     Proc(#[from] procsys::ProcError),
-    /// The kernel's value after the write lacks ports that should be there.
-    #[error("after writing, {SYSCTL_KEY} is {got:?}; it should contain {want}")]
-    NotTaken {
-        /// What the kernel reports.
+    /// After the write, the kernel's value lacks ports that were reserved
+    /// before or that should have been added. The previous value was
+    /// written back (`restored`).
+    #[error(
+        "after writing, {SYSCTL_KEY} is {got}; it should contain {before} and {add}{}",
+        match restored {
+            Ok(v) => format!("; the previous value was restored ({v})"),
+            Err(e) => format!("; restoring the previous value {before} FAILED: {e}"),
+        }
+    )]
+    NotKept {
+        /// The value before the write.
+        before: PortSet,
+        /// The ports to add.
+        add: PortSet,
+        /// What the kernel reports after the write.
         got: String,
-        /// What was written.
-        want: PortSet,
+        /// The value read back after restoring, or why restoring failed.
+        restored: Result<String, String>,
     },
     /// The kernel's value could not be parsed.
     #[error("{SYSCTL_KEY} reads {0:?}, which is not a port list")]
     Parse(String),
-    /// Writing the sysctl.d file failed.
-    #[error("writing {}: {source}", path.display())]
-    File {
+    /// Reading or writing the sysctl.d file failed or was refused.
+    #[error(transparent)]
+    File(#[from] crate::safefile::SafeFileError),
+    /// The sysctl.d file's own value of the key is not a port list.
+    #[error("{}: line {line}: {SYSCTL_KEY} = {value:?} is not a port list; the file is left untouched", path.display())]
+    FileValue {
         /// The file.
         path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
+        /// The line (1-based).
+        line: usize,
+        /// The value.
+        value: String,
     },
 }
 
@@ -428,34 +454,101 @@ impl ApplyError {
     /// Whether the error is a permission problem (not root).
     pub fn is_permission(&self) -> bool {
         let kind = match self {
-            ApplyError::Proc(e) => e.source.kind(),
-            ApplyError::File { source, .. } => source.kind(),
-            _ => return false,
+            ApplyError::Proc(e) => Some(e.source.kind()),
+            ApplyError::File(e) => e.io_kind(),
+            _ => None,
         };
-        kind == io::ErrorKind::PermissionDenied
+        kind == Some(io::ErrorKind::PermissionDenied)
     }
 }
 
-/// Writes `fix.value` to `/proc/sys/net/ipv4/ip_local_reserved_ports` of
-/// the caller's network namespace, then reads it back and checks that it
-/// holds every port of the value. Returns the value the kernel reports.
-/// Does nothing (but the check) when nothing is to be added.
-pub fn apply(fix: &Fix) -> Result<PortSet, ApplyError> {
-    if fix.needed() {
-        // Re-read right before writing, so that a reservation made since
-        // the audit started is kept too.
-        let now = read_reserved()?;
-        let value = now.union(&fix.value);
-        procsys::write(procsys::RESERVED_PORTS, &value.to_string())?;
-    }
-    let got = read_reserved()?;
-    if !fix.value.iter().all(|p| got.contains(p)) {
-        return Err(ApplyError::NotTaken {
-            got: got.to_string(),
-            want: fix.value.clone(),
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The reservation read under the lock, before any write.
+    pub before: PortSet,
+    /// The reservation read back at the end.
+    pub after: PortSet,
+    /// Whether a value was written (false: every port was reserved already).
+    pub wrote: bool,
+    /// The lock file held, or `None` when it could not be taken (and why).
+    pub lock: Result<PathBuf, String>,
+}
+
+/// Adds `add` to `/proc/sys/net/ipv4/ip_local_reserved_ports` of the
+/// caller's network namespace, and only ever grows it:
+///
+/// 1. takes the [`LOCK_FILE`] lock, so that concurrent runs serialize;
+/// 2. reads the live value (under the lock: what others added is kept);
+/// 3. writes the union, unless nothing is missing;
+/// 4. reads the value back and checks it holds every port it held before
+///    and every port of `add`; if not, writes the previous value back and
+///    fails with [`ApplyError::NotKept`].
+pub fn apply(add: &PortSet) -> Result<Applied, ApplyError> {
+    apply_with_lock(add, Path::new(LOCK_FILE))
+}
+
+/// [`apply`] with another lock file (tests).
+pub fn apply_with_lock(add: &PortSet, lock_path: &Path) -> Result<Applied, ApplyError> {
+    let (_guard, lock) = match crate::sys::lock::exclusive(lock_path) {
+        Ok(g) => (Some(g), Ok(lock_path.to_owned())),
+        Err(e) => (None, Err(format!("{}: {e}", lock_path.display()))),
+    };
+    let before = read_reserved()?;
+    let value = before.union(add);
+    if value == before {
+        return Ok(Applied {
+            after: before.clone(),
+            before,
+            wrote: false,
+            lock,
         });
     }
-    Ok(got)
+    let written = procsys::write(procsys::RESERVED_PORTS, &value.to_string());
+    let got = procsys::read(procsys::RESERVED_PORTS).map(|t| t.trim().to_string());
+    let kept = match (&written, &got) {
+        (Ok(()), Ok(text)) => PortSet::parse(text)
+            .ok()
+            .filter(|g| before.iter().chain(add.iter()).all(|p| g.contains(p))),
+        _ => None,
+    };
+    if let Some(after) = kept {
+        return Ok(Applied {
+            before,
+            after,
+            wrote: true,
+            lock,
+        });
+    }
+    // Something was lost (or the write failed half-way): put the previous
+    // value back, and say what happened.
+    let restored = restore(&before);
+    let got = match (written, got) {
+        (Err(e), _) => {
+            if restored.is_ok() {
+                return Err(e.into());
+            }
+            format!("unknown after a failed write ({e})")
+        }
+        (Ok(()), Ok(t)) => t,
+        (Ok(()), Err(e)) => format!("unreadable ({e})"),
+    };
+    Err(ApplyError::NotKept {
+        before,
+        add: add.clone(),
+        got,
+        restored,
+    })
+}
+
+fn restore(before: &PortSet) -> Result<String, String> {
+    procsys::write(procsys::RESERVED_PORTS, &before.to_string()).map_err(|e| e.to_string())?;
+    let back = procsys::read(procsys::RESERVED_PORTS).map_err(|e| e.to_string())?;
+    let back = back.trim().to_string();
+    match PortSet::parse(&back) {
+        Ok(b) if before.iter().all(|p| b.contains(p)) => Ok(back),
+        _ => Err(format!("the kernel holds {back:?} after the restore")),
+    }
 }
 
 fn read_reserved() -> Result<PortSet, ApplyError> {
@@ -464,29 +557,121 @@ fn read_reserved() -> Result<PortSet, ApplyError> {
 }
 
 /// What [`persist`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Persisted {
-    /// The file was written.
-    Written,
-    /// The file already had this content.
-    Unchanged,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persisted {
+    /// Whether the file was written (false: it already said this).
+    pub written: bool,
+    /// The value the file now sets.
+    pub value: PortSet,
+    /// The value the file set before (`None`: no such line, or no file).
+    pub previous: Option<PortSet>,
 }
 
-/// Writes `text` to the sysctl.d file `path` unless it already holds it,
-/// atomically (a temporary file beside it, then rename).
-pub fn persist(path: &Path, text: &str) -> Result<Persisted, ApplyError> {
-    let err = |source| ApplyError::File {
-        path: path.to_owned(),
-        source,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(old) if old == text => return Ok(Persisted::Unchanged),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+/// Whether a sysctl.d line sets the reserved ports: `key = value`, the key
+/// with dots or slashes, optionally prefixed with `-` (ignore errors).
+/// Returns the value.
+fn key_value(line: &str) -> Option<&str> {
+    let t = line.trim_start();
+    if t.starts_with('#') || t.starts_with(';') {
+        return None;
     }
-    crate::metrics::write_textfile(path, text).map_err(err)?;
-    Ok(Persisted::Written)
+    let (k, v) = t.split_once('=')?;
+    let k = k.trim().trim_start_matches('-').replace('/', ".");
+    (k == SYSCTL_KEY).then(|| v.trim())
+}
+
+/// The new text of a sysctl.d file that sets the reserved ports to
+/// `live ∪ the file's own value`: every other line kept byte for byte; the
+/// last line setting the key (the one that takes effect) gets the merged
+/// value; with no such line, one is appended. `old` is `None` for a new
+/// file. Returns the text and the value, and the file's previous value.
+pub fn merged_sysctl_d(
+    path: &Path,
+    old: Option<&str>,
+    live: &PortSet,
+) -> Result<(String, PortSet, Option<PortSet>), ApplyError> {
+    let Some(old) = old else {
+        let value = live.clone();
+        return Ok((
+            Fix::new(&value, &PortSet::default()).sysctl_d(),
+            value,
+            None,
+        ));
+    };
+    let lines: Vec<&str> = old.split_inclusive('\n').collect();
+    let mut last = None;
+    let mut previous: Option<PortSet> = None;
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(v) = key_value(l) {
+            let set = PortSet::parse(v).map_err(|_| ApplyError::FileValue {
+                path: path.to_owned(),
+                line: i + 1,
+                value: v.to_string(),
+            })?;
+            // sysctl applies the lines in order: the last one wins
+            previous = Some(set);
+            last = Some(i);
+        }
+    }
+    let value = previous
+        .as_ref()
+        .map_or_else(|| live.clone(), |p| p.union(live));
+    let mut text = String::with_capacity(old.len() + 64);
+    match last {
+        Some(n) => {
+            for (i, l) in lines.iter().enumerate() {
+                if i == n {
+                    let indent = &l[..l.len() - l.trim_start().len()];
+                    let dash = if l.trim_start().starts_with('-') {
+                        "-"
+                    } else {
+                        ""
+                    };
+                    let nl = if l.ends_with('\n') { "\n" } else { "" };
+                    text.push_str(&format!("{indent}{dash}{SYSCTL_KEY} = {value}{nl}"));
+                } else {
+                    text.push_str(l);
+                }
+            }
+        }
+        None => {
+            text.push_str(old);
+            if !old.is_empty() && !old.ends_with('\n') {
+                text.push('\n');
+            }
+            if !value.is_empty() {
+                text.push_str(&format!(
+                    "# Added by `tcploop audit --persist`: reserved ports are never handed out as source ports.\n{SYSCTL_KEY} = {value}\n"
+                ));
+            }
+        }
+    }
+    Ok((text, value, previous))
+}
+
+/// Makes the sysctl.d file `path` set the reserved ports to at least
+/// `live` at every boot, merging with what it says now (see
+/// [`merged_sysctl_d`]). Refuses (and leaves alone) a path that is a
+/// symlink, a directory, a FIFO or a device, and a file larger than
+/// [`SYSCTL_FILE_LIMIT`]; writes through [`crate::safefile`] (temporary
+/// file, mode 0644, fsync, rename). Writes nothing when the file already
+/// says this.
+pub fn persist(path: &Path, live: &PortSet) -> Result<Persisted, ApplyError> {
+    let old = crate::safefile::read_to_string(path, SYSCTL_FILE_LIMIT)?;
+    let (text, value, previous) = merged_sysctl_d(path, old.as_deref(), live)?;
+    if old.as_deref() == Some(text.as_str()) {
+        return Ok(Persisted {
+            written: false,
+            value,
+            previous,
+        });
+    }
+    crate::safefile::write(path, text.as_bytes(), 0o644)?;
+    Ok(Persisted {
+        written: true,
+        value,
+        previous,
+    })
 }
 
 /// Parses a ports file: ports and ranges separated by commas, spaces or
@@ -617,6 +802,40 @@ mod tests {
         let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
         assert_eq!(a.loops.len(), 1);
         assert!(a.ports.is_empty());
+    }
+
+    #[test]
+    fn persisting_merges_with_the_file_and_keeps_every_other_line() {
+        let live = PortSet::parse("40004,50000").unwrap();
+        let p = Path::new("/etc/sysctl.d/99-x.conf");
+        let old = "# mine\nnet.core.somaxconn = 4096\n net.ipv4.ip_local_reserved_ports=8080, 9000-9010\nvm.swappiness=10";
+        let (text, value, prev) = merged_sysctl_d(p, Some(old), &live).unwrap();
+        assert_eq!(prev.unwrap().to_string(), "8080,9000-9010");
+        assert_eq!(value.to_string(), "8080,9000-9010,40004,50000");
+        assert_eq!(
+            text,
+            "# mine\nnet.core.somaxconn = 4096\n net.ipv4.ip_local_reserved_ports = 8080,9000-9010,40004,50000\nvm.swappiness=10"
+        );
+        // the last of two lines is the one that takes effect and is merged
+        let old = "net/ipv4/ip_local_reserved_ports = 1\n-net.ipv4.ip_local_reserved_ports = 2\n";
+        let (text, value, _) = merged_sysctl_d(p, Some(old), &live).unwrap();
+        assert_eq!(value.to_string(), "2,40004,50000");
+        assert_eq!(
+            text,
+            "net/ipv4/ip_local_reserved_ports = 1\n-net.ipv4.ip_local_reserved_ports = 2,40004,50000\n"
+        );
+        // no such line: appended, the rest untouched
+        let (text, _, prev) = merged_sysctl_d(p, Some("kernel.x = 1"), &live).unwrap();
+        assert!(prev.is_none());
+        assert!(text.starts_with("kernel.x = 1\n#"), "{text}");
+        assert!(
+            text.ends_with("\nnet.ipv4.ip_local_reserved_ports = 40004,50000\n"),
+            "{text}"
+        );
+        // a value that is not a port list: refused
+        let e =
+            merged_sysctl_d(p, Some("net.ipv4.ip_local_reserved_ports = x\n"), &live).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
     }
 
     #[test]

@@ -418,10 +418,11 @@ pub fn fix(cfg: &Config, outcome: &mut Outcome) -> Result<(), DoctorError> {
         let port = cfg.port;
         let server = cfg.server;
         let res = in_ns(&label, move || {
+            // audit's writer: under its lock, only ever grows the set, verified
             let reserved = reserve.then(|| {
-                let current = PortSet::default();
-                let fix = audit::Fix::new(&current, &PortSet::from_ports([port]));
-                audit::apply(&fix).map_err(|e| e.to_string())
+                audit::apply(&PortSet::from_ports([port]))
+                    .map(|a| a.after)
+                    .map_err(|e| e.to_string())
             });
             let killed = loops
                 .into_iter()

@@ -25,6 +25,7 @@
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
+//! - [`safefile`]: creating or replacing a file as root without following a symlink;
 //! - [`sys`]: the only module that talks to the kernel.
 //!
 //! The library never reads argv, prints to the terminal or exits: the binary
@@ -44,6 +45,7 @@ pub mod predict;
 pub mod preload;
 pub mod report;
 pub mod repro;
+pub mod safefile;
 pub mod sandbox;
 pub mod scan;
 pub mod survey;

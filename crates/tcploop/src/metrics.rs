@@ -9,9 +9,10 @@
 //!
 //! | metric | type | meaning |
 //! | --- | --- | --- |
-//! | `tcploop_loops{port,command}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read); a series that was seen stays, at 0, after its loops go away |
+//! | `tcploop_loops{port,command}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read); a series that was seen stays, at 0, after its loops go away, for an hour; at most [`MAX_LOOP_SERIES`] series |
 //! | `tcploop_loops_present` | gauge | all self-connected sockets present now |
-//! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start |
+//! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start (dropped with its `tcploop_loops` series) |
+//! | `tcploop_loop_series_overflow_total` | counter | loops that appeared while [`MAX_LOOP_SERIES`] series existed, so got no series of their own (still counted in `tcploop_loops_present`) |
 //! | `tcploop_exposed_listeners` | gauge | listening ports inside the ephemeral range and not reserved (clients of those services may loop while they are down) |
 //! | `tcploop_sockets` | gauge | TCP sockets seen by the last scan |
 //! | `tcploop_scan_duration_seconds` | gauge | how long the last scan took |
@@ -24,11 +25,11 @@
 //! scan interval plus one scrape interval of a loop appearing.
 
 use std::collections::HashSet;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -60,12 +61,23 @@ pub struct ScanSample {
     pub duration: Duration,
 }
 
+/// The most `tcploop_loops{port,command}` series kept at once: a host whose
+/// loops come from ever new ports or commands would otherwise grow the page
+/// (and Prometheus's series count) without bound.
+pub const MAX_LOOP_SERIES: usize = 500;
+
+/// How long a `tcploop_loops` series stays at 0 before it is dropped.
+pub const RETIRE_AFTER: Duration = Duration::from_secs(3600);
+
 /// The metrics of a watch.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     loops: Family<LoopLabels, Gauge>,
-    known: Mutex<HashSet<LoopLabels>>,
+    /// Each series, and when it last had a loop.
+    known: Mutex<std::collections::HashMap<LoopLabels, Instant>>,
+    series_limit: usize,
+    series_overflow: Counter,
     loops_present: Gauge,
     loops_seen: Family<LoopLabels, Counter>,
     exposed_listeners: Gauge,
@@ -86,6 +98,11 @@ impl Default for Metrics {
 impl Metrics {
     /// A registry with every metric at zero.
     pub fn new() -> Metrics {
+        Metrics::with_series_limit(MAX_LOOP_SERIES)
+    }
+
+    /// [`Metrics::new`] with another cap on the `tcploop_loops` series.
+    pub fn with_series_limit(series_limit: usize) -> Metrics {
         let mut registry = Registry::with_prefix("tcploop");
         let loops = Family::<LoopLabels, Gauge>::default();
         let loops_present = Gauge::default();
@@ -97,6 +114,7 @@ impl Metrics {
         let scan_errors = Counter::default();
         let kills = Counter::default();
         let kill_errors = Counter::default();
+        let series_overflow = Counter::default();
         registry.register(
             "loops",
             "Self-connected TCP sockets present now, by port and owning command",
@@ -143,10 +161,17 @@ impl Metrics {
             "Destroys of self-connected sockets that failed",
             kill_errors.clone(),
         );
+        registry.register(
+            "loop_series_overflow",
+            "Loops that appeared while the cap on tcploop_loops series was reached",
+            series_overflow.clone(),
+        );
         Metrics {
             registry,
             loops,
-            known: Mutex::new(HashSet::new()),
+            known: Mutex::new(Default::default()),
+            series_limit,
+            series_overflow,
             loops_present,
             loops_seen,
             exposed_listeners,
@@ -160,24 +185,46 @@ impl Metrics {
     }
 
     /// Records a successful scan: every loop series is set to its count now
-    /// (series seen before and absent now drop to 0).
+    /// (series seen before and absent now drop to 0, and are dropped after
+    /// [`RETIRE_AFTER`] at 0).
     pub fn record_scan(&self, s: &ScanSample) {
+        self.record_scan_at(s, Instant::now());
+    }
+
+    /// [`Metrics::record_scan`] at a given time (tests).
+    pub fn record_scan_at(&self, s: &ScanSample, now: Instant) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts: std::collections::HashMap<&LoopLabels, i64> = Default::default();
         for l in &s.loops {
             *counts.entry(l).or_default() += 1;
         }
-        for l in known.iter() {
+        known.retain(|l, last| {
+            let keep =
+                counts.contains_key(l) || now.saturating_duration_since(*last) < RETIRE_AFTER;
+            if !keep {
+                self.loops.remove(l);
+                self.loops_seen.remove(l);
+            }
+            keep
+        });
+        for l in known.keys() {
             if !counts.contains_key(l) {
                 self.loops.get_or_create(l).set(0);
             }
         }
         for (l, n) in &counts {
+            if !known.contains_key(*l) && known.len() >= self.series_limit {
+                continue;
+            }
             self.loops.get_or_create(l).set(*n);
-            known.insert((*l).clone());
+            known.insert((*l).clone(), now);
         }
         for l in &s.appeared {
-            self.loops_seen.get_or_create(l).inc();
+            if known.contains_key(l) {
+                self.loops_seen.get_or_create(l).inc();
+            } else {
+                self.series_overflow.inc();
+            }
         }
         self.loops_present.set(s.loops.len() as i64);
         self.exposed_listeners.set(s.exposed_listeners as i64);
@@ -256,60 +303,90 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same
-/// directory, then `rename(2)`, so node_exporter's textfile collector never
-/// reads half a file.
-pub fn write_textfile(path: &std::path::Path, text: &str) -> io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
+/// Writes `text` to `path` atomically, mode 0644, through
+/// [`crate::safefile`]: a temporary file with a random name created with
+/// `O_EXCL | O_NOFOLLOW` in the same directory, then `rename(2)`, so
+/// node_exporter's textfile collector never reads half a file and a symlink
+/// planted in a shared directory is never followed.
+pub fn write_textfile(
+    path: &std::path::Path,
+    text: &str,
+) -> Result<(), crate::safefile::SafeFileError> {
+    crate::safefile::write(path, text.as_bytes(), 0o644)
 }
 
 /// The page served at `/metrics`, replaced after each scan.
 pub type Page = Arc<Mutex<String>>;
 
+/// How long one client has for its whole request (request line and
+/// headers), however slowly it sends them.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest request head (request line and headers) read: 8 KiB.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// The most connections served at once, each on a thread of its own; one
+/// more is answered `503` at once and closed.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Serves `GET /metrics` (and `HEAD`) on `listener` from `page` (OpenMetrics
-/// text, as [`Metrics::render`] makes it), one
-/// connection at a time, on a thread of its own, until the process exits.
+/// text, as [`Metrics::render`] makes it), until the process exits.
 ///
-/// Written by hand on `std::net::TcpListener`, about fifty lines: Prometheus
-/// only needs a GET answered with a body, and no small synchronous HTTP
-/// server crate is well kept (tiny_http, and rouille built on it, have had no
-/// release since 2022; hyper and axum need an async runtime this tool has no
-/// other use for). A request whose `Accept` header names
-/// `application/openmetrics-text` (Prometheus sends that) gets the page as
-/// is; any other gets [`to_prometheus_text`]. Each connection gets one answer and is closed, with 5 s
-/// read and write time-outs, so a stuck client cannot hold the server.
+/// Written by hand on `std::net::TcpListener`, about a hundred lines:
+/// Prometheus only needs a GET answered with a body, and no small
+/// synchronous HTTP server crate is well kept (tiny_http, and rouille built
+/// on it, have had no release since 2022; hyper and axum need an async
+/// runtime this tool has no other use for). A request whose `Accept` header
+/// names `application/openmetrics-text` (Prometheus sends that) gets the
+/// page as is; any other gets [`to_prometheus_text`].
+///
+/// No client can block the others: each connection is served on a thread of
+/// its own, at most [`MAX_CONNECTIONS`] at once (beyond that, `503` and
+/// close); a request must arrive whole within [`REQUEST_DEADLINE`] (a
+/// slowloris client sending one byte every few seconds is cut off then) and
+/// within [`MAX_REQUEST_HEAD`] bytes (`431` otherwise). A method other than
+/// GET and HEAD gets `405` with `Allow: GET, HEAD`; a malformed request line
+/// gets `400`. Each connection gets one answer and is closed.
 pub fn serve(listener: TcpListener, page: Page) -> io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
+    let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("metrics-http".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                match conn {
-                    Ok(stream) => {
-                        let _ = answer(stream, &page);
-                    }
+                let stream = match conn {
+                    Ok(s) => s,
                     // EMFILE and friends: back off instead of spinning.
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                use std::sync::atomic::Ordering::SeqCst;
+                if active.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+                    active.fetch_sub(1, SeqCst);
+                    let _ = busy(stream);
+                    continue;
+                }
+                let (page, active2) = (page.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .spawn(move || {
+                        let _ = answer(stream, &page);
+                        active2.fetch_sub(1, SeqCst);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, SeqCst);
                 }
             }
         })?;
     Ok(addr)
+}
+
+/// `503` to a connection over the cap, without reading its request.
+fn busy(mut stream: TcpStream) -> io::Result<()> {
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\nConnection: close\r\n\r\n",
+    )
 }
 
 /// What to answer to a request line.
@@ -324,10 +401,15 @@ enum Route {
 
 fn route(request_line: &str) -> Route {
     let mut it = request_line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (it.next(), it.next(), it.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
         return Route::BadRequest;
     };
-    if !version.starts_with("HTTP/1.") {
+    if !matches!(version, "HTTP/1.0" | "HTTP/1.1") || !target.starts_with('/') {
+        return Route::BadRequest;
+    }
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Route::BadRequest;
     }
     let head = match method {
@@ -343,70 +425,151 @@ fn route(request_line: &str) -> Route {
     }
 }
 
-fn answer(stream: TcpStream, page: &Page) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?).take(16 * 1024);
-    let mut request_line = String::new();
-    reader.read_line(&mut request_line)?;
-    // Of the headers, only Accept matters: Prometheus asks for OpenMetrics,
-    // curl and most other clients get the classic text format.
-    let mut openmetrics = false;
+/// How reading a request head ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// The whole head (request line and headers).
+    Complete(String),
+    /// Larger than [`MAX_REQUEST_HEAD`].
+    TooLarge,
+    /// Not whole by the deadline, or the client closed first.
+    Incomplete,
+}
+
+/// Reads the request head by the deadline: the read timeout is what is left
+/// of it before each read, so a client that trickles bytes gets no more
+/// time than one that sends nothing.
+fn read_head(stream: &mut TcpStream, deadline: std::time::Instant) -> io::Result<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
-            break;
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(Head::Incomplete);
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("accept") {
-                openmetrics |= value.contains("application/openmetrics-text");
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut chunk) {
+            Ok(0) => return Ok(Head::Incomplete),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(Head::Incomplete)
             }
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let end = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .or_else(|| buf.windows(2).position(|w| w == b"\n\n").map(|p| p + 2));
+        if let Some(end) = end {
+            if end > MAX_REQUEST_HEAD {
+                return Ok(Head::TooLarge);
+            }
+            buf.truncate(end);
+            return Ok(Head::Complete(String::from_utf8_lossy(&buf).into_owned()));
+        }
+        if buf.len() > MAX_REQUEST_HEAD {
+            return Ok(Head::TooLarge);
         }
     }
-    let (status, ctype, body, head) = match route(&request_line) {
-        Route::Metrics { head } => {
-            let body = page.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if openmetrics {
-                ("200 OK", CONTENT_TYPE, body, head)
-            } else {
-                ("200 OK", CONTENT_TYPE_TEXT, to_prometheus_text(&body), head)
+}
+
+fn answer(mut stream: TcpStream, page: &Page) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(REQUEST_DEADLINE))?;
+    let text = |s: &'static str| s.to_string();
+    let plain = "text/plain; charset=utf-8";
+    let (status, ctype, body, head) = match read_head(&mut stream, deadline)? {
+        Head::Incomplete => return Ok(()),
+        Head::TooLarge => (
+            "431 Request Header Fields Too Large",
+            plain,
+            text("request head too large\n"),
+            false,
+        ),
+        Head::Complete(req) => {
+            let mut lines = req.lines();
+            let request_line = lines.next().unwrap_or("");
+            // Of the headers, only Accept matters: Prometheus asks for
+            // OpenMetrics, curl and most other clients get the classic format.
+            let openmetrics = lines.any(|line| {
+                line.split_once(':').is_some_and(|(name, value)| {
+                    name.eq_ignore_ascii_case("accept")
+                        && value.contains("application/openmetrics-text")
+                })
+            });
+            match route(request_line) {
+                Route::Metrics { head } => {
+                    let body = page.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if openmetrics {
+                        ("200 OK", CONTENT_TYPE, body, head)
+                    } else {
+                        ("200 OK", CONTENT_TYPE_TEXT, to_prometheus_text(&body), head)
+                    }
+                }
+                Route::Root => (
+                    "200 OK",
+                    plain,
+                    text("tcploop watch: metrics at /metrics\n"),
+                    false,
+                ),
+                Route::NotFound => (
+                    "404 Not Found",
+                    plain,
+                    text("not found; metrics are at /metrics\n"),
+                    false,
+                ),
+                Route::BadMethod => (
+                    "405 Method Not Allowed",
+                    plain,
+                    text("only GET and HEAD\n"),
+                    false,
+                ),
+                Route::BadRequest => ("400 Bad Request", plain, text("bad request\n"), false),
             }
         }
-        Route::Root => (
-            "200 OK",
-            "text/plain; charset=utf-8",
-            "tcploop watch: metrics at /metrics\n".to_string(),
-            false,
-        ),
-        Route::NotFound => (
-            "404 Not Found",
-            "text/plain; charset=utf-8",
-            "not found; metrics are at /metrics\n".into(),
-            false,
-        ),
-        Route::BadMethod => (
-            "405 Method Not Allowed",
-            "text/plain; charset=utf-8",
-            "only GET and HEAD\n".into(),
-            false,
-        ),
-        Route::BadRequest => (
-            "400 Bad Request",
-            "text/plain; charset=utf-8",
-            "bad request\n".into(),
-            false,
-        ),
+    };
+    let allow = if status.starts_with("405") {
+        "Allow: GET, HEAD\r\n"
+    } else {
+        ""
     };
     let mut w = stream;
     write!(
         w,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
         body.len()
     )?;
     if !head {
         w.write_all(body.as_bytes())?;
     }
-    w.flush()
+    w.flush()?;
+    // A lingering close: stop sending, then read what the client may still
+    // send (briefly, bounded), so that closing with unread bytes does not
+    // reset the connection before the client has read the answer.
+    w.shutdown(std::net::Shutdown::Write)?;
+    let until = deadline.min(std::time::Instant::now() + Duration::from_secs(1));
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < 64 * 1024 {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        w.set_read_timeout(Some(left))?;
+        match w.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -453,6 +616,57 @@ mod tests {
     }
 
     #[test]
+    fn loop_series_are_capped_and_the_overflow_counted_then_retired_after_an_hour() {
+        let m = Metrics::with_series_limit(2);
+        let t0 = Instant::now();
+        let three = vec![l(40000, "a"), l(40002, "b"), l(40004, "c")];
+        m.record_scan_at(
+            &ScanSample {
+                loops: three.clone(),
+                appeared: three,
+                ..ScanSample::default()
+            },
+            t0,
+        );
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|x| x.starts_with("tcploop_loops{"))
+            .count();
+        assert_eq!(series, 2, "{text}");
+        assert!(text.contains("tcploop_loops_present 3\n"), "{text}");
+        assert!(
+            text.contains("tcploop_loop_series_overflow_total 1\n"),
+            "{text}"
+        );
+        // at 0 for less than an hour: kept
+        m.record_scan_at(&ScanSample::default(), t0 + Duration::from_secs(3599));
+        let text = m.render();
+        assert_eq!(text.matches("tcploop_loops{").count(), 2, "{text}");
+        // an hour at 0: dropped, and a new loop gets a series again
+        let d = vec![l(40006, "d")];
+        m.record_scan_at(
+            &ScanSample {
+                loops: d.clone(),
+                appeared: d,
+                ..ScanSample::default()
+            },
+            t0 + Duration::from_secs(3600),
+        );
+        let text = m.render();
+        assert_eq!(text.matches("tcploop_loops{").count(), 1, "{text}");
+        assert!(
+            text.contains("tcploop_loops{port=\"40006\",command=\"d\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("command=\"a\""), "{text}");
+        assert!(
+            text.contains("tcploop_loop_series_overflow_total 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn routes() {
         assert_eq!(
             route("GET /metrics HTTP/1.1\r\n"),
@@ -465,6 +679,11 @@ mod tests {
         assert_eq!(route("GET /nope HTTP/1.1"), Route::NotFound);
         assert_eq!(route("POST /metrics HTTP/1.1"), Route::BadMethod);
         assert_eq!(route("garbage"), Route::BadRequest);
+        assert_eq!(route("GET /metrics HTTP/1.1 extra"), Route::BadRequest);
+        assert_eq!(route("GET metrics HTTP/1.1"), Route::BadRequest);
+        assert_eq!(route("get /metrics HTTP/1.1"), Route::BadRequest);
+        assert_eq!(route("GET /metrics HTTP/2.0"), Route::BadRequest);
+        assert_eq!(route("DELETE /metrics HTTP/1.1"), Route::BadMethod);
         assert_eq!(route(""), Route::BadRequest);
     }
 
@@ -493,6 +712,12 @@ mod tests {
         *page.lock().unwrap() = "x 1\n".into();
         assert!(get("GET /metrics HTTP/1.1\r\n\r\n").ends_with("\r\n\r\nx 1\n"));
         assert!(get("GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+        let r = get("POST /metrics HTTP/1.1\r\n\r\n");
+        assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+        assert!(r.contains("\r\nAllow: GET, HEAD\r\n"), "{r}");
+        assert!(get("\x16\x03\x01 hello\r\n\r\n").starts_with("HTTP/1.1 400"));
+        let big = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert!(get(&big).starts_with("HTTP/1.1 431"));
     }
 
     #[test]

@@ -544,30 +544,59 @@ fn watch_rejects_bad_arguments() {
     assert_eq!(o.status.code(), Some(0));
     let lines = json_lines(&o);
     assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
-    // an output that cannot be written is logged, each time, and not fatal
-    let o = output(&mut sandboxed(
-        "40000-40009",
-        &[
-            "watch",
-            "--count",
-            "2",
-            "--interval",
-            "50ms",
-            "--json",
-            "--textfile",
-            "/nonexistent/dir/tcploop.prom",
-        ],
-    ));
-    assert_eq!(o.status.code(), Some(0));
-    let lines = json_lines(&o);
+}
+
+/// `watch --textfile` into a directory that does not exist, or that the
+/// user cannot write, fails at start-up with one line and exit 2 (it used
+/// to warn on every scan and exit 0). The control: a writable directory.
+#[test]
+fn a_textfile_in_a_missing_or_unwritable_directory_fails_at_start_up() {
+    let args = |p: &str| {
+        vec![
+            "watch".to_string(),
+            "--count".into(),
+            "2".into(),
+            "--interval".into(),
+            "50ms".into(),
+            "--json".into(),
+            "--textfile".into(),
+            p.into(),
+        ]
+    };
+    let run = |c: &mut std::process::Command| {
+        let o = output(c);
+        (o.status.code(), json_lines(&o), common::stderr(&o))
+    };
+    let a = args("/nonexistent/dir/tcploop.prom");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, lines, err) = run(&mut common::tcploop(&a));
+    assert_eq!(code, Some(2), "{lines:?} {err}");
+    assert!(lines.is_empty(), "nothing started: {lines:?}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("/nonexistent/dir/tcploop.prom"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("tcploop-textfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tcploop.prom");
+    let a = args(file.to_str().unwrap());
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    if common::is_root() {
+        // a directory only root may write: nobody cannot
+        let (code, lines, err) = run(common::as_nobody(&mut common::tcploop(&a)));
+        assert_eq!(code, Some(2), "{lines:?} {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    // the control: a writable directory works and gets the file
+    let (code, lines, err) = run(&mut common::tcploop(&a));
+    assert_eq!(code, Some(0), "{err}");
     lines.iter().for_each(schema::check);
-    let errors = of_type(&lines, "output_error");
-    assert_eq!(errors.len(), 2, "{lines:?}");
-    assert!(errors[0]["error"]
-        .as_str()
+    assert!(of_type(&lines, "output_error").is_empty(), "{lines:?}");
+    assert!(std::fs::read_to_string(&file)
         .unwrap()
-        .contains("/nonexistent/dir/tcploop.prom"));
-    assert_eq!(of_type(&lines, "watch_stopped")[0]["scans"], 2);
+        .contains("tcploop_scans_total 2"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -671,7 +700,7 @@ fn scenario_prometheus_server() {
 /// The JSON Lines contract of `audit` and `watch`: every line's `data`
 /// deserializes into these, with no unknown field (see the README's JSON
 /// section and the rustdoc of cmd/audit.rs and cmd/watch.rs).
-mod schema {
+pub(crate) mod schema {
     #![allow(dead_code)]
     use serde::Deserialize;
 
@@ -731,8 +760,18 @@ mod schema {
     #[serde(deny_unknown_fields)]
     struct Applied {
         value: String,
+        previous: String,
+        written: bool,
+        lock: Option<String>,
         file: Option<String>,
         file_written: bool,
+        file_value: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PersistFailed {
+        file: String,
+        error: String,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -800,6 +839,7 @@ mod schema {
             t @ "loop" => parse::<Loop>(t, d),
             t @ "fix" => parse::<Fix>(t, d),
             t @ "applied" => parse::<Applied>(t, d),
+            t @ "persist_failed" => parse::<PersistFailed>(t, d),
             t @ "summary" => parse::<Summary>(t, d),
             t @ "watch_started" => parse::<Started>(t, d),
             t @ ("loop_appeared" | "loop_gone" | "loop_killed" | "kill_failed") => {

@@ -4,11 +4,16 @@
 
 mod common;
 
+mod apply;
 mod audit;
 mod check;
+mod clobber;
 mod connect;
 mod demo;
 mod doctor;
+mod escape;
 mod free_port;
+mod procsys;
 mod run;
 mod scan;
+mod serve;

@@ -15,8 +15,12 @@
 //!   `{"local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123, "owners": [...]}`;
 //! - `fix`: `{"key": "net.ipv4.ip_local_reserved_ports", "current": "8080", "add": "40004",
 //!   "value": "8080,40004", "needed": bool, "command": "sysctl -w ...", "sysctl_d": string}`;
-//! - `applied` (with `--apply`): `{"value": "8080,40004", "file": "/etc/sysctl.d/60-tcploop.conf"|null,
-//!   "file_written": bool}`, then the `port` lines again as the predictor sees them after the fix;
+//! - `applied` (with `--apply`): `{"value": "8080,40004", "previous": "8080", "written": bool,
+//!   "lock": "/run/tcploop-reserved-ports.lock"|null, "file": "/etc/sysctl.d/60-tcploop.conf"|null,
+//!   "file_written": bool, "file_value": "8080,40004"|null}` (`value`: the kernel's value read back;
+//!   `lock`: null when the lock could not be taken), then, if `--persist` failed after the fix was
+//!   applied, `persist_failed`: `{"file": path, "error": string}` (and the exit code is 2), then the
+//!   `port` lines again as the predictor sees them after the fix;
 //! - `summary`: `{"kernel": "6.18.44", "range": "32768-60999", "reserved": "8080", "exposed": 1,
 //!   "loops": 0, "owners_unknown": 0, "processes_unreadable": 0}`.
 
@@ -25,7 +29,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Serialize;
-use tcploop::audit::{self, Audit, Persisted, PortAudit, Status};
+use tcploop::audit::{self, Audit, PortAudit, Status};
 use tcploop::owners::{self, Owners, Search};
 use tcploop::ports::PortSet;
 use tcploop::report;
@@ -42,8 +46,20 @@ net.ipv4.ip_local_reserved_ports: reserved ports are never handed out, and the
 service can still bind them. The value printed keeps every existing
 reservation and adds the exposed ports.
 
+--apply only ever grows the reservation: it takes an flock on
+/run/tcploop-reserved-ports.lock (so concurrent runs serialize), reads the
+live value, writes the union, reads it back and checks that every port
+reserved before and every new port is there; if not, it writes the previous
+value back and exits 2. --persist then merges into --sysctl-file: the value
+the file already sets, the live value and the new ports; every other line is
+kept. It refuses a symlink, a directory, a FIFO, a device or a file over
+1 MiB (exit 2, file untouched), and replaces the file atomically (temporary
+file, mode 0644, fsync, rename). If the fix was applied but persisting
+failed, both are said and the exit code is 2.
+
 Exit codes: 0 nothing exposed and no loop (after --apply: the state after the
-fix); 1 exposed ports or loops; 2 error. --emit-sysctl exits 0 once the file
+fix); 1 exposed ports or loops; 2 error (after --apply: the fix was not
+applied, or applied but not persisted). --emit-sysctl exits 0 once the file
 is printed.
 
 Examples:
@@ -133,8 +149,18 @@ struct FixLine<'a> {
 #[derive(Debug, Serialize)]
 struct AppliedLine {
     value: String,
+    previous: String,
+    written: bool,
+    lock: Option<String>,
     file: Option<String>,
     file_written: bool,
+    file_value: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PersistFailedLine {
+    file: String,
+    error: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -249,7 +275,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
 
     let mut fin = a;
     if args.apply {
-        let got = audit::apply(&fin.fix).map_err(|e| {
+        let applied = audit::apply(&fin.fix.add).map_err(|e| {
             let hint = if e.is_permission() {
                 " (needs root, or CAP_NET_ADMIN over this network namespace)"
             } else {
@@ -257,14 +283,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             };
             anyhow::anyhow!("applying the fix: {e}{hint}")
         })?;
-        let wrote = fin.fix.needed();
-        let mut file_written = false;
-        if args.persist {
-            let text = audit::Fix::new(&got, &PortSet::default()).sysctl_d();
-            let res = audit::persist(&args.sysctl_file, &text)
-                .map_err(|e| anyhow::anyhow!("persisting the fix: {e}"))?;
-            file_written = res == Persisted::Written;
-        }
+        let got = applied.after.clone();
+        let wrote = applied.wrote;
+        let persisted = args
+            .persist
+            .then(|| audit::persist(&args.sysctl_file, &got));
+        let file_written = matches!(&persisted, Some(Ok(p)) if p.written);
         let after = audit::take(&configured).context("auditing again after the fix")?;
         if args.json {
             report::json_line(
@@ -272,14 +296,37 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 "applied",
                 &AppliedLine {
                     value: got.to_string(),
+                    previous: applied.before.to_string(),
+                    written: wrote,
+                    lock: applied.lock.as_ref().ok().map(|p| p.display().to_string()),
                     file: args.persist.then(|| args.sysctl_file.display().to_string()),
                     file_written,
+                    file_value: match &persisted {
+                        Some(Ok(p)) => Some(p.value.to_string()),
+                        _ => None,
+                    },
                 },
             )?;
+            if let Some(Err(e)) = &persisted {
+                report::json_line(
+                    out,
+                    "persist_failed",
+                    &PersistFailedLine {
+                        file: args.sysctl_file.display().to_string(),
+                        error: e.to_string(),
+                    },
+                )?;
+            }
         } else {
             writeln!(out)?;
             if wrote {
-                writeln!(out, "Applied: {} = {}", audit::SYSCTL_KEY, or_none(&got))?;
+                writeln!(
+                    out,
+                    "Applied: {} = {} (was {}; every reservation kept)",
+                    audit::SYSCTL_KEY,
+                    or_none(&got),
+                    or_none(&applied.before)
+                )?;
             } else {
                 writeln!(
                     out,
@@ -288,17 +335,29 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     or_none(&got)
                 )?;
             }
-            if args.persist {
+            if let Err(e) = &applied.lock {
                 writeln!(
                     out,
-                    "Persisted: {} ({})",
+                    "note: applied without the lock (concurrent runs were not serialized): {e}"
+                )?;
+            }
+            match &persisted {
+                Some(Ok(p)) => writeln!(
+                    out,
+                    "Persisted: {} ({}, sets {})",
                     args.sysctl_file.display(),
-                    if file_written {
+                    if p.written {
                         "written"
                     } else {
                         "already up to date"
-                    }
-                )?;
+                    },
+                    or_none(&p.value)
+                )?,
+                Some(Err(e)) => writeln!(
+                    out,
+                    "NOT persisted: {e}\nThe fix is live now but will be lost at the next reboot."
+                )?,
+                None => {}
             }
             if wrote {
                 writeln!(out, "After the fix:")?;
@@ -310,6 +369,20 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 owners: &owners,
             };
             r.ports(out, &after)?;
+        }
+        if let Some(Err(e)) = persisted {
+            out.flush()?;
+            let hint = if e.is_permission() {
+                " (needs root)"
+            } else {
+                ""
+            };
+            anyhow::bail!(
+                "the fix was applied ({} = {}), but persisting it to {} failed: {e}{hint}",
+                audit::SYSCTL_KEY,
+                or_none(&got),
+                args.sysctl_file.display()
+            );
         }
         fin = after;
     }
@@ -438,7 +511,9 @@ impl Renderer<'_> {
                     } else {
                         let who: Vec<String> = o
                             .iter()
-                            .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                            .map(|o| {
+                                format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd)
+                            })
                             .collect();
                         format!("{} ({})", report::addr(l.addr), who.join(", "))
                     }
@@ -500,7 +575,7 @@ impl Renderer<'_> {
             } else {
                 let who: Vec<String> = owners
                     .iter()
-                    .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                    .map(|o| format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd))
                     .collect();
                 writeln!(
                     out,

@@ -25,7 +25,6 @@ use tcploop::doctor;
 use tcploop::holders::Kind;
 use tcploop::predict::{self, Client, Verdict};
 use tcploop::report;
-use tcploop::report::doctor::escape;
 use tcploop::survey::Survey;
 
 use crate::exit::Exit;
@@ -234,7 +233,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             };
             writeln!(out, "{hostport}  {verdict}{}", tries(expected))?;
             for r in &reasons {
-                writeln!(out, "  - {}", escape(r))?;
+                writeln!(out, "  - {}", report::escape(r))?;
             }
             if let Some(t) = &theft {
                 writeln!(

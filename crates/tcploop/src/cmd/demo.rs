@@ -23,8 +23,7 @@
 //!   "port_free_after", "captured", "dropped", "elapsed_s"}`; fields that do
 //!   not apply are null.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
@@ -205,10 +204,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         pref
     );
     let target = SocketAddr::new(ip, port);
-    // Open the output files first: the paths are the host's, and errors
-    // come before any work.
-    let pcap_out = create(args.pcap.as_ref())?;
-    let svg_out = create(args.svg.as_ref())?;
+    // Check the output files first, so that errors come before any work;
+    // they are written at the end through safefile (never through a
+    // symlink, atomically).
+    for p in [&args.pcap, &args.svg].into_iter().flatten() {
+        tcploop::safefile::check_writable(p)?;
+    }
 
     anyhow::ensure!(
         !args.netns_only || tcploop::sys::ns::euid() == 0,
@@ -275,24 +276,19 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
     };
 
-    if let Some(mut f) = pcap_out {
+    if let Some(p) = &args.pcap {
+        let mut buf = vec![];
         pcap::write(
-            &mut f,
+            &mut buf,
             o.frames
                 .iter()
                 .map(|fr| (fr.ts, fr.data.as_slice(), fr.wire_len)),
         )
-        .and_then(|()| f.flush())
-        .with_context(|| format!("writing {}", args.pcap.as_ref().expect("path").display()))?;
+        .with_context(|| format!("writing {}", p.display()))?;
+        tcploop::safefile::write(p, &buf, 0o644)?;
     }
-    if let Some(mut f) = svg_out {
-        if let Some(l) = &o.first_loop {
-            f.write_all(svg::render(l).as_bytes())
-                .and_then(|()| f.flush())
-                .with_context(|| {
-                    format!("writing {}", args.svg.as_ref().expect("path").display())
-                })?;
-        }
+    if let (Some(p), Some(l)) = (&args.svg, &o.first_loop) {
+        tcploop::safefile::write(p, svg::render(l).as_bytes(), 0o644)?;
     }
     if !o.json {
         let mut files = vec![];
@@ -322,15 +318,6 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         )?;
     }
     Ok(code)
-}
-
-fn create(p: Option<&PathBuf>) -> anyhow::Result<Option<BufWriter<File>>> {
-    p.map(|p| {
-        File::create(p)
-            .map(BufWriter::new)
-            .with_context(|| format!("creating {}", p.display()))
-    })
-    .transpose()
 }
 
 /// The middle candidate of the parity connect() uses (or, for `odd`, of the

@@ -246,7 +246,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
 
 /// `python3 (pid 12456, fd 3)`.
 pub fn owner_text(o: &Owner) -> String {
-    let comm = if o.comm.is_empty() { "?" } else { &o.comm };
+    let comm = if o.comm.is_empty() {
+        "?".into()
+    } else {
+        report::escape(&o.comm)
+    };
     format!("{comm} (pid {}, fd {})", o.pid, o.fd)
 }
 
@@ -323,8 +327,8 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
             "note: skipped namespace {}: {}",
-            s.netns.describe(),
-            s.reason
+            report::escape(&s.netns.describe()),
+            report::escape(&s.reason)
         )?;
     }
     if r.netns_unreadable_pids > 0 {
@@ -343,7 +347,7 @@ fn human(r: &ScanReport, opts: &ScanOptions, out: &mut dyn Write) -> std::io::Re
     let mut last_ns = None;
     for l in &r.loops {
         if many_ns && last_ns != Some(l.netns.inode) {
-            writeln!(out, "namespace {}:", l.netns.describe())?;
+            writeln!(out, "namespace {}:", report::escape(&l.netns.describe()))?;
             last_ns = Some(l.netns.inode);
         }
         writeln!(out, "LOOP {}", loop_line(l))?;

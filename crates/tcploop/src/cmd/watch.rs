@@ -39,10 +39,17 @@ are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
 (tcploop_scan_errors_total), never fatal.
 
 Metrics (--prometheus, --textfile): tcploop_loops{port,command} (gauge; stays
-at 0 once a loop has gone), tcploop_loops_present, tcploop_loops_seen_total,
-tcploop_exposed_listeners, tcploop_sockets, tcploop_scan_duration_seconds,
-tcploop_scans_total, tcploop_scan_errors_total, tcploop_kills_total,
-tcploop_kill_errors_total. Alert on `tcploop_loops_present > 0`.
+at 0 for an hour once a loop has gone; at most 500 series, further loops are
+counted in tcploop_loop_series_overflow_total), tcploop_loops_present,
+tcploop_loops_seen_total, tcploop_exposed_listeners, tcploop_sockets,
+tcploop_scan_duration_seconds, tcploop_scans_total, tcploop_scan_errors_total,
+tcploop_kills_total, tcploop_kill_errors_total. Alert on
+`tcploop_loops_present > 0`.
+
+The /metrics server answers GET and HEAD (405 otherwise), serves each client
+on a thread of its own (at most 32 at once; 503 beyond), and gives each
+request 5 s and 8 KiB to arrive whole: a slow or idle client never delays a
+scrape. The --textfile directory must exist and be writable at start-up.
 
 Examples:
   tcploop watch
@@ -174,7 +181,7 @@ impl Log<'_> {
                 let v: Vec<String> = t
                     .owners
                     .iter()
-                    .map(|o| format!("{} pid {} fd {}", o.command, o.pid, o.fd))
+                    .map(|o| format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd))
                     .collect();
                 v.join(", ")
             };
@@ -220,6 +227,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         args.interval >= Duration::from_millis(10),
         "--interval must be at least 10ms"
     );
+    if let Some(p) = &args.textfile {
+        // fail now, not on every scan: a missing or unwritable directory,
+        // or a target that is not a regular file
+        tcploop::safefile::check_writable(p)
+            .with_context(|| format!("--textfile {}", p.display()))?;
+    }
     let metrics = Metrics::new();
     let page: metrics::Page = Arc::new(Mutex::new(metrics.render()));
     let served = match &args.prometheus {

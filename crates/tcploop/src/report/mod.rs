@@ -28,6 +28,39 @@ pub fn json_line<T: Serialize>(out: &mut dyn Write, ty: &str, data: &T) -> io::R
     out.write_all(b"\n")
 }
 
+/// Makes text that comes from the system (process names, command lines,
+/// namespace names, paths) safe to print to a terminal: every control
+/// character (C0 such as newline and ESC, DEL, C1) and every bidirectional
+/// override is shown as an escape (`\x1b`, `\n`, `\u{202e}`), and a
+/// backslash as `\\`, so that the text can neither move the cursor, clear
+/// the screen, nor start a fake line. Human text only: JSON output carries
+/// the exact bytes (JSON escapes them itself).
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    fn unsafe_char(c: char) -> bool {
+        c == '\\'
+            || c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x80 && unsafe_char(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Formats a socket address as `127.0.0.1:40004` or `[::1]:40004`.
 pub fn addr(a: std::net::SocketAddr) -> String {
     a.to_string()
@@ -71,6 +104,21 @@ mod tests {
         assert_eq!(super::thousands(999), "999");
         assert_eq!(super::thousands(1000), "1,000");
         assert_eq!(super::thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn escape_shows_control_characters_and_keeps_the_rest() {
+        use super::escape;
+        assert_eq!(escape("python3"), "python3");
+        assert_eq!(escape("naïve 名前"), "naïve 名前");
+        assert_eq!(escape("\x1b[2J\x1b[31mX\nY"), "\\x1b[2J\\x1b[31mX\\nY");
+        assert_eq!(escape("a\x07b\x7fc\u{9b}d"), "a\\x07b\\x7fc\\u{9b}d");
+        assert_eq!(escape("\u{202e}txt"), "\\u{202e}txt");
+        assert_eq!(escape("back\\slash\t\r"), "back\\\\slash\\t\\r");
+        for c in (0u32..0x20).chain(0x7f..0xa0) {
+            let s = char::from_u32(c).unwrap().to_string();
+            assert!(escape(&s).chars().all(|c| !c.is_control()), "{c:#x}");
+        }
     }
 
     #[test]

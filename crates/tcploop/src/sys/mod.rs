@@ -12,12 +12,14 @@
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
+//! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
 #![allow(unsafe_code)]
 
 pub mod bpf;
 pub mod diag;
 pub mod ifaddrs;
+pub mod lock;
 pub mod netns;
 pub mod ns;
 pub mod packet;
