@@ -25,7 +25,7 @@
 //! Not covered yet: the container a holder runs in, and whether the port is
 //! shielded by `tcploop shield`: both need modules this one does not have.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
@@ -42,6 +42,7 @@ use crate::sys::diag::{self, DiagError, DiagSocket};
 use crate::sys::ifaddrs;
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
+use crate::sys::sockopt::{self, ReuseFlags};
 
 /// What to diagnose.
 #[derive(Debug, Clone)]
@@ -384,8 +385,12 @@ pub fn diagnose(cfg: &Config) -> Result<Outcome, DoctorError> {
     let found = owners::find_owners(inodes, Search::FirstOwner).map_err(DoctorError::Proc)?;
     let namespaces = looks
         .into_iter()
-        .map(|(label, look)| NsOutcome {
-            before: build(cfg, label, look, &found),
+        .map(|(label, look)| {
+            let flags = reuse_flags(&look.on_port, &found);
+            (label, look, flags)
+        })
+        .map(|(label, look, flags)| NsOutcome {
+            before: build(cfg, label, look, &found, &flags),
             fix: None,
             after: None,
         })
@@ -464,7 +469,8 @@ pub fn fix(cfg: &Config, outcome: &mut Outcome) -> Result<(), DoctorError> {
         let look = look?;
         let inodes: Vec<u64> = look.on_port.iter().map(|s| u64::from(s.inode)).collect();
         let found = owners::find_owners(inodes, Search::FirstOwner).map_err(DoctorError::Proc)?;
-        ns.after = Some(build(cfg, label, look, &found));
+        let flags = reuse_flags(&look.on_port, &found);
+        ns.after = Some(build(cfg, label, look, &found, &flags));
     }
     Ok(())
 }
@@ -479,13 +485,48 @@ pub fn is_service_comm(comm: &str, service: &str) -> bool {
             || (comm.len() == 15 && service.starts_with(comm)))
 }
 
-fn build(cfg: &Config, netns: NetnsLabel, look: Look, found: &owners::Owners) -> Diagnosis {
+/// At most this many sockets of a port have their options read.
+const FLAGS_READ_MAX: usize = 256;
+
+/// The `SO_REUSEADDR`/`SO_REUSEPORT` of the sockets on the port whose owner
+/// was found, by inode (at most [`FLAGS_READ_MAX`]; a socket whose options
+/// cannot be read is left out).
+fn reuse_flags(on_port: &[DiagSocket], found: &owners::Owners) -> HashMap<u32, ReuseFlags> {
+    on_port
+        .iter()
+        .filter(|s| s.inode != 0)
+        .filter_map(|s| {
+            let o = found.of(u64::from(s.inode)).first()?;
+            Some((s.inode, o.pid, o.fd))
+        })
+        .take(FLAGS_READ_MAX)
+        .filter_map(|(inode, pid, fd)| {
+            let f = sockopt::reuse_flags(pid, fd, u64::from(inode)).ok()??;
+            Some((inode, f))
+        })
+        .collect()
+}
+
+fn build(
+    cfg: &Config,
+    netns: NetnsLabel,
+    look: Look,
+    found: &owners::Owners,
+    flags: &HashMap<u32, ReuseFlags>,
+) -> Diagnosis {
     let port = cfg.port;
     let raw = holders::analyze(&look.on_port, cfg.server);
     let unreadable = found.processes_denied + found.processes_failed;
     let holders: Vec<Owned> = raw
         .into_iter()
-        .map(|holder| {
+        .map(|mut holder| {
+            let read: Vec<ReuseFlags> = holder
+                .sockets
+                .iter()
+                .filter_map(|s| flags.get(&s.inode).copied())
+                .collect();
+            let complete = read.len() == holder.sockets.len();
+            holder.refine(&read, complete);
             let mut by_pid: BTreeMap<u32, Owner> = BTreeMap::new();
             let mut unknown = 0;
             for i in holder.inodes() {
@@ -1040,7 +1081,7 @@ pub(crate) mod tests {
             name: None,
             path: None,
         };
-        build(&cfg, label, look, &found)
+        build(&cfg, label, look, &found, &HashMap::new())
     }
 
     fn actions(d: &Diagnosis) -> Vec<Action> {

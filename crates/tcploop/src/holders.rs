@@ -35,6 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::inventory::Inventory;
 use crate::sys::diag::{state, DiagSocket};
+use crate::sys::sockopt::ReuseFlags;
 
 /// What kind of holder a socket is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,6 +129,12 @@ pub struct Holder {
     pub bind: Effect,
     /// The effect on a server's `bind()` with `SO_REUSEADDR`.
     pub bind_reuseaddr: Effect,
+    /// Whether its sockets set `SO_REUSEADDR`: `Some(false)` if one read
+    /// does not, `Some(true)` if every one was read and does; `None`
+    /// unknown (TIME-WAIT, or the owner's descriptors not readable).
+    pub reuseaddr: Option<bool>,
+    /// The same for `SO_REUSEPORT` (`Some(true)`: one read does).
+    pub reuseport: Option<bool>,
 }
 
 impl Holder {
@@ -135,6 +142,47 @@ impl Holder {
     /// more listen on the same address and port, which only that allows).
     pub fn reuseport_group(&self) -> bool {
         self.kind == Kind::Listener && self.sockets.len() > 1
+    }
+
+    /// Refines the effects with the sockets' own options, read from their
+    /// processes ([`crate::sys::sockopt`]): `flags` for the sockets read,
+    /// `complete` when that was every one of them.
+    pub fn refine(&mut self, flags: &[ReuseFlags], complete: bool) {
+        if flags.is_empty() {
+            return;
+        }
+        let all = complete && flags.len() == self.sockets.len();
+        self.reuseaddr = if flags.iter().any(|f| !f.reuseaddr) {
+            Some(false)
+        } else if all {
+            Some(true)
+        } else {
+            None
+        };
+        self.reuseport = if flags.iter().any(|f| f.reuseport) {
+            Some(true)
+        } else if all {
+            Some(false)
+        } else {
+            None
+        };
+        if !self.conflicts {
+            return;
+        }
+        if self.kind == Kind::Listener {
+            let e = match self.reuseport {
+                Some(true) => Effect::InUseUnlessReuseport,
+                _ => Effect::InUse,
+            };
+            self.bind = e;
+            self.bind_reuseaddr = e;
+        } else {
+            self.bind_reuseaddr = match self.reuseaddr {
+                Some(false) => Effect::InUse,
+                Some(true) => Effect::Ok,
+                None => Effect::InUseUnlessHolderReuseaddr,
+            };
+        }
     }
 
     /// The local address (of the first socket).
@@ -307,6 +355,8 @@ fn holder(kind: Kind, sockets: Vec<DiagSocket>, server: IpAddr) -> Holder {
         conflicts,
         bind,
         bind_reuseaddr,
+        reuseaddr: None,
+        reuseport: None,
     }
 }
 
@@ -474,6 +524,41 @@ mod tests {
         assert_eq!(h.len(), 1);
         assert!(h[0].reuseport_group());
         assert_eq!(h[0].bind, Effect::InUseUnlessReuseport);
+    }
+
+    #[test]
+    fn the_holders_own_options_make_the_effects_exact() {
+        let f = |reuseaddr, reuseport| ReuseFlags {
+            reuseaddr,
+            reuseport,
+        };
+        let socks = [
+            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1),
+            sock(state::LISTEN, "127.0.0.2:40004", "0.0.0.0:0", 2),
+        ];
+        let mut h = analyze(&socks, v4("0.0.0.0"));
+        let (lis, lp) = h.split_at_mut(1);
+        let lp = &mut lp[0];
+        lp.refine(&[f(true, false)], true);
+        assert_eq!(lp.bind_reuseaddr, Effect::Ok, "both set SO_REUSEADDR");
+        assert_eq!(lp.reuseaddr, Some(true));
+        lp.refine(&[f(false, false)], true);
+        assert_eq!(lp.bind_reuseaddr, Effect::InUse);
+        lp.refine(&[f(true, false)], false);
+        assert_eq!(
+            lp.bind_reuseaddr,
+            Effect::InUseUnlessHolderReuseaddr,
+            "not all read"
+        );
+        let lis = &mut lis[0];
+        assert_eq!(lis.kind, Kind::Listener);
+        lis.refine(&[f(true, true)], true);
+        assert_eq!(
+            lis.bind,
+            Effect::InUseUnlessReuseport,
+            "a single reuseport listener"
+        );
+        assert_eq!(lis.reuseport, Some(true));
     }
 
     #[test]

@@ -288,6 +288,10 @@ fn doctor_case() {
             let h = &d.holders[0];
             assert_eq!(h["kind"], "self-connected");
             assert_eq!(h["owners"][0]["command"], "redis-cli", "{h}");
+            // read from redis-cli itself: it did not set SO_REUSEADDR, so
+            // even a server that does gets EADDRINUSE (redis-server, below)
+            assert_eq!(h["reuseaddr"], false, "{h}");
+            assert_eq!(h["bind_reuseaddr"], "eaddrinuse", "{h}");
             assert!(dg["summary"].as_str().unwrap().contains("redis-cli (pid "));
             redis_fails(PORT, "while the client is looped");
             if case == "loop-kill-only" {
@@ -423,6 +427,35 @@ fn doctor_case() {
             assert!(py.alive());
             assert_eq!(f.diagnoses[1]["verdict"], "bind-held");
         }
+        "bind-only-reuseaddr" => {
+            // the holder set SO_REUSEADDR: read from its process, the effect
+            // is exact, and redis-server (which sets it too) can bind
+            let mut py = Group::spawn(
+                Command::new("python3")
+                    .args([
+                        "-c",
+                        "import socket,time\ns=socket.socket()\n\
+                         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                         s.bind(('127.0.0.1',40004))\nprint('bound',flush=True)\ntime.sleep(60)",
+                    ])
+                    .stdout(Stdio::piped()),
+            );
+            let mut line = [0u8; 5];
+            py.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+            let d = doctor(&[]);
+            assert_eq!(d.code, 1);
+            let dg = &d.diagnoses[0];
+            assert_eq!(dg["verdict"], "bind-held", "{dg}");
+            assert_eq!(dg["bind"], "eaddrinuse");
+            assert_eq!(dg["bind_reuseaddr"], "ok");
+            let h = &d.holders[0];
+            assert_eq!(h["reuseaddr"], true, "{h}");
+            assert_eq!(h["bind"], "eaddrinuse");
+            assert_eq!(h["bind_reuseaddr"], "ok", "{h}");
+            assert_eq!(actions(dg)[0], "start-server", "{dg}");
+            let _r = redis_starts(PORT, "beside a SO_REUSEADDR bind-only socket");
+            assert!(py.alive());
+        }
         "foreign-listener" => {
             let mut py = Group::spawn(
                 Command::new("python3")
@@ -469,6 +502,7 @@ fn doctor_case() {
             assert_eq!(d.diagnoses[0]["verdict"], "listening");
             let h = &d.holders[0];
             assert_eq!(h["reuseport_group"], true, "{h}");
+            assert_eq!(h["reuseport"], true, "{h}");
             assert_eq!(h["sockets"], 2);
             assert_eq!(h["bind"], "eaddrinuse-unless-reuseport");
             redis_fails(PORT, "reuseport group");
@@ -587,6 +621,11 @@ fn a_bind_only_socket_is_named_and_left_alone() {
 }
 
 #[test]
+fn a_holder_that_set_so_reuseaddr_lets_a_reuseaddr_server_bind_and_doctor_says_so() {
+    case("bind-only-reuseaddr");
+}
+
+#[test]
 fn a_foreign_listener_is_named_and_no_action_is_taken() {
     case("foreign-listener");
 }
@@ -656,6 +695,8 @@ mod schema {
         bind: String,
         bind_reuseaddr: String,
         reuseport_group: bool,
+        reuseaddr: Option<bool>,
+        reuseport: Option<bool>,
         is_service: bool,
         owners: Vec<Owner>,
         owners_unknown: u64,

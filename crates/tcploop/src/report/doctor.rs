@@ -7,11 +7,14 @@
 //!     "self-connected-time-wait"|"source-port"|"accepted"|"time-wait"|"bind-only",
 //!     "local": "127.0.0.1:40004", "states": ["ESTABLISHED"], "sockets": 1,
 //!     "conflicts": true, "bind": EFFECT, "bind_reuseaddr": EFFECT,
-//!     "reuseport_group": false, "is_service": false,
+//!     "reuseport_group": false, "reuseaddr": false|true|null, "reuseport": false|true|null,
+//!     "is_service": false,
 //!     "owners": [{"pid": 31201, "command": "redis-cli", "fd": 3}], "owners_unknown": 0,
 //!     "peers": ["127.0.0.1:40004"], "peers_total": 1, "time_wait_left_ms": null}`,
 //!   EFFECT being `"ok"`, `"eaddrinuse"`, `"eaddrinuse-unless-holder-reuseaddr"` or
-//!   `"eaddrinuse-unless-reuseport"` (`peers` lists at most 10);
+//!   `"eaddrinuse-unless-reuseport"` (`peers` lists at most 10; `reuseaddr` and
+//!   `reuseport`: the holder's own options, read from its process, null when
+//!   unknown);
 //! - `diagnosis`, one:
 //!   `{"netns": 4026531840, "netns_label": "net:[4026531840] (the current one)",
 //!     "after_fix": false, "port": 40004, "server": "0.0.0.0",
@@ -67,6 +70,8 @@ struct HolderWire<'a> {
     bind: &'static str,
     bind_reuseaddr: &'static str,
     reuseport_group: bool,
+    reuseaddr: Option<bool>,
+    reuseport: Option<bool>,
     is_service: bool,
     owners: Vec<OwnerWire<'a>>,
     owners_unknown: u64,
@@ -293,7 +298,7 @@ fn effect_text(e: Effect) -> &'static str {
     match e {
         Effect::Ok => "no conflict",
         Effect::InUse => "EADDRINUSE",
-        Effect::InUseUnlessHolderReuseaddr => "EADDRINUSE unless the holder set it too",
+        Effect::InUseUnlessHolderReuseaddr => "EADDRINUSE unless the holder set it too (unknown)",
         Effect::InUseUnlessReuseport => "EADDRINUSE unless the server joins with SO_REUSEPORT",
     }
 }
@@ -376,6 +381,8 @@ fn diagnosis_json(out: &mut dyn Write, d: &Diagnosis, after_fix: bool) -> io::Re
                 bind: h.holder.bind.as_str(),
                 bind_reuseaddr: h.holder.bind_reuseaddr.as_str(),
                 reuseport_group: h.holder.reuseport_group(),
+                reuseaddr: h.holder.reuseaddr,
+                reuseport: h.holder.reuseport,
                 is_service: h.is_service,
                 owners: h
                     .owners
@@ -537,9 +544,16 @@ fn holder_text(out: &mut dyn Write, h: &Owned) -> io::Result<()> {
     };
     writeln!(out, "  {what}  {}", owners_text(h))?;
     if hl.conflicts {
+        let why = match (hl.kind, hl.reuseaddr, hl.reuseport) {
+            (Kind::Listener, _, Some(true)) => " (it set SO_REUSEPORT)",
+            (Kind::Listener, _, _) => "",
+            (_, Some(false), _) => " (the holder did not set SO_REUSEADDR)",
+            (_, Some(true), _) => " (the holder set SO_REUSEADDR too)",
+            _ => "",
+        };
         writeln!(
             out,
-            "      a server's bind: {}; with SO_REUSEADDR: {}",
+            "      a server's bind: {}; with SO_REUSEADDR: {}{why}",
             effect_text(hl.bind),
             effect_text(hl.bind_reuseaddr)
         )?;

@@ -13,6 +13,7 @@
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
+//! - [`sockopt`]: another process's socket options (`pidfd_getfd(2)`, `getsockopt(2)`);
 //! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
 #![allow(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod poll;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;
+pub mod sockopt;
 pub mod tcpdiag;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
