@@ -275,6 +275,10 @@ pub enum DoctorError {
     /// `/proc` could not be listed.
     #[error("listing /proc: {0}")]
     Proc(#[source] io::Error),
+    /// The server's address is not one of this namespace's (EADDRNOTAVAIL):
+    /// no server could bind it here.
+    #[error("{0} is not an address of this network namespace (bind: EADDRNOTAVAIL); give --host an address a server here can bind")]
+    NotLocal(IpAddr),
 }
 
 /// What one look inside a namespace gathers (the part that must run there).
@@ -304,12 +308,18 @@ fn look_here(port: u16, server: IpAddr) -> Result<Look, DoctorError> {
     on_port.sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
     on_port.dedup();
     rest.sockets += on_port.len() as u64;
+    let probe = Probe::take(SocketAddr::new(server, port));
+    if let Err(e) = diag::bind_probe(SocketAddr::new(server, 0), false) {
+        if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) {
+            return Err(DoctorError::NotLocal(server));
+        }
+    }
     Ok(Look {
         facts,
         on_port,
         rest,
         ifaddrs: ifaddrs::list().unwrap_or_default(),
-        probe: Probe::take(SocketAddr::new(server, port)),
+        probe,
     })
 }
 
@@ -349,11 +359,13 @@ pub fn diagnose(cfg: &Config) -> Result<Outcome, DoctorError> {
             };
             match in_ns(&label, || look_here(cfg.port, cfg.server)) {
                 Ok(Ok(l)) => {
-                    if label.is_own() || !l.on_port.is_empty() || !l.probe.free() {
+                    if label.is_own() || !l.on_port.is_empty() || l.probe.plain == Ok(false) {
                         looks.push((label, l));
                     }
                 }
                 Ok(Err(e)) if label.is_own() => return Err(e),
+                // the server's address does not exist there: nothing to say
+                Ok(Err(DoctorError::NotLocal(_))) => {}
                 Ok(Err(e)) => skipped.push(Skipped {
                     netns: label,
                     reason: e.to_string(),

@@ -659,12 +659,16 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
         &["doctor", "0"],
         &["doctor", "65536"],
         &["doctor", "80", "--host", "nope"],
+        &["doctor", "40004", "--host", "192.0.2.1"],
         &["doctor", "--service", "no-such-service-anywhere"],
     ] {
-        let o = output(&mut tcploop(args));
+        let o = output(&mut sandboxed(RANGE, args));
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let e = stderr(&o);
         assert!(!e.contains("panicked"), "{args:?}: {e}");
+        if e.starts_with("tcploop: error:") {
+            assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+        }
     }
 }
 
