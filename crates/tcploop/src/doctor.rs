@@ -439,7 +439,13 @@ pub fn fix(cfg: &Config, outcome: &mut Outcome) -> Result<(), DoctorError> {
             let reserved = reserve.then(|| {
                 audit::apply(&PortSet::from_ports([port]))
                     .map(|a| a.after)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| {
+                        if e.is_permission() {
+                            format!("{e} (needs root, or CAP_NET_ADMIN over the network namespace)")
+                        } else {
+                            e.to_string()
+                        }
+                    })
             });
             let killed = loops
                 .into_iter()
