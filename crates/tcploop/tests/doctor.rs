@@ -329,6 +329,14 @@ fn doctor_case() {
                 assert_eq!(ss_loops(PORT), 0);
                 let ping = output(Command::new("redis-cli").args(["-p", PORT, "ping"]));
                 assert_eq!(stdout(&ping).trim(), "PONG");
+                // the retrying client now talks to the real server
+                assert!(
+                    ss(PORT)
+                        .iter()
+                        .any(|(st, l, p)| st == "ESTAB" && l == "127.0.0.1:40004" && l != p),
+                    "{:?}",
+                    ss(PORT)
+                );
                 assert!(tries(&count) >= t1, "{t1}");
                 assert!(client.alive());
             }
@@ -398,6 +406,28 @@ fn doctor_case() {
                 .iter()
                 .any(|(st, _, p)| st == "ESTAB" && p == "127.0.0.1:50000"));
             redis_fails(PORT, "after --fix: source-port holders are waited for");
+            // the client ends: its side of the connection waits out TIME-WAIT
+            // on 40004, which still refuses the bind (redis-cli had no
+            // SO_REUSEADDR)
+            drop(client);
+            assert!(wait_for(Duration::from_secs(5), || ss(PORT)
+                .iter()
+                .any(|(st, _, _)| st == "TIME-WAIT")));
+            let d = doctor(&[]);
+            assert_eq!(d.code, 1);
+            let dg = &d.diagnoses[0];
+            assert_eq!(dg["verdict"], "time-wait", "{dg}");
+            assert_eq!(d.holders[0]["kind"], "time-wait");
+            assert_eq!(
+                actions(dg),
+                ["wait", "start-server"],
+                "reserved already: {dg}"
+            );
+            assert!(dg["steps"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("s more at most"));
+            redis_fails(PORT, "TIME-WAIT of a closed connection");
         }
         "bind-only" => {
             let mut py = Group::spawn(
