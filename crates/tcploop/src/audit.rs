@@ -504,7 +504,12 @@ pub fn apply_with_lock(add: &PortSet, lock_path: &Path) -> Result<Applied, Apply
             lock,
         });
     }
-    let written = procsys::write(procsys::RESERVED_PORTS, &value.to_string());
+    let written = match procsys::write(procsys::RESERVED_PORTS, &value.to_string()) {
+        // refused (no privilege over the namespace): nothing was written,
+        // so there is nothing to restore
+        Err(e) if e.source.kind() == io::ErrorKind::PermissionDenied => return Err(e.into()),
+        w => w,
+    };
     let got = procsys::read(procsys::RESERVED_PORTS).map(|t| t.trim().to_string());
     let kept = match (&written, &got) {
         (Ok(()), Ok(text)) => PortSet::parse(text)

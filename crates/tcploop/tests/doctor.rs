@@ -682,6 +682,59 @@ fn text_output_of_a_free_port_says_how_to_keep_it_free() {
     );
 }
 
+/// Without privilege over the namespace, `--fix` can do nothing: it says
+/// what it needs and exits 2, and the loop is left as it was. A plain
+/// network namespace (owned by the host's user namespace) in which the
+/// loop is made as root and `doctor --fix` runs as uid 65534.
+#[test]
+fn fix_without_privilege_says_what_it_needs_and_exits_2() {
+    if skip_unless(
+        is_root() && which("python3"),
+        "doctor fix_without_privilege",
+        "root and python3",
+    ) {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("tcploop-doctor-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mark = dir.join("looped");
+    let py = format!(
+        "import socket,time\n\
+         for i in range(3000):\n\
+         \x20   s = socket.socket()\n\
+         \x20   try:\n\
+         \x20       s.connect(('127.0.0.1', 40004))\n\
+         \x20   except OSError:\n\
+         \x20       s.close(); continue\n\
+         \x20   open('{}', 'w').close(); break\n\
+         time.sleep(30)\n",
+        mark.display()
+    );
+    let script = format!(
+        "ip link set lo up && echo '40000 40009' > {RANGE_FILE} && \
+         {{ python3 -c \"$0\" & p=$!; }} && n=0; \
+         while [ ! -e {mark} ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done; \
+         setpriv --reuid 65534 --regid 65534 --clear-groups {bin} doctor {PORT} --fix; echo \"rc=$?\"; \
+         ss -Htan \"sport = :{PORT}\"; kill $p",
+        mark = mark.display(),
+        bin = bin().display()
+    );
+    let o = output(Command::new("unshare").args(["-n", "sh", "-c", &script, &py]));
+    let out = stdout(&o);
+    let err = stderr(&o);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.contains("STOLEN BY A LOOP"), "{out}\n{err}");
+    assert!(out.contains("rc=2"), "{out}\n{err}");
+    assert!(out.contains("needs root"), "{out}\n{err}");
+    assert!(err.contains("a step of the fix failed"), "{err}");
+    // the loop is still there
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ESTAB") && l.matches("127.0.0.1:40004").count() == 2),
+        "{out}"
+    );
+}
+
 #[test]
 fn bad_input_is_a_one_line_error_and_exit_2() {
     for args in [
