@@ -35,6 +35,22 @@ pub fn sandboxed(tcploop: &Path, range: &str, program: &Path, args: &[String]) -
     c
 }
 
+/// `tcploop sandbox --netns-only --range RANGE -- PROGRAM ARGS`: a plain
+/// network namespace (root only), where the caller keeps its privileges in
+/// the initial user namespace (BPF needs them).
+pub fn sandboxed_netns_only(
+    tcploop: &Path,
+    range: &str,
+    program: &Path,
+    args: &[String],
+) -> Command {
+    let mut c = Command::new(tcploop);
+    c.args(["sandbox", "--netns-only", "--range", range, "--"])
+        .arg(program)
+        .args(args);
+    c
+}
+
 /// Median of samples.
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));

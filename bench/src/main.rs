@@ -11,6 +11,8 @@ mod demo;
 mod guard;
 mod preload;
 mod scan;
+mod shield;
+mod shield_latency;
 mod watch;
 
 /// tcploop's benchmark harness.
@@ -35,6 +37,10 @@ enum Area {
     Preload(preload::Args),
     /// tcploop watch CPU use
     Watch(watch::Args),
+    /// loopback traffic with and without tcploop shield; loops per 100k tries
+    Shield(shield::Args),
+    /// how soon tcploop shield daemon covers a new namespace
+    ShieldLatency(shield_latency::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +51,7 @@ fn main() -> anyhow::Result<()> {
         Area::Guard(a) => guard::run(a),
         Area::Preload(a) => preload::run(a),
         Area::Watch(a) => watch::run(a),
+        Area::Shield(a) => shield::run(a),
+        Area::ShieldLatency(a) => shield_latency::run(a),
     }
 }

@@ -9,17 +9,33 @@
 //! port as its source port. One more loop sits in the largest holder: the
 //! worst case for the owner lookup, measured with `--port`.
 //!
+//! As root the namespace is a plain network namespace (`sandbox
+//! --netns-only`), so that `tcploop scan` can use its in-kernel owner walk
+//! (BPF needs the initial user namespace); otherwise a user+net namespace,
+//! where it falls back to `/proc` (the table says which).
+//!
+//! Each size is measured twice, in two groups of rows: the common case (the
+//! loops are held by the small client), and the worst case for an owner
+//! lookup (one more loop, held by the largest holder). `ss -tan`, `ss -tanp`
+//! and lsof run in both groups; each group's ratios are to its own first
+//! `tcploop scan`. A third table times the owner lookup's strategies apart,
+//! through the library: the socket dump alone, loading the iterator, one
+//! iterator pass testing the loop condition in the kernel, one pass looking
+//! up the dump's inodes in a map, and the two ways to combine them with the
+//! dump (A: the loop-condition pass beside the dump; B: the inode pass after
+//! it, which `scan` does).
+//!
 //! Wall time: the median of several rounds, the contenders alternating
 //! within each round so that noise hurts all alike; ratios are taken within
 //! the run. Peak memory: one extra run of each contender under
 //! `/usr/bin/time -f %M` (GNU time, max RSS in KiB), kept out of the timed
 //! rounds.
 //!
-//! `cargo run --release -p tcploop-bench -- scan [--sizes 1000,10000,100000] [--rounds 5]`
-//!
 //! With `--doctor`, the same sockets time `tcploop doctor PORT` (one port's
 //! whole diagnosis: holders, owners, bind probes, prediction) against
 //! `ss -tanp 'sport = :PORT'`, what a user would run to find the holder.
+//!
+//! `cargo run --release -p tcploop-bench -- scan [--sizes 1000,10000,100000] [--rounds 5]`
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -28,6 +44,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use tcploop::owners::OwnerSource;
+use tcploop::scan::{scan, ScanOptions};
+use tcploop::sys::bpf::owners::OwnerIter;
 
 use crate::common;
 
@@ -92,16 +111,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!();
+    let root = is_root();
     println!(
-        "| sockets | tool | median wall | vs {} | max RSS |",
-        if args.doctor {
-            "tcploop doctor"
+        "namespace: {}",
+        if root {
+            "plain network namespace (root: the in-kernel owner walk can load)"
         } else {
-            "tcploop scan"
+            "user+net namespace (not root: owners come from /proc)"
         }
     );
-    println!("| ---: | --- | ---: | ---: | ---: |");
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!(
+            "load average at start: {}",
+            l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+    }
+    println!();
     // a fresh namespace for each size: nothing left over from the last one
     for size in &args.sizes {
         let mut a = vec![
@@ -113,12 +138,33 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.doctor {
             a.push("--doctor".into());
         }
-        let status = common::sandboxed(&tcploop, RANGE, &me, &a)
-            .env("TCPLOOP_BIN", &tcploop)
-            .status()?;
+        let mut c = if root {
+            common::sandboxed_netns_only(&tcploop, RANGE, &me, &a)
+        } else {
+            common::sandboxed(&tcploop, RANGE, &me, &a)
+        };
+        let status = c.env("TCPLOOP_BIN", &tcploop).status()?;
         anyhow::ensure!(status.success(), "the benchmark inside the sandbox failed");
     }
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        println!(
+            "load average at end: {}",
+            l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+    }
     Ok(())
+}
+
+/// Whether this process's effective uid is 0 (`Uid:` of /proc/self/status).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }
 
 /// A holder: `conns` loopback connections to its own listener (both ends
@@ -252,29 +298,38 @@ fn contenders(tcploop: &Path, phase2: bool, doctor: bool) -> Vec<Contender> {
             ),
         ];
     }
-    if phase2 {
-        return vec![
+    let others = [
+        c("ss -tan (no owners)", &["ss", "-tan"]),
+        c("ss -tanp", &["ss", "-tanp"]),
+        c("lsof -nP -iTCP", &["lsof", "-nP", "-iTCP"]),
+    ];
+    let mut v = if phase2 {
+        vec![
             c(
-                "+1 loop in the largest holder: tcploop scan (11 loops)",
+                "worst case, +1 loop in the largest holder: tcploop scan (11 loops)",
                 &[&t, "scan"],
+            ),
+            c(
+                "tcploop scan --owners proc",
+                &[&t, "scan", "--owners", "proc"],
             ),
             c(
                 "tcploop scan --port (only the largest holder's loop)",
                 &[&t, "scan", "--port", &BIG_LOOP.to_string()],
             ),
+        ]
+    } else {
+        vec![
+            c("tcploop scan (10 loops, with owners)", &[&t, "scan"]),
+            c(
+                "tcploop scan --owners proc",
+                &[&t, "scan", "--owners", "proc"],
+            ),
             c("tcploop scan --no-owners", &[&t, "scan", "--no-owners"]),
-        ];
-    }
-    vec![
-        c("tcploop scan (10 loops, with owners)", &[&t, "scan"]),
-        c(
-            "tcploop scan --source proc",
-            &[&t, "scan", "--source", "proc"],
-        ),
-        c("ss -tan (no owners)", &["ss", "-tan"]),
-        c("ss -tanp", &["ss", "-tanp"]),
-        c("lsof -nP -iTCP", &["lsof", "-nP", "-iTCP"]),
-    ]
+        ]
+    };
+    v.extend(others);
+    v
 }
 
 /// Runs once, output discarded; returns wall seconds and the exit code.
@@ -327,24 +382,38 @@ fn inner(args: &Args, tcploop: &Path) -> anyhow::Result<()> {
         // the looping client: a small process
         hs.push(spawn_holder(&me, 0, 0, Some((LOOP_BASE, 10)))?);
         let seen = count_ss_lines()?;
-        let base = measure(args, tcploop, &scratch, (size, seen), 10, None)?;
+        println!(
+            "| sockets | tool | median wall | vs {} | max RSS |",
+            if args.doctor {
+                "tcploop doctor"
+            } else {
+                "tcploop scan"
+            }
+        );
+        println!("| ---: | --- | ---: | ---: | ---: |");
+        let source = measure(args, tcploop, &scratch, (size, seen), 10, false)?;
         // the worst case for the owner lookup: a loop in the largest holder
         hs[0].add_loop(BIG_LOOP)?;
-        measure(args, tcploop, &scratch, (size, seen + 1), 11, Some(base))?;
+        measure(args, tcploop, &scratch, (size, seen + 1), 11, true)?;
+        println!();
+        println!("owners from: {source}");
+        println!();
+        strategies(args.rounds)?;
+        println!();
         drop(hs);
     }
     Ok(())
 }
 
+/// Times the contenders; returns the owner source `tcploop scan` used.
 fn measure(
     args: &Args,
     tcploop: &Path,
     scratch: &Path,
     (size, seen): (u64, u64),
     want_loops: u64,
-    base: Option<f64>,
-) -> anyhow::Result<f64> {
-    let phase2 = base.is_some();
+    phase2: bool,
+) -> anyhow::Result<String> {
     // check the answer before timing it
     let o = Command::new(tcploop).args(["scan", "--json"]).output()?;
     let text = String::from_utf8_lossy(&o.stdout);
@@ -360,6 +429,14 @@ fn measure(
         loops == want_loops && unknown == 0,
         "tcploop scan found {summary}"
     );
+    let source = summary["data"]["owners_source"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    let source = match summary["data"]["owners_fallback"].as_str() {
+        Some(why) => format!("{source} (BPF not used: {why})"),
+        None => source,
+    };
     let cs = contenders(tcploop, phase2, args.doctor);
     let mut samples: Vec<Vec<f64>> = vec![vec![]; cs.len()];
     for round in 0..args.rounds {
@@ -381,14 +458,94 @@ fn measure(
             },
             c.name,
             medians[i] * 1e3,
-            medians[i]
-                / if args.doctor {
-                    medians[0]
-                } else {
-                    base.unwrap_or(medians[0])
-                },
+            medians[i] / medians[0],
             rss as f64 / 1024.0
         );
     }
-    Ok(medians[0])
+    Ok(source)
+}
+
+/// The owner lookup's strategies, timed apart in this process (medians of
+/// `rounds`, alternating): is it faster to test the loop condition in the
+/// kernel while the dump runs, or to dump first and hand the iterator the
+/// loops' inodes through a map?
+fn strategies(rounds: usize) -> anyhow::Result<()> {
+    // the result is dropped inside the timing: freeing is part of the cost
+    fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<f64> {
+        let t = Instant::now();
+        drop(f()?);
+        Ok(t.elapsed().as_secs_f64() * 1e3)
+    }
+    let no_owners = ScanOptions {
+        no_owners: true,
+        ..ScanOptions::default()
+    };
+    let kernel = ScanOptions {
+        owners: OwnerSource::Bpf,
+        ..ScanOptions::default()
+    };
+    let iter = match OwnerIter::load_with_loop_test() {
+        Ok(i) => i,
+        Err(e) => {
+            println!("(owner lookup strategies not measured: {e})");
+            return Ok(());
+        }
+    };
+    let inodes: Vec<u64> = scan(&no_owners)?
+        .loops
+        .iter()
+        .map(|l| u64::from(l.socket.inode))
+        .collect();
+    let names = [
+        "socket dump alone (scan --no-owners, in-process)",
+        "loading the iterator (object BTF, verifier with CO-RE, attach)",
+        "one pass, the loop condition tested in the kernel",
+        "one pass, the dump's inodes looked up in a map",
+        "A: load + loop-condition pass in a thread beside the dump",
+        "B: load beside the dump, then the inode pass (what scan does)",
+    ];
+    let beside = || -> anyhow::Result<()> {
+        let (dump, pass) = std::thread::scope(|sc| {
+            let h = sc.spawn(|| OwnerIter::load_with_loop_test().map(|i| i.loops()));
+            let dump = scan(&no_owners);
+            (dump, h.join().expect("no panic"))
+        });
+        let (dump, pass) = (dump?, pass??);
+        let wanted: std::collections::HashSet<u64> = dump
+            .loops
+            .iter()
+            .map(|l| u64::from(l.socket.inode))
+            .collect();
+        let found = pass
+            .records
+            .iter()
+            .filter(|r| wanted.contains(&r.inode))
+            .count();
+        anyhow::ensure!(found >= wanted.len(), "owners missing");
+        Ok(())
+    };
+    let mut s: Vec<Vec<f64>> = vec![vec![]; 6];
+    for round in 0..rounds.max(3) {
+        for k in 0..6 {
+            match (k + round) % 6 {
+                0 => s[0].push(timed(|| Ok(scan(&no_owners)?))?),
+                1 => s[1].push(timed(|| Ok(OwnerIter::load()?))?),
+                2 => s[2].push(timed(|| Ok(iter.loops()?))?),
+                3 => s[3].push(timed(|| Ok(iter.wanted(&inodes)?))?),
+                4 => s[4].push(timed(beside)?),
+                _ => s[5].push(timed(|| {
+                    let r = scan(&kernel)?;
+                    anyhow::ensure!(r.owners_unknown == 0, "owners unknown");
+                    Ok(())
+                })?),
+            }
+        }
+    }
+    let m: Vec<f64> = s.iter_mut().map(|v| common::median(v)).collect();
+    println!("| owner lookup, by strategy | median |");
+    println!("| --- | ---: |");
+    for (n, v) in names.iter().zip(&m) {
+        println!("| {n} | {v:.1} ms |");
+    }
+    Ok(())
 }

@@ -340,8 +340,9 @@ pub(crate) fn looped<S: AsSocket>(stream: &S, target: &SocketAddr) -> io::Result
 
 /// Arms `SO_LINGER` 0 so that dropping the socket sends RST and leaves no
 /// TIME-WAIT behind: the port is free for the real server at once. A
-/// failure only means a graceful close instead (the port then stays
-/// blocked about a second on loopback), so it is not reported.
+/// failure only means a graceful close instead (the port then stays in
+/// TIME-WAIT for 60 s, on loopback too, refusing a server's `bind()`
+/// even with `SO_REUSEADDR`), so it is not reported.
 pub(crate) fn reset<S: AsSocket>(stream: &S) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }

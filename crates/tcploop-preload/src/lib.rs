@@ -22,6 +22,22 @@
 //!   all do this). When it reports 0 on a socket that is a loop, the loop is
 //!   disconnected and the option value says `ECONNREFUSED` instead.
 //!
+//! - `sendto()` and `sendmsg()` with `MSG_FASTOPEN` and a destination (TCP
+//!   Fast Open: the connect happens inside the send, with no `connect()`
+//!   call to catch): when the destination port lies in the ephemeral range,
+//!   the call becomes the guarded `connect()` above followed by the send
+//!   without the flag. The program sees what TCP Fast Open without a cookie
+//!   gives it: the bytes sent once connected (blocking), `EINPROGRESS`
+//!   (non-blocking; it then waits and sends again), or `ECONNREFUSED` where
+//!   it would have looped. Destinations outside the range keep Fast Open.
+//! - A `connect()` on a socket with `TCP_FASTOPEN_CONNECT` whose SYN the
+//!   kernel defers to the first write (with a cached cookie, or
+//!   `net.ipv4.tcp_fastopen` allowing no cookie): it returns 0 before any
+//!   packet, with no peer yet (`getpeername()` says ENOTCONN). Its source
+//!   address and port are already chosen, so when they equal the
+//!   destination, the first write would loop: it is refused then, in
+//!   `connect()`.
+//!
 //! Everything else goes straight to libc. A loop is what
 //! [`tcploop_guard::is_loop`] says it is: local address and port equal the
 //! peer's (and the socket is `SOCK_STREAM`).
@@ -160,6 +176,16 @@ pub unsafe extern "C" fn getsockopt(
 ///
 /// As [`connect`].
 unsafe fn guarded_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    // SAFETY: as stated.
+    unsafe { guarded_connect_via(fd, addr, len, Via::Connect) }
+}
+
+/// [`guarded_connect`], naming the call that caught a loop in the log.
+///
+/// # Safety
+///
+/// As [`connect`].
+unsafe fn guarded_connect_via(fd: c_int, addr: *const sockaddr, len: socklen_t, via: Via) -> c_int {
     // SAFETY: forwarded; our caller holds connect(2)'s contract.
     let ret = unsafe { next_connect(fd, addr, len) };
     // SAFETY: `addr` is null or valid for `len` bytes, by the contract.
@@ -174,7 +200,9 @@ unsafe fn guarded_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c
         return ret;
     }
     let saved = errno();
-    if prevent_loop(fd, Some(port), Via::Connect) {
+    // SAFETY: as above.
+    let dest = unsafe { dest_addr(addr, len) };
+    if prevent_loop_to(fd, Some(port), dest, via) {
         set_errno(libc::ECONNREFUSED);
         return -1;
     }
@@ -182,11 +210,115 @@ unsafe fn guarded_connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c
     ret
 }
 
+/// `MSG_FASTOPEN` (`send(2)`): connect and send in one call.
+const MSG_FASTOPEN: c_int = 0x2000_0000;
+
+/// `sendto()`: with `MSG_FASTOPEN` to a port in the ephemeral range, the
+/// guarded connect, then the send without the flag (see the crate docs).
+///
+/// # Safety
+///
+/// The contract of `sendto(2)`: `buf` points to `len` readable bytes, `addr`
+/// is null or points to `alen` readable bytes.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: libc::size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> libc::ssize_t {
+    // SAFETY: `addr` is null or valid for `alen` bytes, by the contract.
+    if flags & MSG_FASTOPEN != 0 && unsafe { fastopen_guarded(fd, addr, alen) } {
+        // SAFETY: the guarded connect, on our caller's address.
+        if unsafe { guarded_connect_via(fd, addr, alen, Via::FastOpen) } != 0 {
+            return -1; // errno: EINPROGRESS, ECONNREFUSED, ...
+        }
+        // SAFETY: sendto(2)'s contract for `buf`, held by the caller; no address.
+        return unsafe { next_sendto(fd, buf, len, flags & !MSG_FASTOPEN, ptr::null(), 0) };
+    }
+    // SAFETY: forwarded; our caller holds sendto(2)'s contract.
+    unsafe { next_sendto(fd, buf, len, flags, addr, alen) }
+}
+
+/// `sendmsg()`: as [`sendto`], with the destination in `msg_name`.
+///
+/// # Safety
+///
+/// The contract of `sendmsg(2)`: `msg` points to a valid `msghdr`.
+#[cfg_attr(not(test), no_mangle)]
+pub unsafe extern "C" fn sendmsg(
+    fd: c_int,
+    msg: *const libc::msghdr,
+    flags: c_int,
+) -> libc::ssize_t {
+    if flags & MSG_FASTOPEN != 0 && !msg.is_null() {
+        // SAFETY: `msg` is valid by the contract; msghdr is plain data.
+        let mut m = unsafe { ptr::read(msg) };
+        let addr = m.msg_name.cast_const().cast::<sockaddr>();
+        // SAFETY: msg_name is null or valid for msg_namelen bytes.
+        if unsafe { fastopen_guarded(fd, addr, m.msg_namelen) } {
+            // SAFETY: the guarded connect, on our caller's address.
+            if unsafe { guarded_connect_via(fd, addr, m.msg_namelen, Via::FastOpen) } != 0 {
+                return -1;
+            }
+            m.msg_name = ptr::null_mut();
+            m.msg_namelen = 0;
+            // SAFETY: the caller's msghdr, minus the address; its buffers
+            // are valid by the contract.
+            return unsafe { next_sendmsg(fd, &m, flags & !MSG_FASTOPEN) };
+        }
+    }
+    // SAFETY: forwarded; our caller holds sendmsg(2)'s contract.
+    unsafe { next_sendmsg(fd, msg, flags) }
+}
+
+/// Whether a Fast Open send to `addr` needs the guard: an IP destination
+/// whose port may be a source port here, on a stream socket.
+///
+/// # Safety
+///
+/// `addr` is null or points to `alen` readable bytes.
+unsafe fn fastopen_guarded(fd: c_int, addr: *const sockaddr, alen: socklen_t) -> bool {
+    // SAFETY: as stated.
+    match unsafe { dest_port(addr, alen) } {
+        Some(port) => {
+            let saved = errno();
+            let yes = may_be_ephemeral(port) && is_stream(fd);
+            set_errno(saved);
+            yes
+        }
+        None => false,
+    }
+}
+
+/// The destination of a connect as a `SocketAddr` (`None`: not IP, or too
+/// short).
+///
+/// # Safety
+///
+/// `addr` is null or points to `len` readable bytes.
+unsafe fn dest_addr(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
+    if addr.is_null() {
+        return None;
+    }
+    let n = (len as usize).min(size_of::<sockaddr_storage>());
+    let mut s = MaybeUninit::<sockaddr_storage>::zeroed();
+    // SAFETY: copies `n` <= len readable bytes into a zeroed storage of at
+    // least `n` bytes.
+    unsafe { ptr::copy_nonoverlapping(addr.cast::<u8>(), s.as_mut_ptr().cast::<u8>(), n) };
+    // SAFETY: zero-initialised, then partly overwritten with plain bytes.
+    to_socket_addr(unsafe { s.assume_init_ref() }, n as socklen_t)
+}
+
 /// Where a loop was caught, for the log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
     Connect,
     SoError,
+    /// `sendto`/`sendmsg` with `MSG_FASTOPEN`.
+    FastOpen,
 }
 
 /// If `fd` is a TCP socket connected to itself, disconnects it (RST, port
@@ -199,6 +331,13 @@ enum Via {
 /// and in `SO_ERROR` from the pending table), allows that test first;
 /// otherwise `getpeername()` tells it.
 fn prevent_loop(fd: c_int, dest_port: Option<u16>, via: Via) -> bool {
+    prevent_loop_to(fd, dest_port, None, via)
+}
+
+/// [`prevent_loop`], knowing the destination `connect()` was given: a
+/// connect that returned 0 with no peer yet (deferred by
+/// `TCP_FASTOPEN_CONNECT` until the first write) is judged against it.
+fn prevent_loop_to(fd: c_int, dest_port: Option<u16>, dest: Option<SocketAddr>, via: Via) -> bool {
     let (local, peer) = match dest_port {
         Some(port) => {
             if !may_be_ephemeral(port) {
@@ -210,8 +349,15 @@ fn prevent_loop(fd: c_int, dest_port: Option<u16>, via: Via) -> bool {
             if local.port() != port {
                 return false;
             }
-            let Some(peer) = sock_name(fd, libc::getpeername) else {
-                return false;
+            let peer = match sock_name(fd, libc::getpeername) {
+                Some(peer) => peer,
+                // no peer yet: a deferred Fast Open connect; its SYN goes
+                // to `dest` at the first write
+                None if errno() == libc::ENOTCONN => match dest {
+                    Some(d) => d,
+                    None => return false,
+                },
+                None => return false,
             };
             (local, peer)
         }
@@ -407,6 +553,63 @@ impl Next {
 
 static NEXT_CONNECT: Next = Next::new(c"connect");
 static NEXT_GETSOCKOPT: Next = Next::new(c"getsockopt");
+static NEXT_SENDTO: Next = Next::new(c"sendto");
+static NEXT_SENDMSG: Next = Next::new(c"sendmsg");
+
+type SendtoFn = unsafe extern "C" fn(
+    c_int,
+    *const c_void,
+    libc::size_t,
+    c_int,
+    *const sockaddr,
+    socklen_t,
+) -> libc::ssize_t;
+type SendmsgFn = unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> libc::ssize_t;
+
+/// The next `sendto()` (see [`next_connect`]).
+///
+/// # Safety
+///
+/// sendto(2)'s contract.
+unsafe fn next_sendto(
+    fd: c_int,
+    buf: *const c_void,
+    len: libc::size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    alen: socklen_t,
+) -> libc::ssize_t {
+    match NEXT_SENDTO.get() {
+        // SAFETY: sendto(2)'s contract, held by the caller.
+        0 => unsafe {
+            libc::syscall(libc::SYS_sendto, fd, buf, len, flags, addr, alen) as libc::ssize_t
+        },
+        a => {
+            // SAFETY: dlsym found libc's `sendto`, whose type this is.
+            let f = unsafe { std::mem::transmute::<usize, SendtoFn>(a) };
+            // SAFETY: sendto(2)'s contract, held by the caller.
+            unsafe { f(fd, buf, len, flags, addr, alen) }
+        }
+    }
+}
+
+/// The next `sendmsg()` (see [`next_connect`]).
+///
+/// # Safety
+///
+/// sendmsg(2)'s contract.
+unsafe fn next_sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> libc::ssize_t {
+    match NEXT_SENDMSG.get() {
+        // SAFETY: sendmsg(2)'s contract, held by the caller.
+        0 => unsafe { libc::syscall(libc::SYS_sendmsg, fd, msg, flags) as libc::ssize_t },
+        a => {
+            // SAFETY: dlsym found libc's `sendmsg`, whose type this is.
+            let f = unsafe { std::mem::transmute::<usize, SendmsgFn>(a) };
+            // SAFETY: sendmsg(2)'s contract, held by the caller.
+            unsafe { f(fd, msg, flags) }
+        }
+    }
+}
 
 type ConnectFn = unsafe extern "C" fn(c_int, *const sockaddr, socklen_t) -> c_int;
 type GetsockoptFn = unsafe extern "C" fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int;
@@ -607,6 +810,7 @@ fn format_line(line: &mut LineBuf, pid: c_int, fd: c_int, local: SocketAddr, via
     let call = match via {
         Via::Connect => "connect()",
         Via::SoError => "getsockopt(SO_ERROR)",
+        Via::FastOpen => "sendto/sendmsg(MSG_FASTOPEN)",
     };
     let _ = write!(
         line,

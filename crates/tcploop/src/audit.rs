@@ -111,12 +111,33 @@ pub struct Audit {
     pub loops: Vec<DiagSocket>,
     /// The reservation that closes every exposed port.
     pub fix: Fix,
+    /// The shield, when it is on in the namespace (`bpf (tcx)`,
+    /// `iptables (rules)`): exposed ports are then `prevented`.
+    pub shield: Option<String>,
 }
 
 impl Audit {
     /// The exposed ports.
     pub fn exposed(&self) -> impl Iterator<Item = &PortAudit> {
         self.ports.iter().filter(|p| p.status == Status::Exposed)
+    }
+
+    /// The exposed ports whose clients can still loop (not `prevented` by
+    /// the shield).
+    pub fn at_risk(&self) -> impl Iterator<Item = &PortAudit> {
+        self.exposed()
+            .filter(|p| p.when_down.verdict != predict::Verdict::Prevented)
+    }
+
+    /// Marks every `possible` prediction `prevented` by the shield (`how`).
+    pub fn with_shield(mut self, how: Option<String>) -> Audit {
+        if let Some(h) = &how {
+            for p in &mut self.ports {
+                predict::shielded(&mut p.when_down, h);
+            }
+        }
+        self.shield = how;
+        self
     }
 }
 
@@ -290,6 +311,7 @@ pub fn analyze(
         fix: Fix::new(&facts.reserved, &exposed),
         ports: out,
         loops,
+        shield: None,
     }
 }
 
@@ -312,13 +334,10 @@ pub fn take(configured: &PortSet) -> Result<Audit, AuditError> {
     let mut sockets = vec![];
     crate::sys::diag::dump_all(crate::sys::diag::ALL_STATES, |s| sockets.push(*s))?;
     let ifaddrs = crate::sys::ifaddrs::list().unwrap_or_default();
-    Ok(analyze(
-        &facts,
-        &sockets,
-        bound_visible,
-        &ifaddrs,
-        configured,
-    ))
+    Ok(
+        analyze(&facts, &sockets, bound_visible, &ifaddrs, configured)
+            .with_shield(crate::shield::protection_here()),
+    )
 }
 
 /// The address clients of these listeners dial: the listener's own address,
@@ -494,23 +513,53 @@ pub fn apply_with_lock(add: &PortSet, lock_path: &Path) -> Result<Applied, Apply
         Ok(g) => (Some(g), Ok(lock_path.to_owned())),
         Err(e) => (None, Err(format!("{}: {e}", lock_path.display()))),
     };
-    let before = read_reserved()?;
+    let (before, after, wrote) = grow(&mut Kernel, add)?;
+    Ok(Applied {
+        before,
+        after,
+        wrote,
+        lock,
+    })
+}
+
+/// Where the reserved ports are read and written: the kernel
+/// ([`Kernel`]), or a stand-in in the tests of [`grow`]'s checks.
+trait ReservedPorts {
+    fn read(&mut self) -> Result<String, procsys::ProcError>;
+    fn write(&mut self, value: &str) -> Result<(), procsys::ProcError>;
+}
+
+/// `/proc/sys/net/ipv4/ip_local_reserved_ports` of this namespace.
+struct Kernel;
+
+impl ReservedPorts for Kernel {
+    fn read(&mut self) -> Result<String, procsys::ProcError> {
+        procsys::read(procsys::RESERVED_PORTS)
+    }
+    fn write(&mut self, value: &str) -> Result<(), procsys::ProcError> {
+        procsys::write(procsys::RESERVED_PORTS, value)
+    }
+}
+
+/// The read-modify-write of [`apply`], lock aside: returns the value
+/// before, the value read back after, and whether anything was written.
+fn grow(
+    io: &mut impl ReservedPorts,
+    add: &PortSet,
+) -> Result<(PortSet, PortSet, bool), ApplyError> {
+    let text = io.read()?;
+    let before = PortSet::parse(&text).map_err(|_| ApplyError::Parse(text.trim().to_string()))?;
     let value = before.union(add);
     if value == before {
-        return Ok(Applied {
-            after: before.clone(),
-            before,
-            wrote: false,
-            lock,
-        });
+        return Ok((before.clone(), before, false));
     }
-    let written = match procsys::write(procsys::RESERVED_PORTS, &value.to_string()) {
+    let written = match io.write(&value.to_string()) {
         // refused (no privilege over the namespace): nothing was written,
         // so there is nothing to restore
-        Err(e) if e.source.kind() == io::ErrorKind::PermissionDenied => return Err(e.into()),
+        Err(e) if e.source.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
         w => w,
     };
-    let got = procsys::read(procsys::RESERVED_PORTS).map(|t| t.trim().to_string());
+    let got = io.read().map(|t| t.trim().to_string());
     let kept = match (&written, &got) {
         (Ok(()), Ok(text)) => PortSet::parse(text)
             .ok()
@@ -518,16 +567,11 @@ pub fn apply_with_lock(add: &PortSet, lock_path: &Path) -> Result<Applied, Apply
         _ => None,
     };
     if let Some(after) = kept {
-        return Ok(Applied {
-            before,
-            after,
-            wrote: true,
-            lock,
-        });
+        return Ok((before, after, true));
     }
     // Something was lost (or the write failed half-way): put the previous
     // value back, and say what happened.
-    let restored = restore(&before);
+    let restored = restore(io, &before);
     let got = match (written, got) {
         (Err(e), _) => {
             if restored.is_ok() {
@@ -546,19 +590,14 @@ pub fn apply_with_lock(add: &PortSet, lock_path: &Path) -> Result<Applied, Apply
     })
 }
 
-fn restore(before: &PortSet) -> Result<String, String> {
-    procsys::write(procsys::RESERVED_PORTS, &before.to_string()).map_err(|e| e.to_string())?;
-    let back = procsys::read(procsys::RESERVED_PORTS).map_err(|e| e.to_string())?;
+fn restore(io: &mut impl ReservedPorts, before: &PortSet) -> Result<String, String> {
+    io.write(&before.to_string()).map_err(|e| e.to_string())?;
+    let back = io.read().map_err(|e| e.to_string())?;
     let back = back.trim().to_string();
     match PortSet::parse(&back) {
         Ok(b) if before.iter().all(|p| b.contains(p)) => Ok(back),
         _ => Err(format!("the kernel holds {back:?} after the restore")),
     }
-}
-
-fn read_reserved() -> Result<PortSet, ApplyError> {
-    let text = procsys::read(procsys::RESERVED_PORTS)?;
-    PortSet::parse(&text).map_err(|_| ApplyError::Parse(text.trim().to_string()))
 }
 
 /// What [`persist`] did.
@@ -807,6 +846,84 @@ mod tests {
         let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
         assert_eq!(a.loops.len(), 1);
         assert!(a.ports.is_empty());
+    }
+
+    /// A stand-in for the sysctl whose writes lose `drop` (as a concurrent
+    /// writer that does not take the lock would), or fail.
+    struct Lossy {
+        value: String,
+        drop: Option<u16>,
+        fail_writes: bool,
+        writes: Vec<String>,
+    }
+
+    impl ReservedPorts for Lossy {
+        fn read(&mut self) -> Result<String, procsys::ProcError> {
+            Ok(format!("{}\n", self.value))
+        }
+        fn write(&mut self, value: &str) -> Result<(), procsys::ProcError> {
+            self.writes.push(value.to_string());
+            if self.fail_writes && self.writes.len() == 1 {
+                self.value = "1".into(); // half a value got through
+                return Err(procsys::ProcError {
+                    op: "writing",
+                    path: "/proc/sys/net/ipv4/ip_local_reserved_ports".into(),
+                    source: io::Error::from_raw_os_error(libc::EINVAL),
+                });
+            }
+            let set = PortSet::parse(value).unwrap();
+            // only the first write loses the port (the restore gets through)
+            let drop = if self.writes.len() == 1 {
+                self.drop
+            } else {
+                None
+            };
+            self.value = PortSet::from_ports(set.iter().filter(|p| Some(*p) != drop)).to_string();
+            Ok(())
+        }
+    }
+
+    fn lossy(value: &str, drop: Option<u16>, fail_writes: bool) -> Lossy {
+        Lossy {
+            value: value.into(),
+            drop,
+            fail_writes,
+            writes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_write_that_loses_a_reservation_is_undone_and_reported() {
+        let add = PortSet::parse("40004").unwrap();
+        // the control: nothing lost, the union is kept
+        let mut k = lossy("8080,9000", None, false);
+        let (before, after, wrote) = grow(&mut k, &add).unwrap();
+        assert_eq!(
+            (before.to_string(), after.to_string(), wrote),
+            ("8080,9000".into(), "8080,9000,40004".into(), true)
+        );
+        // 9000 vanishes in the write: the previous value is written back
+        let mut k = lossy("8080,9000", Some(9000), false);
+        let e = grow(&mut k, &add).unwrap_err();
+        assert!(
+            matches!(&e, ApplyError::NotKept { restored: Ok(v), .. } if v == "8080,9000"),
+            "{e}"
+        );
+        assert_eq!(k.writes, ["8080,9000,40004", "8080,9000"]);
+        assert_eq!(k.value, "8080,9000");
+        assert!(
+            e.to_string().contains("the previous value was restored"),
+            "{e}"
+        );
+        // a write that fails half-way: restored, and the write error said
+        let mut k = lossy("8080,9000", None, true);
+        let e = grow(&mut k, &add).unwrap_err();
+        assert!(matches!(e, ApplyError::Proc(_)), "{e}");
+        assert_eq!(k.value, "8080,9000");
+        // nothing to add: nothing written
+        let mut k = lossy("40004", None, false);
+        assert!(!grow(&mut k, &add).unwrap().2);
+        assert!(k.writes.is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 
 use crate::cmd;
 
-const EXIT_CODES: &str = "\
+pub const EXIT_CODES: &str = "\
 Exit codes:
   0    success: loop reproduced (connect, demo); nothing found (check, scan, audit);
        doctor: the port is free
@@ -14,7 +14,8 @@ Exit codes:
        check: a port can loop or is stolen; scan: loops found; audit: exposed
        ports or loops; doctor: something holds the port
   2    bad usage, bad input, or an error
-  3    connect: a real listener answered (not a loop)
+  3    connect --force: a real listener answered (not a loop; without --force,
+       connect refuses a port with a listener before trying: exit 1)
   130  interrupted (Ctrl-C)";
 
 /// Make the TCP loop connect visible, predictable and impossible.
@@ -64,12 +65,15 @@ pub enum Command {
     /// Run a program with the preload guard: it can no longer connect to itself
     #[command(after_help = cmd::run::AFTER_HELP)]
     Run(cmd::run::Args),
+    /// Make the loop impossible for every program: answer self-connect SYNs on lo with a reset
+    #[command(after_help = cmd::shield::AFTER_HELP)]
+    Shield(cmd::shield::Args),
     /// Run a command in a throwaway user+net namespace with its own port range
     #[command(after_help = cmd::sandbox::AFTER_HELP)]
     Sandbox(cmd::sandbox::Args),
-    /// Print shell completions (bash, zsh, fish, elvish, powershell) or a man page
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) or man pages
     #[command(
-        after_help = "Examples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1"
+        after_help = "A write error (a full disk) is exit 2, never a panic.\n\nExamples:\n  tcploop completions bash > /etc/bash_completion.d/tcploop\n  tcploop completions man > tcploop.1\n  tcploop completions man --dir /usr/local/share/man/man1   one page a command"
     )]
     Completions(cmd::completions::Args),
 }
@@ -95,5 +99,89 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Values that broke, or could break, a parser: overflowing durations
+    /// and ports, empty and huge strings, control characters, odd ranges.
+    pub(crate) const NASTY: &[&str] = &[
+        "",
+        "-",
+        "--",
+        "0",
+        "-1",
+        "1",
+        "65535",
+        "65536",
+        "70000",
+        "18446744073709551615",
+        "18446744073709551615s",
+        "99999999999999999999999999ms",
+        "1e30",
+        "1e308",
+        "NaN",
+        "inf",
+        "-0.0",
+        "366d",
+        "1h30m",
+        "0-0",
+        "1-65535",
+        "65535-1",
+        "40000-40009",
+        "100-200",
+        "40000-",
+        "-40000",
+        ",,,",
+        "1,2,3-1",
+        "::ffff:127.0.0.1",
+        "[::1]:99999",
+        "256.256.256.256",
+        "\u{1b}[2J",
+        "a\nb",
+        "/dev/full",
+        "/nonexistent/x",
+        "bash",
+        "man",
+    ];
+
+    /// Every flag and option name of a subcommand (`--long`, `-s`).
+    fn flags(sub: &clap::Command) -> Vec<String> {
+        let mut v = vec![];
+        for a in sub.get_arguments() {
+            if let Some(l) = a.get_long() {
+                v.push(format!("--{l}"));
+            }
+            if let Some(s) = a.get_short() {
+                v.push(format!("-{s}"));
+            }
+        }
+        v
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Fuzzing the argument parser (cargo-fuzz needs a nightly
+        /// toolchain; this is proptest over the clap definitions): any
+        /// argv built from a subcommand's own flags and nasty values is
+        /// parsed or refused with an error, never a panic. The value
+        /// parsers (durations, ports, ranges) run here too.
+        #[test]
+        fn no_argv_makes_the_parser_panic(
+            sub in 0usize..64,
+            picks in proptest::collection::vec((0usize..64, 0usize..64, proptest::bool::ANY), 0..7),
+        ) {
+            let cmd = Cli::command();
+            let subs: Vec<&clap::Command> = cmd.get_subcommands().collect();
+            let sc = subs[sub % subs.len()];
+            let fl = flags(sc);
+            let mut argv = vec!["tcploop".to_string(), sc.get_name().to_string()];
+            for (f, v, flag) in picks {
+                if flag && !fl.is_empty() {
+                    argv.push(fl[f % fl.len()].clone());
+                }
+                argv.push(NASTY[v % NASTY.len()].to_string());
+            }
+            let _ = Cli::try_parse_from(&argv);
+        }
     }
 }

@@ -22,8 +22,9 @@
 //! that a server can bind the port, with and without `SO_REUSEADDR`, and
 //! releases it at once.
 //!
-//! Not covered yet: the container a holder runs in, and whether the port is
-//! shielded by `tcploop shield`: both need modules this one does not have.
+//! Whether `tcploop shield` is on in the namespace comes from
+//! [`crate::shield::protection_here`]; the prediction while down then says
+//! `prevented`. Not covered yet: the container a holder runs in.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -105,12 +106,15 @@ impl Probe {
 }
 
 /// Where the port stands with the kernel's ephemeral ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Standing {
     /// Inside `ip_local_port_range`.
     pub in_range: bool,
     /// In `ip_local_reserved_ports`.
     pub reserved: bool,
+    /// `tcploop shield` is on in the namespace (how: `bpf (tcx)`,
+    /// `iptables (rules)`): a self-connect is turned away whatever the port.
+    pub shielded: Option<String>,
 }
 
 impl Standing {
@@ -289,6 +293,7 @@ struct Look {
     rest: Inventory,
     ifaddrs: Vec<ifaddrs::IfAddr>,
     probe: Probe,
+    shield: Option<String>,
 }
 
 /// Looks at the calling thread's namespace.
@@ -320,6 +325,7 @@ fn look_here(port: u16, server: IpAddr) -> Result<Look, DoctorError> {
         rest,
         ifaddrs: ifaddrs::list().unwrap_or_default(),
         probe,
+        shield: crate::shield::protection_here(),
     })
 }
 
@@ -580,11 +586,12 @@ fn build(
     let standing = Standing {
         in_range: f.range.contains(port),
         reserved: f.reserved.contains(port),
+        shielded: look.shield.clone(),
     };
     let dest = client_destination(cfg.server);
     let h = host::classify(dest, 0, &look.ifaddrs);
     let down = holders::when_down(&look.rest, &look.on_port);
-    let when_down = predict::predict(
+    let mut when_down = predict::predict(
         &Situation {
             facts: f,
             inventory: Some(&down),
@@ -593,6 +600,9 @@ fn build(
         },
         port,
     );
+    if let Some(how) = &standing.shielded {
+        predict::shielded(&mut when_down, how);
+    }
     let mut d = Diagnosis {
         netns,
         port,
@@ -1070,6 +1080,7 @@ pub(crate) mod tests {
             facts,
             on_port: socks.to_vec(),
             rest: Inventory::new(true),
+            shield: None,
             ifaddrs: vec![ifaddrs::IfAddr {
                 name: "lo".into(),
                 addr: "127.0.0.1".parse().unwrap(),

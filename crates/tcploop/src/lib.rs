@@ -18,6 +18,8 @@
 //! - [`survey`]: one look at a namespace, gathered for the predictor;
 //! - [`demo`]: the loop drawn packet by packet (capture, ladder, pcap, SVG);
 //! - [`scan`]: find the loops on a live host, and destroy them (`scan`, `kill`);
+//! - [`shield`]: make the loop impossible in a namespace (`shield`): BPF on `lo`, or iptables;
+//!   [`shield_daemon`]: keeping it on in every namespace, new ones included;
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`audit`]: exposed services and the reserved-ports fix;
 //! - [`holders`]: who holds one port now, and what each does to a server's `bind()`;
@@ -48,6 +50,8 @@ pub mod repro;
 pub mod safefile;
 pub mod sandbox;
 pub mod scan;
+pub mod shield;
+pub mod shield_daemon;
 pub mod survey;
 pub mod sys;
 pub mod watch;

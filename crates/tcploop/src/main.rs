@@ -15,7 +15,11 @@ fn main() -> ExitCode {
             if is_broken_pipe(&e) {
                 return exit::Exit::Ok.into();
             }
-            eprintln!("tcploop: error: {e:#}");
+            // one line, whatever a path or a process name in it holds
+            eprintln!(
+                "tcploop: error: {}",
+                tcploop::report::escape(&format!("{e:#}"))
+            );
             exit::Exit::Error.into()
         }
     }

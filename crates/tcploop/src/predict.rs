@@ -44,6 +44,10 @@ pub enum Verdict {
     Impossible,
     /// Something listens on the port: connects succeed, and are not loops.
     Listening,
+    /// A loop would be possible, but the shield (`tcploop shield`) answers
+    /// the self-connect SYN with a reset: the `connect()` fails with
+    /// ECONNREFUSED, as for any closed port.
+    Prevented,
     /// The facts needed are missing; the reasons say which.
     Unknown,
 }
@@ -55,6 +59,7 @@ impl Verdict {
             Verdict::Possible => "possible",
             Verdict::Impossible => "impossible",
             Verdict::Listening => "listening",
+            Verdict::Prevented => "prevented",
             Verdict::Unknown => "unknown",
         }
     }
@@ -114,6 +119,19 @@ struct Acc {
 impl Acc {
     fn say(&mut self, s: impl Into<String>) {
         self.reasons.push(s.into());
+    }
+}
+
+/// Applies the shield to a prediction: `possible` becomes `prevented`, with
+/// the mechanism named (`how`, e.g. `bpf (tcx)`) in a last reason.
+pub fn shielded(p: &mut Prediction, how: &str) {
+    if p.verdict == Verdict::Possible {
+        p.verdict = Verdict::Prevented;
+        p.expected_tries = None;
+        p.reasons.push(format!(
+            "the shield is on in this namespace ({how}): the self-connect SYN is answered \
+             with a reset, so connect() fails with ECONNREFUSED instead of looping"
+        ));
     }
 }
 
@@ -219,8 +237,9 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
             .find(|l| l.state == crate::sys::diag::state::TIME_WAIT)
         {
             acc.say(format!(
-                "an earlier loop on {port} is in TIME-WAIT ({:.0} s left): the same 4-tuple is blocked until \
-                 it may be reused (about 1 s on loopback with tcp_tw_reuse=2)",
+                "an earlier loop on {port} is in TIME-WAIT ({:.0} s left): a server's bind() of it fails \
+                 until then; a new connect() may reuse the 4-tuple sooner (after about 1 s on loopback \
+                 with tcp_tw_reuse=2)",
                 f64::from(tw.expires_ms) / 1000.0
             ));
         }

@@ -340,9 +340,19 @@ fn wait_connected(sock: &Socket) -> io::Result<()> {
     }
 }
 
+/// Whether a held loop is still connected: `getpeername(2)` fails with
+/// ENOTCONN once someone else destroyed it (`tcploop kill`, `ss -K`: the
+/// socket is then closed, with ECONNABORTED pending).
+pub fn still_connected(sock: &Socket) -> bool {
+    sock.peer_addr().is_ok()
+}
+
 /// Closes a socket: with `rst`, by SO_LINGER {1, 0} so that it sends RST
 /// and leaves nothing behind; otherwise gracefully (FIN), which leaves the
-/// 4-tuple in TIME-WAIT (about 1 s on loopback, 60 s otherwise).
+/// 4-tuple in TIME-WAIT for 60 s, on loopback too: a server's `bind()` of
+/// the port gets EADDRINUSE all that time, even with SO_REUSEADDR
+/// (`tcp_tw_reuse` only lets a new `connect()` reuse the 4-tuple, after
+/// about 1 s on loopback).
 pub fn release(sock: Socket, rst: bool) {
     if rst {
         let _ = sock.set_linger(Some(Duration::ZERO));

@@ -53,9 +53,21 @@ pub enum Entered {
     NetOnly,
 }
 
+/// The lowest start of a port range the kernel accepts in a new network
+/// namespace: `ip_local_port_range` may not start below
+/// `net.ipv4.ip_unprivileged_port_start`, which is 1024 there.
+pub const MIN_RANGE_START: u16 = 1024;
+
 /// Why a sandbox could not be entered.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The kernel would refuse the port range (EINVAL).
+    #[error(
+        "the port range {0} cannot be set: the kernel refuses (EINVAL) a range that starts below \
+         net.ipv4.ip_unprivileged_port_start, which is 1024 in a new namespace; start at 1024 or \
+         above (ends of different parity, e.g. 40000-40009, are preferred)"
+    )]
+    Range(PortRange),
     /// The process has threads already.
     #[error(
         "cannot enter a namespace from a process with {0} threads (unshare needs a single thread)"
@@ -69,7 +81,7 @@ pub enum SandboxError {
     )]
     NoUserNs(#[source] io::Error),
     /// A later step failed.
-    #[error("setting up the namespace: {what}: {source}")]
+    #[error("setting up the namespace: {what}")]
     Setup {
         /// Which step.
         what: &'static str,
@@ -108,9 +120,18 @@ impl Sandbox {
         }
     }
 
+    /// Checks what the kernel would refuse, before anything is entered.
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        match self.range {
+            Some(r) if r.low < MIN_RANGE_START => Err(SandboxError::Range(r)),
+            _ => Ok(()),
+        }
+    }
+
     /// Moves the calling process into a new sandbox. The process must be
     /// single-threaded.
     pub fn enter(&self) -> Result<Entered, SandboxError> {
+        self.validate()?;
         let threads = ns::thread_count().unwrap_or(1);
         if threads > 1 {
             return Err(SandboxError::Threaded(threads));
@@ -157,4 +178,25 @@ fn setup_error(step: Step, source: io::Error) -> SandboxError {
         Step::Sysctl => "writing the port range or reserved ports",
     };
     SandboxError::Setup { what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_below_1024_is_refused_before_the_kernel_is_asked() {
+        let s = Sandbox::with_range(PortRange {
+            low: 100,
+            high: 200,
+        });
+        let e = s.validate().unwrap_err().to_string();
+        assert!(e.contains("100-200") && e.contains("1024"), "{e}");
+        assert!(Sandbox::with_range(PortRange {
+            low: 1024,
+            high: 1033
+        })
+        .validate()
+        .is_ok());
+    }
 }

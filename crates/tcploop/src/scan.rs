@@ -10,8 +10,11 @@
 //!
 //! [`scan`] reads every TCP socket of the network namespace (IPv4 and IPv6,
 //! all states) from the sock_diag netlink dump, or from `/proc/net/tcp{,6}`
-//! when netlink is unavailable ([`Source`]), keeps the loops, and then looks
-//! up the processes holding *only those* ([`crate::owners`]). With
+//! when netlink is unavailable ([`Source`]), keeps the loops, and looks up
+//! the processes holding them ([`crate::owners`]): where BPF is allowed, a
+//! kernel iterator (loaded while the dump runs) walks every process's fds
+//! in one pass; elsewhere `/proc/PID/fd` is read; either looks only for the
+//! loops' inodes ([`ScanOptions::owners`]). With
 //! [`ScanOptions::all_netns`] it does the same in every network namespace
 //! of the host, entered with `setns(2)`.
 //!
@@ -38,11 +41,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::owners::{self, Owner, Owners, Search};
+use crate::owners::{
+    self, InKernel, InKernelError, Owner, OwnerSource, OwnerSourceUsed, Owners, Search,
+};
 use crate::sys::diag::{self, state, DiagError, DiagSocket, DiagSocketFd, Family};
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
 use crate::sys::procnet::{self, ProcNetError};
+use crate::sys::tcpdiag;
 
 /// Where the socket table comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +91,8 @@ pub struct ScanOptions {
     pub port: Option<u16>,
     /// Skip the owner lookup (the loops are still reported).
     pub no_owners: bool,
+    /// Where to look for owners.
+    pub owners: OwnerSource,
     /// Every network namespace of the host, not only the caller's.
     pub all_netns: bool,
 }
@@ -212,6 +220,11 @@ pub struct ScanReport {
     pub processes_unreadable: u64,
     /// The owner lookup's details (`None` when skipped or not needed).
     pub owner_lookup: Option<Owners>,
+    /// Where owners were looked for (`None` with `no_owners`).
+    pub owners_source: Option<OwnerSourceUsed>,
+    /// Why the kernel's walk was not used, when [`OwnerSource::Auto`] fell
+    /// back to `/proc`.
+    pub owners_fallback: Option<String>,
     /// The source used (`Proc` if any namespace fell back).
     pub source: SourceUsed,
     /// Why netlink was not used, when [`Source::Auto`] fell back to /proc.
@@ -226,6 +239,19 @@ pub struct ScanReport {
     /// Namespaces whose process exited between listing and entering
     /// (`all_netns`): not an error, and not scanned.
     pub netns_vanished: u64,
+    /// Namespaces with exposed listeners and no shield (`tcploop shield`).
+    pub unshielded: Vec<Unshielded>,
+}
+
+/// A namespace scanned where the shield is off while some of its listeners
+/// are exposed (their port in the ephemeral range and not reserved): their
+/// clients can loop while they are down.
+#[derive(Debug, Clone)]
+pub struct Unshielded {
+    /// The namespace.
+    pub netns: NetnsLabel,
+    /// Its exposed listening ports.
+    pub exposed_ports: Vec<u16>,
 }
 
 /// Why a scan failed.
@@ -248,6 +274,9 @@ pub enum ScanError {
     /// `/proc` could not be listed (owners or namespaces).
     #[error("listing /proc: {0}")]
     Proc(#[source] io::Error),
+    /// The kernel's owner walk was asked for and could not be used.
+    #[error("--owners bpf: {0}")]
+    Bpf(InKernelError),
     /// The own namespace could not be identified.
     #[error("reading /proc/thread-self/ns/net: {0}")]
     OwnNetns(#[source] io::Error),
@@ -275,6 +304,8 @@ pub fn find_loops<'a>(
 #[derive(Debug)]
 struct NsDump {
     loops: Vec<DiagSocket>,
+    /// Listening ports exposed in the range while the shield is off.
+    unshielded: Vec<u16>,
     seen: u64,
     used: SourceUsed,
     fallback: Option<String>,
@@ -283,12 +314,45 @@ struct NsDump {
 /// Reads the socket table of the calling *thread's* namespace. A table
 /// that changes during the read can show a socket twice (both the netlink
 /// dump and the /proc file resume by position): loops are deduplicated.
+///
+/// Netlink: one walk of the kernel's TCP tables for both families
+/// (`TCPDIAG_GETSOCK`, [`tcpdiag`]), not one per family; without the
+/// bound-only sockets (`TCP_BOUND_INACTIVE`, never a loop), whose state
+/// alone makes the kernel walk its bind table as well. If the kernel refuses
+/// the one-walk request, two dumps of all states.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
-    let netlink = |f: &mut dyn FnMut(&DiagSocket)| diag::dump_all(diag::ALL_STATES, f);
+    let netlink = |f: &mut dyn FnMut(&DiagSocket)| {
+        let mut delivered = false;
+        let states = diag::ALL_STATES & !(1 << state::BOUND_INACTIVE);
+        match tcpdiag::dump_both(states, |s| {
+            delivered = true;
+            f(s)
+        }) {
+            Err(_) if !delivered => diag::dump_all(diag::ALL_STATES, f),
+            r => r,
+        }
+    };
     let mut d = dump_with(source, port, netlink, Path::new(procnet::THREAD_NET))?;
     d.loops
         .sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
     d.loops.dedup();
+    if !d.unshielded.is_empty() {
+        // The listening ports: keep those exposed, if the shield is off.
+        d.unshielded = match crate::ports::EphemeralFacts::read() {
+            Ok(f) => d
+                .unshielded
+                .iter()
+                .copied()
+                .filter(|p| f.range.contains(*p) && !f.reserved.contains(*p))
+                .collect(),
+            Err(_) => vec![],
+        };
+        d.unshielded.sort_unstable();
+        d.unshielded.dedup();
+        if !d.unshielded.is_empty() && crate::shield::protection_here().is_some() {
+            d.unshielded.clear();
+        }
+    }
     Ok(d)
 }
 
@@ -301,9 +365,13 @@ fn dump_with(
     proc_dir: &Path,
 ) -> Result<NsDump, ScanError> {
     let mut loops = vec![];
+    let mut listening = vec![];
     let mut seen = 0u64;
     let mut keep = |s: &DiagSocket| {
         seen += 1;
+        if s.state == diag::state::LISTEN {
+            listening.push(s.local.port());
+        }
         if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
             loops.push(*s);
         }
@@ -315,6 +383,7 @@ fn dump_with(
             Ok(()) => {
                 return Ok(NsDump {
                     loops,
+                    unshielded: listening,
                     seen,
                     used: SourceUsed::Netlink,
                     fallback: None,
@@ -326,10 +395,14 @@ fn dump_with(
     };
     // netlink failed part-way, or was not wanted: start over from /proc
     loops.clear();
+    listening.clear();
     seen = 0;
     let dir = proc_dir;
     let mut keep = |s: &DiagSocket| {
         seen += 1;
+        if s.state == diag::state::LISTEN {
+            listening.push(s.local.port());
+        }
         if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
             loops.push(*s);
         }
@@ -339,6 +412,7 @@ fn dump_with(
     match (res, netlink_err) {
         (Ok(()), e) => Ok(NsDump {
             loops,
+            unshielded: listening,
             seen,
             used: SourceUsed::Proc,
             fallback: e.map(|e| e.to_string()),
@@ -363,6 +437,74 @@ fn label(proc: &Proc, n: &netns::Netns, own: u64) -> NetnsLabel {
 
 /// Scans for loops (see the module documentation).
 pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
+    if opts.no_owners || opts.owners == OwnerSource::Proc {
+        let mut report = dump_all(opts)?;
+        proc_owners(&mut report, None)?;
+        return Ok(report);
+    }
+    // the iterator loads while the dump runs
+    let (report, kernel) = std::thread::scope(|s| {
+        let kernel = s.spawn(InKernel::start);
+        let report = dump_all(opts);
+        let kernel = kernel
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (report, kernel)
+    });
+    let mut report = report?;
+    let inodes = loop_inodes(&report);
+    let res = kernel.and_then(|k| k.finish(inodes.iter().copied()));
+    match res {
+        Ok(o) => {
+            report.owners_source = Some(OwnerSourceUsed::Bpf);
+            set_owners(&mut report, &inodes, o);
+        }
+        Err(e) if opts.owners == OwnerSource::Bpf => return Err(ScanError::Bpf(e)),
+        Err(e) => proc_owners(&mut report, Some(e.to_string()))?,
+    }
+    Ok(report)
+}
+
+/// The inodes of the loops found (0 for TIME-WAIT ones).
+fn loop_inodes(report: &ScanReport) -> Vec<u64> {
+    report
+        .loops
+        .iter()
+        .map(|l| u64::from(l.socket.inode))
+        .collect()
+}
+
+/// Looks up owners with the `/proc` walk (`fallback`: why the kernel's walk
+/// was not used), or counts them all unknown with `no_owners`.
+fn proc_owners(report: &mut ScanReport, fallback: Option<String>) -> Result<(), ScanError> {
+    let inodes = loop_inodes(report);
+    if report.owners_source == Some(OwnerSourceUsed::Proc) {
+        report.owners_fallback = fallback;
+        if inodes.iter().any(|i| *i != 0) {
+            // every owner, as the kernel's walk gives: a loop shared after
+            // fork() is held by each process
+            let o = owners::find_owners(inodes.iter().copied(), Search::AllOwners)
+                .map_err(ScanError::Proc)?;
+            set_owners(report, &inodes, o);
+        }
+    } else {
+        report.owners_unknown = inodes.iter().filter(|i| **i != 0).count() as u64;
+    }
+    Ok(())
+}
+
+fn set_owners(report: &mut ScanReport, inodes: &[u64], o: Owners) {
+    for l in &mut report.loops {
+        l.owners = o.of(u64::from(l.socket.inode)).to_vec();
+    }
+    report.owners_unknown = o.unknown(inodes.iter().copied());
+    report.processes_unreadable = o.processes_denied + o.processes_failed;
+    report.owner_lookup = Some(o);
+}
+
+/// The socket tables of the namespaces asked for, reduced to their loops
+/// (no owners yet).
+fn dump_all(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     let own = netns::current().map_err(ScanError::OwnNetns)?;
     let mut report = ScanReport {
         loops: vec![],
@@ -370,12 +512,15 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         owners_unknown: 0,
         processes_unreadable: 0,
         owner_lookup: None,
+        owners_source: (!opts.no_owners).then_some(OwnerSourceUsed::Proc),
+        owners_fallback: None,
         source: SourceUsed::Netlink,
         fallback: None,
         namespaces: vec![],
         skipped: vec![],
         netns_unreadable_pids: 0,
         netns_vanished: 0,
+        unshielded: vec![],
     };
     let mut found: Vec<(NetnsLabel, NsDump)> = vec![];
     if opts.all_netns {
@@ -432,6 +577,12 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         if report.fallback.is_none() {
             report.fallback = d.fallback;
         }
+        if !d.unshielded.is_empty() {
+            report.unshielded.push(Unshielded {
+                netns: l.clone(),
+                exposed_ports: d.unshielded,
+            });
+        }
         report.loops.extend(d.loops.into_iter().map(|socket| Loop {
             socket,
             owners: vec![],
@@ -442,23 +593,6 @@ pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     report
         .loops
         .sort_by_key(|l| (l.netns.inode, l.port(), l.socket.family, l.socket.inode));
-    let inodes: Vec<u64> = report
-        .loops
-        .iter()
-        .map(|l| u64::from(l.socket.inode))
-        .collect();
-    if !opts.no_owners && inodes.iter().any(|i| *i != 0) {
-        let o = owners::find_owners(inodes.iter().copied(), Search::FirstOwner)
-            .map_err(ScanError::Proc)?;
-        for l in &mut report.loops {
-            l.owners = o.of(u64::from(l.socket.inode)).to_vec();
-        }
-        report.owners_unknown = o.unknown(inodes.iter().copied());
-        report.processes_unreadable = o.processes_denied + o.processes_failed;
-        report.owner_lookup = Some(o);
-    } else if opts.no_owners {
-        report.owners_unknown = inodes.iter().filter(|i| **i != 0).count() as u64;
-    }
     Ok(report)
 }
 
@@ -498,6 +632,11 @@ pub enum Killed {
     Destroyed {
         /// Whether the port can be bound again.
         port: PortState,
+        /// Whether a client that reconnects can loop on this port again:
+        /// the port is in the namespace's ephemeral range and not reserved
+        /// (`None`: the namespace's facts could not be read). Then the
+        /// order that works is: reserve the port first, then kill.
+        loops_again: Option<bool>,
     },
     /// It was already gone (closed, or TIME-WAIT ended) before the destroy.
     Gone,
@@ -575,10 +714,7 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
     let Some(now) = nl.get(&wanted).map_err(map)? else {
         return Ok(Killed::Gone);
     };
-    let same = now.local == sock.local
-        && now.peer == sock.peer
-        && (sock.cookie == [0, 0] || now.cookie == sock.cookie);
-    if !same || !is_loop_socket(&now) {
+    if !same_socket(sock, &now) || !is_loop_socket(&now) {
         return Ok(Killed::NotALoop);
     }
     match nl.destroy(&now) {
@@ -591,9 +727,25 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
     if nl.get(&now).map_err(map)?.is_some() {
         return Ok(Killed::StillThere);
     }
+    let loops_again = crate::ports::EphemeralFacts::read().ok().map(|f| {
+        let p = now.local.port();
+        f.range.contains(p) && !f.reserved.contains(p)
+    });
     Ok(Killed::Destroyed {
         port: port_state(&now),
+        loops_again,
     })
+}
+
+/// Whether the socket found again (`now`) is the one scanned (`was`): the
+/// same 4-tuple, and the same cookie, or, for sockets read from /proc (no
+/// cookie), the same inode: a loop closed and replaced by another socket on
+/// the same 4-tuple between the scan and the destroy is left alone.
+fn same_socket(was: &DiagSocket, now: &DiagSocket) -> bool {
+    now.local == was.local
+        && now.peer == was.peer
+        && (was.cookie == [0, 0] || now.cookie == was.cookie)
+        && (was.inode == 0 || now.inode == was.inode)
 }
 
 fn port_state(s: &DiagSocket) -> PortState {
@@ -630,6 +782,37 @@ pub fn addr(a: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_from_proc_is_the_same_only_with_the_same_inode() {
+        let was = DiagSocket {
+            cookie: [0, 0],
+            inode: 7,
+            ..DiagSocket::fixture(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004")
+        };
+        let now = DiagSocket {
+            cookie: [55, 0],
+            ..was
+        };
+        assert!(same_socket(&was, &now));
+        let replaced = DiagSocket { inode: 8, ..now };
+        assert!(
+            !same_socket(&was, &replaced),
+            "another socket, same 4-tuple"
+        );
+        // from netlink: the cookie decides
+        let was = DiagSocket {
+            cookie: [55, 0],
+            ..was
+        };
+        assert!(!same_socket(
+            &was,
+            &DiagSocket {
+                cookie: [56, 0],
+                ..now
+            }
+        ));
+    }
 
     fn sock(local: &str, peer: &str, st: u8) -> DiagSocket {
         DiagSocket {

@@ -806,6 +806,10 @@ pub(crate) mod schema {
         seen_s: Option<f64>,
         #[serde(default)]
         error: Option<String>,
+        #[serde(default)]
+        kills_on_port: Option<u64>,
+        #[serde(default)]
+        advice: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

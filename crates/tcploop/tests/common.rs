@@ -34,6 +34,15 @@ pub fn sandboxed(range: &str, args: &[&str]) -> Command {
     c
 }
 
+/// `tcploop sandbox --range RANGE --reserve RESERVED -- tcploop ARGS`.
+pub fn sandboxed_with(range: &str, reserved: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["sandbox", "--range", range, "--reserve", reserved, "--"])
+        .arg(bin())
+        .args(args);
+    c
+}
+
 /// Runs a command, returning its output; panics with stderr if it could
 /// not start.
 pub fn output(c: &mut Command) -> Output {

@@ -109,7 +109,7 @@ fn hold_and_release_scenario() {
         .output()
         .expect("ss (iproute2)");
     let ss = String::from_utf8_lossy(&ss.stdout).into_owned();
-    // Ctrl-C while holding: released, exit 0 (the loop was reproduced).
+    // Ctrl-C while holding: released, exit 130 as documented.
     signal(child.id(), libc::SIGINT);
     let status = child.wait().unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
@@ -150,7 +150,7 @@ fn held_loop_steals_the_port_and_release_frees_it() {
             .any(|l| l.contains("127.0.0.1:40004") && l.matches("127.0.0.1:40004").count() == 2),
         "ss does not show the loop: {ss}"
     );
-    assert_eq!(v["exit"], 0, "{v}");
+    assert_eq!(v["exit"], 130, "Ctrl-C exits 130: {v}");
     assert!(v["rest"].to_string().contains("Released with RST"), "{v}");
     assert_eq!(v["after_rst"], serde_json::Value::Null, "{v}");
     // the control: a graceful close leaves the port blocked in TIME-WAIT
@@ -312,4 +312,62 @@ fn every_command_has_help_and_completions_work() {
     // no argument at all: the help, and exit 2 as for any usage error
     let o = output(&mut tcploop(&[]));
     assert_eq!(o.status.code(), Some(2));
+}
+
+/// A held loop destroyed by someone else (`tcploop kill`): connect says so,
+/// stops holding, and claims no release.
+#[test]
+fn a_held_loop_destroyed_by_someone_else_is_said_and_not_released() {
+    let v: serde_json::Value = serde_json::from_str(&scenario(
+        NARROW,
+        None,
+        "connect::destroyed_while_held_scenario",
+    ))
+    .unwrap();
+    assert_eq!(v["exit"], 0, "{v}");
+    let text = v["text"].as_str().unwrap();
+    assert!(text.contains("destroyed while held"), "{text}");
+    assert!(!text.contains("Released with RST"), "{text}");
+    let r = &v["json"];
+    assert_eq!(r["destroyed_while_held"], true, "{v}");
+    assert_eq!(r["released"], serde_json::Value::Null, "{v}");
+}
+
+#[test]
+#[ignore = "scenario: run inside a sandbox by a_held_loop_destroyed_by_someone_else_..."]
+fn destroyed_while_held_scenario() {
+    let Some(out) = scenario_out() else { return };
+    let run_and_kill = |json: bool| {
+        let mut args = vec!["connect", "40004", "--hold", "60s"];
+        if json {
+            args.push("--json");
+        }
+        let child = tcploop(&args).stdout(Stdio::piped()).spawn().unwrap();
+        // wait (bounded) until the loop exists, then destroy it
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let o = output(&mut tcploop(&["scan", "--port", "40004", "--json"]));
+            if o.status.code() == Some(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no loop to destroy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let k = output(&mut tcploop(&["kill", "--port", "40004", "--yes"]));
+        assert!(k.status.success(), "{}", stdout(&k));
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (exit, text) = run_and_kill(false);
+    let (_, json) = run_and_kill(true);
+    let result = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|l| l["type"] == "result")
+        .unwrap();
+    let v = serde_json::json!({"exit": exit, "text": text, "json": result["data"]});
+    std::fs::write(out, v.to_string()).unwrap();
 }

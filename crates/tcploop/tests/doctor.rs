@@ -824,6 +824,7 @@ mod schema {
         in_range: bool,
         reserved: bool,
         exposed: bool,
+        shielded: Option<String>,
         when_down: WhenDown,
         steps: Vec<Step>,
         sockets_seen: u64,

@@ -6,14 +6,18 @@ mod common;
 
 mod apply;
 mod audit;
+mod bad_input;
 mod check;
 mod clobber;
 mod connect;
 mod demo;
+mod docs;
 mod doctor;
 mod escape;
 mod free_port;
+mod kill;
 mod procsys;
 mod run;
 mod scan;
 mod serve;
+mod shield;

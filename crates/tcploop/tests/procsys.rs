@@ -116,3 +116,32 @@ fn scenario_long_reserved_ports() {
     }
     std::fs::write(out, "ok").unwrap();
 }
+
+/// Every odd port from 40001 up, 76,607 bytes: longer than a page, so it
+/// is written in several `write()`s (sandbox --reserve, audit --apply) and
+/// must be read in one large `read()` (`cat`, with its 128 KiB reads,
+/// would do; `wc -c`, with 16 KiB reads, sees 16,384 bytes).
+fn odd_ports() -> String {
+    (40001..=65535)
+        .step_by(2)
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn a_reserved_ports_value_longer_than_a_page_is_written_and_read_whole() {
+    let all = odd_ports();
+    assert!(all.len() > 70_000);
+    let o = output(&mut common::sandboxed_with(
+        "40000-40009",
+        &all,
+        &["audit", "--json", "--ports", "40004", "--apply"],
+    ));
+    assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
+    let lines = json_lines(&o);
+    let applied = &of_type(&lines, "applied")[0];
+    assert_eq!(applied["previous"], all.as_str());
+    let want = all.replacen("40003,40005", "40003-40005", 1);
+    assert_eq!(applied["value"], want.as_str());
+}

@@ -232,13 +232,27 @@ def sock():
     if mode == "timeout":
         s.settimeout(5)  # CPython then connects non-blocking: poll + SO_ERROR
     return s
+if mode.startswith("fastopen"):
+    # TCP Fast Open without a cookie: the data rides in the SYN, and a
+    # TCP_FASTOPEN_CONNECT connect() returns before any packet is sent
+    with open("/proc/sys/net/ipv4/tcp_fastopen", "w") as f:
+        f.write("5")
 loops = refused = other = 0
 for _ in range(n):
     s = sock()
     try:
-        s.connect(dst)
+        if mode == "fastopen-sendto":
+            s.sendto(b"x", 0x20000000, dst)  # MSG_FASTOPEN, no connect()
+        elif mode == "fastopen-connect":
+            s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
+            s.connect(dst)
+            s.send(b"x")  # the SYN leaves now
+        else:
+            s.connect(dst)
         if s.getsockname() == s.getpeername():
             loops += 1
+            if mode.startswith("fastopen"):
+                s.recv(1)  # its own byte: unread, close would send a RST
         else:
             other += 1
     except ConnectionRefusedError:
@@ -283,6 +297,28 @@ fn python_blocking_connect_never_loops() {
 fn python_ipv6_connect_never_loops() {
     if have("python3", "python_ipv6_connect_never_loops") {
         prove("python3 (IPv6, ::1)", python("ipv6"), Some("connect()"));
+    }
+}
+
+#[test]
+fn python_tcp_fast_open_sendto_never_loops() {
+    if have("python3", "python_tcp_fast_open_sendto_never_loops") {
+        prove(
+            "python3 (sendto MSG_FASTOPEN)",
+            python("fastopen-sendto"),
+            Some("sendto/sendmsg(MSG_FASTOPEN)"),
+        );
+    }
+}
+
+#[test]
+fn python_tcp_fastopen_connect_never_loops() {
+    if have("python3", "python_tcp_fastopen_connect_never_loops") {
+        prove(
+            "python3 (TCP_FASTOPEN_CONNECT)",
+            python("fastopen-connect"),
+            Some("connect()"),
+        );
     }
 }
 

@@ -314,6 +314,8 @@ mod wire {
     pub struct Summary {
         source: String,
         fallback: Option<String>,
+        owners_source: Option<String>,
+        owners_fallback: Option<String>,
         sockets_seen: u64,
         loops_found: u64,
         owners_unknown: u64,
@@ -322,6 +324,7 @@ mod wire {
         namespaces_skipped: Vec<Skipped>,
         netns_unreadable_pids: u64,
         namespaces_vanished: u64,
+        shield_off: Vec<serde_json::Value>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -332,6 +335,7 @@ mod wire {
         action: String,
         port_state: Option<String>,
         port_detail: Option<String>,
+        loops_again: Option<bool>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -345,6 +349,8 @@ mod wire {
         still_there: u64,
         already_aborted: u64,
         ports_free: u64,
+        ports_held: u64,
+        ports_unchecked: u64,
         error: Option<String>,
     }
 
@@ -490,12 +496,17 @@ fn scenario_churn() {
 /// Like `common::scenario`, in a plain network namespace (root only), so
 /// that an unprivileged user in it lacks CAP_NET_ADMIN over it.
 fn root_netns_scenario(name: &str) -> Option<String> {
+    root_netns_scenario_in(name, "40000-40009")
+}
+
+/// [`root_netns_scenario`] with port range `range`.
+fn root_netns_scenario_in(name: &str, range: &str) -> Option<String> {
     if common::skip_unless(common::is_root(), name, "root (a plain network namespace)") {
         return None;
     }
     let file = std::env::temp_dir().join(format!("tcploop-scan-{}-{name}", std::process::id()));
     let mut c = Command::new(common::bin());
-    c.args(["sandbox", "--netns-only", "--range", "40000-40009", "--"])
+    c.args(["sandbox", "--netns-only", "--range", range, "--"])
         .arg(std::env::current_exe().unwrap())
         .args([
             &format!("scan::{name}"),
@@ -545,6 +556,35 @@ fn scenario_unprivileged() {
     let sum = summary(&l);
     assert_eq!(sum["owners_unknown"], 2);
     assert!(sum["processes_unreadable"].as_u64().unwrap() >= 1, "{sum}");
+    // BPF is not allowed: auto falls back to the /proc walk, and says why
+    assert_eq!(sum["owners_source"], "proc", "{sum}");
+    let why = sum["owners_fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("permission denied"), "{sum}");
+    let (_, o) = nobody(&["scan", "--verbose"]);
+    let text = common::stdout(&o);
+    assert!(
+        text.contains("owners: /proc/PID/fd walk") && text.contains("BPF not used: "),
+        "{text}"
+    );
+    // forcing it: exit 2, one line that says what is missing
+    let (code, o) = nobody(&["scan", "--owners", "bpf"]);
+    let err = common::stderr(&o);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--owners bpf") && err.contains("needs root"),
+        "{err}"
+    );
+    assert!(common::stdout(&o).is_empty());
+    // the /proc walk forced: the same answer as auto, and no fallback to explain
+    let (code, o) = nobody(&["scan", "--json", "--owners", "proc"]);
+    assert_eq!(code, 1);
+    let lp = common::json_lines(&o);
+    assert_eq!(
+        loop_keys(&common::of_type(&lp, "socket")),
+        loop_keys(&socks)
+    );
+    assert_eq!(summary(&lp)["owners_fallback"], Value::Null);
     let (_, o) = nobody(&["scan"]);
     let text = common::stdout(&o);
     assert!(
@@ -654,6 +694,8 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
         &["scan", "--port", "70000"],
         &["scan", "--port", "http"],
         &["scan", "--source", "ebpf"],
+        &["scan", "--owners", "ebpf"],
+        &["scan", "--owners", "bpf", "--no-owners"],
         &["kill", "--port", "-1"],
         &["kill", "--bogus"],
     ] {
@@ -662,5 +704,271 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with("error:"), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// A process holding `conns` loopback connections to its own listener and
+/// bound loops on `loops` (`v4:PORT` or `v6:PORT`), printing
+/// `{"pid", "loops": {PORT: fd}, "child"}` when ready and holding them until
+/// its stdin closes. With `share` (a port), it forks after making the loops:
+/// the child keeps only that loop, the same socket through the same fd.
+const HOLDER: &str = r#"
+import json, os, socket, sys
+lport, nconn, loops, share = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+l = socket.socket(); l.bind(("127.0.0.1", lport)); l.listen(4096)
+conns = []
+for _ in range(nconn):
+    c = socket.create_connection(("127.0.0.1", lport)); conns.append((c, l.accept()[0]))
+out, keep = {"pid": os.getpid(), "loops": {}}, {}
+for spec in loops.split(","):
+    fam, port = spec.split(":"); port = int(port)
+    if fam == "v4":
+        s, a = socket.socket(), ("127.0.0.1", port)
+    else:
+        s, a = socket.socket(socket.AF_INET6), ("::1", port)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(a); s.connect(a)
+    out["loops"][str(port)] = s.fileno(); keep[port] = s
+if share != "-":
+    pid = os.fork()
+    if pid == 0:
+        for port, s in keep.items():
+            if port != int(share):
+                s.close()
+        sys.stdin.read(); os._exit(0)
+    out["child"] = pid
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"#;
+
+/// Short-lived processes, each with a few hundred sockets: they exit while
+/// scans walk the process table. Started by a shell, so that no fork of the
+/// test process (which holds loops until it execs) is ever seen.
+const EXITERS: &str = r#"while :; do python3 -c 'import socket
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(512)
+cs = [socket.create_connection(l.getsockname()) for _ in range(200)]'; done"#;
+
+/// A child killed when dropped, even by a failing assertion (a shell loop
+/// left running would keep the scenario's output open forever).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn owner_sources_agree_on_loops_hidden_among_thousands_in_several_processes() {
+    // BPF needs the initial user namespace: a plain network namespace, root
+    if common::skip_unless(
+        common::bpf_plausible(),
+        "owner_sources_agree",
+        "root and a kernel with BTF (the BPF owner source)",
+    ) {
+        return;
+    }
+    if let Some(out) = root_netns_scenario_in("scenario_owner_sources", "41000-49999") {
+        assert!(out.starts_with("ok"), "{out}");
+    }
+}
+
+#[test]
+#[ignore = "scenario: runs inside a sandbox"]
+fn scenario_owner_sources() {
+    use std::collections::BTreeMap;
+    use std::io::BufRead;
+    let Some(out) = common::scenario_out() else {
+        return;
+    };
+    raise_nofile();
+    let range = (41000, 49999);
+    set_range(range.0, range.1);
+    let me = std::process::id();
+    // this process: thousands of connections and 4 loops (2 plain, 2 bound)
+    let mut ordinary = vec![];
+    let l = TcpListener::bind((V4, 50000)).unwrap();
+    for _ in 0..3000 {
+        let c = TcpStream::connect((V4, 50000)).unwrap();
+        ordinary.push((c, l.accept().unwrap().0));
+    }
+    let mine = [
+        plain_loop(V4, 40100, range),
+        plain_loop(V6, 40102, range),
+        bound_loop(V4, 40104),
+        bound_loop(V6, 40106),
+    ];
+    // expected owners: local address -> [(pid, fd)]
+    let mut expected: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for s in &mine {
+        expected.insert(
+            s.local_addr().unwrap().to_string(),
+            vec![(u64::from(me), i64::from(s.as_raw_fd()))],
+        );
+    }
+    // two more processes with 2,000 sockets and 3 loops each; the second
+    // forks, and its child shares one of the loops
+    let mut holders = vec![];
+    for (lport, loops, share) in [
+        (50001, "v4:40110,v6:40112,v4:40114", "-"),
+        (50002, "v4:40120,v6:40122,v6:40124", "40122"),
+    ] {
+        let mut child = Command::new("python3")
+            .args(["-c", HOLDER, &lport.to_string(), "1000", loops, share])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed by this test");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let pid = ready["pid"].as_u64().unwrap();
+        for (port, fd) in ready["loops"].as_object().unwrap() {
+            let ip = if loops.contains(&format!("v4:{port}")) {
+                "127.0.0.1".to_string()
+            } else {
+                "[::1]".to_string()
+            };
+            let mut owners = vec![(pid, fd.as_i64().unwrap())];
+            if port == share {
+                owners.push((ready["child"].as_u64().unwrap(), fd.as_i64().unwrap()));
+            }
+            expected.insert(format!("{ip}:{port}"), owners);
+        }
+        holders.push(child);
+    }
+    assert_eq!(expected.len(), 10);
+    // owners come sorted by pid (a forked child's pid can be the lower one)
+    expected.values_mut().for_each(|v| v.sort_unstable());
+    // processes exiting all the time while the scans run
+    let exiters = KillOnDrop(Command::new("sh").args(["-c", EXITERS]).spawn().unwrap());
+
+    let mut by_source: Vec<(String, BTreeSet<String>)> = vec![];
+    for round in 0..3 {
+        for src in ["proc", "bpf"] {
+            let (code, l, err) = run(&["scan", "--json", "--owners", src]);
+            assert_eq!(code, 1, "{src} round {round}: {err}");
+            wire::check(&l, false);
+            let socks = common::of_type(&l, "socket");
+            let found: BTreeMap<String, Vec<(u64, i64)>> = socks
+                .iter()
+                .map(|s| {
+                    let owners = s["owners"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|o| (o["pid"].as_u64().unwrap(), o["fd"].as_i64().unwrap()))
+                        .collect();
+                    (s["local"].as_str().unwrap().to_string(), owners)
+                })
+                .collect();
+            assert_eq!(found, expected, "{src} round {round}");
+            assert_eq!(socks.len(), 10, "{src}: one line a loop");
+            let sum = summary(&l);
+            assert_eq!(sum["owners_source"], src, "{sum}");
+            assert_eq!(sum["owners_fallback"], Value::Null, "{sum}");
+            assert_eq!(sum["owners_unknown"], 0, "{sum}");
+            assert!(sum["sockets_seen"].as_u64().unwrap() >= 10_000, "{sum}");
+            by_source.push((src.to_string(), loop_keys(&socks)));
+        }
+    }
+    // the whole lines agree, command names included
+    for (src, keys) in &by_source {
+        assert_eq!(keys, &by_source[0].1, "{src} differs from proc");
+    }
+    // the iterator's other program, which tests the loop condition in the
+    // kernel (the benchmark's alternative), finds the same owners by itself
+    let (_, l, _) = run(&["scan", "--json"]);
+    let by_inode: BTreeMap<u64, String> = common::of_type(&l, "socket")
+        .iter()
+        .map(|s| {
+            (
+                s["inode"].as_u64().unwrap(),
+                s["local"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let it = tcploop::sys::bpf::owners::OwnerIter::load_with_loop_test().unwrap();
+    let mut in_kernel: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+    for r in it.loops().unwrap().records {
+        // host-wide: other namespaces' loops are not ours
+        if let Some(local) = by_inode.get(&r.inode) {
+            in_kernel
+                .entry(local.clone())
+                .or_default()
+                .push((u64::from(r.pid), i64::from(r.fd)));
+        }
+    }
+    in_kernel.values_mut().for_each(|v| v.sort_unstable());
+    assert_eq!(in_kernel, expected, "the loop-condition pass");
+    // auto picks the kernel's walk here, and says so
+    let (_, l, _) = run(&["scan", "--json"]);
+    assert_eq!(summary(&l)["owners_source"], "bpf");
+    let o = common::output(&mut common::tcploop(&["scan", "--verbose"]));
+    let text = common::stdout(&o);
+    assert!(
+        text.contains("owners: in-kernel BPF task_file iterator"),
+        "{text}"
+    );
+    assert!(text.contains("python3 (pid"), "{text}");
+
+    drop(exiters);
+    for mut h in holders {
+        drop(h.stdin.take());
+        h.wait().unwrap();
+    }
+    std::fs::write(
+        out,
+        format!("ok: {} ordinary connections here\n", ordinary.len()),
+    )
+    .unwrap();
+}
+
+/// In a PID namespace of its own (and a network namespace, `unshare -pfn
+/// --mount-proc`), a process is numbered differently than on the host: the
+/// kernel's walk must give the numbers the reader sees, as `/proc` does.
+#[test]
+fn owners_are_numbered_in_the_readers_pid_namespace() {
+    if common::skip_unless(
+        common::bpf_plausible(),
+        "owners_in_a_pid_namespace",
+        "root and a kernel with BTF (the BPF owner source)",
+    ) {
+        return;
+    }
+    let script = r#"
+import json, os, socket, subprocess, sys
+s = socket.socket(); s.bind(("127.0.0.1", 40100)); s.connect(("127.0.0.1", 40100))
+out = {"pid": os.getpid(), "fd": s.fileno()}
+for src in ("bpf", "proc"):
+    r = subprocess.run([sys.argv[1], "scan", "--json", "--owners", src], capture_output=True, text=True)
+    lines = [json.loads(l) for l in r.stdout.splitlines()]
+    out[src] = [l["data"] for l in lines]
+    out[src + "_stderr"] = r.stderr
+print(json.dumps(out))
+"#;
+    let o = common::output(
+        Command::new("unshare")
+            .args(["-p", "-f", "--mount-proc", "-n", "sh", "-c"])
+            .arg("ip link set lo up && exec python3 -c \"$0\" \"$1\"")
+            .arg(script)
+            .arg(common::bin()),
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let v: Value = serde_json::from_str(common::stdout(&o).trim()).unwrap();
+    let pid = v["pid"].as_u64().unwrap();
+    assert!(pid < 100, "numbered in the new namespace: {pid}");
+    for src in ["bpf", "proc"] {
+        let lines = v[src].as_array().unwrap();
+        assert_eq!(lines.len(), 2, "{src}: {v}");
+        assert_eq!(
+            lines[0]["owners"],
+            serde_json::json!([{"pid": pid, "comm": "python3", "fd": v["fd"]}]),
+            "{src}: {v}"
+        );
+        assert_eq!(lines[1]["owners_source"], src, "{v}");
     }
 }

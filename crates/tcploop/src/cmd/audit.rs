@@ -9,7 +9,7 @@
 //!   `{"port": 40004, "status": "exposed"|"reserved"|"outside_range", "configured": bool,
 //!     "listening": [{"addr": "0.0.0.0:40004", "inode": 123, "uid": 0,
 //!                    "owners": [{"pid": 1, "command": "python3", "fd": 3}]}],
-//!     "host": "127.0.0.1", "when_down": {"verdict": "possible"|"impossible"|"listening"|"unknown",
+//!     "host": "127.0.0.1", "when_down": {"verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown",
 //!     "reasons": [string], "expected_tries": number|null}, "advice": [string]}`;
 //! - `loop`, one per self-connected socket present:
 //!   `{"local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123, "owners": [...]}`;
@@ -21,7 +21,7 @@
 //!   `lock`: null when the lock could not be taken), then, if `--persist` failed after the fix was
 //!   applied, `persist_failed`: `{"file": path, "error": string}` (and the exit code is 2), then the
 //!   `port` lines again as the predictor sees them after the fix;
-//! - `summary`: `{"kernel": "6.18.44", "range": "32768-60999", "reserved": "8080", "exposed": 1,
+//! - `summary`: `{"kernel": "6.18.44-fc-v657", "range": "32768-60999", "reserved": "8080", "exposed": 1,
 //!   "loops": 0, "owners_unknown": 0, "processes_unreadable": 0}`.
 
 use std::io::Write;
@@ -57,8 +57,8 @@ kept. It refuses a symlink, a directory, a FIFO, a device or a file over
 file, mode 0644, fsync, rename). If the fix was applied but persisting
 failed, both are said and the exit code is 2.
 
-Exit codes: 0 nothing exposed and no loop (after --apply: the state after the
-fix); 1 exposed ports or loops; 2 error (after --apply: the fix was not
+Exit codes: 0 nothing exposed (or every exposed port prevented by `tcploop
+shield`) and no loop (after --apply: the state after the fix); 1 exposed ports or loops; 2 error (after --apply: the fix was not
 applied, or applied but not persisted). --emit-sysctl exits 0 once the file
 is printed.
 
@@ -419,7 +419,15 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             )?;
         }
     }
-    Ok(if exposed > 0 || !fin.loops.is_empty() {
+    if !args.json {
+        if let Some(how) = &fin.shield {
+            writeln!(
+                out,
+                "The shield is on ({how}): clients of the exposed ports cannot loop (prevented)."
+            )?;
+        }
+    }
+    Ok(if fin.at_risk().count() > 0 || !fin.loops.is_empty() {
         Exit::Found
     } else {
         Exit::Ok

@@ -3,7 +3,7 @@
 //!
 //! JSON Lines: one line of type `check` per port, data
 //! `{"host": "127.0.0.1", "port": 40004,
-//!   "verdict": "possible"|"impossible"|"listening"|"unknown"|"stolen",
+//!   "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown"|"stolen",
 //!   "reasons": [string], "expected_tries": number|null,
 //!   "holders": [{"kind": "self-connected"|"self-connected-time-wait"|"source-port",
 //!                "local": "127.0.0.1:40004", "sockets": 1,
@@ -32,11 +32,12 @@ use crate::exit::Exit;
 pub const AFTER_HELP: &str = "\
 Verdicts: possible (with the expected number of tries), impossible (with the
 reason), listening (something listens: connects succeed but are no loops),
-unknown (a fact is missing, and which), stolen (held now by a self-connected
-socket or by connections using it as their source port, so that a server's
-bind fails: the holders are named, and the prediction for while the service
-is down is given apart). Exit code 1 when any port is possible, unknown or
-stolen, 0 when none can loop.
+prevented (it could loop, but `tcploop shield` is on here and turns the
+self-connect into ECONNREFUSED), unknown (a fact is missing, and which),
+stolen (held now by a self-connected socket or by connections using it as
+their source port, so that a server's bind fails: the holders are named, and
+the prediction for while the service is down is given apart). Exit code 1
+when any port is possible, unknown or stolen, 0 when none can loop.
 
 Examples:
   tcploop check 33333             the article's port (odd: never loops on Linux 4.6+)
@@ -55,7 +56,7 @@ pub struct Args {
     /// How the client gets its source port
     #[arg(long, value_enum, default_value_t = ClientKind::Connect)]
     pub client: ClientKind,
-    /// The client sets IP_LOCAL_PORT_RANGE to LO-HI (Linux 6.3+)
+    /// The client sets IP_LOCAL_PORT_RANGE to LO-HI (Linux 6.3+; from 6.8 without parity preference)
     #[arg(long, value_name = "LO-HI")]
     pub local_range: Option<String>,
     /// JSON Lines output
@@ -164,10 +165,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
     let host = survey.host(resolved.addr, resolved.scope_id);
     let sit = survey.situation(&host, client);
+    let shield = tcploop::shield::protection_here();
     let mut any = false;
     for port in ports {
-        let p = predict::predict(&sit, port);
-        let theft = doctor::theft(&survey, &host, client, port);
+        let mut p = predict::predict(&sit, port);
+        if let Some(how) = &shield {
+            predict::shielded(&mut p, how);
+        }
+        let mut theft = doctor::theft(&survey, &host, client, port);
+        if let (Some(t), Some(how)) = (&mut theft, &shield) {
+            predict::shielded(&mut t.when_down, how);
+        }
         any |= matches!(p.verdict, Verdict::Possible | Verdict::Unknown) || theft.is_some();
         let hostport = report::addr(std::net::SocketAddr::new(host.effective, port));
         let mut reasons = p.reasons.clone();

@@ -5,7 +5,9 @@
 //! `{"outcome": "self-connect"|"listener"|"gave-up"|"refused"|"interrupted",
 //!   "tries": n, "elapsed_s": x, "tries_per_s": x, "local": "127.0.0.1:40004"|null,
 //!   "peer": "127.0.0.1:40004"|null, "echo": bool|null, "port_stolen": bool|null,
-//!   "released": "rst"|"graceful"|null, "suggested_port": n|null}`.
+//!   "released": "rst"|"graceful"|null, "destroyed_while_held": bool, "suggested_port": n|null}`
+//!   (`released` is null, and `destroyed_while_held` true, when another process destroyed the
+//!   loop while it was held: there was nothing left to release).
 
 use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
@@ -29,7 +31,9 @@ port that would work, unless --force. On success the loop is held (Enter, or
 is free at once (--graceful-close leaves it in TIME-WAIT instead).
 
 Exit codes: 0 loop reproduced, 1 not reproduced (refused, or a limit reached),
-2 bad usage or input, 3 a real listener answered, 130 interrupted.
+2 bad usage or input, 3 a real listener answered (only with --force: without
+it, a port with a listener is refused before any try, exit 1), 130
+interrupted, also while holding the loop.
 
 Examples:
   tcploop sandbox --range 40000-40009 -- tcploop connect 40004   (safe: a few tries)
@@ -95,6 +99,7 @@ pub struct ResultLine {
     pub echo: Option<bool>,
     pub port_stolen: Option<bool>,
     pub released: Option<&'static str>,
+    pub destroyed_while_held: bool,
     pub suggested_port: Option<u16>,
 }
 
@@ -261,10 +266,17 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     )?;
                 }
             }
-            let how = hold(&args, out, target.port())?;
+            let how = hold(&args, out, target.port(), &sock)?;
             let rst = !args.graceful_close;
+            let destroyed = how == Held::Destroyed || !repro::still_connected(&sock);
             repro::release(sock, rst);
-            if human {
+            if human && destroyed {
+                writeln!(
+                    out,
+                    "The loop was destroyed while held, by another process (tcploop kill, ss -K): \
+                     its socket got ECONNABORTED; nothing left to release."
+                )?;
+            } else if human {
                 if rst {
                     writeln!(
                         out,
@@ -274,8 +286,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 } else {
                     writeln!(
                         out,
-                        "Closed gracefully: {0} <-> {0} stays in TIME-WAIT (about 1 s on loopback, 60 s otherwise), \
-                         blocking servers without SO_REUSEADDR on both sides.",
+                        "Closed gracefully: {0} <-> {0} stays in TIME-WAIT for 60 s, on loopback too: \
+                         a server binding {0} gets EADDRINUSE until then, even with SO_REUSEADDR.",
                         report::addr(target)
                     )?;
                 }
@@ -290,12 +302,21 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                         outcome: "self-connect",
                         echo: Some(echo),
                         port_stolen: Some(stolen),
-                        released: Some(if rst { "rst" } else { "graceful" }),
+                        released: if destroyed {
+                            None
+                        } else {
+                            Some(if rst { "rst" } else { "graceful" })
+                        },
+                        destroyed_while_held: destroyed,
                         ..base
                     },
                 )?;
             }
-            Ok(Exit::Ok)
+            Ok(if how == Held::Interrupted {
+                Exit::Interrupted
+            } else {
+                Exit::Ok
+            })
         }
         Outcome::Listener(sock) => {
             repro::release(sock, true);
@@ -452,9 +473,11 @@ enum Held {
     No,
     Done,
     Interrupted,
+    /// Someone else destroyed the loop while it was held.
+    Destroyed,
 }
 
-fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
+fn hold(args: &Args, out: &mut dyn Write, port: u16, sock: &Socket) -> anyhow::Result<Held> {
     if args.no_hold {
         return Ok(Held::No);
     }
@@ -473,6 +496,9 @@ fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
         while Instant::now() < end {
             if super::interrupted() {
                 return Ok(Held::Interrupted);
+            }
+            if !repro::still_connected(sock) {
+                return Ok(Held::Destroyed);
             }
             std::thread::sleep(Duration::from_millis(20).min(end - Instant::now()));
         }
@@ -495,6 +521,9 @@ fn hold(args: &Args, out: &mut dyn Write, port: u16) -> anyhow::Result<Held> {
             }
             if super::interrupted() {
                 return Ok(Held::Interrupted);
+            }
+            if !repro::still_connected(sock) {
+                return Ok(Held::Destroyed);
             }
         }
     }

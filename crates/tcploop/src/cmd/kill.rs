@@ -7,10 +7,14 @@
 //!   `tcploop scan` plus
 //!   `{"action": "would-destroy"|"destroyed"|"gone"|"not-a-loop"|"still-there"|"already-aborted",
 //!     "port_state": "free"|"held-until-owner-closes"|"held-by-others"|"unknown"|null,
-//!     "port_detail": string|null}`;
+//!     "port_detail": string|null, "loops_again": bool|null}` (`loops_again`: after a destroy,
+//!   whether a client that reconnects can loop on the port again, as it is in the ephemeral
+//!   range and not reserved; null when not destroyed or unknown);
 //! - a final line of type `summary`, data
 //!   `{"dry_run": true, "loops_found": 2, "destroyed": 0, "gone": 0, "not_a_loop": 0,
-//!     "still_there": 0, "already_aborted": 0, "ports_free": 0, "error": null|"SOCK_DESTROY was refused (EPERM): ..."}`.
+//!     "still_there": 0, "already_aborted": 0, "ports_free": 0, "ports_held": 0, "ports_unchecked": 0,
+//!     "error": null|"SOCK_DESTROY was refused (EPERM): ..."}` (of the destroyed loops' ports:
+//!   bindable again, still held, or not checked).
 
 use std::io::Write;
 
@@ -32,6 +36,10 @@ closes the socket.
 Destroying needs CAP_NET_ADMIN over the network namespace (root, or root of
 the user namespace that owns it); without it: an error and exit code 2
 (unlike `ss -K`, which exits 0).
+
+A loop on a port inside the ephemeral range that is not reserved comes back
+when its client reconnects: reserve the port first (tcploop audit --ports P
+--apply), then kill.
 
 Exit codes: dry run: 0 no loop, 1 loops to destroy. --yes: 0 every loop
 destroyed (or already gone), 1 some survived, 2 error (e.g. no permission).
@@ -69,6 +77,7 @@ struct KillWire {
     action: &'static str,
     port_state: Option<&'static str>,
     port_detail: Option<String>,
+    loops_again: Option<bool>,
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -81,6 +90,8 @@ struct SummaryWire {
     still_there: u64,
     already_aborted: u64,
     ports_free: u64,
+    ports_held: u64,
+    ports_unchecked: u64,
     error: Option<String>,
 }
 
@@ -135,7 +146,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 } else {
                     "would-destroy"
                 };
-                line(out, l, action, None)?;
+                line(out, l, action, None, None)?;
             } else if aborted {
                 writeln!(
                     out,
@@ -158,10 +169,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             }
         };
         let (action, port) = match &outcome {
-            Killed::Destroyed { port } => {
+            Killed::Destroyed { port, .. } => {
                 sum.destroyed += 1;
-                if *port == PortState::Free {
-                    sum.ports_free += 1;
+                match port {
+                    PortState::Free => sum.ports_free += 1,
+                    PortState::Unknown(_) => sum.ports_unchecked += 1,
+                    _ => sum.ports_held += 1,
                 }
                 ("destroyed", Some(port))
             }
@@ -182,12 +195,20 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 ("already-aborted", None)
             }
         };
+        let loops_again = match &outcome {
+            Killed::Destroyed { loops_again, .. } => *loops_again,
+            _ => None,
+        };
         if args.json {
-            line(out, l, action, port)?;
+            line(out, l, action, port, loops_again)?;
         } else {
             let what = match (&outcome, port) {
                 (Killed::Destroyed { .. }, Some(p)) => {
-                    format!("destroyed: gone; {}", port_words(p, l).1)
+                    let mut w = format!("destroyed: gone; {}", port_words(p, l).1);
+                    if loops_again == Some(true) {
+                        w.push_str(&format!("\n    {}", again_words(l.port())));
+                    }
+                    w
                 }
                 (Killed::Gone, _) => "already gone before the destroy (closed meanwhile)".into(),
                 (Killed::NotALoop, _) => {
@@ -228,11 +249,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 if n == 1 { "it" } else { "them" }
             )?;
         } else if error.is_none() {
-            writeln!(
-                out,
-                "{} of {n} loop{s} destroyed, {} already gone; {} port(s) free again.",
-                sum.destroyed, sum.gone, sum.ports_free
-            )?;
+            writeln!(out, "{}", summary_text(&sum))?;
         }
         notes(&r, out)?;
     }
@@ -251,11 +268,44 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     })
 }
 
+/// What to do about a loop that comes back when its client reconnects.
+fn again_words(port: u16) -> String {
+    format!(
+        "a client that reconnects will loop again: port {port} is in the ephemeral range and \
+         not reserved. Reserve it first, then kill: tcploop audit --ports {port} --apply; \
+         tcploop kill --port {port} --yes"
+    )
+}
+
+/// The closing line of `kill --yes`: a port is called free only if it was
+/// checked.
+fn summary_text(sum: &SummaryWire) -> String {
+    let n = sum.loops_found;
+    let s = if n == 1 { "" } else { "s" };
+    let mut t = format!(
+        "{} of {n} loop{s} destroyed, {} already gone",
+        sum.destroyed, sum.gone
+    );
+    if sum.destroyed > 0 {
+        let mut parts = vec![format!("{} free again", sum.ports_free)];
+        if sum.ports_held > 0 {
+            parts.push(format!("{} still held", sum.ports_held));
+        }
+        if sum.ports_unchecked > 0 {
+            parts.push(format!("{} not checked", sum.ports_unchecked));
+        }
+        t.push_str(&format!("; ports: {}", parts.join(", ")));
+    }
+    t.push('.');
+    t
+}
+
 fn line(
     out: &mut dyn Write,
     l: &scan::Loop,
     action: &'static str,
     port: Option<&PortState>,
+    loops_again: Option<bool>,
 ) -> std::io::Result<()> {
     let (state, detail) = match port {
         Some(p) => {
@@ -272,6 +322,33 @@ fn line(
             action,
             port_state: state,
             port_detail: detail,
+            loops_again,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_never_calls_an_unchecked_port_free() {
+        let sum = SummaryWire {
+            loops_found: 2,
+            destroyed: 2,
+            ports_free: 1,
+            ports_unchecked: 1,
+            ..SummaryWire::default()
+        };
+        assert_eq!(
+            summary_text(&sum),
+            "2 of 2 loops destroyed, 0 already gone; ports: 1 free again, 1 not checked."
+        );
+        let sum = SummaryWire {
+            loops_found: 1,
+            gone: 1,
+            ..SummaryWire::default()
+        };
+        assert_eq!(summary_text(&sum), "0 of 1 loop destroyed, 1 already gone.");
+    }
 }

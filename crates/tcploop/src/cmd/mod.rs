@@ -19,6 +19,8 @@ pub mod ports;
 pub mod run;
 pub mod sandbox;
 pub mod scan;
+pub mod shield;
+pub mod shield_daemon;
 pub mod watch;
 
 /// Runs the chosen command.
@@ -37,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Watch(a) => watch::run(a, &mut out),
         Command::FreePort(a) => free_port::run(a, &mut out),
         Command::Run(a) => run::run(a, &mut out),
+        Command::Shield(a) => shield::run(a, &mut out),
         Command::Sandbox(a) => sandbox::run(a),
         Command::Completions(a) => completions::run(a, &mut out),
     }?;
@@ -60,19 +63,59 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
-/// Parses a duration such as `10s`, `500ms`, `2m`, `1h30m` (a bare number is seconds).
+/// The longest duration any option takes: 365 days. Longer ones would
+/// overflow the clock arithmetic (`Instant + Duration`) or mean a typo.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+/// Parses a duration such as `10s`, `500ms`, `2m`, `1h30m` (a bare number is
+/// seconds), at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
+    let too_long = || format!("{t:?} is longer than the 365 days any duration here may be");
     if let Ok(secs) = t.parse::<f64>() {
         if secs.is_finite() && secs >= 0.0 {
-            return Ok(std::time::Duration::from_secs_f64(secs));
+            return match std::time::Duration::try_from_secs_f64(secs) {
+                Ok(d) if d <= MAX_DURATION => Ok(d),
+                _ => Err(too_long()),
+            };
         }
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("{t:?} is not a duration ({e}); try 10s, 500ms or 2m"))
+    let d = humantime::parse_duration(t)
+        .map_err(|e| format!("{t:?} is not a duration ({e}); try 10s, 500ms or 2m"))?;
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
+    Ok(d)
 }
 
 /// Parses a port for clap.
 pub fn parse_port(s: &str) -> Result<u16, String> {
     tcploop::ports::parse_port(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_that_overflow_are_refused_not_panicked_on() {
+        assert_eq!(parse_duration("1.5").unwrap().as_millis(), 1500);
+        assert_eq!(parse_duration("2m").unwrap().as_secs(), 120);
+        assert_eq!(parse_duration("365d").unwrap(), MAX_DURATION);
+        for bad in [
+            "18446744073709551615s",
+            "1e30",
+            "1e300",
+            "366d",
+            "600000000000000000000",
+        ] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(
+                e.contains("365 days") || e.contains("not a duration"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("NaN").is_err());
+    }
 }

@@ -1,7 +1,7 @@
 //! `tcploop ports`: this network namespace's ephemeral-port facts.
 //!
 //! JSON Lines: one line of type `ports`, data
-//! `{"kernel": "6.18.44", "range": {"low": 32768, "high": 60999}, "reserved": "8080,9000-9010",
+//! `{"kernel": "6.18.44-fc-v657" (the release as `uname -r` prints it), "range": {"low": 32768, "high": 60999}, "reserved": "8080,9000-9010",
 //!   "parity_split": true, "connect_parity": "even"|"odd"|null, "bind_parity": "odd"|"even"|null,
 //!   "candidates": {"even": 14116, "odd": 14116}, "top_port_unused": null|60999,
 //!   "listening_in_range": [{"port": 40000, "addrs": ["0.0.0.0:40000"]}], "advice": [string]}`.

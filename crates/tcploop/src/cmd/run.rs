@@ -65,6 +65,7 @@ pub struct Args {
 
 /// Runs the command; returns only on error.
 pub fn run(args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
+    check_command(&args.command)?;
     let exe = std::env::current_exe().ok();
     let lib = preload::find_library(
         std::env::var_os(preload::ENV_LIB).as_deref(),
@@ -116,5 +117,42 @@ fn short(g: &Gap) -> &'static str {
         Gap::Go { .. } => "a Go program",
         Gap::Arch { .. } => "another architecture than the guard library",
         Gap::Unknown { .. } => "unknown format",
+    }
+}
+
+/// A usage error for what is no command at all: an empty name, or an
+/// option of tcploop's own that landed where the command goes (`run
+/// --json -- true`: run has no --json).
+fn check_command(command: &[OsString]) -> anyhow::Result<()> {
+    let Some(name) = command.first() else {
+        anyhow::bail!("no command given: tcploop run [--log] [--strict] -- COMMAND [ARGS]");
+    };
+    anyhow::ensure!(
+        !name.is_empty(),
+        "the command name is empty: tcploop run [--log] [--strict] -- COMMAND [ARGS]"
+    );
+    let text = name.to_string_lossy();
+    anyhow::ensure!(
+        !text.starts_with('-'),
+        "{text:?} is not an option of `tcploop run` (it has --log and --strict) and not a \
+         command: tcploop run [--log] [--strict] -- COMMAND [ARGS]"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_command_is_a_usage_error() {
+        let e = |v: &[&str]| {
+            let v: Vec<OsString> = v.iter().map(OsString::from).collect();
+            check_command(&v).unwrap_err().to_string()
+        };
+        assert!(e(&["--json", "true"]).contains("not an option of `tcploop run`"));
+        assert!(e(&[""]).contains("empty"));
+        assert!(e(&[]).contains("no command"));
+        assert!(check_command(&[OsString::from("true")]).is_ok());
     }
 }

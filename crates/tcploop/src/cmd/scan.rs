@@ -12,14 +12,19 @@
 //!     "consequence": "port 40004 is held: ..."}`;
 //! - a final line of type `summary`, data
 //!   `{"source": "netlink"|"proc", "fallback": null|"why netlink was not used",
+//!     "owners_source": "bpf"|"proc"|null (null with --no-owners),
+//!     "owners_fallback": null|"why the kernel's walk was not used",
 //!     "sockets_seen": 4023, "loops_found": 1, "owners_unknown": 0, "processes_unreadable": 0,
 //!     "namespaces_scanned": 1, "namespaces_skipped": [{"netns": {...}, "reason": "..."}],
-//!     "netns_unreadable_pids": 0, "namespaces_vanished": 0}`.
+//!     "netns_unreadable_pids": 0, "namespaces_vanished": 0,
+//!     "shield_off": [{"netns": {...}, "exposed_ports": [40004]}]}`: `shield_off` lists
+//!   the namespaces whose shield (`tcploop shield`) is off while listening ports
+//!   of theirs lie in the ephemeral range, unreserved.
 
 use std::io::Write;
 
 use serde::Serialize;
-use tcploop::owners::Owner;
+use tcploop::owners::{Owner, OwnerSource, OwnerSourceUsed};
 use tcploop::report;
 use tcploop::scan::{self, Loop, NetnsLabel, ScanOptions, ScanReport, Source};
 use tcploop::sys::diag::state;
@@ -32,14 +37,19 @@ that connected to itself. While it lives, its port is held (a server binding
 it gets EADDRINUSE); closed, it waits out TIME-WAIT (up to 60 s) and still
 blocks the port. `tcploop kill` destroys loops.
 
-Owners are looked up only for the loops found. Reading other users'
-processes needs root: those are counted as unknown, never dropped.
+Owners: as root on a kernel with BTF, a BPF iterator walks every process's
+open files in the kernel (one pass, about 0.2 to 0.6 us a file, loaded while
+the socket table is read); elsewhere /proc/PID/fd is read. Both look only
+for the loops found and name every process holding one. Reading other
+users' processes from /proc needs root: those are counted as unknown, never
+dropped.
 
 Exit codes: 0 no loop, 1 loops found, 2 error.
 
 Examples:
   tcploop scan
   tcploop scan --port 40004 --json
+  tcploop scan --owners proc --verbose
   sudo tcploop scan --all-netns";
 
 /// Arguments of `tcploop scan`.
@@ -58,8 +68,17 @@ pub struct Args {
     #[arg(long)]
     pub all_netns: bool,
     /// Do not look up the processes holding the loops
-    #[arg(long)]
+    #[arg(long, conflicts_with = "owners")]
     pub no_owners: bool,
+    /// Where to find the processes holding the loops: a BPF task_file
+    /// iterator in the kernel (root, BTF), or /proc/PID/fd; auto uses BPF
+    /// where it loads and says why not otherwise (--verbose)
+    #[arg(long, value_enum, default_value_t = OwnersArg::Auto)]
+    pub owners: OwnersArg,
+    /// Also say where the socket table and the owners came from (and why
+    /// BPF was not used, when it was not)
+    #[arg(long, short)]
+    pub verbose: bool,
     /// JSON Lines output
     #[arg(long)]
     pub json: bool,
@@ -82,6 +101,27 @@ impl From<SourceArg> for Source {
             SourceArg::Auto => Source::Auto,
             SourceArg::Netlink => Source::Netlink,
             SourceArg::Proc => Source::Proc,
+        }
+    }
+}
+
+/// `--owners`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OwnersArg {
+    /// bpf where it loads, else proc
+    Auto,
+    /// the /proc/PID/fd walk
+    Proc,
+    /// the in-kernel task_file iterator only (an error where it cannot load)
+    Bpf,
+}
+
+impl From<OwnersArg> for OwnerSource {
+    fn from(s: OwnersArg) -> OwnerSource {
+        match s {
+            OwnersArg::Auto => OwnerSource::Auto,
+            OwnersArg::Proc => OwnerSource::Proc,
+            OwnersArg::Bpf => OwnerSource::Bpf,
         }
     }
 }
@@ -182,6 +222,8 @@ struct SkippedWire {
 struct SummaryWire {
     source: &'static str,
     fallback: Option<String>,
+    owners_source: Option<&'static str>,
+    owners_fallback: Option<String>,
     sockets_seen: u64,
     loops_found: usize,
     owners_unknown: u64,
@@ -190,6 +232,13 @@ struct SummaryWire {
     namespaces_skipped: Vec<SkippedWire>,
     netns_unreadable_pids: u64,
     namespaces_vanished: u64,
+    shield_off: Vec<UnshieldedWire>,
+}
+
+#[derive(Debug, Serialize)]
+struct UnshieldedWire {
+    netns: NetnsWire,
+    exposed_ports: Vec<u16>,
 }
 
 /// The options of a scan, from the arguments shared by scan and kill.
@@ -198,6 +247,7 @@ pub fn options(port: Option<u16>, source: SourceArg, all_netns: bool) -> ScanOpt
         source: source.into(),
         port,
         no_owners: false,
+        owners: OwnerSource::Auto,
         all_netns,
     }
 }
@@ -206,6 +256,7 @@ pub fn options(port: Option<u16>, source: SourceArg, all_netns: bool) -> ScanOpt
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let mut opts = options(args.port, args.source, args.all_netns);
     opts.no_owners = args.no_owners;
+    opts.owners = args.owners.into();
     let r = scan::scan(&opts)?;
     if args.json {
         for l in &r.loops {
@@ -217,6 +268,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             &SummaryWire {
                 source: r.source.as_str(),
                 fallback: r.fallback.clone(),
+                owners_source: r.owners_source.map(OwnerSourceUsed::as_str),
+                owners_fallback: r.owners_fallback.clone(),
                 sockets_seen: r.sockets_seen,
                 loops_found: r.loops.len(),
                 owners_unknown: r.owners_unknown,
@@ -232,10 +285,21 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                     .collect(),
                 netns_unreadable_pids: r.netns_unreadable_pids,
                 namespaces_vanished: r.netns_vanished,
+                shield_off: r
+                    .unshielded
+                    .iter()
+                    .map(|u| UnshieldedWire {
+                        netns: (&u.netns).into(),
+                        exposed_ports: u.exposed_ports.clone(),
+                    })
+                    .collect(),
             },
         )?;
     } else {
         human(&r, &opts, out)?;
+        if args.verbose {
+            verbose(&r, out)?;
+        }
     }
     Ok(if r.loops.is_empty() {
         Exit::Ok
@@ -331,6 +395,17 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
             report::escape(&s.reason)
         )?;
     }
+    for u in &r.unshielded {
+        let ports: Vec<String> = u.exposed_ports.iter().map(|p| p.to_string()).collect();
+        writeln!(
+            out,
+            "note: the shield is off in namespace {}, whose listening port(s) {} lie in the \
+             ephemeral range: their clients can loop while they are down \
+             (`tcploop shield on` prevents it)",
+            u.netns.describe(),
+            ports.join(", ")
+        )?;
+    }
     if r.netns_unreadable_pids > 0 {
         writeln!(
             out,
@@ -338,6 +413,42 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
              root can read more): some namespaces may be missing",
             r.netns_unreadable_pids
         )?;
+    }
+    Ok(())
+}
+
+/// `--verbose`: where the socket table and the owners came from.
+fn verbose(r: &ScanReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "socket table: {}", source_text(r))?;
+    let o = r.owner_lookup.as_ref();
+    match r.owners_source {
+        None => writeln!(out, "owners: not looked up (--no-owners)")?,
+        Some(OwnerSourceUsed::Bpf) => writeln!(
+            out,
+            "owners: in-kernel BPF task_file iterator ({})",
+            match o {
+                Some(o) if o.kernel_passes > 0 =>
+                    format!("{} open files visited", report::thousands(o.fds_read)),
+                _ => "loaded; no loop needed an owner".to_string(),
+            }
+        )?,
+        Some(OwnerSourceUsed::Proc) => {
+            match o {
+                Some(o) => writeln!(
+                    out,
+                    "owners: /proc/PID/fd walk ({} processes read, {} fds read, {} not readable, \
+                     {} exited during the walk)",
+                    report::thousands(o.processes_read),
+                    report::thousands(o.fds_read),
+                    o.processes_denied + o.processes_failed,
+                    o.processes_vanished
+                )?,
+                None => writeln!(out, "owners: /proc/PID/fd walk (no loop needed one)")?,
+            }
+            if let Some(why) = &r.owners_fallback {
+                writeln!(out, "owners: BPF not used: {}", report::escape(why))?;
+            }
+        }
     }
     Ok(())
 }

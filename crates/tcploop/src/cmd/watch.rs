@@ -8,7 +8,10 @@
 //! - `loop_appeared`: `{"time", "local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123,
 //!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}`;
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
-//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`);
+//! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`), plus
+//!   `"kills_on_port": 2` (loops destroyed on this port so far) and, from the second one on a
+//!   port in the ephemeral range that is not reserved, `"advice": string` (its client
+//!   reconnects and loops again: reserve the port);
 //! - `kill_failed`: the same fields plus `"error": string` (said once a loop; not retried);
 //! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
 //! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
@@ -108,6 +111,17 @@ struct LoopEvent<'a> {
     seen_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kills_on_port: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    advice: Option<String>,
+}
+
+/// A loop destroyed by `--kill-after`: how many on its port so far, and
+/// what to do when they keep coming back.
+struct KillNote {
+    kills_on_port: u64,
+    advice: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,6 +157,7 @@ impl Log<'_> {
         t: &Tracked,
         seen: Option<Duration>,
         error: Option<String>,
+        note: Option<KillNote>,
     ) -> anyhow::Result<()> {
         let s = &t.sock;
         if self.json {
@@ -166,6 +181,8 @@ impl Log<'_> {
                         .collect(),
                     seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
                     error,
+                    kills_on_port: note.as_ref().map(|n| n.kills_on_port),
+                    advice: note.and_then(|n| n.advice),
                 },
             )?;
         } else {
@@ -185,11 +202,14 @@ impl Log<'_> {
                     .collect();
                 v.join(", ")
             };
-            let extra = match (seen, error) {
+            let mut extra = match (seen, error) {
                 (_, Some(e)) => format!("  ({e})"),
                 (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
                 _ => String::new(),
             };
+            if let Some(a) = note.and_then(|n| n.advice) {
+                extra.push_str(&format!("\n    note: {a}"));
+            }
             writeln!(
                 self.out,
                 "{} {what} {} <-> itself  {}  {who}{extra}",
@@ -284,6 +304,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let mut tracker = Tracker::new();
     let mut scanner = watch::Scanner::new();
     let mut given_up: HashSet<LoopKey> = HashSet::new();
+    let mut kills_on_port: HashMap<u16, u64> = HashMap::new();
     let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
     let mut next = Instant::now();
     while !super::interrupted() {
@@ -310,9 +331,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                         Change::Appeared(t) => {
                             loops_seen += 1;
                             appeared.push(labels(t));
-                            log.loop_event("loop_appeared", t, None, None)?;
+                            log.loop_event("loop_appeared", t, None, None, None)?;
                         }
-                        Change::Gone(t, d) => log.loop_event("loop_gone", t, Some(*d), None)?,
+                        Change::Gone(t, d) => {
+                            log.loop_event("loop_gone", t, Some(*d), None, None)?
+                        }
                     }
                 }
                 if let Some(after) = args.kill_after {
@@ -324,11 +347,26 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                         }
                         let seen = Some(now.saturating_duration_since(t.since));
                         let failure = match watch::kill(&t.sock) {
-                            Ok(Killed::Destroyed { .. }) => {
+                            Ok(Killed::Destroyed { loops_again, .. }) => {
                                 kills += 1;
                                 metrics.record_kill(true);
                                 tracker.forget(&t.sock);
-                                log.loop_event("loop_killed", &t, seen, None)?;
+                                let port = t.sock.local.port();
+                                let n = kills_on_port.entry(port).or_insert(0u64);
+                                *n += 1;
+                                let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
+                                    format!(
+                                        "loop {n} on port {port}: its client reconnects and \
+                                         loops again, as the port is in the ephemeral range and \
+                                         not reserved; reserve it (tcploop audit --ports {port} \
+                                         --apply) and the next kill is the last"
+                                    )
+                                });
+                                let note = KillNote {
+                                    kills_on_port: *n,
+                                    advice,
+                                };
+                                log.loop_event("loop_killed", &t, seen, None, Some(note))?;
                                 None
                             }
                             // closed by its owner meanwhile: the next scan
@@ -348,7 +386,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                             // said once, not retried every scan
                             given_up.insert(key);
                             metrics.record_kill(false);
-                            log.loop_event("kill_failed", &t, seen, Some(e))?;
+                            log.loop_event("kill_failed", &t, seen, Some(e), None)?;
                         }
                     }
                 }

@@ -22,7 +22,9 @@
 //!     "summary": string, "invisible_holder": false,
 //!     "bind": "ok"|"eaddrinuse"|"error: ...", "bind_reuseaddr": same,
 //!     "range": "32768-60999", "in_range": true, "reserved": false, "exposed": true,
-//!     "when_down": {"host": "127.0.0.1", "verdict": "possible"|"impossible"|"listening"|"unknown",
+//!     "shielded": null|"bpf (tcx)"|"iptables (rules)",
+//!     "when_down": {"host": "127.0.0.1",
+//!                   "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown",
 //!                   "reasons": [string], "expected_tries": number|null},
 //!     "steps": [{"action": "reserve"|"kill-loops"|"start-server"|"wait"|"restart-holder"|"nothing",
 //!                "text": string, "command": string|null, "automatic": bool}],
@@ -112,6 +114,7 @@ struct DiagnosisWire<'a> {
     in_range: bool,
     reserved: bool,
     exposed: bool,
+    shielded: Option<&'a str>,
     when_down: WhenDownWire<'a>,
     steps: Vec<StepWire<'a>>,
     sockets_seen: u64,
@@ -418,6 +421,7 @@ fn diagnosis_json(out: &mut dyn Write, d: &Diagnosis, after_fix: bool) -> io::Re
             in_range: d.standing.in_range,
             reserved: d.standing.reserved,
             exposed: d.standing.exposed(),
+            shielded: d.standing.shielded.as_deref(),
             when_down: WhenDownWire {
                 host: d.client_dest.to_string(),
                 verdict: d.when_down.verdict.as_str(),
@@ -614,6 +618,12 @@ fn diagnosis_text(out: &mut dyn Write, d: &Diagnosis, offer_fix: bool) -> io::Re
         format!("in the ephemeral range {r} and not reserved: the kernel may hand it to a client")
     };
     writeln!(out, "Port {}: {standing}.", d.port)?;
+    if let Some(how) = &d.standing.shielded {
+        writeln!(
+            out,
+            "The shield is on in this namespace ({how}): a client's self-connect is turned away."
+        )?;
+    }
     let tries = d
         .when_down
         .expected_tries
@@ -633,6 +643,7 @@ fn diagnosis_text(out: &mut dyn Write, d: &Diagnosis, offer_fix: bool) -> io::Re
             crate::predict::Verdict::Impossible => "no",
             crate::predict::Verdict::Listening => "no (something else listens)",
             crate::predict::Verdict::Unknown => "unknown",
+            crate::predict::Verdict::Prevented => "no (the shield turns it away)",
         },
     )?;
     if let Some(last) = d.when_down.reasons.last() {

@@ -7,6 +7,7 @@
 //! command documents its line types in its module.
 
 pub mod doctor;
+pub mod shield;
 
 use std::io::{self, Write};
 

@@ -328,6 +328,16 @@ pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
 /// address this namespace does not have, EACCES below 1024 without
 /// CAP_NET_BIND_SERVICE) is an error. See bind(2), socket(7).
 pub fn bind_probe(addr: SocketAddr, reuseaddr: bool) -> io::Result<bool> {
+    // A v4-mapped address (`::ffff:127.0.0.1`, a dual-stack socket's view
+    // of IPv4) cannot be bound by an IPv6-only socket (EINVAL): a server
+    // would bind the IPv4 address, so check that.
+    let addr = match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => addr,
+        },
+        v4 => v4,
+    };
     let s = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
@@ -339,7 +349,10 @@ pub fn bind_probe(addr: SocketAddr, reuseaddr: bool) -> io::Result<bool> {
     if reuseaddr {
         s.set_reuse_address(true)?;
     }
-    match s.bind(&addr.into()) {
+    let res = s.bind(&addr.into());
+    // closing a bound, unconnected socket releases the port at once
+    drop(s);
+    match res {
         Ok(()) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(false),
         Err(e) => Err(e),

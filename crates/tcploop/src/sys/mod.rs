@@ -14,12 +14,17 @@
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`sockopt`]: another process's socket options (`pidfd_getfd(2)`, `getsockopt(2)`);
-//! - [`poll`]: waiting for a socket to become writable (`poll(2)`).
+//! - [`poll`]: waiting for a socket to become writable (`poll(2)`);
+//! - [`bpf`]: the BPF programs (the shield), loaded with aya;
+//! - [`inotify`]: watching directories for new namespaces (`inotify(7)`);
+//! - [`iptables`]: the shield's iptables rule pair (runs `iptables`, the one exception).
 #![allow(unsafe_code)]
 
 pub mod bpf;
 pub mod diag;
 pub mod ifaddrs;
+pub mod inotify;
+pub mod iptables;
 pub mod lock;
 pub mod netns;
 pub mod ns;

@@ -57,6 +57,21 @@ pub fn current() -> io::Result<u64> {
 
 /// Lists the host's network namespaces, the caller's included.
 pub fn list(proc: &Proc) -> io::Result<NetnsList> {
+    list_with(proc, &[Path::new(RUN_NETNS)])
+}
+
+/// Where container runtimes bind-mount their namespaces: `ip netns` and
+/// CNI plugins (containerd, CRI-O, Podman as root) use `/run/netns`,
+/// Docker `/var/run/docker/netns`.
+pub const RUNTIME_NETNS_DIRS: &[&str] = &[RUN_NETNS, "/var/run/docker/netns"];
+
+/// The magic number of nsfs (`statfs(2)`): a namespace file bind-mounted
+/// somewhere is on nsfs; a file just created there, not yet mounted, is not.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// [`list`] with other directories of bind-mounted namespaces than
+/// `/run/netns`. Entries that are not (yet) namespaces are skipped.
+pub fn list_with(proc: &Proc, dirs: &[&Path]) -> io::Result<NetnsList> {
     let mut by_inode: BTreeMap<u64, Netns> = BTreeMap::new();
     let mut out = NetnsList::default();
     for pid in proc.pids()? {
@@ -73,9 +88,15 @@ pub fn list(proc: &Proc) -> io::Result<NetnsList> {
             Err(_) => out.unreadable_pids += 1,
         }
     }
-    if let Ok(dir) = std::fs::read_dir(RUN_NETNS) {
+    for dir in dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()) {
         for e in dir.flatten() {
             let path = e.path();
+            // f_type is i64 on x86_64 and narrower elsewhere.
+            #[allow(clippy::unnecessary_cast)]
+            let is_ns = rustix::fs::statfs(&path).is_ok_and(|s| s.f_type as i64 == NSFS_MAGIC);
+            if !is_ns {
+                continue;
+            }
             let Ok(st) = stat(&path) else { continue };
             let name = e.file_name().to_string_lossy().into_owned();
             let inode = st.st_ino;

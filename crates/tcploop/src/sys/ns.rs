@@ -105,19 +105,34 @@ pub fn enter_before_exec(cmd: &mut std::process::Command, plans: Vec<Plan>) {
     }
 }
 
-/// `open(2)` + one `write(2)` + `close(2)`; async-signal-safe.
+/// `open(2)` + `write(2)` until all is written + `close(2)`;
+/// async-signal-safe. A `/proc/sys` value longer than a page arrives in
+/// several writes (the kernel takes whole items up to a page; for
+/// `ip_local_reserved_ports`, the later writes add to the first).
 fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
     let fd = syscall!(open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC))?;
-    // SAFETY: fd is open; data is a valid buffer of data.len() bytes.
-    let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
-    let err = io::Error::last_os_error();
+    let mut done = 0;
+    let mut res = Ok(());
+    while done < data.len() {
+        let rest = &data[done..];
+        // SAFETY: fd is open; rest is a valid buffer of rest.len() bytes.
+        let n = unsafe { libc::write(fd, rest.as_ptr().cast(), rest.len()) };
+        match n {
+            -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => continue,
+            -1 => {
+                res = Err(io::Error::last_os_error());
+                break;
+            }
+            0 => {
+                res = Err(io::Error::from(io::ErrorKind::WriteZero));
+                break;
+            }
+            n => done += n as usize,
+        }
+    }
     // SAFETY: fd is ours and closed once.
     unsafe { libc::close(fd) };
-    match n {
-        -1 => Err(err),
-        n if n as usize == data.len() => Ok(()),
-        _ => Err(io::Error::from(io::ErrorKind::WriteZero)),
-    }
+    res
 }
 
 /// Sets IFF_UP on an interface (`ioctl SIOCGIFFLAGS` then `SIOCSIFFLAGS`).

@@ -4,11 +4,18 @@
 //! one line, why BPF could not be used here and what to do instead.
 //!
 //! One child module a program: each owns its object's loading, attaching
-//! and maps, and turns what the kernel gives into plain data.
+//! and maps, and turns what the kernel gives into plain data:
+//! - [`owners`]: the `task_file` iterator that finds which process holds
+//!   which socket (`scan`).
+
+pub mod owners;
 
 use std::fmt;
 use std::io;
 use std::path::Path;
+
+pub mod shield;
+pub mod shield_cgroup;
 
 /// Where the kernel publishes its own BTF (type information). `tp_btf`
 /// programs and CO-RE relocations need it.
@@ -34,8 +41,8 @@ impl fmt::Display for Refusal {
             Refusal::NoBtf => write!(f, "the kernel has no BTF ({VMLINUX_BTF} is missing)"),
             Refusal::NotPermitted(step) => write!(
                 f,
-                "{step}: permission denied (needs root, or CAP_BPF and CAP_PERFMON \
-                 in the initial user namespace)"
+                "{step}: permission denied (needs root, or in the initial user namespace \
+                 CAP_BPF with CAP_PERFMON, or with CAP_NET_ADMIN for the shield)"
             ),
             Refusal::Unsupported(step) => write!(f, "{step}: refused by this kernel"),
         }
@@ -50,6 +57,49 @@ pub fn precheck() -> Result<(), Refusal> {
         return Err(Refusal::NoBtf);
     }
     Ok(())
+}
+
+/// Checks what can be checked before loading a networking program
+/// (`sched_cls`): none of them need BTF, so only the capability is looked
+/// at: without CAP_BPF and CAP_NET_ADMIN the load cannot succeed.
+pub fn precheck_net() -> Result<(), Refusal> {
+    // CAP_NET_ADMIN = 12, CAP_BPF = 39, CAP_SYS_ADMIN = 21 (capabilities(7)).
+    let eff = effective_caps().unwrap_or(u64::MAX);
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    if !has(12) || !(has(39) || has(21)) {
+        return Err(Refusal::NotPermitted("loading the shield".into()));
+    }
+    Ok(())
+}
+
+/// The effective capability set of this process (`CapEff` in
+/// `/proc/thread-self/status`). Capabilities count only in the initial user
+/// namespace for BPF; inside a user namespace they are the namespace's, so
+/// a load can still be refused with EPERM (then [`classify`] says so).
+fn effective_caps() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// Sorts any error of aya's (whose chain ends in the kernel's
+/// `io::Error`) into a [`Refusal`].
+pub fn classify_error(step: &str, err: &(dyn std::error::Error + 'static)) -> Refusal {
+    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(cur) = e {
+        if let Some(io) = cur.downcast_ref::<io::Error>() {
+            if io.raw_os_error().is_some() {
+                return match io.raw_os_error() {
+                    Some(libc::EPERM) | Some(libc::EACCES) => {
+                        Refusal::NotPermitted(step.to_string())
+                    }
+                    _ => Refusal::Unsupported(format!("{step} ({err}: {io})")),
+                };
+            }
+        }
+        e = cur.source();
+    }
+    Refusal::Unsupported(format!("{step} ({err})"))
 }
 
 /// Sorts an error from a load or attach step into a [`Refusal`].
