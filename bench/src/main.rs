@@ -13,6 +13,7 @@ mod preload;
 mod scan;
 mod shield;
 mod shield_latency;
+mod trace;
 mod watch;
 
 /// tcploop's benchmark harness.
@@ -41,6 +42,8 @@ enum Area {
     Shield(shield::Args),
     /// how soon tcploop shield daemon covers a new namespace
     ShieldLatency(shield_latency::Args),
+    /// the eBPF event source: loops caught, latency, host cost, watch CPU
+    Trace(trace::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Area::Watch(a) => watch::run(a),
         Area::Shield(a) => shield::run(a),
         Area::ShieldLatency(a) => shield_latency::run(a),
+        Area::Trace(a) => trace::run(a),
     }
 }

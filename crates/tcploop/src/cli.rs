@@ -11,8 +11,8 @@ Exit codes:
   0    success: loop reproduced (connect, demo); nothing found (check, scan, audit);
        doctor: the port is free
   1    connect: not reproduced (refused by the predictor, or a limit reached);
-       check: a port can loop or is stolen; scan: loops found; audit: exposed
-       ports or loops; doctor: something holds the port
+       check: a port can loop or is stolen; scan, trace: loops found; audit:
+       exposed ports or loops; doctor: something holds the port
   2    bad usage, bad input, or an error
   3    connect --force: a real listener answered (not a loop; without --force,
        connect refuses a port with a listener before trying: exit 1)
@@ -57,6 +57,9 @@ pub enum Command {
     /// Audit exposed service ports and apply the kernel fix (reserved ports)
     #[command(after_help = cmd::audit::AFTER_HELP)]
     Audit(cmd::audit::Args),
+    /// Print each loop the instant it forms, and its end (eBPF; root)
+    #[command(after_help = cmd::trace::AFTER_HELP)]
+    Trace(cmd::trace::Args),
     /// Watch for loops continuously; serve Prometheus metrics
     #[command(after_help = cmd::watch::AFTER_HELP)]
     Watch(cmd::watch::Args),

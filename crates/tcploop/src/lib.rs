@@ -24,6 +24,7 @@
 //! - [`audit`]: exposed services and the reserved-ports fix;
 //! - [`holders`]: who holds one port now, and what each does to a server's `bind()`;
 //! - [`doctor`]: "my server cannot bind its port": the cause, the holder, the fix in order;
+//! - [`trace`]: loops reported by the kernel (BPF) the instant they form, and their end;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
 //! - [`report`]: the JSON Lines envelope shared by every command;
@@ -54,6 +55,7 @@ pub mod shield;
 pub mod shield_daemon;
 pub mod survey;
 pub mod sys;
+pub mod trace;
 pub mod watch;
 
 pub use tcploop_guard::is_loop;

@@ -11,7 +11,7 @@
 //! | --- | --- | --- |
 //! | `tcploop_loops{port,command}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read); a series that was seen stays, at 0, after its loops go away, for an hour; at most [`MAX_LOOP_SERIES`] series |
 //! | `tcploop_loops_present` | gauge | all self-connected sockets present now |
-//! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start (dropped with its `tcploop_loops` series) |
+//! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start (with eBPF events, every loop that formed, also those gone before any scan could see them; dropped with its `tcploop_loops` series) |
 //! | `tcploop_loop_series_overflow_total` | counter | loops that appeared while [`MAX_LOOP_SERIES`] series existed, so got no series of their own (still counted in `tcploop_loops_present`) |
 //! | `tcploop_exposed_listeners` | gauge | listening ports inside the ephemeral range and not reserved (clients of those services may loop while they are down) |
 //! | `tcploop_sockets` | gauge | TCP sockets seen by the last scan |
@@ -193,9 +193,23 @@ impl Metrics {
 
     /// [`Metrics::record_scan`] at a given time (tests).
     pub fn record_scan_at(&self, s: &ScanSample, now: Instant) {
+        self.record_loops_at(&s.loops, &s.appeared, now);
+        self.exposed_listeners.set(s.exposed_listeners as i64);
+        self.sockets.set(s.sockets as i64);
+        self.scan_duration.set(s.duration.as_secs_f64());
+        self.scans.inc();
+    }
+
+    /// Records the loops present now and those that just appeared, without
+    /// a scan: `watch` on kernel events calls it on every event.
+    pub fn record_loops(&self, present: &[LoopLabels], appeared: &[LoopLabels]) {
+        self.record_loops_at(present, appeared, Instant::now());
+    }
+
+    fn record_loops_at(&self, present: &[LoopLabels], appeared: &[LoopLabels], now: Instant) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut counts: std::collections::HashMap<&LoopLabels, i64> = Default::default();
-        for l in &s.loops {
+        for l in present {
             *counts.entry(l).or_default() += 1;
         }
         known.retain(|l, last| {
@@ -219,18 +233,22 @@ impl Metrics {
             self.loops.get_or_create(l).set(*n);
             known.insert((*l).clone(), now);
         }
-        for l in &s.appeared {
+        // a loop reported by a kernel event may be gone already: it still
+        // gets its series (at 0), so that it is counted as seen
+        for l in appeared {
+            if !known.contains_key(l) && known.len() < self.series_limit {
+                self.loops.get_or_create(l).set(0);
+                known.insert(l.clone(), now);
+            }
+        }
+        for l in appeared {
             if known.contains_key(l) {
                 self.loops_seen.get_or_create(l).inc();
             } else {
                 self.series_overflow.inc();
             }
         }
-        self.loops_present.set(s.loops.len() as i64);
-        self.exposed_listeners.set(s.exposed_listeners as i64);
-        self.sockets.set(s.sockets as i64);
-        self.scan_duration.set(s.duration.as_secs_f64());
-        self.scans.inc();
+        self.loops_present.set(present.len() as i64);
     }
 
     /// Records a failed scan.

@@ -154,9 +154,57 @@ impl Tracker {
             .collect()
     }
 
+    /// Adds a loop reported by a kernel event; `false` if it is known
+    /// already (a dump found it first).
+    pub fn insert(&mut self, t: Tracked) -> bool {
+        let key = LoopKey::of(&t.sock);
+        if self.present.contains_key(&key) {
+            return false;
+        }
+        self.present.insert(key, t);
+        true
+    }
+
+    /// Removes the loop with this cookie (its socket left ESTABLISHED, by a
+    /// kernel event) and says how long it was present.
+    pub fn end(&mut self, cookie: u64, now: Instant) -> Option<(Tracked, Duration)> {
+        let key = *self.present.keys().find(|k| k.cookie == cookie)?;
+        let t = self.present.remove(&key)?;
+        let held = now.saturating_duration_since(t.since);
+        Some((t, held))
+    }
+
     /// Forgets a loop (after it was destroyed).
     pub fn forget(&mut self, sock: &DiagSocket) -> Option<Tracked> {
         self.present.remove(&LoopKey::of(sock))
+    }
+}
+
+/// A loop reported by a kernel event ([`crate::trace`]), as the tracker
+/// keeps it: its owner is the process the event names (fd -1: not known).
+pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Tracked {
+    Tracked {
+        sock: DiagSocket {
+            family: if seen.addr.is_ipv4() {
+                libc::AF_INET as u8
+            } else {
+                libc::AF_INET6 as u8
+            },
+            state: state::ESTABLISHED,
+            local: seen.addr,
+            peer: seen.addr,
+            ifindex: 0,
+            cookie: [seen.cookie as u32, (seen.cookie >> 32) as u32],
+            expires_ms: 0,
+            uid: 0,
+            inode: seen.inode as u32,
+        },
+        owners: vec![OwnerInfo {
+            pid: seen.pid,
+            command: seen.command.clone(),
+            fd: -1,
+        }],
+        since,
     }
 }
 

@@ -792,6 +792,15 @@ pub(crate) mod schema {
         prometheus: Option<String>,
         textfile: Option<String>,
         kill_after_s: Option<f64>,
+        source: String,
+        source_reason: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Lost {
+        time: String,
+        loops: u64,
+        ends: u64,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -851,6 +860,7 @@ pub(crate) mod schema {
             }
             t @ ("scan_error" | "owner_error" | "output_error") => parse::<ErrorEvent>(t, d),
             t @ "watch_stopped" => parse::<Stopped>(t, d),
+            t @ "events_lost" => parse::<Lost>(t, d),
             other => panic!("unknown line type {other}: {line}"),
         }
     }

@@ -100,6 +100,23 @@ pub fn scenario_with(
     name: &str,
     envs: &[(&str, &str)],
 ) -> String {
+    scenario_in(range, reserve, name, envs, false)
+}
+
+/// [`scenario`] in a plain network namespace (`sandbox --netns-only`, root):
+/// without a user namespace, the child keeps the initial namespace's
+/// capabilities, which BPF needs.
+pub fn scenario_netns_only(range: &str, name: &str) -> String {
+    scenario_in(range, None, name, &[], true)
+}
+
+fn scenario_in(
+    range: &str,
+    reserve: Option<&str>,
+    name: &str,
+    envs: &[(&str, &str)],
+    netns_only: bool,
+) -> String {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "tcploop-scenario-{}-{}-{}",
@@ -110,6 +127,9 @@ pub fn scenario_with(
     let _ = std::fs::remove_file(&dir);
     let mut c = Command::new(bin());
     c.args(["sandbox", "--range", range]);
+    if netns_only {
+        c.arg("--netns-only");
+    }
     if let Some(r) = reserve {
         c.args(["--reserve", r]);
     }

@@ -21,3 +21,4 @@ mod run;
 mod scan;
 mod serve;
 mod shield;
+mod trace;

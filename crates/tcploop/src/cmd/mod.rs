@@ -21,6 +21,7 @@ pub mod sandbox;
 pub mod scan;
 pub mod shield;
 pub mod shield_daemon;
+pub mod trace;
 pub mod watch;
 
 /// Runs the chosen command.
@@ -36,6 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Demo(a) => demo::run(a, &mut out),
         Command::Doctor(a) => doctor::run(a, &mut out),
         Command::Audit(a) => audit::run(a, &mut out),
+        Command::Trace(a) => trace::run(a, &mut out),
         Command::Watch(a) => watch::run(a, &mut out),
         Command::FreePort(a) => free_port::run(a, &mut out),
         Command::Run(a) => run::run(a, &mut out),

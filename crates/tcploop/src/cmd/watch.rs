@@ -1,12 +1,21 @@
-//! `tcploop watch`: scan for loops every interval, print an event when one
-//! appears and when it goes away, serve Prometheus metrics, and optionally
-//! destroy loops that persist.
+//! `tcploop watch`: report each loop when it appears and when it goes away,
+//! serve Prometheus metrics, and optionally destroy loops that persist.
+//!
+//! Two sources (`--source`): kernel events (`ebpf`: the BPF program of
+//! `tcploop trace`; every loop, however short-lived, with one socket dump
+//! at start and after any ring-buffer drop, and no timer while idle), or a
+//! socket dump every interval (`poll`). `auto` takes events where the kernel
+//! and the privileges allow, and says which it took and why.
 //!
 //! JSON Lines (`--json`), one event a line, each with `"time"` (RFC 3339, UTC):
 //! - `watch_started`: `{"time", "interval_s": 1.0, "prometheus": "127.0.0.1:9977"|null,
-//!   "textfile": path|null, "kill_after_s": number|null}`;
+//!   "textfile": path|null, "kill_after_s": number|null, "source": "ebpf"|"poll",
+//!   "source_reason": string}` (why that source: the option, or why eBPF is unavailable);
+//! - `events_lost` (`ebpf`): `{"time", "loops": 12, "ends": 0}`: the ring buffer was full;
+//!   a scan follows at once and reports the loops still present;
 //! - `loop_appeared`: `{"time", "local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123,
-//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}`;
+//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}` (`fd` is -1 when
+//!   the loop came from a kernel event: the process is known, not its fd);
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
 //! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`), plus
 //!   `"kills_on_port": 2` (loops destroyed on this port so far) and, from the second one on a
@@ -31,11 +40,22 @@ use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
 use tcploop::report;
 use tcploop::scan::Killed;
 use tcploop::sys::diag::state;
+use tcploop::trace::{self, EventKind, Events, NetnsScope, TraceError};
 use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 
 use crate::exit::Exit;
 
 pub const AFTER_HELP: &str = "\
+Sources (--source): `ebpf` takes kernel events (the program of `tcploop
+trace`): every loop is counted as it forms, however short-lived, with one
+socket dump at start (loops older than the watch) and after any ring-buffer
+overflow; no timer runs while nothing happens, and metrics and the textfile
+are updated on each event. Needs root (CAP_BPF, CAP_PERFMON) and BTF.
+`poll` dumps the socket table every --interval: no privileges, but a loop
+shorter than the interval is never seen. `auto` (default) takes events where
+allowed, else polls, and says which and why. --count N counts scans, so it
+means polling (with `auto`; an error with `ebpf`).
+
 Each scan is one socket dump of this network namespace; the owners of a loop
 are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
 0), or --count scans. A failed scan is logged and counted
@@ -58,7 +78,8 @@ Examples:
   tcploop watch
   tcploop watch --json --prometheus 127.0.0.1:9977
   tcploop watch --textfile /var/lib/prometheus/node-exporter/tcploop.prom
-  tcploop watch --kill-after 30s              destroy loops older than 30 s";
+  tcploop watch --kill-after 30s              destroy loops older than 30 s
+  tcploop watch --source poll --interval 5s   no privileges needed";
 
 /// Arguments of `tcploop watch`.
 #[derive(Debug, clap::Args)]
@@ -78,9 +99,17 @@ pub struct Args {
     /// Stop after N scans (default: run until SIGINT/SIGTERM)
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Where loops come from: `ebpf` (kernel events: every loop, however
+    /// short-lived; root), `poll` (a socket dump every interval), `auto`
+    /// (events where allowed, else polling; it says which and why)
+    #[arg(long, default_value = "auto", value_name = "auto|ebpf|poll")]
+    pub source: String,
     /// JSON Lines events
     #[arg(long)]
     pub json: bool,
+    /// Ring buffer size in bytes for --source ebpf (a power of two, at least 4096; tests)
+    #[arg(long, hide = true, value_name = "BYTES")]
+    pub ring_bytes: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +119,15 @@ struct Started {
     prometheus: Option<String>,
     textfile: Option<String>,
     kill_after_s: Option<f64>,
+    source: &'static str,
+    source_reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct LostEvent {
+    time: String,
+    loops: u64,
+    ends: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -198,12 +236,23 @@ impl Log<'_> {
                 let v: Vec<String> = t
                     .owners
                     .iter()
-                    .map(|o| format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd))
+                    .map(|o| {
+                        let command = report::escape(&o.command);
+                        if o.fd < 0 {
+                            // from a kernel event: the fd is not known
+                            format!("{command} pid {}", o.pid)
+                        } else {
+                            format!("{command} pid {} fd {}", o.pid, o.fd)
+                        }
+                    })
                     .collect();
                 v.join(", ")
             };
             let mut extra = match (seen, error) {
                 (_, Some(e)) => format!("  ({e})"),
+                (Some(d), None) if d < Duration::from_millis(100) => {
+                    format!("  after {}", report::duration(d))
+                }
                 (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
                 _ => String::new(),
             };
@@ -216,6 +265,28 @@ impl Log<'_> {
                 now_text(),
                 report::addr(s.local),
                 state::name(s.state)
+            )?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn lost(&mut self, loops: u64, ends: u64) -> anyhow::Result<()> {
+        if self.json {
+            report::json_line(
+                self.out,
+                "events_lost",
+                &LostEvent {
+                    time: now_text(),
+                    loops,
+                    ends,
+                },
+            )?;
+        } else {
+            writeln!(
+                self.out,
+                "{} events lost: {loops} loop(s) and {ends} end(s) (ring buffer full); scanning to catch up",
+                now_text()
             )?;
         }
         self.out.flush()?;
@@ -241,18 +312,227 @@ impl Log<'_> {
     }
 }
 
+/// Where the loops come from.
+enum Source {
+    /// Kernel events (the BPF program), and a dump at start and after drops.
+    Events(Box<Events>),
+    /// A dump every interval.
+    Poll,
+}
+
+/// Chooses the source before any thread starts (the event source blocks
+/// the stop signals, to read them from a file descriptor): returns it and
+/// the reason, in words.
+fn choose(args: &Args) -> anyhow::Result<(Source, String)> {
+    let open = || Events::open(NetnsScope::Current, args.ring_bytes);
+    Ok(match args.source.as_str() {
+        "poll" => (Source::Poll, "--source poll".to_string()),
+        // --count counts scans, which only polling does
+        "ebpf" if args.count.is_some() => anyhow::bail!(
+            "--count counts scans, and --source ebpf does not scan at intervals: stop it with \
+             SIGINT or SIGTERM, or use --source poll"
+        ),
+        "auto" if args.count.is_some() => (
+            Source::Poll,
+            "--count counts scans, which only polling does".to_string(),
+        ),
+        "ebpf" => match open() {
+            Ok(e) => (Source::Events(Box::new(e)), "--source ebpf".to_string()),
+            Err(TraceError::Refused(r)) => anyhow::bail!(
+                "--source ebpf: {r}; run as root, or use --source poll (polling misses loops \
+                 shorter than the interval)"
+            ),
+            Err(e) => return Err(e.into()),
+        },
+        "auto" => match open() {
+            Ok(e) => (
+                Source::Events(Box::new(e)),
+                "eBPF events: the kernel reports each loop as it forms".to_string(),
+            ),
+            Err(TraceError::Refused(r)) => (
+                Source::Poll,
+                format!(
+                    "eBPF unavailable: {r}; polling instead (loops shorter than the interval \
+                     are missed)"
+                ),
+            ),
+            Err(e) => return Err(e.into()),
+        },
+        other => anyhow::bail!("--source {other:?}: expected auto, ebpf or poll"),
+    })
+}
+
+/// The state of a watch, whatever the source.
+struct State<'a> {
+    log: Log<'a>,
+    metrics: &'a Metrics,
+    tracker: Tracker,
+    scanner: watch::Scanner,
+    given_up: HashSet<LoopKey>,
+    kills_on_port: HashMap<u16, u64>,
+    scans: u64,
+    scan_errors: u64,
+    loops_seen: u64,
+    kills: u64,
+    /// From the last good scan: for the metrics between scans.
+    exposed_listeners: u64,
+    sockets: u64,
+}
+
+impl State<'_> {
+    /// One dump of the namespace: loops appeared and gone since the last.
+    fn scan(&mut self, kill_after: Option<Duration>) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        match self.scanner.scan() {
+            Ok(snap) => {
+                let fresh = self.tracker.new_loops(&snap.loops);
+                let owners = if fresh.is_empty() {
+                    HashMap::new()
+                } else {
+                    match watch::owners_of(fresh) {
+                        Ok(o) => o,
+                        Err(e) => {
+                            self.log.error(
+                                "owner_error",
+                                format!("looking up owners: {e}"),
+                                None,
+                            )?;
+                            HashMap::new()
+                        }
+                    }
+                };
+                let changes = self.tracker.observe(t0, &snap.loops, &owners);
+                let tracker = &self.tracker;
+                self.given_up
+                    .retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
+                let mut appeared = vec![];
+                for c in &changes {
+                    match c {
+                        Change::Appeared(t) => {
+                            self.loops_seen += 1;
+                            appeared.push(labels(t));
+                            self.log.loop_event("loop_appeared", t, None, None, None)?;
+                        }
+                        Change::Gone(t, d) => {
+                            self.log.loop_event("loop_gone", t, Some(*d), None, None)?
+                        }
+                    }
+                }
+                self.kill_due(kill_after)?;
+                self.exposed_listeners = snap.exposed_listeners.iter().count() as u64;
+                self.sockets = snap.sockets;
+                self.metrics.record_scan(&ScanSample {
+                    loops: self.tracker.present().map(labels).collect(),
+                    appeared,
+                    exposed_listeners: self.exposed_listeners,
+                    sockets: snap.sockets,
+                    duration: t0.elapsed(),
+                });
+            }
+            Err(e) => {
+                self.scan_errors += 1;
+                self.metrics.record_scan_error();
+                self.log.error(
+                    "scan_error",
+                    format!("scan failed: {e}"),
+                    Some(self.scan_errors),
+                )?;
+            }
+        }
+        self.scans += 1;
+        Ok(())
+    }
+
+    /// `--kill-after`: destroys the loops present for that long.
+    fn kill_due(&mut self, kill_after: Option<Duration>) -> anyhow::Result<()> {
+        let Some(after) = kill_after else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        for t in self.tracker.due(now, after) {
+            let key = LoopKey::of(&t.sock);
+            if self.given_up.contains(&key) {
+                continue;
+            }
+            let seen = Some(now.saturating_duration_since(t.since));
+            let failure = match watch::kill(&t.sock) {
+                Ok(Killed::Destroyed { loops_again, .. }) => {
+                    self.kills += 1;
+                    self.metrics.record_kill(true);
+                    self.tracker.forget(&t.sock);
+                    let port = t.sock.local.port();
+                    let n = self.kills_on_port.entry(port).or_insert(0u64);
+                    *n += 1;
+                    let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
+                        format!(
+                            "loop {n} on port {port}: its client reconnects and loops again, as \
+                             the port is in the ephemeral range and not reserved; reserve it \
+                             (tcploop audit --ports {port} --apply) and the next kill is the last"
+                        )
+                    });
+                    let note = KillNote {
+                        kills_on_port: *n,
+                        advice,
+                    };
+                    self.log
+                        .loop_event("loop_killed", &t, seen, None, Some(note))?;
+                    None
+                }
+                // closed by its owner meanwhile: the next scan (or its end
+                // event) reports it gone
+                Ok(Killed::Gone | Killed::NotALoop) => None,
+                Ok(Killed::StillThere) => {
+                    Some("destroyed, yet still in the socket table".to_string())
+                }
+                Ok(Killed::AlreadyAborted) => Some(
+                    "already aborted; its owner still has the socket open, bound to \
+                     the port: only closing it releases the port"
+                        .to_string(),
+                ),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failure {
+                // said once, not retried every scan
+                self.given_up.insert(key);
+                self.metrics.record_kill(false);
+                self.log
+                    .loop_event("kill_failed", &t, seen, Some(e), None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next moment a present loop becomes due for `--kill-after`.
+    fn next_due(&self, kill_after: Option<Duration>) -> Option<Instant> {
+        let after = kill_after?;
+        self.tracker
+            .present()
+            .filter(|t| t.sock.state != state::TIME_WAIT)
+            .filter(|t| !self.given_up.contains(&LoopKey::of(&t.sock)))
+            .map(|t| t.since + after)
+            .min()
+    }
+}
+
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     anyhow::ensure!(
         args.interval >= Duration::from_millis(10),
         "--interval must be at least 10ms"
     );
+    if let Some(n) = args.ring_bytes {
+        anyhow::ensure!(
+            n >= 4096 && n.is_power_of_two(),
+            "--ring-bytes must be a power of two, at least 4096"
+        );
+    }
     if let Some(p) = &args.textfile {
         // fail now, not on every scan: a missing or unwritable directory,
         // or a target that is not a regular file
         tcploop::safefile::check_writable(p)
             .with_context(|| format!("--textfile {}", p.display()))?;
     }
+    let (source, why) = choose(&args)?;
     let metrics = Metrics::new();
     let page: metrics::Page = Arc::new(Mutex::new(metrics.render()));
     let served = match &args.prometheus {
@@ -263,12 +543,19 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         }
         None => None,
     };
-    super::catch_interrupts();
+    let events = match source {
+        Source::Events(e) => Some(e),
+        Source::Poll => {
+            super::catch_interrupts();
+            None
+        }
+    };
 
-    let mut log = Log {
+    let log = Log {
         out,
         json: args.json,
     };
+    let source_name = if events.is_some() { "ebpf" } else { "poll" };
     if args.json {
         report::json_line(
             log.out,
@@ -279,6 +566,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 prometheus: served.map(|a| a.to_string()),
                 textfile: args.textfile.as_ref().map(|p| p.display().to_string()),
                 kill_after_s: args.kill_after.map(|d| d.as_secs_f64()),
+                source: source_name,
+                source_reason: why.clone(),
             },
         )?;
     } else {
@@ -292,124 +581,40 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         if let Some(d) = args.kill_after {
             extra.push_str(&format!(", killing loops after {:.1} s", d.as_secs_f64()));
         }
+        let how = if events.is_some() {
+            "as the kernel reports them".to_string()
+        } else {
+            format!("every {:.1} s", args.interval.as_secs_f64())
+        };
         writeln!(
             log.out,
-            "{} watching for loops every {:.1} s{extra} (Ctrl-C to stop)",
+            "{} watching for loops {how}{extra} (Ctrl-C to stop)\n{} source: {source_name}: {why}",
             now_text(),
-            args.interval.as_secs_f64()
+            now_text(),
         )?;
     }
     log.out.flush()?;
 
-    let mut tracker = Tracker::new();
-    let mut scanner = watch::Scanner::new();
-    let mut given_up: HashSet<LoopKey> = HashSet::new();
-    let mut kills_on_port: HashMap<u16, u64> = HashMap::new();
-    let (mut scans, mut scan_errors, mut loops_seen, mut kills) = (0u64, 0u64, 0u64, 0u64);
-    let mut next = Instant::now();
-    while !super::interrupted() {
-        let t0 = Instant::now();
-        match scanner.scan() {
-            Ok(snap) => {
-                let fresh = tracker.new_loops(&snap.loops);
-                let owners = if fresh.is_empty() {
-                    HashMap::new()
-                } else {
-                    match watch::owners_of(fresh) {
-                        Ok(o) => o,
-                        Err(e) => {
-                            log.error("owner_error", format!("looking up owners: {e}"), None)?;
-                            HashMap::new()
-                        }
-                    }
-                };
-                let changes = tracker.observe(t0, &snap.loops, &owners);
-                given_up.retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
-                let mut appeared = vec![];
-                for c in &changes {
-                    match c {
-                        Change::Appeared(t) => {
-                            loops_seen += 1;
-                            appeared.push(labels(t));
-                            log.loop_event("loop_appeared", t, None, None, None)?;
-                        }
-                        Change::Gone(t, d) => {
-                            log.loop_event("loop_gone", t, Some(*d), None, None)?
-                        }
-                    }
-                }
-                if let Some(after) = args.kill_after {
-                    let now = Instant::now();
-                    for t in tracker.due(now, after) {
-                        let key = LoopKey::of(&t.sock);
-                        if given_up.contains(&key) {
-                            continue;
-                        }
-                        let seen = Some(now.saturating_duration_since(t.since));
-                        let failure = match watch::kill(&t.sock) {
-                            Ok(Killed::Destroyed { loops_again, .. }) => {
-                                kills += 1;
-                                metrics.record_kill(true);
-                                tracker.forget(&t.sock);
-                                let port = t.sock.local.port();
-                                let n = kills_on_port.entry(port).or_insert(0u64);
-                                *n += 1;
-                                let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
-                                    format!(
-                                        "loop {n} on port {port}: its client reconnects and \
-                                         loops again, as the port is in the ephemeral range and \
-                                         not reserved; reserve it (tcploop audit --ports {port} \
-                                         --apply) and the next kill is the last"
-                                    )
-                                });
-                                let note = KillNote {
-                                    kills_on_port: *n,
-                                    advice,
-                                };
-                                log.loop_event("loop_killed", &t, seen, None, Some(note))?;
-                                None
-                            }
-                            // closed by its owner meanwhile: the next scan
-                            // reports it gone
-                            Ok(Killed::Gone | Killed::NotALoop) => None,
-                            Ok(Killed::StillThere) => {
-                                Some("destroyed, yet still in the socket table".to_string())
-                            }
-                            Ok(Killed::AlreadyAborted) => Some(
-                                "already aborted; its owner still has the socket open, bound to \
-                                 the port: only closing it releases the port"
-                                    .to_string(),
-                            ),
-                            Err(e) => Some(e.to_string()),
-                        };
-                        if let Some(e) = failure {
-                            // said once, not retried every scan
-                            given_up.insert(key);
-                            metrics.record_kill(false);
-                            log.loop_event("kill_failed", &t, seen, Some(e), None)?;
-                        }
-                    }
-                }
-                metrics.record_scan(&ScanSample {
-                    loops: tracker.present().map(labels).collect(),
-                    appeared,
-                    exposed_listeners: snap.exposed_listeners.iter().count() as u64,
-                    sockets: snap.sockets,
-                    duration: t0.elapsed(),
-                });
-            }
-            Err(e) => {
-                scan_errors += 1;
-                metrics.record_scan_error();
-                log.error("scan_error", format!("scan failed: {e}"), Some(scan_errors))?;
-            }
-        }
-        scans += 1;
+    let mut st = State {
+        log,
+        metrics: &metrics,
+        tracker: Tracker::new(),
+        scanner: watch::Scanner::new(),
+        given_up: HashSet::new(),
+        kills_on_port: HashMap::new(),
+        scans: 0,
+        scan_errors: 0,
+        loops_seen: 0,
+        kills: 0,
+        exposed_listeners: 0,
+        sockets: 0,
+    };
+    let publish = |st: &mut State| -> anyhow::Result<()> {
         if served.is_some() || args.textfile.is_some() {
-            let text = metrics.render();
+            let text = st.metrics.render();
             if let Some(p) = &args.textfile {
                 if let Err(e) = metrics::write_textfile(p, &metrics::to_prometheus_text(&text)) {
-                    log.error(
+                    st.log.error(
                         "output_error",
                         format!("writing {}: {e}", p.display()),
                         None,
@@ -418,25 +623,45 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             }
             *page.lock().unwrap_or_else(|e| e.into_inner()) = text;
         }
-        if args.count.is_some_and(|n| scans >= n) {
-            break;
-        }
-        // Sleep to the next tick (no drift), waking often enough to stop
-        // promptly on a signal.
-        next += args.interval;
-        let now = Instant::now();
-        if next < now {
-            next = now;
-        }
-        while !super::interrupted() {
-            let left = next.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+        Ok(())
+    };
+
+    match events {
+        None => {
+            let mut next = Instant::now();
+            while !super::interrupted() {
+                st.scan(args.kill_after)?;
+                publish(&mut st)?;
+                if args.count.is_some_and(|n| st.scans >= n) {
+                    break;
+                }
+                // Sleep to the next tick (no drift), waking often enough to stop
+                // promptly on a signal.
+                next += args.interval;
+                let now = Instant::now();
+                if next < now {
+                    next = now;
+                }
+                while !super::interrupted() {
+                    let left = next.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
             }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
         }
+        Some(mut events) => watch_events(&mut events, &args, &mut st, &publish)?,
     }
 
+    let State {
+        log,
+        scans,
+        scan_errors,
+        loops_seen,
+        kills,
+        ..
+    } = st;
     if args.json {
         report::json_line(
             log.out,
@@ -457,6 +682,78 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         )?;
     }
     Ok(Exit::Ok)
+}
+
+/// The watch on kernel events: one dump at start (loops older than the
+/// program), then each loop as the kernel reports it, and one dump again
+/// after the ring buffer dropped events. No timer while idle;
+/// `--kill-after` wakes it when a loop becomes due. Stops on SIGINT or
+/// SIGTERM.
+fn watch_events(
+    events: &mut Events,
+    args: &Args,
+    st: &mut State,
+    publish: &dyn Fn(&mut State) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    st.scan(args.kill_after)?;
+    publish(st)?;
+    loop {
+        let wake = st.next_due(args.kill_after);
+        let now = Instant::now();
+        let batch = events.next(wake.map(|w| w.saturating_duration_since(now)))?;
+        let mut appeared = vec![];
+        let mut changed = false;
+        for e in &batch.events {
+            let time = events.wall(e.monotonic_ns);
+            match e.kind {
+                EventKind::Loop => {
+                    let seen = trace::owner_of(e, time);
+                    let t = watch::tracked_from_event(&seen, Instant::now());
+                    if st.tracker.insert(t.clone()) {
+                        st.loops_seen += 1;
+                        appeared.push(labels(&t));
+                        st.log.loop_event("loop_appeared", &t, None, None, None)?;
+                        changed = true;
+                    }
+                }
+                EventKind::End => {
+                    if let Some((t, held)) = st.tracker.end(e.cookie, Instant::now()) {
+                        // the kernel's own lifetime, when the program saw the start
+                        let held = if e.started_ns != 0 {
+                            Duration::from_nanos(e.monotonic_ns.saturating_sub(e.started_ns))
+                        } else {
+                            held
+                        };
+                        st.log.loop_event("loop_gone", &t, Some(held), None, None)?;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            let present: Vec<LoopLabels> = st.tracker.present().map(labels).collect();
+            st.metrics.record_loops(&present, &appeared);
+        }
+        if let Some((loops, ends)) = batch.lost {
+            st.log.lost(loops, ends)?;
+            // catch up: what the lost events would have said is in the table
+            st.scan(args.kill_after)?;
+            changed = true;
+        }
+        let before = st.kills;
+        st.kill_due(args.kill_after)?;
+        if changed || st.kills != before {
+            publish(st)?;
+        }
+        if batch
+            .signals
+            .iter()
+            .any(|&s| s == libc::SIGINT || s == libc::SIGTERM)
+        {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn labels(t: &Tracked) -> LoopLabels {

@@ -13,6 +13,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub mod trace;
+
 /// One JSON Lines record: `{"type": ty, "data": data}`.
 #[derive(Debug, Serialize)]
 pub struct Line<'a, T: Serialize> {

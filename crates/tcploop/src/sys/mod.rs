@@ -14,8 +14,9 @@
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`sockopt`]: another process's socket options (`pidfd_getfd(2)`, `getsockopt(2)`);
-//! - [`poll`]: waiting for a socket to become writable (`poll(2)`);
-//! - [`bpf`]: the BPF programs (the shield), loaded with aya;
+//! - [`poll`]: waiting for a socket to become writable, or fds readable (`poll(2)`);
+//! - [`signal`]: SIGINT, SIGTERM and SIGCHLD read from a `signalfd(2)`;
+//! - [`bpf`]: the BPF programs (the loop detector, the shield, the owners iterator), loaded with aya;
 //! - [`inotify`]: watching directories for new namespaces (`inotify(7)`);
 //! - [`iptables`]: the shield's iptables rule pair (runs `iptables`, the one exception).
 #![allow(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod poll;
 pub mod procfd;
 pub mod procnet;
 pub mod procsys;
+pub mod signal;
 pub mod sockopt;
 pub mod tcpdiag;
 

@@ -6,8 +6,12 @@
 //! One child module a program: each owns its object's loading, attaching
 //! and maps, and turns what the kernel gives into plain data:
 //! - [`owners`]: the `task_file` iterator that finds which process holds
-//!   which socket (`scan`).
+//!   which socket (`scan`);
+//! - [`loops`]: the loop detector on `tp_btf/inet_sock_set_state` (`trace`,
+//!   `watch --source ebpf`);
+//! - [`shield`], [`shield_cgroup`]: the shield's programs.
 
+pub mod loops;
 pub mod owners;
 
 use std::fmt;
@@ -51,12 +55,31 @@ impl fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// Checks what can be checked without loading anything.
+/// Checks what can be checked without loading anything: BTF, and whether
+/// this process runs in a user namespace other than the initial one (where
+/// no capability counts for BPF, whatever the uid inside).
 pub fn precheck() -> Result<(), Refusal> {
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(Refusal::NoBtf);
     }
+    if in_child_user_namespace() {
+        return Err(Refusal::NotPermitted(
+            "running in a user namespace other than the initial one".into(),
+        ));
+    }
     Ok(())
+}
+
+/// Whether `/proc/self/uid_map` maps less than the whole id space, which
+/// is true in every user namespace but the initial one.
+fn in_child_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => {
+            let fields: Vec<&str> = map.split_whitespace().collect();
+            fields != ["0", "0", "4294967295"]
+        }
+        Err(_) => false,
+    }
 }
 
 /// Checks what can be checked before loading a networking program
@@ -107,5 +130,27 @@ pub fn classify(step: &str, err: &io::Error) -> Refusal {
     match err.raw_os_error() {
         Some(libc::EPERM) | Some(libc::EACCES) => Refusal::NotPermitted(step.to_string()),
         _ => Refusal::Unsupported(format!("{step} ({err})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] io::Error);
+
+    #[test]
+    fn a_nested_eperm_is_a_permission_refusal() {
+        let e = Outer(io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            classify_error("loading", &e),
+            Refusal::NotPermitted("loading".into())
+        );
+        let e = Outer(io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(
+            matches!(classify_error("loading", &e), Refusal::Unsupported(s) if s.starts_with("loading ("))
+        );
     }
 }
