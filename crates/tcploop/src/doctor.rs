@@ -24,7 +24,8 @@
 //!
 //! Whether `tcploop shield` is on in the namespace comes from
 //! [`crate::shield::protection_here`]; the prediction while down then says
-//! `prevented`. Not covered yet: the container a holder runs in.
+//! `prevented`. Each owner's container (or pod, or systemd service) comes
+//! from [`crate::container::of_pids`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -71,6 +72,9 @@ pub struct Owned {
     pub owners_unknown: u64,
     /// A listener owned by the service named with `--service`.
     pub is_service: bool,
+    /// The container (or pod, or systemd service) of each owner that runs
+    /// in one, by pid, as [`crate::container::Container::label`] gives it.
+    pub containers: BTreeMap<u32, String>,
 }
 
 /// Whether a server could bind `addr` now (`Ok(false)`: EADDRINUSE), with
@@ -405,10 +409,11 @@ pub fn diagnose(cfg: &Config) -> Result<Outcome, DoctorError> {
         .into_iter()
         .map(|(label, look)| {
             let flags = reuse_flags(&look.on_port, &found);
-            (label, look, flags)
+            let containers = containers_of(&look.on_port, &found);
+            (label, look, flags, containers)
         })
-        .map(|(label, look, flags)| NsOutcome {
-            before: build(cfg, label, look, &found, &flags),
+        .map(|(label, look, flags, containers)| NsOutcome {
+            before: build(cfg, label, look, &found, &flags, &containers),
             fix: None,
             after: None,
         })
@@ -494,7 +499,8 @@ pub fn fix(cfg: &Config, outcome: &mut Outcome) -> Result<(), DoctorError> {
         let inodes: Vec<u64> = look.on_port.iter().map(|s| u64::from(s.inode)).collect();
         let found = owners::find_owners(inodes, Search::FirstOwner).map_err(DoctorError::Proc)?;
         let flags = reuse_flags(&look.on_port, &found);
-        ns.after = Some(build(cfg, label, look, &found, &flags));
+        let containers = containers_of(&look.on_port, &found);
+        ns.after = Some(build(cfg, label, look, &found, &flags, &containers));
     }
     Ok(())
 }
@@ -507,6 +513,19 @@ pub fn is_service_comm(comm: &str, service: &str) -> bool {
         && (comm == service
             || comm.starts_with(service)
             || (comm.len() == 15 && service.starts_with(comm)))
+}
+
+/// The containers of the owners of the sockets on the port, by pid
+/// ([`crate::container::of_pids`]).
+fn containers_of(
+    on_port: &[DiagSocket],
+    found: &owners::Owners,
+) -> BTreeMap<u32, crate::container::Container> {
+    crate::container::of_pids(
+        on_port
+            .iter()
+            .flat_map(|s| found.of(u64::from(s.inode)).iter().map(|o| o.pid)),
+    )
 }
 
 /// At most this many sockets of a port have their options read.
@@ -537,6 +556,7 @@ fn build(
     look: Look,
     found: &owners::Owners,
     flags: &HashMap<u32, ReuseFlags>,
+    containers: &BTreeMap<u32, crate::container::Container>,
 ) -> Diagnosis {
     let port = cfg.port;
     let raw = holders::analyze(&look.on_port, cfg.server);
@@ -568,11 +588,16 @@ fn build(
                     .service
                     .as_deref()
                     .is_some_and(|svc| owners.iter().any(|o| is_service_comm(&o.comm, svc)));
+            let containers = owners
+                .iter()
+                .filter_map(|o| containers.get(&o.pid).map(|c| (o.pid, c.label())))
+                .collect();
             Owned {
                 holder,
                 owners,
                 owners_unknown: unknown,
                 is_service,
+                containers,
             }
         })
         .collect();
@@ -942,6 +967,7 @@ pub fn theft(
                 owners,
                 owners_unknown,
                 is_service: false,
+                containers: BTreeMap::new(),
             }
         })
         .collect();
@@ -1110,7 +1136,7 @@ pub(crate) mod tests {
             name: None,
             path: None,
         };
-        build(&cfg, label, look, &found, &HashMap::new())
+        build(&cfg, label, look, &found, &HashMap::new(), &BTreeMap::new())
     }
 
     fn actions(d: &Diagnosis) -> Vec<Action> {

@@ -21,6 +21,7 @@
 //! - [`shield`]: make the loop impossible in a namespace (`shield`): BPF on `lo`, or iptables;
 //!   [`shield_daemon`]: keeping it on in every namespace, new ones included;
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
+//! - [`container`]: the container, Kubernetes pod or systemd service of a process, from its cgroup;
 //! - [`audit`]: exposed services and the reserved-ports fix;
 //! - [`holders`]: who holds one port now, and what each does to a server's `bind()`;
 //! - [`doctor`]: "my server cannot bind its port": the cause, the holder, the fix in order;
@@ -35,6 +36,7 @@
 //! does that.
 
 pub mod audit;
+pub mod container;
 pub mod demo;
 pub mod doctor;
 pub mod freeport;

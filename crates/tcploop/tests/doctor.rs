@@ -768,6 +768,7 @@ mod schema {
         pid: u32,
         command: String,
         fd: i32,
+        container: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

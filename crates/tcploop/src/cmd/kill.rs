@@ -146,7 +146,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 } else {
                     "would-destroy"
                 };
-                line(out, l, action, None, None)?;
+                line(out, l, &r.containers, action, None, None)?;
             } else if aborted {
                 writeln!(
                     out,
@@ -200,7 +200,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             _ => None,
         };
         if args.json {
-            line(out, l, action, port, loops_again)?;
+            line(out, l, &r.containers, action, port, loops_again)?;
         } else {
             let what = match (&outcome, port) {
                 (Killed::Destroyed { .. }, Some(p)) => {
@@ -303,6 +303,7 @@ fn summary_text(sum: &SummaryWire) -> String {
 fn line(
     out: &mut dyn Write,
     l: &scan::Loop,
+    containers: &std::collections::BTreeMap<u32, tcploop::container::Container>,
     action: &'static str,
     port: Option<&PortState>,
     loops_again: Option<bool>,
@@ -318,7 +319,7 @@ fn line(
         out,
         "kill",
         &KillWire {
-            socket: l.into(),
+            socket: SocketWire::from(l).with_containers(containers),
             action,
             port_state: state,
             port_detail: detail,

@@ -3,11 +3,12 @@
 //!
 //! JSON Lines (`--json`):
 //! - one line of type `socket` per loop, data
-//!   `{"netns": {"inode": 4026531840, "pid": 1234|null, "comm": "python3"|null, "name": "blue"|null},
+//!   `{"netns": {"inode": 4026531840, "pid": 1234|null, "comm": "python3"|null, "name": "blue"|null,
+//!               "container": null|CONTAINER},
 //!     "family": "ipv4"|"ipv6", "state": "ESTABLISHED", "local": "127.0.0.1:40004",
 //!     "peer": "127.0.0.1:40004", "port": 40004, "uid": 0, "inode": 9771884,
 //!     "cookie": 28|null (null when read from /proc), "time_wait_left_ms": 59200|null,
-//!     "owners": [{"pid": 1234, "comm": "python3", "fd": 3}],
+//!     "owners": [{"pid": 1234, "comm": "python3", "fd": 3, "container": null|CONTAINER}],
 //!     "owner_status": "found"|"unknown"|"none" (none: TIME-WAIT, no process holds it),
 //!     "consequence": "port 40004 is held: ..."}`;
 //! - a final line of type `summary`, data
@@ -20,10 +21,20 @@
 //!     "shield_off": [{"netns": {...}, "exposed_ports": [40004]}]}`: `shield_off` lists
 //!   the namespaces whose shield (`tcploop shield`) is off while listening ports
 //!   of theirs lie in the ephemeral range, unreserved.
+//!
+//! CONTAINER is the process's container or systemd service (see
+//! `tcploop::container`), `null` for a process in neither:
+//! `{"runtime": "docker"|"containerd"|"cri-o"|"podman"|"nspawn"|"lxc"|"kubernetes"|"systemd-service",
+//!   "id": "3f4b9e6c...", "name": "api"|null, "pod_uid": "8d1c2f3a-..."|null,
+//!   "pod": "api-0"|null, "namespace": "shop"|null}` (names where the
+//! runtime's state files give them).
 
 use std::io::Write;
 
 use serde::Serialize;
+use std::collections::BTreeMap;
+
+use tcploop::container::Container;
 use tcploop::owners::{Owner, OwnerSource, OwnerSourceUsed};
 use tcploop::report;
 use tcploop::scan::{self, Loop, NetnsLabel, ScanOptions, ScanReport, Source};
@@ -133,6 +144,54 @@ pub struct NetnsWire {
     pid: Option<u32>,
     comm: Option<String>,
     name: Option<String>,
+    container: Option<ContainerWire>,
+}
+
+/// A process's container on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerWire {
+    runtime: &'static str,
+    id: String,
+    name: Option<String>,
+    pod_uid: Option<String>,
+    pod: Option<String>,
+    namespace: Option<String>,
+}
+
+impl From<&Container> for ContainerWire {
+    fn from(c: &Container) -> ContainerWire {
+        ContainerWire {
+            runtime: c.runtime.as_str(),
+            id: c.id.clone(),
+            name: c.name.clone(),
+            pod_uid: c.pod_uid.clone(),
+            pod: c.pod.clone(),
+            namespace: c.namespace.clone(),
+        }
+    }
+}
+
+/// `container docker/api, pod shop/api-0`, or empty for no container.
+pub fn container_text(c: Option<&Container>) -> String {
+    let Some(c) = c else { return String::new() };
+    let kind = if c.runtime == tcploop::container::Runtime::SystemdService {
+        "service"
+    } else {
+        "container"
+    };
+    let mut t = format!(", {kind} {}", report::escape(&c.label()));
+    if let Some(p) = c.pod_label() {
+        t.push_str(&format!(", pod {}", report::escape(&p)));
+    }
+    t
+}
+
+impl NetnsWire {
+    /// With the container of the namespace's process.
+    pub fn with_container(mut self, c: Option<&Container>) -> NetnsWire {
+        self.container = c.map(Into::into);
+        self
+    }
 }
 
 impl From<&NetnsLabel> for NetnsWire {
@@ -142,6 +201,7 @@ impl From<&NetnsLabel> for NetnsWire {
             pid: l.pid,
             comm: l.comm.clone(),
             name: l.name.clone(),
+            container: None,
         }
     }
 }
@@ -152,6 +212,7 @@ pub struct OwnerWire {
     pid: u32,
     comm: String,
     fd: i32,
+    container: Option<ContainerWire>,
 }
 
 /// The `socket` line (also embedded in `kill` lines).
@@ -204,11 +265,25 @@ impl From<&Loop> for SocketWire {
                     pid: o.pid,
                     comm: o.comm.clone(),
                     fd: o.fd,
+                    container: None,
                 })
                 .collect(),
             owner_status: owner_status(l),
             consequence: l.consequence(),
         }
+    }
+}
+
+impl SocketWire {
+    /// Fills in the containers of the owners and of the namespace's
+    /// process, from the scan's lookup.
+    pub fn with_containers(mut self, containers: &BTreeMap<u32, Container>) -> SocketWire {
+        let of = |pid: u32| containers.get(&pid).map(ContainerWire::from);
+        for o in &mut self.owners {
+            o.container = of(o.pid);
+        }
+        self.netns.container = self.netns.pid.and_then(of);
+        self
     }
 }
 
@@ -260,7 +335,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let r = scan::scan(&opts)?;
     if args.json {
         for l in &r.loops {
-            report::json_line(out, "socket", &SocketWire::from(l))?;
+            report::json_line(
+                out,
+                "socket",
+                &SocketWire::from(l).with_containers(&r.containers),
+            )?;
         }
         report::json_line(
             out,
@@ -338,7 +417,17 @@ pub fn loop_line(l: &Loop) -> String {
 /// Who holds it, in words.
 pub fn owners_text(l: &Loop, r: &ScanReport) -> String {
     if !l.owners.is_empty() {
-        let v: Vec<String> = l.owners.iter().map(owner_text).collect();
+        let v: Vec<String> = l
+            .owners
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    owner_text(o),
+                    container_text(r.containers.get(&o.pid))
+                )
+            })
+            .collect();
         return format!("held by {}", v.join(", "));
     }
     if !l.has_inode() {
@@ -458,7 +547,13 @@ fn human(r: &ScanReport, opts: &ScanOptions, out: &mut dyn Write) -> std::io::Re
     let mut last_ns = None;
     for l in &r.loops {
         if many_ns && last_ns != Some(l.netns.inode) {
-            writeln!(out, "namespace {}:", report::escape(&l.netns.describe()))?;
+            let c = l.netns.pid.and_then(|p| r.containers.get(&p));
+            writeln!(
+                out,
+                "namespace {}{}:",
+                report::escape(&l.netns.describe()),
+                container_text(c)
+            )?;
             last_ns = Some(l.netns.inode);
         }
         writeln!(out, "LOOP {}", loop_line(l))?;

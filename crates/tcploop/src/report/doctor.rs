@@ -9,7 +9,8 @@
 //!     "conflicts": true, "bind": EFFECT, "bind_reuseaddr": EFFECT,
 //!     "reuseport_group": false, "reuseaddr": false|true|null, "reuseport": false|true|null,
 //!     "is_service": false,
-//!     "owners": [{"pid": 31201, "command": "redis-cli", "fd": 3}], "owners_unknown": 0,
+//!     "owners": [{"pid": 31201, "command": "redis-cli", "fd": 3, "container": null|string}],
+//!     "owners_unknown": 0,
 //!     "peers": ["127.0.0.1:40004"], "peers_total": 1, "time_wait_left_ms": null}`,
 //!   EFFECT being `"ok"`, `"eaddrinuse"`, `"eaddrinuse-unless-holder-reuseaddr"` or
 //!   `"eaddrinuse-unless-reuseport"` (`peers` lists at most 10; `reuseaddr` and
@@ -58,6 +59,7 @@ struct OwnerWire<'a> {
     pid: u32,
     command: &'a str,
     fd: i32,
+    container: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -394,6 +396,7 @@ fn diagnosis_json(out: &mut dyn Write, d: &Diagnosis, after_fix: bool) -> io::Re
                         pid: o.pid,
                         command: &o.comm,
                         fd: o.fd,
+                        container: h.containers.get(&o.pid).map(String::as_str),
                     })
                     .collect(),
                 owners_unknown: h.owners_unknown,
@@ -485,7 +488,16 @@ fn owners_text(h: &Owned) -> String {
         .owners
         .iter()
         .take(5)
-        .map(|o| format!("{} (pid {}, fd {})", escape(&o.comm), o.pid, o.fd))
+        .map(|o| match h.containers.get(&o.pid) {
+            Some(c) => format!(
+                "{} (pid {}, fd {}, {})",
+                escape(&o.comm),
+                o.pid,
+                o.fd,
+                escape(c)
+            ),
+            None => format!("{} (pid {}, fd {})", escape(&o.comm), o.pid, o.fd),
+        })
         .collect();
     let more = h.owners.len().saturating_sub(5);
     if more > 0 {
