@@ -13,9 +13,11 @@ use crate::exit::Exit;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0    success: loop reproduced (connect, demo); nothing found (check, scan, audit)
+  0    success: loop reproduced (connect, demo); nothing found (check, scan, audit);
+       doctor: the port is free
   1    connect: not reproduced (refused by the predictor, or a limit reached);
-       check: a port can loop; scan, trace: loops found; audit: exposed ports or loops
+       check: a port can loop or is stolen; scan, trace: loops found; audit:
+       exposed ports or loops; doctor: something holds the port
   2    bad usage, bad input, or an error
   3    connect --force: a real listener answered (not a loop; without --force,
        connect refuses a port with a listener before trying: exit 1)
@@ -51,6 +53,9 @@ pub enum Command {
     Scan(cmd::scan::Args),
     /// Destroy self-connected sockets (SOCK_DESTROY) so their ports are free
     Kill(cmd::kill::Args),
+    /// Why a server cannot bind its port (EADDRINUSE): the holder, the fix in order
+    #[command(after_help = cmd::doctor::AFTER_HELP)]
+    Doctor(cmd::doctor::Args),
     /// Show a loop happen, packet by packet, in a throwaway namespace
     #[command(after_help = cmd::demo::AFTER_HELP)]
     Demo(cmd::demo::Args),
@@ -93,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Scan(a) => scan::run(a, &mut out),
         Command::Kill(a) => kill::run(a, &mut out),
         Command::Demo(a) => demo::run(a, &mut out),
+        Command::Doctor(a) => doctor::run(a, &mut out),
         Command::Audit(a) => audit::run(a, &mut out),
         Command::Trace(a) => trace::run(a, &mut out),
         Command::Watch(a) => watch::run(a, &mut out),

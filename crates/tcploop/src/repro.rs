@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::sys::diag::bind_probe;
+
 /// One socket for every try, or a new one per try.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketMode {
@@ -520,7 +522,9 @@ pub fn plan(resolved: &crate::host::Resolved, port: u16) -> Result<Plan, crate::
 pub const ECHO: &[u8] = b"tcploop";
 
 /// The proof of a loop, for `connect` and `demo` alike: echo [`ECHO`]
-/// through the socket, probe a server's `bind()` of `target` (stolen),
+/// through the socket, probe a server's `bind()` of `target` with
+/// SO_REUSEADDR, as servers do (the one bind probe,
+/// [`crate::sys::diag::bind_probe`]: stolen),
 /// tell `shown` (a display: the proof so far, before the hold), hold the
 /// loop as asked (`stop` is polled: Ctrl-C), release it (RST when `rst`,
 /// else FIN) and probe the bind again (freed). An error of `shown` is
@@ -534,7 +538,7 @@ pub fn prove(
     shown: &mut dyn FnMut(&Proof) -> io::Result<()>,
 ) -> io::Result<Proof> {
     let echo = echo(&sock, ECHO).is_ok_and(|b| b == ECHO);
-    let stolen = matches!(can_bind(target), Ok(false));
+    let stolen = matches!(bind_probe(target, true), Ok(false));
     let mut proof = Proof {
         echo,
         stolen,
@@ -549,7 +553,7 @@ pub fn prove(
     let held = hold_loop(&sock, hold, stop);
     let destroyed = held == Held::Destroyed || !still_connected(&sock);
     release(sock, rst);
-    proof.freed = matches!(can_bind(target), Ok(true));
+    proof.freed = matches!(bind_probe(target, true), Ok(true));
     proof.held = held;
     proof.destroyed = destroyed;
     Ok(proof)
@@ -566,18 +570,6 @@ pub fn echo(sock: &Socket, msg: &[u8]) -> io::Result<Vec<u8>> {
     let r = s.read_exact(&mut buf);
     let _ = sock.set_read_timeout(None);
     r.map(|()| buf)
-}
-
-/// Whether a server could bind `addr` now, as servers do (SO_REUSEADDR):
-/// `Ok(false)` is EADDRINUSE.
-pub fn can_bind(addr: SocketAddr) -> io::Result<bool> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    match s.bind(&addr.into()) {
-        Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 fn hold_loop(sock: &Socket, hold: Hold, stop: &dyn Fn() -> bool) -> Held {

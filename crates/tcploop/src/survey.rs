@@ -6,9 +6,10 @@ use std::net::IpAddr;
 
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
-use crate::ports::{EphemeralFacts, FactsError};
+use crate::ports::{EphemeralFacts, FactsError, PortSet};
 use crate::predict::{Client, Situation};
 use crate::sys::diag::DiagError;
+use crate::sys::diag::DiagSocket;
 use crate::sys::ifaddrs::{self, IfAddr};
 
 /// The facts of the caller's network namespace at one moment.
@@ -20,20 +21,32 @@ pub struct Survey {
     pub inventory: Result<Inventory, DiagError>,
     /// Interface addresses (empty if they could not be read).
     pub ifaddrs: Vec<IfAddr>,
+    /// The sockets on the ports asked for with [`Survey::take_keeping`].
+    pub kept: Vec<DiagSocket>,
 }
 
 impl Survey {
     /// Reads everything. Only the port facts are required; a failed socket
     /// dump or address list is kept as a gap, not an error.
     pub fn take() -> Result<Survey, FactsError> {
+        Survey::take_keeping(&PortSet::default())
+    }
+
+    /// [`Survey::take`], also keeping the sockets whose local port is in
+    /// `keep` (from the same dump), for the holder analysis.
+    pub fn take_keeping(keep: &PortSet) -> Result<Survey, FactsError> {
         let facts = EphemeralFacts::read()?;
         let bound_visible = facts.kernel.is_some_and(|k| k.dumps_bound_sockets());
-        let inventory = Inventory::read(bound_visible);
+        let (inventory, kept) = match Inventory::read_keeping(bound_visible, keep) {
+            Ok((i, k)) => (Ok(i), k),
+            Err(e) => (Err(e), vec![]),
+        };
         let ifaddrs = ifaddrs::list().unwrap_or_default();
         Ok(Survey {
             facts,
             inventory,
             ifaddrs,
+            kept,
         })
     }
 
@@ -54,7 +67,7 @@ impl Survey {
 }
 
 /// What `tcploop check` learns: the destination as this namespace sees it,
-/// whether the socket dump was missing, and one prediction a port (the
+/// whether the socket dump was missing, and one answer a port (the
 /// shield's protection, when it is on here, applied).
 #[derive(Debug)]
 pub struct Checked {
@@ -63,47 +76,66 @@ pub struct Checked {
     /// Why the socket dump failed, if it did (listeners and bound ports are
     /// then unknown).
     pub inventory_error: Option<String>,
-    /// One prediction a port, in the order asked.
-    pub predictions: Vec<crate::predict::Prediction>,
+    /// One answer a port, in the order asked.
+    pub ports: Vec<PortCheck>,
+}
+
+/// The answer for one port.
+#[derive(Debug)]
+pub struct PortCheck {
+    /// The predictor's verdict for a client's connect().
+    pub prediction: crate::predict::Prediction,
+    /// The port is stolen now (a loop or a source-port connection holds
+    /// it; a server's bind fails), with the prediction while the service
+    /// is down ([`crate::doctor::theft`]).
+    pub theft: Option<crate::doctor::Theft>,
 }
 
 impl Checked {
-    /// Whether any port can loop, or might (the check's exit code).
+    /// Whether any port can loop, or might, or is stolen (the check's exit
+    /// code).
     pub fn any_can_loop(&self) -> bool {
         use crate::predict::Verdict;
-        self.predictions
-            .iter()
-            .any(|p| matches!(p.verdict, Verdict::Possible | Verdict::Unknown))
+        self.ports.iter().any(|p| {
+            matches!(p.prediction.verdict, Verdict::Possible | Verdict::Unknown)
+                || p.theft.is_some()
+        })
     }
 }
 
 /// Predicts, for each port, whether a `client`'s connect() to `addr`
-/// (`scope_id`: IPv6 scope, else 0) can loop here, now.
+/// (`scope_id`: IPv6 scope, else 0) can loop here, now, and whether the
+/// port is stolen already.
 pub fn check(
     addr: IpAddr,
     scope_id: u32,
     client: Client,
     ports: &[u16],
 ) -> Result<Checked, FactsError> {
-    let survey = Survey::take()?;
+    let keep = PortSet::from_ports(ports.iter().copied());
+    let survey = Survey::take_keeping(&keep)?;
     let host = survey.host(addr, scope_id);
     let shield = crate::shield::protection_here();
     let sit = survey.situation(&host, client);
-    let predictions = ports
+    let ports = ports
         .iter()
         .map(|&port| {
-            let mut p = crate::predict::predict(&sit, port);
+            let mut prediction = crate::predict::predict(&sit, port);
+            let mut theft = crate::doctor::theft(&survey, &host, client, port);
             if let Some(how) = &shield {
-                crate::predict::shielded(&mut p, how);
+                crate::predict::shielded(&mut prediction, how);
+                if let Some(t) = &mut theft {
+                    crate::predict::shielded(&mut t.when_down, how);
+                }
             }
-            p
+            PortCheck { prediction, theft }
         })
         .collect();
     let inventory_error = survey.inventory.as_ref().err().map(|e| e.to_string());
     Ok(Checked {
         host,
         inventory_error,
-        predictions,
+        ports,
     })
 }
 

@@ -18,8 +18,11 @@ pub const AFTER_HELP: &str = "\
 Verdicts: possible (with the expected number of tries), impossible (with the
 reason), listening (something listens: connects succeed but are no loops),
 prevented (it could loop, but `tcploop shield` is on here and turns the
-self-connect into ECONNREFUSED), unknown (a fact is missing, and which). Exit code 1 when any port is possible
-or unknown, 0 when none can loop.
+self-connect into ECONNREFUSED), unknown (a fact is missing, and which),
+stolen (held now by a self-connected socket or by connections using it as
+their source port, so that a server's bind fails: the holders are named, and
+the prediction for while the service is down is given apart). Exit code 1
+when any port is possible, unknown or stolen, 0 when none can loop.
 
 Examples:
   tcploop check 33333             the article's port (odd: never loops on Linux 4.6+)

@@ -10,6 +10,7 @@ pub mod check;
 pub mod completions;
 pub mod connect;
 pub mod demo;
+pub mod doctor;
 pub mod free_port;
 pub mod kill;
 pub mod ports;

@@ -2,8 +2,20 @@
 //! first).
 //!
 //! JSON Lines: one line of type `check` per port, data
-//! `{"host": "127.0.0.1", "port": 40004, "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown",
-//!   "reasons": [string], "expected_tries": number|null}`.
+//! `{"host": "127.0.0.1", "port": 40004,
+//!   "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown"|"stolen",
+//!   "reasons": [string], "expected_tries": number|null,
+//!   "holders": [{"kind": "self-connected"|"self-connected-time-wait"|"source-port",
+//!                "local": "127.0.0.1:40004", "sockets": 1,
+//!                "owners": [{"pid": 31201, "command": "redis-cli", "fd": 3}], "peers": [string]}],
+//!   "when_down": null|{"verdict": "possible"|..., "reasons": [string], "expected_tries": number|null}}`.
+//!
+//! `stolen` is the state *now*: self-connected sockets, or connections that
+//! use the port as their source port, hold it, and a server's bind of
+//! host:port fails (checked with a real bind, released at once). `holders`
+//! names them; `when_down` is the prediction for a client while the service
+//! is down and those holders are gone, kept apart. For the other verdicts
+//! `holders` is empty and `when_down` null (always so in `connect`'s line).
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -11,14 +23,45 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use super::{escape, thousands, Format};
+use crate::doctor::{self, Theft};
+use crate::holders::Kind;
 use crate::host::{Host, Resolved};
 use crate::predict::Prediction;
+use crate::survey::PortCheck;
 
 /// One `check` line.
 #[derive(Debug, Serialize)]
 pub struct CheckLine<'a> {
     pub host: String,
     pub port: u16,
+    pub verdict: &'a str,
+    pub reasons: &'a [String],
+    pub expected_tries: Option<f64>,
+    pub holders: Vec<HolderOut>,
+    pub when_down: Option<WhenDownOut<'a>>,
+}
+
+/// A holder of a stolen port.
+#[derive(Debug, Serialize)]
+pub struct HolderOut {
+    pub kind: &'static str,
+    pub local: String,
+    pub sockets: usize,
+    pub owners: Vec<OwnerOut>,
+    pub peers: Vec<String>,
+}
+
+/// One process holding a socket.
+#[derive(Debug, Serialize)]
+pub struct OwnerOut {
+    pub pid: u32,
+    pub command: String,
+    pub fd: i32,
+}
+
+/// The prediction while the service is down.
+#[derive(Debug, Serialize)]
+pub struct WhenDownOut<'a> {
     pub verdict: &'a str,
     pub reasons: &'a [String],
     pub expected_tries: Option<f64>,
@@ -63,8 +106,129 @@ pub fn inventory_gap(out: &mut dyn Write, format: Format, error: &str) -> io::Re
     }
 }
 
+/// One port's answer: `127.0.0.1:40004  possible  about 5 tries` and its
+/// reasons (a stolen port: its holders, a server's bind, and the verdict
+/// while the service is down), or a `check` line.
+pub fn port(out: &mut dyn Write, format: Format, host: &Host, c: &PortCheck) -> io::Result<()> {
+    let p = &c.prediction;
+    let hostport = super::addr(SocketAddr::new(host.effective, p.port));
+    let Some(t) = &c.theft else {
+        return prediction(out, format, host, p);
+    };
+    let reasons = stolen_reasons(t, &hostport, p.port);
+    match format {
+        Format::Json => super::json_line(
+            out,
+            "check",
+            &CheckLine {
+                host: host.addr.to_string(),
+                port: p.port,
+                verdict: "stolen",
+                reasons: &reasons,
+                expected_tries: None,
+                holders: holders(t),
+                when_down: Some(WhenDownOut {
+                    verdict: t.when_down.verdict.as_str(),
+                    reasons: &t.when_down.reasons,
+                    expected_tries: t.when_down.expected_tries,
+                }),
+            },
+        ),
+        Format::Human => {
+            writeln!(out, "{hostport}  stolen")?;
+            for r in &reasons {
+                writeln!(out, "  - {}", escape(r))?;
+            }
+            writeln!(
+                out,
+                "  while the service is down (these holders gone): {}{}",
+                t.when_down.verdict,
+                tries(t.when_down.expected_tries)
+            )?;
+            for r in &t.when_down.reasons {
+                writeln!(out, "    - {}", escape(r))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn tries(t: Option<f64>) -> String {
+    t.map(|t| format!("  about {} tries", thousands(t.round() as u64)))
+        .unwrap_or_default()
+}
+
+fn holders(t: &Theft) -> Vec<HolderOut> {
+    t.holders
+        .iter()
+        .map(|h| HolderOut {
+            kind: h.holder.kind.as_str(),
+            local: super::addr(h.holder.local()),
+            sockets: h.holder.sockets.len(),
+            owners: h
+                .owners
+                .iter()
+                .map(|o| OwnerOut {
+                    pid: o.pid,
+                    command: o.comm.clone(),
+                    fd: o.fd,
+                })
+                .collect(),
+            peers: h
+                .holder
+                .peers()
+                .iter()
+                .take(10)
+                .map(|a| a.to_string())
+                .collect(),
+        })
+        .collect()
+}
+
+/// The reasons of a `stolen` verdict: who holds the port, and what a
+/// server's bind says (not escaped: the text renderer escapes).
+fn stolen_reasons(t: &Theft, hostport: &str, port: u16) -> Vec<String> {
+    let mut v = vec![];
+    for h in &t.holders {
+        let who = doctor::who(&h.owners);
+        let n = h.holder.sockets.len();
+        v.push(match h.holder.kind {
+            Kind::Loop => format!(
+                "held now by a self-connected socket {} of {who}: the port is stolen",
+                h.holder.local()
+            ),
+            Kind::LoopTimeWait => format!(
+                "held now by a closed loop in TIME-WAIT on {} ({} s more)",
+                h.holder.local(),
+                h.holder.time_wait_left_ms().unwrap_or(0).div_ceil(1000)
+            ),
+            _ => format!(
+                "held now by {n} connection{} of {who} using {port} as {} source port (to {})",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "its" } else { "their" },
+                h.holder
+                    .peers()
+                    .iter()
+                    .take(3)
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let with = match t.probe.reuseaddr {
+        Ok(true) => "a server that sets SO_REUSEADDR can bind it all the same",
+        Ok(false) => "with SO_REUSEADDR too",
+        Err(_) => "with SO_REUSEADDR: could not check",
+    };
+    v.push(format!(
+        "a server binding {hostport} gets EADDRINUSE now ({with}); `tcploop doctor {port}` gives the fix"
+    ));
+    v
+}
+
 /// One port's prediction: `127.0.0.1:40004  possible  about 5 tries` and
-/// its reasons, or a `check` line.
+/// its reasons, or a `check` line (no holders, `when_down` null).
 pub fn prediction(
     out: &mut dyn Write,
     format: Format,
@@ -81,15 +245,13 @@ pub fn prediction(
                 verdict: p.verdict.as_str(),
                 reasons: &p.reasons,
                 expected_tries: p.expected_tries,
+                holders: vec![],
+                when_down: None,
             },
         ),
         Format::Human => {
-            let tries = p
-                .expected_tries
-                .map(|t| format!("  about {} tries", thousands(t.round() as u64)))
-                .unwrap_or_default();
             let hostport = super::addr(SocketAddr::new(host.effective, p.port));
-            writeln!(out, "{hostport}  {}{tries}", p.verdict)?;
+            writeln!(out, "{hostport}  {}{}", p.verdict, tries(p.expected_tries))?;
             reasons(out, p)
         }
     }
@@ -98,7 +260,7 @@ pub fn prediction(
 /// The reasons of a prediction, one `  - ` line each.
 pub fn reasons(out: &mut dyn Write, p: &Prediction) -> io::Result<()> {
     for r in &p.reasons {
-        writeln!(out, "  - {r}")?;
+        writeln!(out, "  - {}", escape(r))?;
     }
     Ok(())
 }
@@ -115,8 +277,8 @@ pub fn render(
     if let Some(e) = &checked.inventory_error {
         inventory_gap(out, format, e)?;
     }
-    for p in &checked.predictions {
-        prediction(out, format, &checked.host, p)?;
+    for c in &checked.ports {
+        port(out, format, &checked.host, c)?;
     }
     Ok(())
 }
@@ -140,18 +302,24 @@ mod tests {
         Checked {
             host: loopback(),
             inventory_error: Some("dump refused\x1b[2J".into()),
-            predictions: vec![
-                Prediction {
-                    port: 40004,
-                    verdict: Verdict::Possible,
-                    reasons: vec!["40004 is in the range".into()],
-                    expected_tries: Some(12345.4),
+            ports: vec![
+                PortCheck {
+                    prediction: Prediction {
+                        port: 40004,
+                        verdict: Verdict::Possible,
+                        reasons: vec!["40004 is in the range".into()],
+                        expected_tries: Some(12345.4),
+                    },
+                    theft: None,
                 },
-                Prediction {
-                    port: 33333,
-                    verdict: Verdict::Impossible,
-                    reasons: vec!["33333 is odd".into(), "connect() picks even".into()],
-                    expected_tries: None,
+                PortCheck {
+                    prediction: Prediction {
+                        port: 33333,
+                        verdict: Verdict::Impossible,
+                        reasons: vec!["33333 is odd\x1b[2J".into(), "connect() picks even".into()],
+                        expected_tries: None,
+                    },
+                    theft: None,
                 },
             ],
         }
@@ -176,7 +344,7 @@ mod tests {
              127.0.0.1:40004  possible  about 12,345 tries\n  \
              - 40004 is in the range\n\
              127.0.0.1:33333  impossible\n  \
-             - 33333 is odd\n  \
+             - 33333 is odd\\x1b[2J\n  \
              - connect() picks even\n"
         );
     }
@@ -220,7 +388,8 @@ mod tests {
             lines[0],
             serde_json::json!({"type": "check", "data": {
                 "host": "127.0.0.1", "port": 40004, "verdict": "possible",
-                "reasons": ["40004 is in the range"], "expected_tries": 12345.4}})
+                "reasons": ["40004 is in the range"], "expected_tries": 12345.4,
+                "holders": [], "when_down": null}})
         );
         assert_eq!(lines[1]["data"]["expected_tries"], serde_json::Value::Null);
     }

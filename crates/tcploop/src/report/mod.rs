@@ -9,6 +9,7 @@
 pub mod check;
 pub mod connect;
 pub mod demo;
+pub mod doctor;
 pub mod free_port;
 pub mod ports;
 pub mod run;
