@@ -347,3 +347,90 @@ fn released(target: SocketAddr, p: &Proof, rst: bool) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repro::Outcome;
+
+    fn report() -> Report {
+        Report {
+            outcome: Outcome::MaxTries,
+            tries: 12345,
+            elapsed: Duration::from_millis(1520),
+            local: Some("127.0.0.1:40004".parse().unwrap()),
+            peer: Some("127.0.0.1:40004".parse().unwrap()),
+        }
+    }
+
+    fn proof(destroyed: bool, held: Held) -> Proof {
+        Proof {
+            echo: true,
+            stolen: true,
+            held,
+            destroyed,
+            freed: true,
+        }
+    }
+
+    fn text(ended: Ended, rst: bool) -> String {
+        let mut v = vec![];
+        let target = "127.0.0.1:40004".parse().unwrap();
+        result(&mut v, Format::Human, &report(), target, ended, rst).unwrap();
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn human_output_of_each_ending() {
+        assert_eq!(
+            text(Ended::Loop(proof(false, Held::Done)), true),
+            "Released with RST: port 40004 is free again.\n"
+        );
+        assert!(
+            text(Ended::Loop(proof(false, Held::Done)), false).starts_with(
+                "Closed gracefully: 127.0.0.1:40004 <-> 127.0.0.1:40004 stays in TIME-WAIT"
+            )
+        );
+        assert_eq!(
+            text(Ended::Loop(proof(false, Held::Interrupted)), true),
+            "Released with RST: port 40004 is free again.\n(interrupted while holding)\n"
+        );
+        assert!(text(Ended::Loop(proof(true, Held::Destroyed)), true)
+            .starts_with("The loop was destroyed while held"));
+        assert_eq!(
+            text(Ended::TryLimit, true),
+            "Gave up after 12,345 tries in 1.52 s (8,122 tries/s): the try limit (--max-tries) \
+             was reached without a loop.\n"
+        );
+        assert_eq!(
+            text(Ended::Listener, true),
+            "Connected after 12,345 tries\n  local 127.0.0.1:40004  peer 127.0.0.1:40004  \
+             in 1.52 s (8,122 tries/s)\n  Not a loop: a real listener answered on 127.0.0.1:40004.\n"
+        );
+    }
+
+    #[test]
+    fn json_result_line_of_a_loop_and_of_a_destroyed_one() {
+        let target = "127.0.0.1:40004".parse().unwrap();
+        let line = |ended, rst| {
+            let mut v = vec![];
+            result(&mut v, Format::Json, &report(), target, ended, rst).unwrap();
+            serde_json::from_slice::<serde_json::Value>(&v).unwrap()
+        };
+        let l = line(Ended::Loop(proof(false, Held::Done)), false);
+        assert_eq!(l["type"], "result");
+        let d = &l["data"];
+        assert_eq!(d["outcome"], "self-connect");
+        assert_eq!(d["released"], "graceful");
+        assert_eq!(d["echo"], true);
+        assert_eq!(d["port_stolen"], true);
+        assert_eq!(d["destroyed_while_held"], false);
+        assert_eq!(d["tries"], 12345);
+        let l = line(Ended::Loop(proof(true, Held::Destroyed)), true);
+        assert_eq!(l["data"]["released"], serde_json::Value::Null);
+        assert_eq!(l["data"]["destroyed_while_held"], true);
+        let l = line(Ended::TimeLimit, true);
+        assert_eq!(l["data"]["outcome"], "gave-up");
+        assert_eq!(l["data"]["echo"], serde_json::Value::Null);
+    }
+}
