@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
+use crate::model::{Socket, TcpState};
 use crate::ports::{EphemeralFacts, Parity, PortSet};
 use crate::predict::{self, Client, Prediction, Situation};
-use crate::sys::diag::{state, DiagSocket};
 use crate::sys::ifaddrs::IfAddr;
 use crate::sys::procsys;
 
@@ -107,7 +107,7 @@ pub struct Audit {
     /// Every listener in the range and every configured port, by port.
     pub ports: Vec<PortAudit>,
     /// Self-connected sockets present now.
-    pub loops: Vec<DiagSocket>,
+    pub loops: Vec<Socket>,
     /// The reservation that closes every exposed port.
     pub fix: Fix,
     /// The shield, when it is on in the namespace (`bpf (tcx)`,
@@ -196,14 +196,14 @@ impl Fix {
 /// `configured` the service ports named by the user.
 pub fn analyze(
     facts: &EphemeralFacts,
-    sockets: &[DiagSocket],
+    sockets: &[Socket],
     bound_visible: bool,
     ifaddrs: &[IfAddr],
     configured: &PortSet,
 ) -> Audit {
     let range = facts.range;
     let mut listeners: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
-    for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
+    for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
         listeners.entry(s.local.port()).or_default().push(Listener {
             addr: s.local,
             inode: s.inode,
@@ -229,16 +229,16 @@ pub fn analyze(
 
     // What the predictor needs for port P with P's own listeners gone: every
     // bind()/listen() holder of other ports, plus every other socket on P.
-    let holders: Vec<&DiagSocket> = sockets
+    let holders: Vec<&Socket> = sockets
         .iter()
         .filter(|s| {
             matches!(
                 s.state,
-                state::LISTEN | state::BOUND_INACTIVE | state::CLOSE
+                TcpState::Listen | TcpState::BoundInactive | TcpState::Close
             )
         })
         .collect();
-    let mut on_port: BTreeMap<u16, Vec<&DiagSocket>> = BTreeMap::new();
+    let mut on_port: BTreeMap<u16, Vec<&Socket>> = BTreeMap::new();
     for s in sockets {
         if ports.contains_key(&s.local.port()) {
             on_port.entry(s.local.port()).or_default().push(s);
@@ -254,7 +254,7 @@ pub fn analyze(
         } else {
             Status::Exposed
         };
-        let down: Vec<&DiagSocket> = holders
+        let down: Vec<&Socket> = holders
             .iter()
             .copied()
             .filter(|s| s.local.port() != port)
@@ -264,7 +264,7 @@ pub fn analyze(
                     .into_iter()
                     .flatten()
                     .copied()
-                    .filter(|s| s.state != state::LISTEN),
+                    .filter(|s| s.state != TcpState::Listen),
             )
             .collect();
         let inv = Inventory::from_sockets(down, bound_visible);
@@ -290,11 +290,7 @@ pub fn analyze(
             advice,
         });
     }
-    let mut loops: Vec<DiagSocket> = sockets
-        .iter()
-        .filter(|s| tcploop_guard::is_loop(s.local, s.peer))
-        .copied()
-        .collect();
+    let mut loops: Vec<Socket> = sockets.iter().filter(|s| s.is_loop()).copied().collect();
     loops.sort_by_key(|s| (s.local.port(), s.local));
     let exposed = PortSet::from_ports(
         out.iter()
@@ -746,11 +742,11 @@ mod tests {
             .collect()
     }
 
-    fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
-        DiagSocket {
+    fn sock(st: TcpState, local: &str, peer: &str, inode: u32) -> Socket {
+        Socket {
             cookie: [inode, 0],
             inode,
-            ..DiagSocket::fixture(st, local, peer)
+            ..Socket::fixture(st, local, peer)
         }
     }
 
@@ -758,11 +754,11 @@ mod tests {
     fn a_listener_in_the_range_is_exposed_with_the_verdict_when_it_is_down() {
         let f = facts(40000, 40009, "");
         let socks = [
-            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 11),
-            sock(state::LISTEN, "[::]:40004", "[::]:0", 12),
-            sock(state::LISTEN, "127.0.0.1:8080", "0.0.0.0:0", 13),
+            sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0", 11),
+            sock(TcpState::Listen, "[::]:40004", "[::]:0", 12),
+            sock(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 13),
             // another service holds an even port: one candidate fewer
-            sock(state::LISTEN, "127.0.0.1:40000", "0.0.0.0:0", 14),
+            sock(TcpState::Listen, "127.0.0.1:40000", "0.0.0.0:0", 14),
         ];
         let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
         let ports: Vec<u16> = a.ports.iter().map(|p| p.port).collect();
@@ -785,8 +781,8 @@ mod tests {
     fn odd_ports_reserved_ports_and_configured_ports() {
         let f = facts(40000, 40009, "40002,50000-50010");
         let socks = [
-            sock(state::LISTEN, "127.0.0.1:40005", "0.0.0.0:0", 1),
-            sock(state::LISTEN, "127.0.0.1:40002", "0.0.0.0:0", 2),
+            sock(TcpState::Listen, "127.0.0.1:40005", "0.0.0.0:0", 1),
+            sock(TcpState::Listen, "127.0.0.1:40002", "0.0.0.0:0", 2),
         ];
         let conf = PortSet::parse("40006,39999").unwrap();
         let a = analyze(&f, &socks, true, &lo(), &conf);
@@ -830,8 +826,18 @@ mod tests {
     fn loops_present_are_listed() {
         let f = facts(40000, 40009, "");
         let socks = [
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 5),
-            sock(state::ESTABLISHED, "127.0.0.1:40006", "127.0.0.1:50000", 6),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:40004",
+                5,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40006",
+                "127.0.0.1:50000",
+                6,
+            ),
         ];
         let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
         assert_eq!(a.loops.len(), 1);

@@ -38,6 +38,7 @@ pub mod freeport;
 pub mod host;
 pub mod inventory;
 pub mod metrics;
+pub mod model;
 pub mod owners;
 pub mod ports;
 pub mod predict;

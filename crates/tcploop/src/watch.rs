@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::model::{Socket, TcpState};
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
-use crate::sys::diag::{self, state, DiagError, DiagSocket};
+use crate::sys::diag::{self, DiagError};
 use crate::sys::tcpdiag;
 
 /// One process holding a loop's socket.
@@ -43,7 +44,7 @@ pub struct LoopKey {
 
 impl LoopKey {
     /// The key of a dumped socket.
-    pub fn of(s: &DiagSocket) -> LoopKey {
+    pub fn of(s: &Socket) -> LoopKey {
         LoopKey {
             cookie: s.cookie(),
             local: s.local,
@@ -55,7 +56,7 @@ impl LoopKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracked {
     /// The socket as last seen.
-    pub sock: DiagSocket,
+    pub sock: Socket,
     /// Its owners (empty: unknown).
     pub owners: Vec<OwnerInfo>,
     /// When it was first seen.
@@ -95,7 +96,7 @@ impl Tracker {
     }
 
     /// The loops among `socks` that are new (their owners still to look up).
-    pub fn new_loops<'a>(&self, socks: &'a [DiagSocket]) -> Vec<&'a DiagSocket> {
+    pub fn new_loops<'a>(&self, socks: &'a [Socket]) -> Vec<&'a Socket> {
         socks
             .iter()
             .filter(|s| !self.present.contains_key(&LoopKey::of(s)))
@@ -108,7 +109,7 @@ impl Tracker {
     pub fn observe(
         &mut self,
         now: Instant,
-        socks: &[DiagSocket],
+        socks: &[Socket],
         owners: &HashMap<u32, Vec<OwnerInfo>>,
     ) -> Vec<Change> {
         let mut changes = vec![];
@@ -148,7 +149,7 @@ impl Tracker {
     pub fn due(&self, now: Instant, after: Duration) -> Vec<Tracked> {
         self.present
             .values()
-            .filter(|t| t.sock.state != state::TIME_WAIT)
+            .filter(|t| t.sock.state != TcpState::TimeWait)
             .filter(|t| now.saturating_duration_since(t.since) >= after)
             .cloned()
             .collect()
@@ -175,7 +176,7 @@ impl Tracker {
     }
 
     /// Forgets a loop (after it was destroyed).
-    pub fn forget(&mut self, sock: &DiagSocket) -> Option<Tracked> {
+    pub fn forget(&mut self, sock: &Socket) -> Option<Tracked> {
         self.present.remove(&LoopKey::of(sock))
     }
 }
@@ -184,13 +185,13 @@ impl Tracker {
 /// keeps it: its owner is the process the event names (fd -1: not known).
 pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Tracked {
     Tracked {
-        sock: DiagSocket {
+        sock: Socket {
             family: if seen.addr.is_ipv4() {
                 libc::AF_INET as u8
             } else {
                 libc::AF_INET6 as u8
             },
-            state: state::ESTABLISHED,
+            state: TcpState::Established,
             local: seen.addr,
             peer: seen.addr,
             ifindex: 0,
@@ -212,7 +213,7 @@ pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Trac
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Self-connected sockets.
-    pub loops: Vec<DiagSocket>,
+    pub loops: Vec<Socket>,
     /// Listening ports in the ephemeral range and not reserved.
     pub exposed_listeners: PortSet,
     /// Sockets in the dump.
@@ -223,7 +224,7 @@ impl Snapshot {
     /// Builds a snapshot from dumped sockets and the port facts. Pure.
     pub fn from_sockets<'a>(
         facts: &EphemeralFacts,
-        sockets: impl IntoIterator<Item = &'a DiagSocket>,
+        sockets: impl IntoIterator<Item = &'a Socket>,
     ) -> Snapshot {
         let mut snap = Snapshot::default();
         let mut exposed = vec![];
@@ -234,14 +235,11 @@ impl Snapshot {
         snap
     }
 
-    fn add(&mut self, facts: &EphemeralFacts, s: &DiagSocket, exposed: &mut Vec<u16>) {
+    fn add(&mut self, facts: &EphemeralFacts, s: &Socket, exposed: &mut Vec<u16>) {
         self.sockets += 1;
-        if s.state == state::LISTEN {
-            let p = s.local.port();
-            if facts.range.contains(p) && !facts.reserved.contains(p) {
-                exposed.push(p);
-            }
-        } else if tcploop_guard::is_loop(s.local, s.peer) {
+        if s.is_exposed_listener(facts) {
+            exposed.push(s.local.port());
+        } else if s.is_loop() {
             self.loops.push(*s);
         }
     }
@@ -314,7 +312,7 @@ impl Scanner {
 /// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
 /// stopping once each has an owner), by inode.
 pub fn owners_of<'a>(
-    socks: impl IntoIterator<Item = &'a DiagSocket>,
+    socks: impl IntoIterator<Item = &'a Socket>,
 ) -> std::io::Result<HashMap<u32, Vec<OwnerInfo>>> {
     let inodes: Vec<u64> = socks.into_iter().map(|s| u64::from(s.inode)).collect();
     let found =
@@ -342,7 +340,7 @@ pub fn owners_of<'a>(
 /// [`crate::scan::kill`], which first checks that the socket at that exact
 /// 4-tuple and cookie still is this loop. Its owner gets `ECONNABORTED`.
 /// Needs CAP_NET_ADMIN over the namespace.
-pub fn kill(sock: &DiagSocket) -> Result<crate::scan::Killed, crate::scan::KillError> {
+pub fn kill(sock: &Socket) -> Result<crate::scan::Killed, crate::scan::KillError> {
     let own = crate::scan::NetnsLabel {
         inode: 0,
         pid: Some(std::process::id()),
@@ -362,8 +360,8 @@ mod tests {
     use super::*;
     use crate::ports::{KernelVersion, PortRange};
 
-    fn sock(st: u8, local: &str, peer: &str, cookie: u32) -> DiagSocket {
-        DiagSocket {
+    fn sock(st: TcpState, local: &str, peer: &str, cookie: u32) -> Socket {
+        Socket {
             family: 2,
             state: st,
             local: local.parse().unwrap(),
@@ -380,7 +378,12 @@ mod tests {
     fn appear_stay_go() {
         let t0 = Instant::now();
         let mut tr = Tracker::new();
-        let a = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1);
+        let a = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            1,
+        );
         let mut owners = HashMap::new();
         owners.insert(
             1001,
@@ -398,7 +401,12 @@ mod tests {
         assert!(c.is_empty());
         assert_eq!(tr.present().next().unwrap().command(), "python3");
         // a new loop on the same port (new cookie) is another loop
-        let b = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 2);
+        let b = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            2,
+        );
         let c = tr.observe(t0 + Duration::from_secs(3), &[b], &HashMap::new());
         assert_eq!(c.len(), 2);
         assert!(matches!(&c[0], Change::Appeared(t) if t.command() == "unknown"));
@@ -409,8 +417,13 @@ mod tests {
     fn due_for_kill_after_and_not_time_wait() {
         let t0 = Instant::now();
         let mut tr = Tracker::new();
-        let a = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1);
-        let tw = sock(state::TIME_WAIT, "127.0.0.1:40006", "127.0.0.1:40006", 2);
+        let a = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            1,
+        );
+        let tw = sock(TcpState::TimeWait, "127.0.0.1:40006", "127.0.0.1:40006", 2);
         tr.observe(t0, &[a, tw], &HashMap::new());
         let d = Duration::from_secs(5);
         assert!(tr.due(t0 + Duration::from_secs(4), d).is_empty());
@@ -433,12 +446,22 @@ mod tests {
             kernel: Some(KernelVersion(6, 18, 0)),
         };
         let socks = [
-            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 1),
-            sock(state::LISTEN, "[::]:40004", "[::]:0", 2),
-            sock(state::LISTEN, "0.0.0.0:40002", "0.0.0.0:0", 3),
-            sock(state::LISTEN, "0.0.0.0:22", "0.0.0.0:0", 4),
-            sock(state::ESTABLISHED, "127.0.0.1:40006", "127.0.0.1:40006", 5),
-            sock(state::ESTABLISHED, "127.0.0.1:40008", "127.0.0.1:40004", 6),
+            sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0", 1),
+            sock(TcpState::Listen, "[::]:40004", "[::]:0", 2),
+            sock(TcpState::Listen, "0.0.0.0:40002", "0.0.0.0:0", 3),
+            sock(TcpState::Listen, "0.0.0.0:22", "0.0.0.0:0", 4),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40006",
+                "127.0.0.1:40006",
+                5,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40008",
+                "127.0.0.1:40004",
+                6,
+            ),
         ];
         let s = Snapshot::from_sockets(&f, &socks);
         assert_eq!(s.sockets, 6);

@@ -33,7 +33,6 @@ use tcploop::audit::{self, Audit, PortAudit, Status};
 use tcploop::owners::{self, Owners, Search};
 use tcploop::ports::PortSet;
 use tcploop::report;
-use tcploop::sys::diag::state;
 
 use crate::exit::Exit;
 
@@ -575,7 +574,7 @@ impl Renderer<'_> {
                     "loop",
                     &LoopLine {
                         local: report::addr(l.local),
-                        state: state::name(l.state),
+                        state: l.state.name(),
                         inode: l.inode,
                         owners,
                     },
@@ -589,7 +588,7 @@ impl Renderer<'_> {
                     out,
                     "  {} <-> itself  {}  {}",
                     report::addr(l.local),
-                    state::name(l.state),
+                    l.state.name(),
                     if who.is_empty() {
                         "owner unknown".to_string()
                     } else {

@@ -19,9 +19,9 @@
 use std::io::Write;
 
 use serde::Serialize;
+use tcploop::model::TcpState;
 use tcploop::report;
 use tcploop::scan::{self, KillError, Killed, PortState};
-use tcploop::sys::diag::state;
 
 use super::scan::{loop_line, notes, owner_text, SocketWire, SourceArg};
 use crate::exit::Exit;
@@ -139,7 +139,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
             format!(" ({})", v.join(", "))
         };
         if !args.yes {
-            let aborted = l.socket.state == state::CLOSE;
+            let aborted = l.socket.state == TcpState::Close;
             if args.json {
                 let action = if aborted {
                     "already-aborted"

@@ -27,7 +27,6 @@ use serde::Serialize;
 use tcploop::owners::{Owner, OwnerSource, OwnerSourceUsed};
 use tcploop::report;
 use tcploop::scan::{self, Loop, NetnsLabel, ScanOptions, ScanReport, Source};
-use tcploop::sys::diag::state;
 
 use crate::exit::Exit;
 
@@ -189,7 +188,7 @@ impl From<&Loop> for SocketWire {
         SocketWire {
             netns: (&l.netns).into(),
             family: if s.local.is_ipv4() { "ipv4" } else { "ipv6" },
-            state: state::name(s.state),
+            state: s.state.name(),
             local: report::addr(s.local),
             peer: report::addr(s.peer),
             port: l.port(),
@@ -323,7 +322,7 @@ pub fn loop_line(l: &Loop) -> String {
     let s = &l.socket;
     let mut line = format!(
         "{:<11} {} -> {}  uid {}  inode {}",
-        state::name(s.state),
+        s.state.name(),
         s.local,
         s.peer,
         s.uid,

@@ -37,9 +37,9 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
+use tcploop::model::TcpState;
 use tcploop::report;
 use tcploop::scan::Killed;
-use tcploop::sys::diag::state;
 use tcploop::trace::{self, EventKind, Events, NetnsScope, TraceError};
 use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 
@@ -205,7 +205,7 @@ impl Log<'_> {
                 &LoopEvent {
                     time: now_text(),
                     local: report::addr(s.local),
-                    state: state::name(s.state),
+                    state: s.state.name(),
                     inode: s.inode,
                     cookie: s.cookie(),
                     owners: t
@@ -264,7 +264,7 @@ impl Log<'_> {
                 "{} {what} {} <-> itself  {}  {who}{extra}",
                 now_text(),
                 report::addr(s.local),
-                state::name(s.state)
+                s.state.name()
             )?;
         }
         self.out.flush()?;
@@ -507,7 +507,7 @@ impl State<'_> {
         let after = kill_after?;
         self.tracker
             .present()
-            .filter(|t| t.sock.state != state::TIME_WAIT)
+            .filter(|t| t.sock.state != TcpState::TimeWait)
             .filter(|t| !self.given_up.contains(&LoopKey::of(&t.sock)))
             .map(|t| t.since + after)
             .min()
