@@ -23,8 +23,9 @@ use tcploop::model::TcpState;
 use tcploop::report;
 use tcploop::scan::{self, KillError, Killed, PortState};
 
-use super::scan::{loop_line, notes, owner_text, SocketWire, SourceArg};
+use super::scan::SourceArg;
 use crate::exit::Exit;
+use tcploop::report::scan::{loop_line, notes, owner_text, SocketWire};
 
 const AFTER_HELP: &str = "\
 Each loop is looked up again by its exact 4-tuple and socket cookie right

@@ -12,7 +12,28 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub mod scan;
 pub mod trace;
+
+/// Which output a command renders: text for a person, or JSON Lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Human text.
+    Human,
+    /// JSON Lines, `{"type", "data"}`.
+    Json,
+}
+
+impl Format {
+    /// `--json` given or not.
+    pub fn from_json(json: bool) -> Format {
+        if json {
+            Format::Json
+        } else {
+            Format::Human
+        }
+    }
+}
 
 /// One JSON Lines record: `{"type": ty, "data": data}`.
 #[derive(Debug, Serialize)]
