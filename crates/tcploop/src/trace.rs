@@ -712,6 +712,35 @@ mod tests {
     }
 
     #[test]
+    fn an_event_outside_the_owner_is_resolved_through_the_socket_inode() {
+        // a socket this process holds: its inode names us, whatever the event said
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let inode = std::fs::metadata(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&l)
+        ))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+        let mut e = event(EventKind::Loop, 999_999, 40004, 1, 0);
+        e.owned = false;
+        e.inode = inode;
+        let seen = owner_of(&e, SystemTime::UNIX_EPOCH);
+        assert_eq!(seen.owner_from, OwnerFrom::SocketInode);
+        assert_eq!(seen.pid, std::process::id());
+        // no inode to follow: the event's task, said to be unconfirmed
+        e.inode = 0;
+        let seen = owner_of(&e, SystemTime::UNIX_EPOCH);
+        assert_eq!(seen.owner_from, OwnerFrom::Unconfirmed);
+        assert_eq!(seen.pid, 999_999);
+        // the usual case: the lock was held, the event's task is the owner
+        e.owned = true;
+        assert_eq!(
+            owner_of(&e, SystemTime::UNIX_EPOCH).owner_from,
+            OwnerFrom::Event
+        );
+    }
+
+    #[test]
     fn exit_statuses_pass_through() {
         assert_eq!(status_code(std::process::ExitStatus::from_raw(3 << 8)), 3);
         assert_eq!(status_code(std::process::ExitStatus::from_raw(9)), 137);

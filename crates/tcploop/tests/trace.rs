@@ -588,7 +588,7 @@ fn trace_kill_destroys_a_loop_by_its_cookie() {
     assert_eq!(kill["result"], "destroyed", "{lines:#?}");
     assert_eq!(kill["cookie"], of_type(&lines, "loop")[0]["cookie"]);
     assert_eq!(of_type(&lines, "summary")[0]["killed"], 1);
-    // its owner learns it from its next read
+    // its owner learns it: from connect() itself, or its next read
     assert_eq!(v["read"], "ConnectionAborted", "{v}");
 }
 
@@ -605,14 +605,32 @@ fn scenario_kill() {
             args.push("--kill");
         }
         let t = start(&args);
-        let s = hold_loop(port);
+        // the destroy may land while connect() still waits for its
+        // handshake to finish (the event comes at SYN-RECV): then connect()
+        // itself fails with ECONNABORTED; else the next read does
+        let to: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut tries = 0;
+        let held = loop {
+            tries += 1;
+            assert!(tries < 100_000, "no loop on {port}");
+            match TcpStream::connect(to) {
+                Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => break Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => break Err(e),
+                _ => {}
+            }
+        };
         let o = t.wait_with_output().unwrap();
         assert_eq!(o.status.code(), Some(1), "loops seen: exit 1");
-        s.set_nonblocking(true).unwrap();
-        let read = match (&s).read(&mut [0u8; 16]) {
-            Ok(n) => format!("read {n}"),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => "alive".to_string(),
+        let read = match held {
             Err(e) => format!("{:?}", e.kind()),
+            Ok(s) => {
+                s.set_nonblocking(true).unwrap();
+                match (&s).read(&mut [0u8; 16]) {
+                    Ok(n) => format!("read {n}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => "alive".to_string(),
+                    Err(e) => format!("{:?}", e.kind()),
+                }
+            }
         };
         (json_lines(&o), read)
     };
