@@ -188,6 +188,20 @@ impl Socket {
     }
 }
 
+/// One process holding a socket through one fd (found by the `/proc/PID/fd`
+/// walk or the kernel's task_file iterator, `crate::owners`; by a trace
+/// event, where `fd` is -1: the event names the process, not the fd).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Process id.
+    pub pid: u32,
+    /// Command name (`/proc/PID/comm`, up to 15 bytes; empty if the process
+    /// exited before it was read).
+    pub comm: String,
+    /// The file descriptor number in that process (-1: unknown).
+    pub fd: i32,
+}
+
 /// Whether a server on `port` is exposed to the loop: the port lies in the
 /// ephemeral range, so `connect()` may pick it as its own source port, and
 /// is not reserved (`ip_local_reserved_ports` keeps it out of that choice).

@@ -17,21 +17,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::model::{Socket, TcpState};
+use crate::model::{Owner, Socket, TcpState};
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
 use crate::sys::diag::{self, DiagError};
 use crate::sys::tcpdiag;
-
-/// One process holding a loop's socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct OwnerInfo {
-    /// Process id.
-    pub pid: u32,
-    /// Command name (`comm`).
-    pub command: String,
-    /// The fd number in that process.
-    pub fd: i32,
-}
 
 /// What identifies one loop across scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,7 +47,7 @@ pub struct Tracked {
     /// The socket as last seen.
     pub sock: Socket,
     /// Its owners (empty: unknown).
-    pub owners: Vec<OwnerInfo>,
+    pub owners: Vec<Owner>,
     /// When it was first seen.
     pub since: Instant,
 }
@@ -68,7 +57,7 @@ impl Tracked {
     pub fn command(&self) -> String {
         self.owners
             .first()
-            .map(|o| o.command.clone())
+            .map(|o| o.comm.clone())
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "unknown".into())
     }
@@ -110,7 +99,7 @@ impl Tracker {
         &mut self,
         now: Instant,
         socks: &[Socket],
-        owners: &HashMap<u32, Vec<OwnerInfo>>,
+        owners: &HashMap<u32, Vec<Owner>>,
     ) -> Vec<Change> {
         let mut changes = vec![];
         let mut next = BTreeMap::new();
@@ -200,9 +189,9 @@ pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Trac
             uid: 0,
             inode: seen.inode as u32,
         },
-        owners: vec![OwnerInfo {
+        owners: vec![Owner {
             pid: seen.pid,
-            command: seen.command.clone(),
+            comm: seen.command.clone(),
             fd: -1,
         }],
         since,
@@ -313,7 +302,7 @@ impl Scanner {
 /// stopping once each has an owner), by inode.
 pub fn owners_of<'a>(
     socks: impl IntoIterator<Item = &'a Socket>,
-) -> std::io::Result<HashMap<u32, Vec<OwnerInfo>>> {
+) -> std::io::Result<HashMap<u32, Vec<Owner>>> {
     let inodes: Vec<u64> = socks.into_iter().map(|s| u64::from(s.inode)).collect();
     let found =
         crate::owners::find_owners(inodes.iter().copied(), crate::owners::Search::FirstOwner)?;
@@ -321,17 +310,7 @@ pub fn owners_of<'a>(
         .iter()
         .filter_map(|&i| {
             let o = found.of(i);
-            (!o.is_empty()).then(|| {
-                let v = o
-                    .iter()
-                    .map(|o| OwnerInfo {
-                        pid: o.pid,
-                        command: o.comm.clone(),
-                        fd: o.fd,
-                    })
-                    .collect();
-                (i as u32, v)
-            })
+            (!o.is_empty()).then(|| (i as u32, o.to_vec()))
         })
         .collect())
 }
@@ -387,9 +366,9 @@ mod tests {
         let mut owners = HashMap::new();
         owners.insert(
             1001,
-            vec![OwnerInfo {
+            vec![Owner {
                 pid: 7,
-                command: "python3".into(),
+                comm: "python3".into(),
                 fd: 3,
             }],
         );

@@ -147,7 +147,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         all_netns: opts.all_netns,
         verbose: args.verbose,
     };
-    report::scan::render(out, Format::from_json(args.json), &r, &view)?;
+    report::scan::render(out, Format::json_if(args.json), &r, &view)?;
     Ok(if r.loops.is_empty() {
         Exit::Ok
     } else {

@@ -213,7 +213,7 @@ impl Log<'_> {
                         .iter()
                         .map(|o| OwnerOut {
                             pid: o.pid,
-                            command: &o.command,
+                            command: &o.comm,
                             fd: o.fd,
                         })
                         .collect(),
@@ -237,7 +237,7 @@ impl Log<'_> {
                     .owners
                     .iter()
                     .map(|o| {
-                        let command = report::escape(&o.command);
+                        let command = report::escape(&o.comm);
                         if o.fd < 0 {
                             // from a kernel event: the fd is not known
                             format!("{command} pid {}", o.pid)

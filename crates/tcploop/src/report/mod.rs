@@ -15,10 +15,10 @@ use serde::Serialize;
 pub mod scan;
 pub mod trace;
 
-/// Which output a command renders: text for a person, or JSON Lines.
+/// Human text or JSON Lines: the one choice a command's `--json` makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Human text.
+    /// Text for people, system-given strings escaped ([`escape`]).
     Human,
     /// JSON Lines, `{"type", "data"}`.
     Json,
@@ -26,7 +26,7 @@ pub enum Format {
 
 impl Format {
     /// `--json` given or not.
-    pub fn from_json(json: bool) -> Format {
+    pub fn json_if(json: bool) -> Format {
         if json {
             Format::Json
         } else {
