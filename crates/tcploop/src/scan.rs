@@ -670,6 +670,121 @@ pub enum KillError {
     Netns(#[source] NetnsError),
 }
 
+/// What `tcploop kill` did to one loop found.
+#[derive(Debug)]
+pub enum KillOutcome {
+    /// A dry run: it would be destroyed (or, `already_aborted`, it is
+    /// aborted already and only its owner closing it frees the port).
+    DryRun {
+        /// The connection was already aborted (state CLOSE).
+        already_aborted: bool,
+    },
+    /// [`kill`]'s answer.
+    Done(Killed),
+    /// [`kill`] failed (the error is [`KillRun::error`]): the run stopped
+    /// at this loop.
+    Failed,
+}
+
+/// A scan and what was done to each loop it found, in order; a run that
+/// failed stops at the loop that failed (the loops after it have no outcome).
+#[derive(Debug)]
+pub struct KillRun {
+    /// The scan.
+    pub scan: ScanReport,
+    /// No `--yes`: nothing was destroyed.
+    pub dry_run: bool,
+    /// One outcome per loop of `scan.loops`, in order, up to the failure.
+    pub outcomes: Vec<KillOutcome>,
+    /// The error that stopped the run.
+    pub error: Option<KillError>,
+}
+
+/// The counts of a [`KillRun`] (the `summary` of `tcploop kill`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KillTally {
+    /// Destroyed and confirmed gone.
+    pub destroyed: u64,
+    /// Gone before the destroy.
+    pub gone: u64,
+    /// No longer a loop: left alone.
+    pub not_a_loop: u64,
+    /// Destroyed, still in the table.
+    pub still_there: u64,
+    /// Aborted already, held until the owner closes it.
+    pub already_aborted: u64,
+    /// Destroyed loops whose port is bindable again.
+    pub ports_free: u64,
+    /// Destroyed loops whose port is still held.
+    pub ports_held: u64,
+    /// Destroyed loops whose port could not be checked.
+    pub ports_unchecked: u64,
+}
+
+impl KillRun {
+    /// The counts.
+    pub fn tally(&self) -> KillTally {
+        let mut t = KillTally::default();
+        for o in &self.outcomes {
+            let KillOutcome::Done(k) = o else { continue };
+            match k {
+                Killed::Destroyed { port, .. } => {
+                    t.destroyed += 1;
+                    match port {
+                        PortState::Free => t.ports_free += 1,
+                        PortState::Unknown(_) => t.ports_unchecked += 1,
+                        _ => t.ports_held += 1,
+                    }
+                }
+                Killed::Gone => t.gone += 1,
+                Killed::NotALoop => t.not_a_loop += 1,
+                Killed::StillThere => t.still_there += 1,
+                Killed::AlreadyAborted => t.already_aborted += 1,
+            }
+        }
+        t
+    }
+
+    /// Whether a loop survived a `--yes` run (or, in a dry run, any was found).
+    pub fn survivors(&self) -> bool {
+        if self.dry_run {
+            return !self.scan.loops.is_empty();
+        }
+        let t = self.tally();
+        t.still_there + t.not_a_loop + t.already_aborted > 0
+    }
+}
+
+/// `tcploop kill`: scans, then destroys each loop found ([`kill`]) unless
+/// `dry_run`, stopping at the first failure (which is then in the run).
+pub fn scan_and_kill(opts: &ScanOptions, dry_run: bool) -> Result<KillRun, ScanError> {
+    let scan = scan(opts)?;
+    let mut outcomes = Vec::with_capacity(scan.loops.len());
+    let mut error = None;
+    for l in &scan.loops {
+        if dry_run {
+            outcomes.push(KillOutcome::DryRun {
+                already_aborted: l.socket.state == TcpState::Close,
+            });
+            continue;
+        }
+        match kill(l) {
+            Ok(k) => outcomes.push(KillOutcome::Done(k)),
+            Err(e) => {
+                outcomes.push(KillOutcome::Failed);
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    Ok(KillRun {
+        scan,
+        dry_run,
+        outcomes,
+        error,
+    })
+}
+
 /// Destroys one loop (see the module documentation): looks it up again by
 /// its exact 4-tuple and cookie, checks that it still is a loop, destroys
 /// it, confirms that it is gone, and checks whether its port can be bound.

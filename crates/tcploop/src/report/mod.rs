@@ -12,6 +12,7 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub mod kill;
 pub mod scan;
 pub mod trace;
 
