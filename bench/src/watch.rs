@@ -29,6 +29,15 @@ pub struct Args {
     /// Rounds (each runs every contender once, in turn)
     #[arg(long, default_value_t = 2)]
     pub rounds: u32,
+    /// Also make this many network namespaces (idle, as containers mostly
+    /// are) and compare `watch --all-netns` with a loop of `nsenter ... ss`
+    /// over them instead
+    #[arg(long, default_value_t = 0)]
+    pub netns: u32,
+    /// With --netns: each namespace holds a listening socket (a service),
+    /// instead of none
+    #[arg(long)]
+    pub busy: bool,
     /// Internal: already inside the sandbox
     #[arg(long, hide = true)]
     pub inside: bool,
@@ -59,7 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.rounds.to_string(),
             "--tcploop".into(),
             tcploop.display().to_string(),
-        ],
+            "--netns".into(),
+            args.netns.to_string(),
+        ]
+        .into_iter()
+        .chain(args.busy.then(|| "--busy".to_string()))
+        .collect::<Vec<_>>(),
     )
     .status()?;
     anyhow::ensure!(status.success(), "the benchmark failed inside the sandbox");
@@ -126,7 +140,58 @@ fn inside(args: &Args) -> anyhow::Result<()> {
     let textfile = scratch.join("tcploop.prom");
     let tf = textfile.clone();
     let tl = tcploop.clone();
-    let mut contenders = vec![
+    // Idle namespaces, one `sleep` holding each (`unshare -n`).
+    let mut namespaces: Vec<Child> = vec![];
+    for _ in 0..args.netns {
+        let mut c = Command::new("unshare");
+        if args.busy {
+            c.args([
+                "-n",
+                "python3",
+                "-c",
+                "import socket,time\ns=socket.socket()\ns.bind(('0.0.0.0',8080))\ns.listen()\ntime.sleep(1e6)",
+            ]);
+        } else {
+            c.args(["-n", "sleep", "100000"]);
+        }
+        namespaces.push(c.stdout(Stdio::null()).spawn()?);
+    }
+    let pids: Vec<String> = namespaces.iter().map(|c| c.id().to_string()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut contenders = if args.netns > 0 {
+        let (tf, tl) = (tf.clone(), tl.clone());
+        let each = format!(
+            "for p in {}; do nsenter -t $p -n ss -tan; done; ss -tan",
+            pids.join(" ")
+        );
+        let each_p = each.replace("ss -tan", "ss -tanp");
+        vec![
+            Contender {
+                name: "tcploop watch --all-netns --interval 1s",
+                spawn: Box::new(move || {
+                    Command::new(&tl)
+                        .args(["watch", "--all-netns", "--interval", "1s", "--textfile"])
+                        .arg(&tf)
+                        .stdout(Stdio::null())
+                        .spawn()
+                }),
+                samples: vec![],
+            },
+            Contender {
+                name: "nsenter -n ss -tan in each, every 1 s",
+                spawn: Box::new(move || shell_loop(&each)),
+                samples: vec![],
+            },
+            Contender {
+                name: "nsenter -n ss -tanp in each, every 1 s",
+                spawn: Box::new(move || shell_loop(&each_p)),
+                samples: vec![],
+            },
+        ]
+    } else {
+        vec![]
+    };
+    let mut single = vec![
         Contender {
             name: "tcploop watch --interval 1s",
             spawn: Box::new(move || {
@@ -149,11 +214,17 @@ fn inside(args: &Args) -> anyhow::Result<()> {
             samples: vec![],
         },
     ];
+    if contenders.is_empty() {
+        contenders.append(&mut single);
+    }
     let tck = clk_tck();
     let window = Duration::from_secs(args.seconds);
     println!(
-        "{sockets} TCP sockets in the namespace; {} s a contender, {} rounds, alternating",
-        args.seconds, args.rounds
+        "{sockets} TCP sockets in the namespace, {} more namespaces ({}); {} s a contender, {} rounds, alternating",
+        args.netns,
+        if args.busy { "a listener in each" } else { "idle" },
+        args.seconds,
+        args.rounds
     );
     for round in 1..=args.rounds {
         for c in &mut contenders {
@@ -196,6 +267,10 @@ fn inside(args: &Args) -> anyhow::Result<()> {
         }
     }
     drop(held);
+    for mut n in namespaces {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
     Ok(())
 }
 

@@ -144,6 +144,12 @@ use std::time::{Duration, Instant};
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+// The README's examples run as doctests, so the page crates.io shows
+// cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// `true` when a connection with this local and peer address is a TCP loop
 /// (self-connect): the local address and port equal the peer's.
 ///

@@ -190,6 +190,39 @@ impl Fix {
         }
         s
     }
+
+    /// The `securityContext` of a Kubernetes pod spec that sets the same
+    /// reservation in the pod's network namespace (each pod has its own,
+    /// which starts with nothing reserved). `ip_local_reserved_ports` is a
+    /// *safe* sysctl since Kubernetes 1.27: no kubelet allow-list needed.
+    pub fn kubernetes(&self) -> String {
+        let mut s = String::from(
+            "# Written by `tcploop audit --emit k8s`: the pod's network namespace\n\
+             # never hands out these ports as ephemeral (source) ports, so clients in\n\
+             # the pod cannot connect to themselves on them (a safe sysctl since\n\
+             # Kubernetes 1.27). Merge into the pod spec (spec.securityContext).\n",
+        );
+        if self.value.is_empty() {
+            s.push_str("# Nothing to reserve.\n");
+        } else {
+            s.push_str(&format!(
+                "securityContext:\n  sysctls:\n    - name: {SYSCTL_KEY}\n      value: \"{}\"\n",
+                self.value
+            ));
+        }
+        s
+    }
+
+    /// The `docker run` (and `podman run`) flag that sets the same
+    /// reservation in a container's network namespace; empty when there is
+    /// nothing to reserve.
+    pub fn docker(&self) -> String {
+        if self.value.is_empty() {
+            String::new()
+        } else {
+            format!("--sysctl {SYSCTL_KEY}={}\n", self.value)
+        }
+    }
 }
 
 /// Analyzes the namespace: `sockets` is one sock_diag dump (every state),
@@ -962,5 +995,30 @@ mod tests {
         assert_eq!(s.to_string(), "8080,9000,40000,40002-40004");
         let e = parse_ports_file("1\nnope\n").unwrap_err();
         assert!(e.starts_with("line 2:"), "{e}");
+    }
+
+    #[test]
+    fn the_fix_as_a_pod_sysctl_a_docker_flag_and_a_sysctl_file() {
+        let f = Fix::new(
+            &PortSet::parse("30000").unwrap(),
+            &PortSet::parse("40004,40005").unwrap(),
+        );
+        let k = f.kubernetes();
+        assert!(
+            k.ends_with(
+                "securityContext:\n  sysctls:\n    - name: net.ipv4.ip_local_reserved_ports\n      value: \"30000,40004-40005\"\n"
+            ),
+            "{k}"
+        );
+        assert_eq!(
+            f.docker(),
+            "--sysctl net.ipv4.ip_local_reserved_ports=30000,40004-40005\n"
+        );
+        assert!(f
+            .sysctl_d()
+            .ends_with("net.ipv4.ip_local_reserved_ports = 30000,40004-40005\n"));
+        let none = Fix::new(&PortSet::default(), &PortSet::default());
+        assert!(none.kubernetes().ends_with("# Nothing to reserve.\n"));
+        assert_eq!(none.docker(), "");
     }
 }

@@ -21,6 +21,7 @@
 //! - [`shield`]: make the loop impossible in a namespace (`shield`): BPF on `lo`, or iptables;
 //!   [`shield_daemon`]: keeping it on in every namespace, new ones included;
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
+//! - [`container`]: the container, Kubernetes pod or systemd service of a process, from its cgroup;
 //! - [`audit`]: exposed services and the reserved-ports fix;
 //! - [`trace`]: loops reported by the kernel (BPF) the instant they form, and their end;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
@@ -33,6 +34,7 @@
 //! does that.
 
 pub mod audit;
+pub mod container;
 pub mod demo;
 pub mod freeport;
 pub mod host;

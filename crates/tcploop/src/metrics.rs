@@ -9,7 +9,7 @@
 //!
 //! | metric | type | meaning |
 //! | --- | --- | --- |
-//! | `tcploop_loops{port,command}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read); a series that was seen stays, at 0, after its loops go away, for an hour; at most [`MAX_LOOP_SERIES`] series |
+//! | `tcploop_loops{port,command,netns,container,pod}` | gauge | self-connected sockets present now, by port and owning command (`unknown` when no owner could be read), namespace (`--all-netns`, outside the watcher's own), the owner's container and pod (see [`LoopLabels`]); a series that was seen stays, at 0, after its loops go away, for an hour; at most [`MAX_LOOP_SERIES`] series |
 //! | `tcploop_loops_present` | gauge | all self-connected sockets present now |
 //! | `tcploop_loops_seen_total{port,command}` | counter | loops that appeared since the start (with eBPF events, every loop that formed, also those gone before any scan could see them; dropped with its `tcploop_loops` series) |
 //! | `tcploop_loop_series_overflow_total` | counter | loops that appeared while [`MAX_LOOP_SERIES`] series existed, so got no series of their own (still counted in `tcploop_loops_present`) |
@@ -20,6 +20,9 @@
 //! | `tcploop_scan_errors_total` | counter | scans that failed (logged, not fatal) |
 //! | `tcploop_kills_total` | counter | loops destroyed by `--kill-after` |
 //! | `tcploop_kill_errors_total` | counter | destroys that failed |
+//! | `tcploop_namespaces` | gauge | network namespaces the last scan looked at (1 without `--all-netns`; with it, idle ones included) |
+//! | `tcploop_namespaces_skipped` | gauge | namespaces the last scan could not enter (`--all-netns` without the privileges): their loops go unseen |
+//! | `tcploop_build_info{version,arch}` | gauge | always 1; the labels say which build runs (for dashboards and upgrades across a fleet) |
 //!
 //! An alert rule as simple as `tcploop_loops_present > 0` fires within one
 //! scan interval plus one scrape interval of a loop appearing.
@@ -37,13 +40,60 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// The labels of the per-loop series.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+/// The labels of the per-loop series. `netns`, `container` and `pod` are
+/// left out of a series when empty (the loop is in the watcher's own
+/// namespace, its owner in no container, or in no pod), as Prometheus
+/// treats an empty label as no label.
+///
+/// Their values are bounded: `netns` is a namespace inode (one a live
+/// namespace), `container` is `runtime/name` (the container's name, or
+/// the first 12 digits of its id: one a container), `pod` is
+/// `namespace/name` or the pod UID; and the family holds at most
+/// [`MAX_LOOP_SERIES`] series, dropping those at 0 for an hour.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
 pub struct LoopLabels {
     /// The looped port.
     pub port: u16,
     /// The owning command (`comm`), or `unknown`.
     pub command: String,
+    /// The loop's network namespace inode, when it is not the watcher's own.
+    pub netns: String,
+    /// The owner's container or systemd service
+    /// ([`crate::container::Container::label`]), if any.
+    pub container: String,
+    /// The owner's Kubernetes pod ([`crate::container::Container::pod_label`]), if any.
+    pub pod: String,
+}
+
+impl EncodeLabelSet for LoopLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut v: Vec<(&str, String)> = vec![
+            ("port", self.port.to_string()),
+            ("command", self.command.clone()),
+        ];
+        for (k, val) in [
+            ("netns", &self.netns),
+            ("container", &self.container),
+            ("pod", &self.pod),
+        ] {
+            if !val.is_empty() {
+                v.push((k, val.clone()));
+            }
+        }
+        v.encode(encoder)
+    }
+}
+
+/// The labels of `tcploop_build_info`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    /// The crate version (`CARGO_PKG_VERSION`).
+    version: &'static str,
+    /// The CPU architecture it was built for (`std::env::consts::ARCH`).
+    arch: &'static str,
 }
 
 /// What one scan found, as the metrics need it.
@@ -57,6 +107,10 @@ pub struct ScanSample {
     pub exposed_listeners: u64,
     /// Sockets seen.
     pub sockets: u64,
+    /// Network namespaces scanned (1 without `--all-netns`).
+    pub namespaces: u64,
+    /// Network namespaces that could not be scanned (`--all-netns`).
+    pub namespaces_skipped: u64,
     /// How long the scan took.
     pub duration: Duration,
 }
@@ -82,6 +136,8 @@ pub struct Metrics {
     loops_seen: Family<LoopLabels, Counter>,
     exposed_listeners: Gauge,
     sockets: Gauge,
+    namespaces: Gauge,
+    namespaces_skipped: Gauge,
     scan_duration: Gauge<f64, AtomicU64>,
     scans: Counter,
     scan_errors: Counter,
@@ -109,11 +165,25 @@ impl Metrics {
         let loops_seen = Family::<LoopLabels, Counter>::default();
         let exposed_listeners = Gauge::default();
         let sockets = Gauge::default();
+        let namespaces = Gauge::default();
+        let namespaces_skipped = Gauge::default();
         let scan_duration = Gauge::<f64, AtomicU64>::default();
         let scans = Counter::default();
         let scan_errors = Counter::default();
         let kills = Counter::default();
         let kill_errors = Counter::default();
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                arch: std::env::consts::ARCH,
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Always 1: the version and architecture of the running tcploop",
+            build_info,
+        );
         let series_overflow = Counter::default();
         registry.register(
             "loops",
@@ -139,6 +209,16 @@ impl Metrics {
             "sockets",
             "TCP sockets seen by the last scan",
             sockets.clone(),
+        );
+        registry.register(
+            "namespaces",
+            "Network namespaces scanned by the last scan",
+            namespaces.clone(),
+        );
+        registry.register(
+            "namespaces_skipped",
+            "Network namespaces the last scan could not enter (their loops go unseen)",
+            namespaces_skipped.clone(),
         );
         registry.register(
             "scan_duration_seconds",
@@ -176,6 +256,8 @@ impl Metrics {
             loops_seen,
             exposed_listeners,
             sockets,
+            namespaces,
+            namespaces_skipped,
             scan_duration,
             scans,
             scan_errors,
@@ -196,6 +278,8 @@ impl Metrics {
         self.record_loops_at(&s.loops, &s.appeared, now);
         self.exposed_listeners.set(s.exposed_listeners as i64);
         self.sockets.set(s.sockets as i64);
+        self.namespaces.set(s.namespaces as i64);
+        self.namespaces_skipped.set(s.namespaces_skipped as i64);
         self.scan_duration.set(s.duration.as_secs_f64());
         self.scans.inc();
     }
@@ -598,7 +682,33 @@ mod tests {
         LoopLabels {
             port,
             command: command.into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn container_and_pod_labels_appear_only_when_known() {
+        let m = Metrics::new();
+        let mut c = l(40004, "curl");
+        c.container = "containerd/api".into();
+        c.pod = "shop/api-0".into();
+        c.netns = "4026532281".into();
+        m.record_scan(&ScanSample {
+            loops: vec![c.clone(), l(40006, "redis-cli")],
+            appeared: vec![c],
+            ..Default::default()
+        });
+        let text = m.render();
+        assert!(
+            text.contains(
+                "tcploop_loops{port=\"40004\",command=\"curl\",netns=\"4026532281\",container=\"containerd/api\",pod=\"shop/api-0\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tcploop_loops{port=\"40006\",command=\"redis-cli\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -607,11 +717,19 @@ mod tests {
         let text = m.render();
         assert!(text.contains("tcploop_loops_present 0\n"), "{text}");
         assert!(text.ends_with("# EOF\n"));
+        let build = format!(
+            "tcploop_build_info{{version=\"{}\",arch=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        );
+        assert!(text.contains(&build), "{text}");
         m.record_scan(&ScanSample {
             loops: vec![l(40004, "python3")],
             appeared: vec![l(40004, "python3")],
             exposed_listeners: 2,
             sockets: 10,
+            namespaces: 3,
+            namespaces_skipped: 1,
             duration: Duration::from_millis(3),
         });
         let text = m.render();
@@ -619,6 +737,8 @@ mod tests {
             text.contains("tcploop_loops{port=\"40004\",command=\"python3\"} 1\n"),
             "{text}"
         );
+        assert!(text.contains("tcploop_namespaces 3\n"), "{text}");
+        assert!(text.contains("tcploop_namespaces_skipped 1\n"), "{text}");
         assert!(text.contains("tcploop_loops_present 1\n"));
         assert!(text.contains("tcploop_exposed_listeners 2\n"));
         assert!(text.contains("tcploop_loops_seen_total{port=\"40004\",command=\"python3\"} 1\n"));

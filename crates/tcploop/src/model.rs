@@ -200,6 +200,9 @@ pub struct Owner {
     pub comm: String,
     /// The file descriptor number in that process (-1: unknown).
     pub fd: i32,
+    /// Its container or systemd service, where asked ([`crate::container`];
+    /// `None`: in none, or not looked up).
+    pub container: Option<crate::container::Container>,
 }
 
 /// Whether a server on `port` is exposed to the loop: the port lies in the

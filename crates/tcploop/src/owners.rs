@@ -216,6 +216,7 @@ impl Owners {
                 pid: r.pid,
                 comm: r.comm.clone(),
                 fd: r.fd,
+                container: None,
             });
         }
     }
@@ -323,7 +324,12 @@ impl Shared<'_> {
                     if owners.is_empty() {
                         self.missing.fetch_sub(1, Ordering::Relaxed);
                     }
-                    owners.push(Owner { pid, comm, fd });
+                    owners.push(Owner {
+                        pid,
+                        comm,
+                        fd,
+                        container: None,
+                    });
                     drop(found);
                     if self.done() {
                         return ControlFlow::Break(());

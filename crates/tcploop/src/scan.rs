@@ -36,11 +36,13 @@
 //! }
 //! ```
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::container::Container;
 use crate::model::{Socket, TcpState};
 use crate::owners::{
     self, InKernel, InKernelError, Owner, OwnerSource, OwnerSourceUsed, Owners, Search,
@@ -240,6 +242,10 @@ pub struct ScanReport {
     /// Namespaces whose process exited between listing and entering
     /// (`all_netns`): not an error, and not scanned.
     pub netns_vanished: u64,
+    /// The container (or systemd service) of each owner and of each
+    /// namespace's process, by pid ([`crate::container`]); processes in
+    /// none are absent.
+    pub containers: BTreeMap<u32, Container>,
     /// Namespaces with exposed listeners and no shield (`tcploop shield`).
     pub unshielded: Vec<Unshielded>,
 }
@@ -432,6 +438,19 @@ fn label(proc: &Proc, n: &netns::Netns, own: u64) -> NetnsLabel {
 
 /// Scans for loops (see the module documentation).
 pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
+    let mut report = scan_with_owners(opts)?;
+    let pids: Vec<u32> = report
+        .loops
+        .iter()
+        .flat_map(|l| l.owners.iter().map(|o| o.pid).chain(l.netns.pid))
+        .chain(report.namespaces.iter().filter_map(|n| n.pid))
+        .collect();
+    report.containers = crate::container::of_pids(pids);
+    Ok(report)
+}
+
+/// The dump and the owners (see [`scan`]).
+fn scan_with_owners(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     if opts.no_owners || opts.owners == OwnerSource::Proc {
         let mut report = dump_all(opts)?;
         proc_owners(&mut report, None)?;
@@ -515,6 +534,7 @@ fn dump_all(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         skipped: vec![],
         netns_unreadable_pids: 0,
         netns_vanished: 0,
+        containers: BTreeMap::new(),
         unshielded: vec![],
     };
     let mut found: Vec<(NetnsLabel, NsDump)> = vec![];

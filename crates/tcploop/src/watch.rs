@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::model::{Owner, Socket, TcpState};
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
+use crate::scan::NetnsLabel;
 use crate::sys::diag::{self, DiagError};
 use crate::sys::tcpdiag;
 
@@ -193,6 +194,7 @@ pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Trac
             pid: seen.pid,
             comm: seen.command.clone(),
             fd: -1,
+            container: crate::container::of_pid(seen.pid),
         }],
         since,
     }
@@ -237,6 +239,9 @@ impl Snapshot {
 /// Why a scan failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// The host's namespaces could not be listed (`--all-netns`).
+    #[error("listing the network namespaces: {0}")]
+    Namespaces(#[source] std::io::Error),
     /// The port facts could not be read.
     #[error(transparent)]
     Facts(#[from] FactsError),
@@ -298,6 +303,233 @@ impl Scanner {
     }
 }
 
+/// One scan of every network namespace of the host ([`HostScanner`]).
+#[derive(Debug, Clone, Default)]
+pub struct HostSnapshot {
+    /// Self-connected sockets, every namespace together.
+    pub loops: Vec<Socket>,
+    /// The namespace of each loop that is not in the watcher's own.
+    pub netns_of: HashMap<LoopKey, NetnsLabel>,
+    /// Exposed listening ports, summed over the namespaces.
+    pub exposed_listeners: u64,
+    /// Sockets seen, summed over the namespaces.
+    pub sockets: u64,
+    /// Namespaces scanned.
+    pub namespaces: u64,
+    /// Of those, the ones with no TCP socket at all, by their counters
+    /// ([`crate::sys::sockstat`]): not dumped.
+    pub idle: u64,
+    /// Namespaces that appeared since the previous scan.
+    pub appeared: Vec<NetnsLabel>,
+    /// Namespaces gone since the previous scan.
+    pub gone: Vec<NetnsLabel>,
+    /// Namespaces that could not be scanned, and why (each said once,
+    /// the first time; they are tried again every scan).
+    pub newly_skipped: Vec<(NetnsLabel, String)>,
+    /// Namespaces that could not be scanned this time.
+    pub skipped: u64,
+}
+
+impl From<Snapshot> for HostSnapshot {
+    /// One namespace's scan (the watcher's own) in the host's shape.
+    fn from(s: Snapshot) -> HostSnapshot {
+        HostSnapshot {
+            exposed_listeners: s.exposed_listeners.iter().count() as u64,
+            sockets: s.sockets,
+            loops: s.loops,
+            namespaces: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Scans every network namespace of the host, again and again: the
+/// namespaces are listed afresh each scan, as `scan --all-netns` lists
+/// them (each distinct `/proc/*/ns/net`, and `/run/netns/*`), so that
+/// namespaces that appear (a container starts) are scanned from their
+/// first scan on and those that go are dropped, without a restart. Each
+/// is entered with `setns(2)` on a short-lived thread
+/// ([`crate::sys::netns::run_in`]) and scanned like the watcher's own
+/// ([`Scanner`], one kept per namespace), unless its socket counters
+/// (`/proc/PID/net/sockstat`) say it holds no TCP socket at all: a dump
+/// walks the kernel's hash tables, which all namespaces share, so each
+/// costs the same fixed time however few sockets its namespace has, and
+/// idle containers are skipped for nothing. Needs CAP_SYS_ADMIN (setns) and
+/// CAP_SYS_PTRACE (other users' `/proc/PID/ns/net`); namespaces that
+/// cannot be entered are reported once and counted each scan.
+///
+/// Namespaces are known by inode, which the kernel reuses once a namespace
+/// is gone: one that ends and another that gets its inode between two
+/// scans look like one namespace (its loops are still tracked by socket
+/// cookie, which is never reused).
+#[derive(Debug)]
+pub struct HostScanner {
+    own: u64,
+    scanners: HashMap<u64, Scanner>,
+    known: BTreeMap<u64, NetnsLabel>,
+    skipped_said: std::collections::HashSet<u64>,
+    first: bool,
+}
+
+impl HostScanner {
+    /// A host scanner; `own` is the watcher's own namespace inode.
+    pub fn new() -> std::io::Result<HostScanner> {
+        Ok(HostScanner {
+            own: crate::sys::netns::current()?,
+            scanners: HashMap::new(),
+            known: BTreeMap::new(),
+            skipped_said: Default::default(),
+            first: true,
+        })
+    }
+
+    /// The watcher's own namespace inode.
+    pub fn own(&self) -> u64 {
+        self.own
+    }
+
+    /// Scans every namespace once.
+    pub fn scan(&mut self) -> Result<HostSnapshot, ScanError> {
+        use crate::sys::netns::{self, NetnsError};
+        let proc = crate::sys::procfd::Proc::open().map_err(ScanError::Namespaces)?;
+        let list = netns::list(&proc).map_err(ScanError::Namespaces)?;
+        let mut out = HostSnapshot::default();
+        let mut now: BTreeMap<u64, NetnsLabel> = BTreeMap::new();
+        for n in &list.found {
+            let label = NetnsLabel {
+                inode: n.inode,
+                pid: n.pid,
+                comm: n.pid.and_then(|p| proc.comm(p)),
+                name: n.name.clone(),
+                path: (n.inode != self.own).then(|| n.path.clone()),
+            };
+            // A namespace with no TCP socket has no loop and no listener:
+            // its counters say so without a walk of the kernel's tables.
+            if let (Some(pid), true) = (n.pid, n.inode != self.own) {
+                if crate::sys::sockstat::tcp_sockets(pid).ok() == Some(0) {
+                    out.namespaces += 1;
+                    out.idle += 1;
+                    now.insert(n.inode, label);
+                    continue;
+                }
+            }
+            let scanner = self.scanners.entry(n.inode).or_default();
+            let res = match &label.path {
+                None => Ok(scanner.scan()),
+                Some(p) => netns::run_in(p, || scanner.scan()),
+            };
+            let snap = match res {
+                Ok(Ok(snap)) => snap,
+                // its last process exited between listing and entering
+                Err(NetnsError::Open { source, .. })
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    continue
+                }
+                Ok(Err(e)) if n.inode == self.own => return Err(e),
+                // skipped, but there: neither "gone" nor "appeared" again
+                Ok(Err(e)) => {
+                    now.insert(n.inode, label.clone());
+                    self.skip(&mut out, label, e.to_string());
+                    continue;
+                }
+                Err(e) => {
+                    now.insert(n.inode, label.clone());
+                    self.skip(&mut out, label, e.to_string());
+                    continue;
+                }
+            };
+            out.namespaces += 1;
+            out.sockets += snap.sockets;
+            out.exposed_listeners += snap.exposed_listeners.iter().count() as u64;
+            for s in &snap.loops {
+                if n.inode != self.own {
+                    out.netns_of.insert(LoopKey::of(s), label.clone());
+                }
+            }
+            out.loops.extend(snap.loops);
+            now.insert(n.inode, label);
+        }
+        if !self.first {
+            out.appeared = now
+                .iter()
+                .filter(|(i, _)| !self.known.contains_key(i))
+                .map(|(_, l)| l.clone())
+                .collect();
+            out.gone = self
+                .known
+                .iter()
+                .filter(|(i, _)| !now.contains_key(i))
+                .map(|(_, l)| l.clone())
+                .collect();
+        }
+        self.first = false;
+        let listed: std::collections::HashSet<u64> = list.found.iter().map(|n| n.inode).collect();
+        self.scanners.retain(|i, _| listed.contains(i));
+        self.skipped_said.retain(|i| listed.contains(i));
+        self.known = now;
+        Ok(out)
+    }
+
+    fn skip(&mut self, out: &mut HostSnapshot, label: NetnsLabel, why: String) {
+        out.skipped += 1;
+        if self.skipped_said.insert(label.inode) {
+            out.newly_skipped.push((label, why));
+        }
+    }
+}
+
+/// The caller's network namespace inode.
+pub fn own_netns() -> std::io::Result<u64> {
+    crate::sys::netns::current()
+}
+
+/// The namespace of a loop the kernel reported (`tcploop trace`'s events,
+/// `--all-netns`), when it is not `own`: known by the reporting process's
+/// `/proc/PID/ns/net`, which `kill_in` enters.
+pub fn event_netns(seen: &crate::trace::LoopSeen, own: u64) -> Option<NetnsLabel> {
+    let inode = u64::from(seen.netns);
+    (inode != own && inode != 0).then(|| NetnsLabel {
+        inode,
+        pid: Some(seen.pid),
+        comm: Some(seen.command.clone()),
+        name: None,
+        path: Some(std::path::PathBuf::from(format!(
+            "/proc/{}/ns/net",
+            seen.pid
+        ))),
+    })
+}
+
+/// How a watch polls: its own namespace ([`Scanner`]), or every namespace
+/// of the host ([`HostScanner`]); both give a [`HostSnapshot`].
+#[derive(Debug)]
+pub enum Poller {
+    /// The caller's namespace.
+    One(Scanner),
+    /// Every namespace (`--all-netns`).
+    Host(HostScanner),
+}
+
+impl Poller {
+    /// A poller of the caller's namespace, or of every namespace.
+    pub fn new(all_netns: bool) -> std::io::Result<Poller> {
+        Ok(if all_netns {
+            Poller::Host(HostScanner::new()?)
+        } else {
+            Poller::One(Scanner::new())
+        })
+    }
+
+    /// Scans once.
+    pub fn scan(&mut self) -> Result<HostSnapshot, ScanError> {
+        match self {
+            Poller::One(s) => s.scan().map(HostSnapshot::from),
+            Poller::Host(h) => h.scan(),
+        }
+    }
+}
+
 /// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
 /// stopping once each has an owner), by inode.
 pub fn owners_of<'a>(
@@ -310,9 +542,31 @@ pub fn owners_of<'a>(
         .iter()
         .filter_map(|&i| {
             let o = found.of(i);
-            (!o.is_empty()).then(|| (i as u32, o.to_vec()))
+            (!o.is_empty()).then(|| {
+                let v = o
+                    .iter()
+                    .map(|o| Owner {
+                        container: crate::container::of_pid(o.pid),
+                        ..o.clone()
+                    })
+                    .collect();
+                (i as u32, v)
+            })
         })
         .collect())
+}
+
+/// Destroys a loop of another namespace (`netns`, as [`HostScanner`]
+/// found it) the way [`kill`] does in the caller's.
+pub fn kill_in(
+    sock: &Socket,
+    netns: &NetnsLabel,
+) -> Result<crate::scan::Killed, crate::scan::KillError> {
+    crate::scan::kill(&crate::scan::Loop {
+        socket: *sock,
+        owners: vec![],
+        netns: netns.clone(),
+    })
 }
 
 /// Destroys a loop of the caller's namespace with `SOCK_DESTROY` through
@@ -370,6 +624,7 @@ mod tests {
                 pid: 7,
                 comm: "python3".into(),
                 fd: 3,
+                container: None,
             }],
         );
         assert_eq!(tr.new_loops(&[a]).len(), 1);

@@ -220,7 +220,7 @@ use std::time::{Duration, Instant};
 
 /// A background `tcploop watch`, killed if the test fails half-way (else it
 /// would outlive the scenario and hold its output pipes open).
-struct Watch(Child);
+pub(crate) struct Watch(pub(crate) Child);
 
 impl Drop for Watch {
     fn drop(&mut self) {
@@ -231,7 +231,7 @@ impl Drop for Watch {
 
 /// `tcploop watch ARGS` in the background; its JSON lines arrive on the
 /// channel.
-fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
+pub(crate) fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
     let mut child = common::tcploop(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -254,7 +254,7 @@ fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
 }
 
 /// The next event of type `ty` (others are skipped), within 20 s.
-fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
+pub(crate) fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -267,7 +267,7 @@ fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
 }
 
 /// Makes a loop to ip:port (bounded), as a plain client would.
-fn make_loop(ip: &str, port: u16) -> TcpStream {
+pub(crate) fn make_loop(ip: &str, port: u16) -> TcpStream {
     let dest = SocketAddr::new(ip.parse().unwrap(), port);
     for _ in 0..5000 {
         if let Ok(s) = TcpStream::connect(dest) {
@@ -660,6 +660,17 @@ pub(crate) mod schema {
         pid: u32,
         command: String,
         fd: i32,
+        container: Option<Container>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Container {
+        runtime: String,
+        id: String,
+        name: Option<String>,
+        pod_uid: Option<String>,
+        pod: Option<String>,
+        namespace: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -762,6 +773,8 @@ pub(crate) mod schema {
         cookie: u64,
         owners: Vec<Owner>,
         #[serde(default)]
+        netns: Option<Netns>,
+        #[serde(default)]
         seen_s: Option<f64>,
         #[serde(default)]
         error: Option<String>,
@@ -769,6 +782,23 @@ pub(crate) mod schema {
         kills_on_port: Option<u64>,
         #[serde(default)]
         advice: Option<String>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Netns {
+        inode: u64,
+        pid: Option<u32>,
+        comm: Option<String>,
+        name: Option<String>,
+        container: Option<Container>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NetnsEvent {
+        time: String,
+        netns: Netns,
+        #[serde(default)]
+        error: Option<String>,
     }
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -810,6 +840,7 @@ pub(crate) mod schema {
             }
             t @ ("scan_error" | "owner_error" | "output_error") => parse::<ErrorEvent>(t, d),
             t @ "watch_stopped" => parse::<Stopped>(t, d),
+            t @ ("netns_appeared" | "netns_gone" | "netns_skipped") => parse::<NetnsEvent>(t, d),
             t @ "events_lost" => parse::<Lost>(t, d),
             other => panic!("unknown line type {other}: {line}"),
         }

@@ -517,3 +517,34 @@ fn scenario_free_ports_never_loop() {
         "hammer": hammer.json(),
     }));
 }
+
+/// The guard crate's second pattern, first half: a port held by a bound
+/// socket (no listen, as a server between its restarts) is never given to a
+/// client as its source port, so a plain client never loops into it.
+#[test]
+fn a_port_held_bound_never_loops() {
+    let v = parse(&common::scenario(
+        RANGE,
+        None,
+        "free_port::scenario_a_port_held_bound_never_loops",
+    ));
+    assert!(
+        v["control_loop_after"].as_u64().is_some(),
+        "the control: a plain client loops into 40004 while it is unbound: {v}"
+    );
+    assert_contract(&v["hammer"], 20_000);
+}
+
+#[test]
+#[ignore = "runs inside a sandbox via a_port_held_bound_never_loops"]
+fn scenario_a_port_held_bound_never_loops() {
+    let control = plain_until_loop(closed(), 1000);
+    let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    held.bind(&closed().into()).unwrap();
+    let mut hammer = Tally::default();
+    for _ in 0..20_000 {
+        hammer.add(TcpStream::connect(closed()));
+    }
+    drop(held);
+    report(&json!({ "control_loop_after": control, "hammer": hammer.json() }));
+}

@@ -163,7 +163,8 @@ fn scenario_hidden_loops() {
             .unwrap();
         assert_eq!(
             s["owners"],
-            serde_json::json!([{"pid": me, "comm": s["owners"][0]["comm"], "fd": stream.as_raw_fd()}]),
+            serde_json::json!([{"pid": me, "comm": s["owners"][0]["comm"], "fd": stream.as_raw_fd(),
+                "container": s["owners"][0]["container"]}]),
             "{s}"
         );
         assert_eq!(s["owner_status"], "found");
@@ -274,6 +275,7 @@ mod wire {
         pid: Option<u32>,
         comm: Option<String>,
         name: Option<String>,
+        container: Option<Container>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -282,6 +284,18 @@ mod wire {
         pid: u32,
         comm: String,
         fd: i32,
+        container: Option<Container>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Container {
+        pub runtime: String,
+        pub id: String,
+        pub name: Option<String>,
+        pub pod_uid: Option<String>,
+        pub pod: Option<String>,
+        pub namespace: Option<String>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -650,7 +664,8 @@ fn all_netns_finds_a_loop_in_another_namespace_with_its_process() {
     assert_eq!(s["netns"]["comm"], "python3");
     assert_eq!(
         s["owners"],
-        serde_json::json!([{"pid": pid, "comm": "python3", "fd": fd}])
+        // (its container: whatever the test runs in; tests/deploy.rs checks it)
+        serde_json::json!([{"pid": pid, "comm": "python3", "fd": fd, "container": s["owners"][0]["container"]}])
     );
     assert!(summary(&l)["namespaces_scanned"].as_u64().unwrap() >= 2);
 
@@ -966,7 +981,9 @@ print(json.dumps(out))
         assert_eq!(lines.len(), 2, "{src}: {v}");
         assert_eq!(
             lines[0]["owners"],
-            serde_json::json!([{"pid": pid, "comm": "python3", "fd": v["fd"]}]),
+            // (its container: whatever the test runs in; tests/container.rs checks it)
+            serde_json::json!([{"pid": pid, "comm": "python3", "fd": v["fd"],
+                "container": lines[0]["owners"][0]["container"]}]),
             "{src}: {v}"
         );
         assert_eq!(lines[1]["owners_source"], src, "{v}");

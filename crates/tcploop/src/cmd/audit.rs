@@ -8,7 +8,8 @@
 //! - `port`, one per audited port:
 //!   `{"port": 40004, "status": "exposed"|"reserved"|"outside_range", "configured": bool,
 //!     "listening": [{"addr": "0.0.0.0:40004", "inode": 123, "uid": 0,
-//!                    "owners": [{"pid": 1, "command": "python3", "fd": 3}]}],
+//!                    "owners": [{"pid": 1, "command": "python3", "fd": 3,
+//!                                "container": null|CONTAINER (as in `tcploop scan --json`)}]}],
 //!     "host": "127.0.0.1", "when_down": {"verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown",
 //!     "reasons": [string], "expected_tries": number|null}, "advice": [string]}`;
 //! - `loop`, one per self-connected socket present:
@@ -58,14 +59,33 @@ failed, both are said and the exit code is 2.
 
 Exit codes: 0 nothing exposed (or every exposed port prevented by `tcploop
 shield`) and no loop (after --apply: the state after the fix); 1 exposed ports or loops; 2 error (after --apply: the fix was not
-applied, or applied but not persisted). --emit-sysctl exits 0 once the file
-is printed.
+applied, or applied but not persisted). --emit exits 0 once the fix is
+printed.
+
+--emit prints the same reservation (every port reserved now plus the exposed
+ones) for where it is set: k8s, the pod spec's securityContext.sysctls entry
+(each pod has its own network namespace, which starts with nothing reserved;
+a safe sysctl since Kubernetes 1.27); docker, the `docker run --sysctl` flag;
+sysctl, the /etc/sysctl.d file for the host (--emit-sysctl is the same).
 
 Examples:
   tcploop audit                                   listeners in the range, and the fix
   tcploop audit --ports 33333,40000-40010         also ports of services now down
-  tcploop audit --emit-sysctl > /etc/sysctl.d/60-tcploop.conf
+  tcploop audit --emit sysctl > /etc/sysctl.d/60-tcploop.conf
+  tcploop audit --ports 8080 --emit k8s           the pod's securityContext
+  docker run $(tcploop audit --ports 8080 --emit docker) IMAGE
   sudo tcploop audit --apply --persist            reserve now and at every boot";
+
+/// The formats of `--emit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// the pod spec's securityContext.sysctls entry (Kubernetes 1.27+: a safe sysctl)
+    K8s,
+    /// the `docker run` / `podman run` flag: --sysctl net.ipv4.ip_local_reserved_ports=...
+    Docker,
+    /// an /etc/sysctl.d file for the host
+    Sysctl,
+}
 
 /// Arguments of `tcploop audit`.
 #[derive(Debug, clap::Args)]
@@ -76,7 +96,11 @@ pub struct Args {
     /// Also audit the ports listed in FILE (commas, spaces or lines; # comments)
     #[arg(long, value_name = "FILE")]
     pub ports_file: Option<PathBuf>,
-    /// Print only the /etc/sysctl.d file that applies the fix
+    /// Print only the fix, as a Kubernetes pod securityContext (k8s), a
+    /// `docker run` flag (docker) or an /etc/sysctl.d file (sysctl)
+    #[arg(long, value_enum, value_name = "FORMAT", conflicts_with_all = ["apply", "json", "emit_sysctl"])]
+    pub emit: Option<Emit>,
+    /// The same as --emit sysctl
     #[arg(long, conflicts_with_all = ["apply", "json"])]
     pub emit_sysctl: bool,
     /// Write the fix to /proc/sys now (root, or CAP_NET_ADMIN over the namespace)
@@ -98,6 +122,10 @@ struct OwnerOut {
     pid: u32,
     command: String,
     fd: i32,
+    container: Option<report::scan::ContainerWire>,
+    /// `, container docker/web` for human text.
+    #[serde(skip)]
+    container_text: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,6 +206,8 @@ struct SummaryLine {
 struct Lookup {
     found: Option<Owners>,
     error: Option<String>,
+    /// The owners' containers, by pid.
+    containers: std::collections::BTreeMap<u32, tcploop::container::Container>,
 }
 
 impl Lookup {
@@ -187,10 +217,15 @@ impl Lookup {
             .map(|o| o.of(u64::from(inode)))
             .unwrap_or_default()
             .iter()
-            .map(|o| OwnerOut {
-                pid: o.pid,
-                command: o.comm.clone(),
-                fd: o.fd,
+            .map(|o| {
+                let c = self.containers.get(&o.pid);
+                OwnerOut {
+                    pid: o.pid,
+                    command: o.comm.clone(),
+                    fd: o.fd,
+                    container: c.map(Into::into),
+                    container_text: report::scan::container_text(c),
+                }
             })
             .collect()
     }
@@ -211,14 +246,19 @@ impl Lookup {
 /// One walk over /proc for the listeners and loops the audit names.
 fn lookup_owners(a: &Audit) -> Lookup {
     let inodes: Vec<u64> = inodes(a).into_iter().map(u64::from).collect();
-    match owners::find_owners(inodes, Search::FirstOwner) {
-        Ok(o) => Lookup {
-            found: Some(o),
-            error: None,
-        },
+    match owners::find_owners(inodes.iter().copied(), Search::FirstOwner) {
+        Ok(o) => {
+            let pids = inodes.iter().flat_map(|&i| o.of(i)).map(|o| o.pid);
+            Lookup {
+                containers: tcploop::container::of_pids(pids.collect::<Vec<_>>()),
+                found: Some(o),
+                error: None,
+            }
+        }
         Err(e) => Lookup {
             found: None,
             error: Some(e.to_string()),
+            containers: Default::default(),
         },
     }
 }
@@ -249,8 +289,14 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     }
     let a = audit::take(&configured).context("auditing this network namespace")?;
 
-    if args.emit_sysctl {
-        out.write_all(a.fix.sysctl_d().as_bytes())?;
+    let emit = args.emit.or(args.emit_sysctl.then_some(Emit::Sysctl));
+    if let Some(format) = emit {
+        let text = match format {
+            Emit::K8s => a.fix.kubernetes(),
+            Emit::Docker => a.fix.docker(),
+            Emit::Sysctl => a.fix.sysctl_d(),
+        };
+        out.write_all(text.as_bytes())?;
         return Ok(Exit::Ok);
     }
 
@@ -519,7 +565,13 @@ impl Renderer<'_> {
                         let who: Vec<String> = o
                             .iter()
                             .map(|o| {
-                                format!("{} pid {} fd {}", report::escape(&o.command), o.pid, o.fd)
+                                format!(
+                                    "{} pid {} fd {}{}",
+                                    report::escape(&o.command),
+                                    o.pid,
+                                    o.fd,
+                                    o.container_text
+                                )
                             })
                             .collect();
                         format!("{} ({})", report::addr(l.addr), who.join(", "))
@@ -638,7 +690,7 @@ impl Renderer<'_> {
             writeln!(
                 out,
                 "  `tcploop audit --apply` does it now (root); add --persist to also write {}; \
-                 --emit-sysctl prints that file",
+                 --emit sysctl prints that file (--emit k8s, --emit docker: for a pod, a container)",
                 audit::DEFAULT_SYSCTL_FILE
             )?;
         }

@@ -14,8 +14,10 @@
 //! - `events_lost` (`ebpf`): `{"time", "loops": 12, "ends": 0}`: the ring buffer was full;
 //!   a scan follows at once and reports the loops still present;
 //! - `loop_appeared`: `{"time", "local": "127.0.0.1:40004", "state": "ESTABLISHED", "inode": 123,
-//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3}]}` (`fd` is -1 when
-//!   the loop came from a kernel event: the process is known, not its fd);
+//!   "cookie": 456, "owners": [{"pid": 1, "command": "python3", "fd": 3, "container": null|CONTAINER}]}`
+//!   (`fd` is -1 when the loop came from a kernel event: the process is known, not its fd;
+//!   CONTAINER as in `tcploop scan --json`), plus `"netns"` (as in `scan`) for a loop outside
+//!   the watcher's own namespace (`--all-netns`);
 //! - `loop_gone`: the same fields plus `"seen_s": 3.0` (how long it was seen);
 //! - `loop_killed`: the same fields as `loop_gone` (destroyed by `--kill-after`), plus
 //!   `"kills_on_port": 2` (loops destroyed on this port so far) and, from the second one on a
@@ -25,6 +27,8 @@
 //! - `scan_error`: `{"time", "error": string, "errors_total": 1}` (the watch goes on);
 //! - `output_error`: `{"time", "error": string}` (writing the textfile failed; the watch goes on);
 //! - `owner_error`: `{"time", "error": string}` (the owner lookup failed; the loop is reported without);
+//! - `netns_appeared`, `netns_gone`: `{"time", "netns"}`, `netns_skipped`: `{"time", "netns", "error"}`
+//!   (`--all-netns`, polling: namespaces listed afresh each scan; a skip is said once a namespace);
 //! - `watch_stopped`: `{"time", "scans": 10, "scan_errors": 0, "loops_seen": 1, "kills": 0}`.
 
 use std::collections::{HashMap, HashSet};
@@ -39,7 +43,7 @@ use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
 use tcploop::model::TcpState;
 use tcploop::report;
-use tcploop::scan::Killed;
+use tcploop::scan::{Killed, NetnsLabel};
 use tcploop::trace::{self, EventKind, Events, NetnsScope, TraceError};
 use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
 
@@ -56,18 +60,22 @@ shorter than the interval is never seen. `auto` (default) takes events where
 allowed, else polls, and says which and why. --count N counts scans, so it
 means polling (with `auto`; an error with `ebpf`).
 
-Each scan is one socket dump of this network namespace; the owners of a loop
-are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
+Each scan is one socket dump of this network namespace (with --all-netns, of
+each namespace of the host, listed afresh each scan, so containers that start
+or stop are followed; events then come from every namespace); the owners of a
+loop, and their containers, are looked up once, when it appears. Runs until SIGINT or SIGTERM (then exits
 0), or --count scans. A failed scan is logged and counted
 (tcploop_scan_errors_total), never fatal.
 
-Metrics (--prometheus, --textfile): tcploop_loops{port,command} (gauge; stays
+Metrics (--prometheus, --textfile): tcploop_loops{port,command,netns,container,pod}
+(gauge; netns, container and pod only when known and not empty; stays
 at 0 for an hour once a loop has gone; at most 500 series, further loops are
 counted in tcploop_loop_series_overflow_total), tcploop_loops_present,
 tcploop_loops_seen_total, tcploop_exposed_listeners, tcploop_sockets,
 tcploop_scan_duration_seconds, tcploop_scans_total, tcploop_scan_errors_total,
-tcploop_kills_total, tcploop_kill_errors_total. Alert on
-`tcploop_loops_present > 0`.
+tcploop_kills_total, tcploop_kill_errors_total, tcploop_namespaces,
+tcploop_namespaces_skipped, tcploop_build_info{version,arch}. Alert on
+`tcploop_loops_present > 0` (deploy/prometheus has tested rules).
 
 The /metrics server answers GET and HEAD (405 otherwise), serves each client
 on a thread of its own (at most 32 at once; 503 beyond), and gives each
@@ -78,6 +86,7 @@ Examples:
   tcploop watch
   tcploop watch --json --prometheus 127.0.0.1:9977
   tcploop watch --textfile /var/lib/prometheus/node-exporter/tcploop.prom
+  sudo tcploop watch --all-netns              every namespace: containers, pods
   tcploop watch --kill-after 30s              destroy loops older than 30 s
   tcploop watch --source poll --interval 5s   no privileges needed";
 
@@ -107,6 +116,11 @@ pub struct Args {
     /// JSON Lines events
     #[arg(long)]
     pub json: bool,
+    /// Watch every network namespace of the host (containers, pods): kernel
+    /// events from all of them, or each namespace polled, listed afresh each
+    /// scan (root: CAP_SYS_ADMIN and CAP_SYS_PTRACE)
+    #[arg(long)]
+    pub all_netns: bool,
     /// Ring buffer size in bytes for --source ebpf (a power of two, at least 4096; tests)
     #[arg(long, hide = true, value_name = "BYTES")]
     pub ring_bytes: Option<u32>,
@@ -135,6 +149,7 @@ struct OwnerOut<'a> {
     pid: u32,
     command: &'a str,
     fd: i32,
+    container: Option<report::scan::ContainerWire>,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,6 +160,9 @@ struct LoopEvent<'a> {
     inode: u32,
     cookie: u64,
     owners: Vec<OwnerOut<'a>>,
+    /// The loop's namespace, when not the watcher's own (`--all-netns`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    netns: Option<report::scan::NetnsWire>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seen_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +204,16 @@ fn now_text() -> String {
 struct Log<'a> {
     out: &'a mut dyn Write,
     json: bool,
+    /// The namespace of each loop outside the watcher's own (`--all-netns`).
+    netns_of: HashMap<LoopKey, NetnsLabel>,
+}
+
+#[derive(Debug, Serialize)]
+struct NetnsEvent {
+    time: String,
+    netns: report::scan::NetnsWire,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl Log<'_> {
@@ -198,6 +226,7 @@ impl Log<'_> {
         note: Option<KillNote>,
     ) -> anyhow::Result<()> {
         let s = &t.sock;
+        let ns = self.netns_of.get(&LoopKey::of(s));
         if self.json {
             report::json_line(
                 self.out,
@@ -215,8 +244,13 @@ impl Log<'_> {
                             pid: o.pid,
                             command: &o.comm,
                             fd: o.fd,
+                            container: o.container.as_ref().map(Into::into),
                         })
                         .collect(),
+                    netns: ns.map(|n| {
+                        report::scan::NetnsWire::from(n)
+                            .with_container(n.pid.and_then(tcploop::container::of_pid).as_ref())
+                    }),
                     seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
                     error,
                     kills_on_port: note.as_ref().map(|n| n.kills_on_port),
@@ -238,11 +272,12 @@ impl Log<'_> {
                     .iter()
                     .map(|o| {
                         let command = report::escape(&o.comm);
+                        let c = report::scan::container_text(o.container.as_ref());
                         if o.fd < 0 {
                             // from a kernel event: the fd is not known
-                            format!("{command} pid {}", o.pid)
+                            format!("{command} pid {}{c}", o.pid)
                         } else {
-                            format!("{command} pid {} fd {}", o.pid, o.fd)
+                            format!("{command} pid {} fd {}{c}", o.pid, o.fd)
                         }
                     })
                     .collect();
@@ -256,15 +291,53 @@ impl Log<'_> {
                 (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
                 _ => String::new(),
             };
+            let where_ = ns
+                .map(|n| format!("  in netns {}", report::escape(&n.describe())))
+                .unwrap_or_default();
             if let Some(a) = note.and_then(|n| n.advice) {
                 extra.push_str(&format!("\n    note: {a}"));
             }
             writeln!(
                 self.out,
-                "{} {what} {} <-> itself  {}  {who}{extra}",
+                "{} {what} {} <-> itself  {}  {who}{where_}{extra}",
                 now_text(),
                 report::addr(s.local),
                 s.state.name()
+            )?;
+        }
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// `netns_appeared`, `netns_gone`, `netns_skipped` (`--all-netns`).
+    fn netns_event(
+        &mut self,
+        ty: &str,
+        n: &NetnsLabel,
+        error: Option<String>,
+    ) -> anyhow::Result<()> {
+        if self.json {
+            report::json_line(
+                self.out,
+                ty,
+                &NetnsEvent {
+                    time: now_text(),
+                    netns: n.into(),
+                    error,
+                },
+            )?;
+        } else {
+            let what = match ty {
+                "netns_appeared" => "namespace appeared",
+                "netns_gone" => "namespace gone    ",
+                _ => "namespace skipped ",
+            };
+            let why = error.map(|e| format!(": {e}")).unwrap_or_default();
+            writeln!(
+                self.out,
+                "{} {what} {}{why}",
+                now_text(),
+                report::escape(&n.describe())
             )?;
         }
         self.out.flush()?;
@@ -324,7 +397,12 @@ enum Source {
 /// the stop signals, to read them from a file descriptor): returns it and
 /// the reason, in words.
 fn choose(args: &Args) -> anyhow::Result<(Source, String)> {
-    let open = || Events::open(NetnsScope::Current, args.ring_bytes);
+    let scope = if args.all_netns {
+        NetnsScope::All
+    } else {
+        NetnsScope::Current
+    };
+    let open = || Events::open(scope, args.ring_bytes);
     Ok(match args.source.as_str() {
         "poll" => (Source::Poll, "--source poll".to_string()),
         // --count counts scans, which only polling does
@@ -367,7 +445,7 @@ struct State<'a> {
     log: Log<'a>,
     metrics: &'a Metrics,
     tracker: Tracker,
-    scanner: watch::Scanner,
+    poller: watch::Poller,
     given_up: HashSet<LoopKey>,
     kills_on_port: HashMap<u16, u64>,
     scans: u64,
@@ -380,11 +458,20 @@ struct State<'a> {
 }
 
 impl State<'_> {
-    /// One dump of the namespace: loops appeared and gone since the last.
+    /// One dump of the namespace (or of each, `--all-netns`): loops
+    /// appeared and gone since the last.
     fn scan(&mut self, kill_after: Option<Duration>) -> anyhow::Result<()> {
         let t0 = Instant::now();
-        match self.scanner.scan() {
+        match self.poller.scan() {
             Ok(snap) => {
+                for n in &snap.appeared {
+                    self.log.netns_event("netns_appeared", n, None)?;
+                }
+                for (n, why) in &snap.newly_skipped {
+                    self.log
+                        .netns_event("netns_skipped", n, Some(why.clone()))?;
+                }
+                self.log.netns_of.extend(snap.netns_of.clone());
                 let fresh = self.tracker.new_loops(&snap.loops);
                 let owners = if fresh.is_empty() {
                     HashMap::new()
@@ -410,7 +497,7 @@ impl State<'_> {
                     match c {
                         Change::Appeared(t) => {
                             self.loops_seen += 1;
-                            appeared.push(labels(t));
+                            appeared.push(labels(t, &self.log.netns_of));
                             self.log.loop_event("loop_appeared", t, None, None, None)?;
                         }
                         Change::Gone(t, d) => {
@@ -419,13 +506,19 @@ impl State<'_> {
                     }
                 }
                 self.kill_due(kill_after)?;
-                self.exposed_listeners = snap.exposed_listeners.iter().count() as u64;
+                for n in &snap.gone {
+                    self.log.netns_event("netns_gone", n, None)?;
+                }
+                self.forget_netns();
+                self.exposed_listeners = snap.exposed_listeners;
                 self.sockets = snap.sockets;
                 self.metrics.record_scan(&ScanSample {
-                    loops: self.tracker.present().map(labels).collect(),
+                    loops: self.present_labels(),
                     appeared,
                     exposed_listeners: self.exposed_listeners,
                     sockets: snap.sockets,
+                    namespaces: snap.namespaces,
+                    namespaces_skipped: snap.skipped,
                     duration: t0.elapsed(),
                 });
             }
@@ -443,6 +536,22 @@ impl State<'_> {
         Ok(())
     }
 
+    /// The metric labels of the loops present.
+    fn present_labels(&self) -> Vec<LoopLabels> {
+        self.tracker
+            .present()
+            .map(|t| labels(t, &self.log.netns_of))
+            .collect()
+    }
+
+    /// Forgets the namespaces of loops no longer present.
+    fn forget_netns(&mut self) {
+        let tracker = &self.tracker;
+        self.log
+            .netns_of
+            .retain(|k, _| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
+    }
+
     /// `--kill-after`: destroys the loops present for that long.
     fn kill_due(&mut self, kill_after: Option<Duration>) -> anyhow::Result<()> {
         let Some(after) = kill_after else {
@@ -455,7 +564,11 @@ impl State<'_> {
                 continue;
             }
             let seen = Some(now.saturating_duration_since(t.since));
-            let failure = match watch::kill(&t.sock) {
+            let killed = match self.log.netns_of.get(&key) {
+                Some(n) => watch::kill_in(&t.sock, n),
+                None => watch::kill(&t.sock),
+            };
+            let failure = match killed {
                 Ok(Killed::Destroyed { loops_again, .. }) => {
                     self.kills += 1;
                     self.metrics.record_kill(true);
@@ -554,6 +667,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let log = Log {
         out,
         json: args.json,
+        netns_of: HashMap::new(),
     };
     let source_name = if events.is_some() { "ebpf" } else { "poll" };
     if args.json {
@@ -599,7 +713,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         log,
         metrics: &metrics,
         tracker: Tracker::new(),
-        scanner: watch::Scanner::new(),
+        poller: watch::Poller::new(args.all_netns)
+            .context("reading this process's network namespace")?,
         given_up: HashSet::new(),
         kills_on_port: HashMap::new(),
         scans: 0,
@@ -697,6 +812,7 @@ fn watch_events(
 ) -> anyhow::Result<()> {
     st.scan(args.kill_after)?;
     publish(st)?;
+    let own = watch::own_netns()?;
     loop {
         let wake = st.next_due(args.kill_after);
         let now = Instant::now();
@@ -709,9 +825,12 @@ fn watch_events(
                 EventKind::Loop => {
                     let seen = trace::owner_of(e, time);
                     let t = watch::tracked_from_event(&seen, Instant::now());
+                    if let Some(n) = watch::event_netns(&seen, own) {
+                        st.log.netns_of.insert(LoopKey::of(&t.sock), n);
+                    }
                     if st.tracker.insert(t.clone()) {
                         st.loops_seen += 1;
-                        appeared.push(labels(&t));
+                        appeared.push(labels(&t, &st.log.netns_of));
                         st.log.loop_event("loop_appeared", &t, None, None, None)?;
                         changed = true;
                     }
@@ -731,8 +850,9 @@ fn watch_events(
             }
         }
         if changed {
-            let present: Vec<LoopLabels> = st.tracker.present().map(labels).collect();
+            let present = st.present_labels();
             st.metrics.record_loops(&present, &appeared);
+            st.forget_netns();
         }
         if let Some((loops, ends)) = batch.lost {
             st.log.lost(loops, ends)?;
@@ -756,9 +876,16 @@ fn watch_events(
     Ok(())
 }
 
-fn labels(t: &Tracked) -> LoopLabels {
+fn labels(t: &Tracked, netns_of: &HashMap<LoopKey, NetnsLabel>) -> LoopLabels {
+    let c = t.owners.first().and_then(|o| o.container.as_ref());
     LoopLabels {
         port: t.sock.local.port(),
         command: t.command(),
+        netns: netns_of
+            .get(&LoopKey::of(&t.sock))
+            .map(|n| n.inode.to_string())
+            .unwrap_or_default(),
+        container: c.map(|c| c.label()).unwrap_or_default(),
+        pod: c.and_then(|c| c.pod_label()).unwrap_or_default(),
     }
 }

@@ -1,12 +1,14 @@
 //! `tcploop kill`'s output: the `kill` and `summary` lines (documented in
 //! `cmd/kill.rs`) and the human text, over a [`KillRun`].
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use super::scan::{loop_line, notes, owner_text, SocketWire};
 use super::Format;
+use crate::container::Container;
 use crate::report;
 use crate::scan::{self, KillError, KillOutcome, KillRun, Killed, PortState};
 
@@ -20,7 +22,7 @@ pub fn render(
     let sum = summary(run);
     for (l, o) in run.scan.loops.iter().zip(&run.outcomes) {
         match format {
-            Format::Json => json_loop(out, l, o)?,
+            Format::Json => json_loop(out, l, o, &run.scan.containers)?,
             Format::Human => human_loop(out, l, o, run.error.as_ref())?,
         }
     }
@@ -66,7 +68,12 @@ fn summary(run: &KillRun) -> SummaryWire {
     }
 }
 
-fn json_loop(out: &mut dyn Write, l: &scan::Loop, o: &KillOutcome) -> io::Result<()> {
+fn json_loop(
+    out: &mut dyn Write,
+    l: &scan::Loop,
+    o: &KillOutcome,
+    containers: &BTreeMap<u32, Container>,
+) -> io::Result<()> {
     match o {
         KillOutcome::DryRun { already_aborted } => {
             let action = if *already_aborted {
@@ -74,7 +81,7 @@ fn json_loop(out: &mut dyn Write, l: &scan::Loop, o: &KillOutcome) -> io::Result
             } else {
                 "would-destroy"
             };
-            line(out, l, action, None, None)
+            line(out, l, containers, action, None, None)
         }
         KillOutcome::Failed => Ok(()),
         KillOutcome::Done(k) => {
@@ -85,7 +92,7 @@ fn json_loop(out: &mut dyn Write, l: &scan::Loop, o: &KillOutcome) -> io::Result
                 Killed::StillThere => ("still-there", None, None),
                 Killed::AlreadyAborted => ("already-aborted", None, None),
             };
-            line(out, l, action, port, loops_again)
+            line(out, l, containers, action, port, loops_again)
         }
     }
 }
@@ -228,6 +235,7 @@ fn summary_text(sum: &SummaryWire) -> String {
 fn line(
     out: &mut dyn Write,
     l: &scan::Loop,
+    containers: &BTreeMap<u32, Container>,
     action: &'static str,
     port: Option<&PortState>,
     loops_again: Option<bool>,
@@ -243,7 +251,7 @@ fn line(
         out,
         "kill",
         &KillWire {
-            socket: l.into(),
+            socket: SocketWire::from(l).with_containers(containers),
             action,
             port_state: state,
             port_detail: detail,
@@ -278,6 +286,7 @@ mod tests {
                         pid: 5,
                         comm: "py\x1bthon".into(),
                         fd: 3,
+                        container: None,
                     }],
                     netns: netns.clone(),
                 }],
@@ -293,6 +302,7 @@ mod tests {
                 skipped: vec![],
                 netns_unreadable_pids: 0,
                 netns_vanished: 0,
+                containers: BTreeMap::new(),
                 unshielded: vec![],
             },
             dry_run,

@@ -2,11 +2,13 @@
 //! in `cmd/scan.rs`) and its human text; `kill` reuses the socket line, the
 //! one-line description of a loop and the notes.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::Serialize;
 
 use super::Format;
+use crate::container::{Container, Runtime};
 use crate::owners::{Owner, OwnerSourceUsed};
 use crate::report;
 use crate::scan::{Loop, NetnsLabel, ScanReport, SourceUsed};
@@ -39,7 +41,11 @@ pub fn render(out: &mut dyn Write, format: Format, r: &ScanReport, view: &View) 
 
 fn json(out: &mut dyn Write, r: &ScanReport) -> io::Result<()> {
     for l in &r.loops {
-        report::json_line(out, "socket", &SocketWire::from(l))?;
+        report::json_line(
+            out,
+            "socket",
+            &SocketWire::from(l).with_containers(&r.containers),
+        )?;
     }
     report::json_line(
         out,
@@ -84,6 +90,54 @@ pub struct NetnsWire {
     pid: Option<u32>,
     comm: Option<String>,
     name: Option<String>,
+    container: Option<ContainerWire>,
+}
+
+/// A process's container on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerWire {
+    runtime: &'static str,
+    id: String,
+    name: Option<String>,
+    pod_uid: Option<String>,
+    pod: Option<String>,
+    namespace: Option<String>,
+}
+
+impl From<&Container> for ContainerWire {
+    fn from(c: &Container) -> ContainerWire {
+        ContainerWire {
+            runtime: c.runtime.as_str(),
+            id: c.id.clone(),
+            name: c.name.clone(),
+            pod_uid: c.pod_uid.clone(),
+            pod: c.pod.clone(),
+            namespace: c.namespace.clone(),
+        }
+    }
+}
+
+/// `container docker/api, pod shop/api-0`, or empty for no container.
+pub fn container_text(c: Option<&Container>) -> String {
+    let Some(c) = c else { return String::new() };
+    let kind = if c.runtime == Runtime::SystemdService {
+        "service"
+    } else {
+        "container"
+    };
+    let mut t = format!(", {kind} {}", report::escape(&c.label()));
+    if let Some(p) = c.pod_label() {
+        t.push_str(&format!(", pod {}", report::escape(&p)));
+    }
+    t
+}
+
+impl NetnsWire {
+    /// With the container of the namespace's process.
+    pub fn with_container(mut self, c: Option<&Container>) -> NetnsWire {
+        self.container = c.map(Into::into);
+        self
+    }
 }
 
 impl From<&NetnsLabel> for NetnsWire {
@@ -93,6 +147,7 @@ impl From<&NetnsLabel> for NetnsWire {
             pid: l.pid,
             comm: l.comm.clone(),
             name: l.name.clone(),
+            container: None,
         }
     }
 }
@@ -103,6 +158,7 @@ pub struct OwnerWire {
     pid: u32,
     comm: String,
     fd: i32,
+    container: Option<ContainerWire>,
 }
 
 /// The `socket` line (also embedded in `kill` lines).
@@ -155,11 +211,25 @@ impl From<&Loop> for SocketWire {
                     pid: o.pid,
                     comm: o.comm.clone(),
                     fd: o.fd,
+                    container: None,
                 })
                 .collect(),
             owner_status: owner_status(l),
             consequence: l.consequence(),
         }
+    }
+}
+
+impl SocketWire {
+    /// Fills in the containers of the owners and of the namespace's
+    /// process, from the scan's lookup.
+    pub fn with_containers(mut self, containers: &BTreeMap<u32, Container>) -> SocketWire {
+        let of = |pid: u32| containers.get(&pid).map(ContainerWire::from);
+        for o in &mut self.owners {
+            o.container = of(o.pid);
+        }
+        self.netns.container = self.netns.pid.and_then(of);
+        self
     }
 }
 
@@ -222,7 +292,17 @@ pub fn loop_line(l: &Loop) -> String {
 /// Who holds it, in words.
 pub fn owners_text(l: &Loop, r: &ScanReport) -> String {
     if !l.owners.is_empty() {
-        let v: Vec<String> = l.owners.iter().map(owner_text).collect();
+        let v: Vec<String> = l
+            .owners
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    owner_text(o),
+                    container_text(r.containers.get(&o.pid))
+                )
+            })
+            .collect();
         return format!("held by {}", v.join(", "));
     }
     if !l.has_inode() {
@@ -342,7 +422,13 @@ fn human(r: &ScanReport, view: &View, out: &mut dyn Write) -> io::Result<()> {
     let mut last_ns = None;
     for l in &r.loops {
         if many_ns && last_ns != Some(l.netns.inode) {
-            writeln!(out, "namespace {}:", report::escape(&l.netns.describe()))?;
+            let c = l.netns.pid.and_then(|p| r.containers.get(&p));
+            writeln!(
+                out,
+                "namespace {}{}:",
+                report::escape(&l.netns.describe()),
+                container_text(c)
+            )?;
             last_ns = Some(l.netns.inode);
         }
         writeln!(out, "LOOP {}", loop_line(l))?;
@@ -432,6 +518,7 @@ mod tests {
             skipped: vec![],
             netns_unreadable_pids: 0,
             netns_vanished: 0,
+            containers: BTreeMap::new(),
             unshielded: vec![],
         }
     }
@@ -448,6 +535,7 @@ mod tests {
             pid: 12456,
             comm: "python3".into(),
             fd: 3,
+            container: None,
         };
         let r = report(vec![a_loop(TcpState::Established, vec![owner])]);
         assert_eq!(
@@ -495,6 +583,7 @@ mod tests {
             pid: 7,
             comm: "evil\x1b[2J\nLOOP".into(),
             fd: 3,
+            container: None,
         };
         let mut r = report(vec![a_loop(TcpState::Established, vec![owner])]);
         r.unshielded = vec![Unshielded {
@@ -528,7 +617,8 @@ mod tests {
         assert_eq!(
             lines[0],
             serde_json::json!({"type": "socket", "data": {
-                "netns": {"inode": 4026531840u64, "pid": null, "comm": null, "name": null},
+                "netns": {"inode": 4026531840u64, "pid": null, "comm": null, "name": null,
+                          "container": null},
                 "family": "ipv4", "state": "TIME-WAIT", "local": "127.0.0.1:40004",
                 "peer": "127.0.0.1:40004", "port": 40004, "uid": 1000, "inode": 0,
                 "cookie": 28, "time_wait_left_ms": 59200, "owners": [],

@@ -9,8 +9,10 @@
 //! - [`packet`]: `AF_PACKET` capture on one interface (`packet(7)`);
 //! - [`ifaddrs`]: this namespace's interface addresses (`getifaddrs(3)`);
 //! - [`procnet`]: `/proc/net/tcp` and `tcp6`, the fallback socket table;
+//! - [`cgroup`]: `/proc/PID/cgroup` and the container runtimes' state files;
 //! - [`procfd`]: `/proc/PID/fd`, which process holds which socket;
 //! - [`netns`]: the host's other network namespaces, entered with `setns(2)`;
+//! - [`sockstat`]: `/proc/PID/net/sockstat{,6}`, a namespace's socket counts;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
 //! - [`poll`]: waiting for a socket to become writable, or fds readable (`poll(2)`);
@@ -21,6 +23,7 @@
 #![allow(unsafe_code)]
 
 pub mod bpf;
+pub mod cgroup;
 pub mod diag;
 pub mod ifaddrs;
 pub mod inotify;
@@ -34,6 +37,7 @@ pub mod procfd;
 pub mod procnet;
 pub mod procsys;
 pub mod signal;
+pub mod sockstat;
 pub mod tcpdiag;
 
 /// Calls a libc function and turns `-1` into `io::Error::last_os_error()`.
