@@ -30,9 +30,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::container::Container;
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
-use crate::model::{Socket, TcpState};
+use crate::model::{Owner, Socket, TcpState};
+use crate::owners::{Owners, Search};
 use crate::ports::{EphemeralFacts, Parity, PortSet};
 use crate::predict::{self, Client, Prediction, Situation};
 use crate::sys::ifaddrs::IfAddr;
@@ -336,6 +338,81 @@ pub fn analyze(
         ports: out,
         loops,
         shield: None,
+    }
+}
+
+/// The processes holding the sockets an audit names (its listeners and
+/// loops), found in one walk over `/proc`, with their containers.
+#[derive(Debug, Default)]
+pub struct OwnerLookup {
+    /// What the walk found (`None`: it failed, see `error`).
+    pub found: Option<Owners>,
+    /// Why the walk failed.
+    pub error: Option<String>,
+    /// The owners' containers, by pid.
+    pub containers: BTreeMap<u32, Container>,
+}
+
+impl OwnerLookup {
+    /// The owners of the socket with this inode (none found: empty).
+    pub fn of(&self, inode: u32) -> &[Owner] {
+        self.found
+            .as_ref()
+            .map(|o| o.of(u64::from(inode)))
+            .unwrap_or_default()
+    }
+
+    /// How many of the audit's sockets have no owner found.
+    pub fn unknown(&self, a: &Audit) -> u64 {
+        let inodes = a.inodes();
+        match &self.found {
+            Some(o) => o.unknown(inodes.into_iter().map(u64::from)),
+            None => inodes.len() as u64,
+        }
+    }
+
+    /// Processes the walk could not read.
+    pub fn unreadable(&self) -> u64 {
+        self.found
+            .as_ref()
+            .map_or(0, |o| o.processes_denied + o.processes_failed)
+    }
+}
+
+impl Audit {
+    /// The inodes of the sockets the audit names (listeners, then loops).
+    pub fn inodes(&self) -> Vec<u32> {
+        self.ports
+            .iter()
+            .flat_map(|p| p.listeners.iter().map(|l| l.inode))
+            .chain(self.loops.iter().map(|l| l.inode))
+            .filter(|i| *i != 0)
+            .collect()
+    }
+}
+
+/// Looks up the owners of the listeners and loops the audit names (one walk
+/// over `/proc`, stopping once each has an owner); a failed walk is data.
+pub fn owners_of(a: &Audit) -> OwnerLookup {
+    let inodes: Vec<u64> = a.inodes().into_iter().map(u64::from).collect();
+    match crate::owners::find_owners(inodes.iter().copied(), Search::FirstOwner) {
+        Ok(o) => {
+            let pids: Vec<u32> = inodes
+                .iter()
+                .flat_map(|&i| o.of(i))
+                .map(|o| o.pid)
+                .collect();
+            OwnerLookup {
+                containers: crate::container::of_pids(pids),
+                found: Some(o),
+                error: None,
+            }
+        }
+        Err(e) => OwnerLookup {
+            found: None,
+            error: Some(e.to_string()),
+            containers: BTreeMap::new(),
+        },
     }
 }
 
