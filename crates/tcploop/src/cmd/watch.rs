@@ -31,7 +31,7 @@
 //!   (`--all-netns`, polling: namespaces listed afresh each scan; a skip is said once a namespace);
 //! - `watch_stopped`: `{"time", "scans": 10, "scan_errors": 0, "loops_seen": 1, "kills": 0}`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -41,11 +41,10 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
-use tcploop::model::TcpState;
 use tcploop::report;
-use tcploop::scan::{Killed, NetnsLabel};
+use tcploop::scan::NetnsLabel;
 use tcploop::trace::{self, EventKind, Events, NetnsScope, TraceError};
-use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
+use tcploop::watch::{self, Change, KillAction, KillPolicy, LoopKey, Tracked, Tracker};
 
 use crate::exit::Exit;
 
@@ -446,8 +445,8 @@ struct State<'a> {
     metrics: &'a Metrics,
     tracker: Tracker,
     poller: watch::Poller,
-    given_up: HashSet<LoopKey>,
-    kills_on_port: HashMap<u16, u64>,
+    /// `--kill-after`.
+    policy: Option<KillPolicy>,
     scans: u64,
     scan_errors: u64,
     loops_seen: u64,
@@ -489,9 +488,9 @@ impl State<'_> {
                     }
                 };
                 let changes = self.tracker.observe(t0, &snap.loops, &owners);
-                let tracker = &self.tracker;
-                self.given_up
-                    .retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
+                if let Some(p) = self.policy.as_mut() {
+                    p.retain_present(&self.tracker);
+                }
                 let mut appeared = vec![];
                 for c in &changes {
                     match c {
@@ -552,31 +551,34 @@ impl State<'_> {
             .retain(|k, _| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
     }
 
-    /// `--kill-after`: destroys the loops present for that long.
+    /// `--kill-after`: destroys the loops present for that long
+    /// ([`watch::KillPolicy`]), and says so.
     fn kill_due(&mut self, kill_after: Option<Duration>) -> anyhow::Result<()> {
-        let Some(after) = kill_after else {
+        if kill_after.is_none() {
+            return Ok(());
+        }
+        let Some(policy) = self.policy.as_mut() else {
             return Ok(());
         };
-        let now = Instant::now();
-        for t in self.tracker.due(now, after) {
-            let key = LoopKey::of(&t.sock);
-            if self.given_up.contains(&key) {
-                continue;
-            }
-            let seen = Some(now.saturating_duration_since(t.since));
-            let killed = match self.log.netns_of.get(&key) {
+        let netns_of = &self.log.netns_of;
+        let actions = policy.run(&mut self.tracker, Instant::now(), |t| {
+            match netns_of.get(&LoopKey::of(&t.sock)) {
                 Some(n) => watch::kill_in(&t.sock, n),
                 None => watch::kill(&t.sock),
-            };
-            let failure = match killed {
-                Ok(Killed::Destroyed { loops_again, .. }) => {
+            }
+        });
+        for a in actions {
+            match a {
+                KillAction::Killed {
+                    tracked: t,
+                    seen,
+                    kills_on_port: n,
+                    reserve_advised,
+                } => {
                     self.kills += 1;
                     self.metrics.record_kill(true);
-                    self.tracker.forget(&t.sock);
                     let port = t.sock.local.port();
-                    let n = self.kills_on_port.entry(port).or_insert(0u64);
-                    *n += 1;
-                    let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
+                    let advice = reserve_advised.then(|| {
                         format!(
                             "loop {n} on port {port}: its client reconnects and loops again, as \
                              the port is in the ephemeral range and not reserved; reserve it \
@@ -584,32 +586,22 @@ impl State<'_> {
                         )
                     });
                     let note = KillNote {
-                        kills_on_port: *n,
+                        kills_on_port: n,
                         advice,
                     };
                     self.log
-                        .loop_event("loop_killed", &t, seen, None, Some(note))?;
-                    None
+                        .loop_event("loop_killed", &t, Some(seen), None, Some(note))?;
                 }
-                // closed by its owner meanwhile: the next scan (or its end
-                // event) reports it gone
-                Ok(Killed::Gone | Killed::NotALoop) => None,
-                Ok(Killed::StillThere) => {
-                    Some("destroyed, yet still in the socket table".to_string())
+                KillAction::Failed {
+                    tracked: t,
+                    seen,
+                    error,
+                } => {
+                    // said once, not retried every scan
+                    self.metrics.record_kill(false);
+                    self.log
+                        .loop_event("kill_failed", &t, Some(seen), Some(error), None)?;
                 }
-                Ok(Killed::AlreadyAborted) => Some(
-                    "already aborted; its owner still has the socket open, bound to \
-                     the port: only closing it releases the port"
-                        .to_string(),
-                ),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = failure {
-                // said once, not retried every scan
-                self.given_up.insert(key);
-                self.metrics.record_kill(false);
-                self.log
-                    .loop_event("kill_failed", &t, seen, Some(e), None)?;
             }
         }
         Ok(())
@@ -617,13 +609,8 @@ impl State<'_> {
 
     /// The next moment a present loop becomes due for `--kill-after`.
     fn next_due(&self, kill_after: Option<Duration>) -> Option<Instant> {
-        let after = kill_after?;
-        self.tracker
-            .present()
-            .filter(|t| t.sock.state != TcpState::TimeWait)
-            .filter(|t| !self.given_up.contains(&LoopKey::of(&t.sock)))
-            .map(|t| t.since + after)
-            .min()
+        kill_after?;
+        self.policy.as_ref()?.next_due(&self.tracker)
     }
 }
 
@@ -715,8 +702,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         tracker: Tracker::new(),
         poller: watch::Poller::new(args.all_netns)
             .context("reading this process's network namespace")?,
-        given_up: HashSet::new(),
-        kills_on_port: HashMap::new(),
+        policy: args.kill_after.map(KillPolicy::new),
         scans: 0,
         scan_errors: 0,
         loops_seen: 0,
