@@ -41,7 +41,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
-use tcploop::report;
+use tcploop::report::watch::{LoopEvent, LoopKind};
+use tcploop::report::{self, Format};
 use tcploop::scan::NetnsLabel;
 use tcploop::trace::{self, EventKind, Events, NetnsScope, TraceError};
 use tcploop::watch::{self, Change, KillAction, KillPolicy, LoopKey, Tracked, Tracker};
@@ -136,42 +137,6 @@ struct Started {
     source_reason: String,
 }
 
-#[derive(Debug, Serialize)]
-struct LostEvent {
-    time: String,
-    loops: u64,
-    ends: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct OwnerOut<'a> {
-    pid: u32,
-    command: &'a str,
-    fd: i32,
-    container: Option<report::scan::ContainerWire>,
-}
-
-#[derive(Debug, Serialize)]
-struct LoopEvent<'a> {
-    time: String,
-    local: String,
-    state: &'static str,
-    inode: u32,
-    cookie: u64,
-    owners: Vec<OwnerOut<'a>>,
-    /// The loop's namespace, when not the watcher's own (`--all-netns`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    netns: Option<report::scan::NetnsWire>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seen_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kills_on_port: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    advice: Option<String>,
-}
-
 /// A loop destroyed by `--kill-after`: how many on its port so far, and
 /// what to do when they keep coming back.
 struct KillNote {
@@ -207,14 +172,6 @@ struct Log<'a> {
     netns_of: HashMap<LoopKey, NetnsLabel>,
 }
 
-#[derive(Debug, Serialize)]
-struct NetnsEvent {
-    time: String,
-    netns: report::scan::NetnsWire,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
 impl Log<'_> {
     fn loop_event(
         &mut self,
@@ -224,88 +181,30 @@ impl Log<'_> {
         error: Option<String>,
         note: Option<KillNote>,
     ) -> anyhow::Result<()> {
-        let s = &t.sock;
-        let ns = self.netns_of.get(&LoopKey::of(s));
-        if self.json {
-            report::json_line(
-                self.out,
-                ty,
-                &LoopEvent {
-                    time: now_text(),
-                    local: report::addr(s.local),
-                    state: s.state.name(),
-                    inode: s.inode,
-                    cookie: s.cookie(),
-                    owners: t
-                        .owners
-                        .iter()
-                        .map(|o| OwnerOut {
-                            pid: o.pid,
-                            command: &o.comm,
-                            fd: o.fd,
-                            container: o.container.as_ref().map(Into::into),
-                        })
-                        .collect(),
-                    netns: ns.map(|n| {
-                        report::scan::NetnsWire::from(n)
-                            .with_container(n.pid.and_then(tcploop::container::of_pid).as_ref())
-                    }),
-                    seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
-                    error,
-                    kills_on_port: note.as_ref().map(|n| n.kills_on_port),
-                    advice: note.and_then(|n| n.advice),
-                },
-            )?;
-        } else {
-            let what = match ty {
-                "loop_appeared" => "loop appeared",
-                "loop_gone" => "loop gone    ",
-                "loop_killed" => "loop killed  ",
-                _ => "kill failed  ",
-            };
-            let who = if t.owners.is_empty() {
-                "owner unknown".to_string()
-            } else {
-                let v: Vec<String> = t
-                    .owners
-                    .iter()
-                    .map(|o| {
-                        let command = report::escape(&o.comm);
-                        let c = report::scan::container_text(o.container.as_ref());
-                        if o.fd < 0 {
-                            // from a kernel event: the fd is not known
-                            format!("{command} pid {}{c}", o.pid)
-                        } else {
-                            format!("{command} pid {} fd {}{c}", o.pid, o.fd)
-                        }
-                    })
-                    .collect();
-                v.join(", ")
-            };
-            let mut extra = match (seen, error) {
-                (_, Some(e)) => format!("  ({e})"),
-                (Some(d), None) if d < Duration::from_millis(100) => {
-                    format!("  after {}", report::duration(d))
-                }
-                (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
-                _ => String::new(),
-            };
-            let where_ = ns
-                .map(|n| format!("  in netns {}", report::escape(&n.describe())))
-                .unwrap_or_default();
-            if let Some(a) = note.and_then(|n| n.advice) {
-                extra.push_str(&format!("\n    note: {a}"));
-            }
-            writeln!(
-                self.out,
-                "{} {what} {} <-> itself  {}  {who}{where_}{extra}",
-                now_text(),
-                report::addr(s.local),
-                s.state.name()
-            )?;
-        }
+        let kind = match ty {
+            "loop_appeared" => LoopKind::Appeared,
+            "loop_gone" => LoopKind::Gone,
+            "loop_killed" => LoopKind::Killed,
+            _ => LoopKind::KillFailed,
+        };
+        let ns = self.netns_of.get(&LoopKey::of(&t.sock));
+        let container = ns.and_then(|n| n.pid).and_then(tcploop::container::of_pid);
+        let event = LoopEvent {
+            kind,
+            tracked: t,
+            netns: ns.map(|n| (n, container.as_ref())),
+            seen,
+            error: error.as_deref(),
+            kills_on_port: note.as_ref().map(|n| n.kills_on_port),
+            advice: note.as_ref().and_then(|n| n.advice.as_deref()),
+        };
+        report::watch::loop_event(self.out, Format::json_if(self.json), &now_text(), &event)?;
         self.out.flush()?;
         Ok(())
+    }
+
+    fn format(&self) -> Format {
+        Format::json_if(self.json)
     }
 
     /// `netns_appeared`, `netns_gone`, `netns_skipped` (`--all-netns`).
@@ -315,52 +214,15 @@ impl Log<'_> {
         n: &NetnsLabel,
         error: Option<String>,
     ) -> anyhow::Result<()> {
-        if self.json {
-            report::json_line(
-                self.out,
-                ty,
-                &NetnsEvent {
-                    time: now_text(),
-                    netns: n.into(),
-                    error,
-                },
-            )?;
-        } else {
-            let what = match ty {
-                "netns_appeared" => "namespace appeared",
-                "netns_gone" => "namespace gone    ",
-                _ => "namespace skipped ",
-            };
-            let why = error.map(|e| format!(": {e}")).unwrap_or_default();
-            writeln!(
-                self.out,
-                "{} {what} {}{why}",
-                now_text(),
-                report::escape(&n.describe())
-            )?;
-        }
+        let f = self.format();
+        report::watch::netns_event(self.out, f, &now_text(), ty, n, error.as_deref())?;
         self.out.flush()?;
         Ok(())
     }
 
     fn lost(&mut self, loops: u64, ends: u64) -> anyhow::Result<()> {
-        if self.json {
-            report::json_line(
-                self.out,
-                "events_lost",
-                &LostEvent {
-                    time: now_text(),
-                    loops,
-                    ends,
-                },
-            )?;
-        } else {
-            writeln!(
-                self.out,
-                "{} events lost: {loops} loop(s) and {ends} end(s) (ring buffer full); scanning to catch up",
-                now_text()
-            )?;
-        }
+        let f = self.format();
+        report::watch::lost(self.out, f, &now_text(), loops, ends)?;
         self.out.flush()?;
         Ok(())
     }
