@@ -31,6 +31,10 @@
 //! `/usr/bin/time -f %M` (GNU time, max RSS in KiB), kept out of the timed
 //! rounds.
 //!
+//! With `--doctor`, the same sockets time `tcploop doctor PORT` (one port's
+//! whole diagnosis: holders, owners, bind probes, prediction) against
+//! `ss -tanp 'sport = :PORT'`, what a user would run to find the holder.
+//!
 //! `cargo run --release -p tcploop-bench -- scan [--sizes 1000,10000,100000] [--rounds 5]`
 
 use std::io::{BufRead, BufReader, Write};
@@ -65,6 +69,9 @@ pub struct Args {
     /// Timed rounds per size (each runs every contender once)
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Time `tcploop doctor PORT` against `ss -tanp 'sport = :PORT'` instead
+    #[arg(long)]
+    doctor: bool,
     /// (internal) running inside the sandbox
     #[arg(long, hide = true)]
     inner: bool,
@@ -122,12 +129,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!();
     // a fresh namespace for each size: nothing left over from the last one
     for size in &args.sizes {
-        let a = vec![
+        let mut a = vec![
             "scan".to_string(),
             "--inner".into(),
             format!("--sizes={size}"),
             format!("--rounds={}", args.rounds),
         ];
+        if args.doctor {
+            a.push("--doctor".into());
+        }
         let mut c = if root {
             common::sandboxed_netns_only(&tcploop, RANGE, &me, &a)
         } else {
@@ -262,12 +272,32 @@ struct Contender {
     argv: Vec<String>,
 }
 
-fn contenders(tcploop: &Path, phase2: bool) -> Vec<Contender> {
+fn contenders(tcploop: &Path, phase2: bool, doctor: bool) -> Vec<Contender> {
     let t = tcploop.display().to_string();
     let c = |name: &str, argv: &[&str]| Contender {
         name: name.to_string(),
         argv: argv.iter().map(|s| s.to_string()).collect(),
     };
+    if doctor {
+        let (port, what) = if phase2 {
+            (BIG_LOOP, "the largest holder's loop")
+        } else {
+            (LOOP_BASE, "a loop in the small client")
+        };
+        let p = port.to_string();
+        let filter = format!("sport = :{port}");
+        return vec![
+            c(
+                &format!("tcploop doctor {port} ({what})"),
+                &[&t, "doctor", &p],
+            ),
+            c(&format!("ss -tanp '{filter}'"), &["ss", "-tanp", &filter]),
+            c(
+                &format!("tcploop scan --port {port}"),
+                &[&t, "scan", "--port", &p],
+            ),
+        ];
+    }
     let others = [
         c("ss -tan (no owners)", &["ss", "-tan"]),
         c("ss -tanp", &["ss", "-tanp"]),
@@ -352,7 +382,14 @@ fn inner(args: &Args, tcploop: &Path) -> anyhow::Result<()> {
         // the looping client: a small process
         hs.push(spawn_holder(&me, 0, 0, Some((LOOP_BASE, 10)))?);
         let seen = count_ss_lines()?;
-        println!("| sockets | tool | median wall | vs tcploop scan | max RSS |");
+        println!(
+            "| sockets | tool | median wall | vs {} | max RSS |",
+            if args.doctor {
+                "tcploop doctor"
+            } else {
+                "tcploop scan"
+            }
+        );
         println!("| ---: | --- | ---: | ---: | ---: |");
         let source = measure(args, tcploop, &scratch, (size, seen), 10, false)?;
         // the worst case for the owner lookup: a loop in the largest holder
@@ -400,7 +437,7 @@ fn measure(
         Some(why) => format!("{source} (BPF not used: {why})"),
         None => source,
     };
-    let cs = contenders(tcploop, phase2);
+    let cs = contenders(tcploop, phase2, args.doctor);
     let mut samples: Vec<Vec<f64>> = vec![vec![]; cs.len()];
     for round in 0..args.rounds {
         for k in 0..cs.len() {

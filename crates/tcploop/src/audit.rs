@@ -31,6 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::container::Container;
+use crate::holders;
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
 use crate::model::{Owner, Socket, TcpState};
@@ -289,6 +290,7 @@ pub fn analyze(
         } else {
             Status::Exposed
         };
+        let here = holders::listening(on_port.get(&port).into_iter().flatten().copied());
         let down: Vec<&Socket> = holders
             .iter()
             .copied()
@@ -299,7 +301,10 @@ pub fn analyze(
                     .into_iter()
                     .flatten()
                     .copied()
-                    .filter(|s| s.state != TcpState::Listen),
+                    // the service's listeners and the connections they
+                    // accepted go down with it: they are not sockets that
+                    // took the port as their source port
+                    .filter(|s| s.state != TcpState::Listen && !holders::accepted(&here, s)),
             )
             .collect();
         let inv = Inventory::from_sockets(down, bound_visible);
@@ -654,7 +659,12 @@ fn grow(
     if value == before {
         return Ok((before.clone(), before, false));
     }
-    let written = io.write(&value.to_string());
+    let written = match io.write(&value.to_string()) {
+        // refused (no privilege over the namespace): nothing was written,
+        // so there is nothing to restore
+        Err(e) if e.source.kind() == std::io::ErrorKind::PermissionDenied => return Err(e.into()),
+        w => w,
+    };
     let got = io.read().map(|t| t.trim().to_string());
     let kept = match (&written, &got) {
         (Ok(()), Ok(text)) => PortSet::parse(text)

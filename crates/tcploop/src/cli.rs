@@ -8,9 +8,11 @@ use crate::cmd;
 
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0    success: loop reproduced (connect, demo); nothing found (check, scan, audit)
+  0    success: loop reproduced (connect, demo); nothing found (check, scan, audit);
+       doctor: the port is free
   1    connect: not reproduced (refused by the predictor, or a limit reached);
-       check: a port can loop; scan, trace: loops found; audit: exposed ports or loops
+       check: a port can loop or is stolen; scan, trace: loops found; audit:
+       exposed ports or loops; doctor: something holds the port
   2    bad usage, bad input, or an error
   3    connect --force: a real listener answered (not a loop; without --force,
        connect refuses a port with a listener before trying: exit 1)
@@ -46,6 +48,9 @@ pub enum Command {
     Scan(cmd::scan::Args),
     /// Destroy self-connected sockets (SOCK_DESTROY) so their ports are free
     Kill(cmd::kill::Args),
+    /// Why a server cannot bind its port (EADDRINUSE): the holder, the fix in order
+    #[command(after_help = cmd::doctor::AFTER_HELP)]
+    Doctor(cmd::doctor::Args),
     /// Show a loop happen, packet by packet, in a throwaway namespace
     #[command(after_help = cmd::demo::AFTER_HELP)]
     Demo(cmd::demo::Args),

@@ -56,6 +56,14 @@ impl Inventory {
         inv
     }
 
+    /// An empty inventory, to [`add`](Self::add) sockets to.
+    pub fn new(bound_visible: bool) -> Inventory {
+        Inventory {
+            bound_visible,
+            ..Inventory::default()
+        }
+    }
+
     /// Adds one socket.
     pub fn add(&mut self, s: &Socket) {
         self.sockets += 1;
@@ -87,6 +95,34 @@ impl Inventory {
         };
         diag::dump_all(diag::ALL_STATES, |s| inv.add(s))?;
         Ok(inv)
+    }
+
+    /// Dumps the caller's namespace like [`read`](Self::read), and also
+    /// returns, whole, the sockets whose local port is in `keep` (for the
+    /// holder analysis of those ports, [`crate::holders`]).
+    pub fn read_keeping(
+        bound_visible: bool,
+        keep: &PortSet,
+    ) -> Result<(Inventory, Vec<Socket>), diag::DiagError> {
+        let mut inv = Inventory::new(bound_visible);
+        let mut kept = vec![];
+        diag::dump_all(diag::ALL_STATES, |s| {
+            inv.add(s);
+            if keep.contains(s.local.port()) {
+                kept.push(*s);
+            }
+        })?;
+        // a table that changes during the dump can show a socket twice
+        kept.sort_by_key(|s| (s.family, s.local, s.peer, s.state, s.inode, s.cookie));
+        kept.dedup();
+        Ok((inv, kept))
+    }
+
+    /// The same inventory without any socket on `port`.
+    pub fn without_port(&self, port: u16) -> Inventory {
+        let mut inv = self.clone();
+        inv.ports.remove(&port);
+        inv
     }
 
     /// The usage of `port` (empty if nothing uses it).

@@ -23,6 +23,8 @@
 //! - [`owners`]: which processes hold a socket (inode to pid, command, fd);
 //! - [`container`]: the container, Kubernetes pod or systemd service of a process, from its cgroup;
 //! - [`audit`]: exposed services and the reserved-ports fix;
+//! - [`holders`]: who holds one port now, and what each does to a server's `bind()`;
+//! - [`doctor`]: "my server cannot bind its port": the cause, the holder, the fix in order;
 //! - [`trace`]: loops reported by the kernel (BPF) the instant they form, and their end;
 //! - [`watch`]: scanning again and again, events; [`metrics`]: Prometheus metrics;
 //! - [`sandbox`]: throwaway user+net namespaces for safe experiments;
@@ -36,7 +38,9 @@
 pub mod audit;
 pub mod container;
 pub mod demo;
+pub mod doctor;
 pub mod freeport;
+pub mod holders;
 pub mod host;
 pub mod inventory;
 pub mod metrics;

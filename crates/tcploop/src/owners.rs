@@ -220,6 +220,12 @@ impl Owners {
             });
         }
     }
+
+    /// Records an owner (test fixtures).
+    #[cfg(test)]
+    pub(crate) fn insert(&mut self, inode: u64, owner: Owner) {
+        self.by_inode.entry(inode).or_default().push(owner);
+    }
 }
 
 /// Finds the processes holding the sockets with these inodes (0s, the

@@ -69,6 +69,56 @@ fn scenario_listener_reported() {
     std::fs::write(out, "ok").unwrap();
 }
 
+/// Issue: `audit` counted a service's own accepted connections among the
+/// sockets that took its port as their source port ("socket(s) use 40004 as
+/// their local port ... they do not protect it"): they are no thieves.
+#[test]
+fn audit_does_not_call_a_services_own_accepted_connections_source_port_holders() {
+    assert_eq!(
+        scenario("40000-40009", None, "audit::scenario_accepted_connections"),
+        "ok"
+    );
+}
+
+#[test]
+#[ignore = "runs inside a sandbox, from audit_does_not_call_a_services_own_accepted_connections_source_port_holders"]
+fn scenario_accepted_connections() {
+    let Some(out) = scenario_out() else { return };
+    const THIEF: &str = "use 400";
+    // the service on 40004 with two clients connected to it (from 5000x:
+    // the range is set apart while they connect)
+    let l = TcpListener::bind("0.0.0.0:40004").unwrap();
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "50000 50009").unwrap();
+    let c1 = TcpStream::connect("127.0.0.1:40004").unwrap();
+    let c2 = TcpStream::connect("127.0.0.1:40004").unwrap();
+    let (a1, _) = l.accept().unwrap();
+    let (a2, _) = l.accept().unwrap();
+    // the control: a configured port (service down) that a connection took
+    // as its source port, which is what the wording is for
+    let other = TcpListener::bind("127.0.0.1:50020").unwrap();
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40006 40007").unwrap();
+    let thief = TcpStream::connect("127.0.0.1:50020").unwrap();
+    assert_eq!(thief.local_addr().unwrap().port(), 40006);
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009").unwrap();
+
+    let (lines, _) = audit_json(&["audit", "--json", "--ports", "40006"]);
+    let ports = of_type(&lines, "port");
+    let p4 = ports.iter().find(|p| p["port"] == 40004).unwrap();
+    let p6 = ports.iter().find(|p| p["port"] == 40006).unwrap();
+    assert!(
+        !p4["when_down"]["reasons"].to_string().contains(THIEF),
+        "accepted connections called source-port holders: {p4}"
+    );
+    assert!(
+        p6["when_down"]["reasons"]
+            .to_string()
+            .contains("use 40006 as their local port"),
+        "the control lost its source-port holder: {p6}"
+    );
+    drop((c1, c2, a1, a2, other, thief));
+    std::fs::write(out, "ok").unwrap();
+}
+
 #[test]
 fn apply_reserves_the_port_and_then_clients_never_loop_while_a_control_port_does() {
     assert_eq!(

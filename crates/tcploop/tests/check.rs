@@ -16,6 +16,8 @@ use crate::common::*;
 /// per parity, so a loop that can happen happens within a few dozen).
 const NEVER_TRIES: &str = "3000";
 
+const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
 /// A bound-only socket (bind, no listen, no connect).
 fn bound(addr: &str, v6only: bool) -> Socket {
     let a: SocketAddr = addr.parse().unwrap();
@@ -94,6 +96,23 @@ fn predictor_case() {
             keep.push(listener("0.0.0.0:40004"));
             ("127.0.0.1", "40004")
         }
+        "loop-holder" | "time-wait-loop-holder" => {
+            // a plain connect() that loops: the range leaves it one port
+            std::fs::write(RANGE_FILE, "40004 40005").unwrap();
+            let c = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            let r = c.connect(&"127.0.0.1:40004".parse::<SocketAddr>().unwrap().into());
+            std::fs::write(RANGE_FILE, "40000 40009").unwrap();
+            r.expect("self-connect");
+            assert_eq!(c.local_addr().unwrap(), c.peer_addr().unwrap());
+            if case == "loop-holder" {
+                // closed with RST once the check is made: nothing left behind
+                c.set_linger(Some(std::time::Duration::ZERO)).unwrap();
+                keep.push(c);
+            } else {
+                drop(c); // a graceful close: TIME-WAIT
+            }
+            ("127.0.0.1", "40004")
+        }
         "odd-after-exhaustion" => {
             for p in (40000..=40008).step_by(2) {
                 keep.push(bound(&format!("127.0.0.1:{p}"), false));
@@ -121,6 +140,14 @@ fn predictor_case() {
     let check = output(&mut tcploop(&["check", "--json", "--host", host, port]));
     let lines = json_lines(&check);
     let c = &of_type(&lines, "check")[0];
+    // the control: the same port once the holders are gone
+    let mut after = Value::Null;
+    if case == "loop-holder" {
+        keep.clear();
+        let again = output(&mut tcploop(&["check", "--json", "--host", host, port]));
+        after = of_type(&json_lines(&again), "check")[0].clone();
+        after["exit"] = again.status.code().into();
+    }
     let conn = output(&mut tcploop(&[
         "connect",
         "--json",
@@ -139,6 +166,10 @@ fn predictor_case() {
         "reasons": c["reasons"],
         "expected_tries": c["expected_tries"],
         "check_exit": check.status.code(),
+        "holders": c["holders"],
+        "when_down": c["when_down"],
+        "after": after,
+        "me": std::process::id(),
         "outcome": r["outcome"],
         "tries": r["tries"],
         "local": r["local"],
@@ -176,6 +207,7 @@ fn agrees(v: &Value) {
             assert_eq!(v["outcome"], "listener", "{v}");
             assert_eq!(v["connect_exit"], 3, "{v}");
         }
+        "stolen" => assert_eq!(v["check_exit"], 1, "{v}"),
         other => panic!("verdict {other}: {v}"),
     }
 }
@@ -247,12 +279,59 @@ fn port_bound_by_ipv6_protects_ipv4() {
 }
 
 #[test]
-fn a_connected_source_port_gives_no_protection() {
-    expect(
-        &case(NARROW, None, "connected-holder"),
-        "possible",
-        "do not protect it",
+fn a_connected_source_port_gives_no_protection_and_the_port_is_stolen_now() {
+    let v = case(NARROW, None, "connected-holder");
+    // now: a server binding 127.0.0.1:40004 gets EADDRINUSE
+    expect(&v, "stolen", "source port");
+    assert_eq!(v["holders"][0]["kind"], "source-port", "{v}");
+    assert_eq!(v["holders"][0]["peers"][0], "127.0.0.1:50000", "{v}");
+    assert_eq!(v["holders"][0]["owners"][0]["pid"], v["me"], "{v}");
+    // while the service is down: the connection does not protect the port,
+    // and a real connect() loops, as predicted
+    let down = &v["when_down"];
+    assert_eq!(down["verdict"], "possible", "{v}");
+    assert!(
+        down["reasons"].to_string().contains("do not protect it"),
+        "{v}"
     );
+    assert_eq!(v["outcome"], "self-connect", "{v}");
+}
+
+/// Issue: `check` called a port held by a live loop `impossible`, exit 0,
+/// while a server could not bind it.
+#[test]
+fn check_calls_a_port_held_by_a_loop_stolen_not_impossible() {
+    let v = case(NARROW, None, "loop-holder");
+    expect(&v, "stolen", "self-connected socket 127.0.0.1:40004");
+    assert_eq!(v["holders"][0]["kind"], "self-connected", "{v}");
+    assert_eq!(v["holders"][0]["owners"][0]["pid"], v["me"], "{v}");
+    assert!(
+        v["reasons"].to_string().contains("gets EADDRINUSE now"),
+        "{v}"
+    );
+    assert_eq!(v["when_down"]["verdict"], "possible", "{v}");
+    // the control: the loop closed with RST, the port is merely possible again
+    let after = &v["after"];
+    assert_eq!(after["verdict"], "possible", "{v}");
+    assert_eq!(after["holders"], serde_json::json!([]), "{v}");
+    assert_eq!(after["when_down"], Value::Null, "{v}");
+}
+
+/// The same for a loop its owner closed: TIME-WAIT still takes the port.
+#[test]
+fn check_calls_a_port_held_by_a_closed_loops_time_wait_stolen() {
+    let v = case(NARROW, None, "time-wait-loop-holder");
+    expect(&v, "stolen", "TIME-WAIT");
+    assert_eq!(v["holders"][0]["kind"], "self-connected-time-wait", "{v}");
+}
+
+/// The control of the two above: a port held by bind() is safe from loops,
+/// not stolen from anyone by a loop: `impossible`, exit 0.
+#[test]
+fn a_bind_held_port_is_not_called_stolen() {
+    let v = case(NARROW, None, "bind-held");
+    expect(&v, "impossible", "bind() holds port 40004");
+    assert_eq!(v["holders"], serde_json::json!([]), "{v}");
 }
 
 #[test]

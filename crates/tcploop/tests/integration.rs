@@ -14,6 +14,7 @@ mod container;
 mod demo;
 mod deploy;
 mod docs;
+mod doctor;
 mod escape;
 mod free_port;
 mod kill;

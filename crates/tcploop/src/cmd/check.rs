@@ -2,13 +2,27 @@
 //! host:port end in a self-connect here, now, and why.
 //!
 //! JSON Lines: one line of type `check` per port, data
-//! `{"host": "127.0.0.1", "port": 40004, "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown",
-//!   "reasons": [string], "expected_tries": number|null}`.
+//! `{"host": "127.0.0.1", "port": 40004,
+//!   "verdict": "possible"|"impossible"|"listening"|"prevented"|"unknown"|"stolen",
+//!   "reasons": [string], "expected_tries": number|null,
+//!   "holders": [{"kind": "self-connected"|"self-connected-time-wait"|"source-port",
+//!                "local": "127.0.0.1:40004", "sockets": 1,
+//!                "owners": [{"pid": 31201, "command": "redis-cli", "fd": 3}], "peers": [string]}],
+//!   "when_down": null|{"verdict": "possible"|..., "reasons": [string], "expected_tries": number|null}}`.
+//!
+//! `stolen` is the state *now*: self-connected sockets, or connections that
+//! use the port as their source port, hold it, and a server's bind of
+//! host:port fails (checked with a real bind, released at once). `holders`
+//! names them; `when_down` is the prediction for a client while the service
+//! is down and those holders are gone, kept apart. For the other verdicts
+//! `holders` is empty and `when_down` null.
 
 use std::io::Write;
 
 use anyhow::Context;
 use serde::Serialize;
+use tcploop::doctor;
+use tcploop::holders::Kind;
 use tcploop::predict::{self, Client, Verdict};
 use tcploop::report;
 use tcploop::survey::Survey;
@@ -19,8 +33,11 @@ pub const AFTER_HELP: &str = "\
 Verdicts: possible (with the expected number of tries), impossible (with the
 reason), listening (something listens: connects succeed but are no loops),
 prevented (it could loop, but `tcploop shield` is on here and turns the
-self-connect into ECONNREFUSED), unknown (a fact is missing, and which). Exit code 1 when any port is possible
-or unknown, 0 when none can loop.
+self-connect into ECONNREFUSED), unknown (a fact is missing, and which),
+stolen (held now by a self-connected socket or by connections using it as
+their source port, so that a server's bind fails: the holders are named, and
+the prediction for while the service is down is given apart). Exit code 1
+when any port is possible, unknown or stolen, 0 when none can loop.
 
 Examples:
   tcploop check 33333             the article's port (odd: never loops on Linux 4.6+)
@@ -63,6 +80,34 @@ pub enum ClientKind {
 pub struct CheckLine<'a> {
     pub host: String,
     pub port: u16,
+    pub verdict: &'a str,
+    pub reasons: &'a [String],
+    pub expected_tries: Option<f64>,
+    pub holders: Vec<HolderOut>,
+    pub when_down: Option<WhenDownOut<'a>>,
+}
+
+/// A holder of a stolen port.
+#[derive(Debug, Serialize)]
+pub struct HolderOut {
+    pub kind: &'static str,
+    pub local: String,
+    pub sockets: usize,
+    pub owners: Vec<OwnerOut>,
+    pub peers: Vec<String>,
+}
+
+/// One process holding a socket.
+#[derive(Debug, Serialize)]
+pub struct OwnerOut {
+    pub pid: u32,
+    pub command: String,
+    pub fd: i32,
+}
+
+/// The prediction while the service is down.
+#[derive(Debug, Serialize)]
+pub struct WhenDownOut<'a> {
     pub verdict: &'a str,
     pub reasons: &'a [String],
     pub expected_tries: Option<f64>,
@@ -110,7 +155,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let ports = parse_port_list(&args.ports)?;
     let client = args.client()?;
     let resolved = tcploop::host::resolve(&args.host).map_err(anyhow::Error::msg)?;
-    let survey = Survey::take().context("reading the ephemeral-port facts")?;
+    let keep = tcploop::ports::PortSet::from_ports(ports.iter().copied());
+    let survey = Survey::take_keeping(&keep).context("reading the ephemeral-port facts")?;
     if !args.json {
         note_resolution(out, &args.host, &resolved)?;
         if let Err(e) = &survey.inventory {
@@ -126,8 +172,26 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         if let Some(how) = &shield {
             predict::shielded(&mut p, how);
         }
-        any |= matches!(p.verdict, Verdict::Possible | Verdict::Unknown);
+        let mut theft = doctor::theft(&survey, &host, client, port);
+        if let (Some(t), Some(how)) = (&mut theft, &shield) {
+            predict::shielded(&mut t.when_down, how);
+        }
+        any |= matches!(p.verdict, Verdict::Possible | Verdict::Unknown) || theft.is_some();
         let hostport = report::addr(std::net::SocketAddr::new(host.effective, port));
+        let mut reasons = p.reasons.clone();
+        if let Some(t) = &theft {
+            reasons = stolen_reasons(t, &hostport, port);
+        }
+        let verdict = if theft.is_some() {
+            "stolen"
+        } else {
+            p.verdict.as_str()
+        };
+        let expected = if theft.is_some() {
+            None
+        } else {
+            p.expected_tries
+        };
         if args.json {
             report::json_line(
                 out,
@@ -135,23 +199,106 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 &CheckLine {
                     host: host.addr.to_string(),
                     port,
-                    verdict: p.verdict.as_str(),
-                    reasons: &p.reasons,
-                    expected_tries: p.expected_tries,
+                    verdict,
+                    reasons: &reasons,
+                    expected_tries: expected,
+                    holders: theft
+                        .iter()
+                        .flat_map(|t| t.holders.iter())
+                        .map(|h| HolderOut {
+                            kind: h.holder.kind.as_str(),
+                            local: report::addr(h.holder.local()),
+                            sockets: h.holder.sockets.len(),
+                            owners: h
+                                .owners
+                                .iter()
+                                .map(|o| OwnerOut {
+                                    pid: o.pid,
+                                    command: o.comm.clone(),
+                                    fd: o.fd,
+                                })
+                                .collect(),
+                            peers: h
+                                .holder
+                                .peers()
+                                .iter()
+                                .take(10)
+                                .map(|a| a.to_string())
+                                .collect(),
+                        })
+                        .collect(),
+                    when_down: theft.as_ref().map(|t| WhenDownOut {
+                        verdict: t.when_down.verdict.as_str(),
+                        reasons: &t.when_down.reasons,
+                        expected_tries: t.when_down.expected_tries,
+                    }),
                 },
             )?;
         } else {
-            let tries = p
-                .expected_tries
-                .map(|t| format!("  about {} tries", report::thousands(t.round() as u64)))
-                .unwrap_or_default();
-            writeln!(out, "{hostport}  {}{tries}", p.verdict)?;
-            for r in &p.reasons {
-                writeln!(out, "  - {r}")?;
+            let tries = |t: Option<f64>| {
+                t.map(|t| format!("  about {} tries", report::thousands(t.round() as u64)))
+                    .unwrap_or_default()
+            };
+            writeln!(out, "{hostport}  {verdict}{}", tries(expected))?;
+            for r in &reasons {
+                writeln!(out, "  - {}", report::escape(r))?;
+            }
+            if let Some(t) = &theft {
+                writeln!(
+                    out,
+                    "  while the service is down (these holders gone): {}{}",
+                    t.when_down.verdict,
+                    tries(t.when_down.expected_tries)
+                )?;
+                for r in &t.when_down.reasons {
+                    writeln!(out, "    - {r}")?;
+                }
             }
         }
     }
     Ok(if any { Exit::Found } else { Exit::Ok })
+}
+
+/// The reasons of a `stolen` verdict: who holds the port, and what a
+/// server's bind says (not escaped: the text renderer escapes).
+fn stolen_reasons(t: &doctor::Theft, hostport: &str, port: u16) -> Vec<String> {
+    let mut v = vec![];
+    for h in &t.holders {
+        let who = doctor::who(&h.owners);
+        let n = h.holder.sockets.len();
+        v.push(match h.holder.kind {
+            Kind::Loop => format!(
+                "held now by a self-connected socket {} of {who}: the port is stolen",
+                h.holder.local()
+            ),
+            Kind::LoopTimeWait => format!(
+                "held now by a closed loop in TIME-WAIT on {} ({} s more)",
+                h.holder.local(),
+                h.holder.time_wait_left_ms().unwrap_or(0).div_ceil(1000)
+            ),
+            _ => format!(
+                "held now by {n} connection{} of {who} using {port} as {} source port (to {})",
+                if n == 1 { "" } else { "s" },
+                if n == 1 { "its" } else { "their" },
+                h.holder
+                    .peers()
+                    .iter()
+                    .take(3)
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let with = match t.probe.reuseaddr {
+        Ok(true) => "a server that sets SO_REUSEADDR can bind it all the same",
+        Ok(false) => "with SO_REUSEADDR too",
+        Err(_) => "with SO_REUSEADDR: could not check",
+    };
+    v.push(format!(
+        "a server binding {hostport} gets EADDRINUSE now ({with}); `tcploop doctor {port}` gives the fix"
+    ));
+    v
 }
 
 /// Says which address a name resolved to, when there was a choice.

@@ -145,6 +145,8 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 verdict: pred.verdict.as_str(),
                 reasons: &pred.reasons,
                 expected_tries: pred.expected_tries,
+                holders: vec![],
+                when_down: None,
             },
         )?;
     }
@@ -460,17 +462,10 @@ fn echo_back(sock: &Socket) -> bool {
     ok
 }
 
-/// Whether a server could bind the port now (SO_REUSEADDR, as servers do).
+/// Whether a server could bind the port now (SO_REUSEADDR, as servers do):
+/// the one bind probe.
 fn port_stolen(target: SocketAddr) -> bool {
-    let Ok(s) = Socket::new(
-        socket2::Domain::for_address(target),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    ) else {
-        return false;
-    };
-    let _ = s.set_reuse_address(true);
-    matches!(s.bind(&target.into()), Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE))
+    matches!(tcploop::doctor::can_bind(target, true), Ok(false))
 }
 
 #[derive(Debug, PartialEq, Eq)]

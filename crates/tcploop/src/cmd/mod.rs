@@ -12,6 +12,7 @@ pub mod check;
 pub mod completions;
 pub mod connect;
 pub mod demo;
+pub mod doctor;
 pub mod free_port;
 pub mod kill;
 pub mod ports;
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Scan(a) => scan::run(a, &mut out),
         Command::Kill(a) => kill::run(a, &mut out),
         Command::Demo(a) => demo::run(a, &mut out),
+        Command::Doctor(a) => doctor::run(a, &mut out),
         Command::Audit(a) => audit::run(a, &mut out),
         Command::Trace(a) => trace::run(a, &mut out),
         Command::Watch(a) => watch::run(a, &mut out),

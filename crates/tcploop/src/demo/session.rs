@@ -104,9 +104,10 @@ pub fn echo(sock: &Socket, msg: &[u8]) -> io::Result<Vec<u8>> {
 /// What a server gets when it binds `addr` now (with SO_REUSEADDR, as
 /// servers do): `Ok(())` if the port is free. The socket is closed at once.
 pub fn try_bind(addr: SocketAddr) -> io::Result<()> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.bind(&addr.into())
+    match crate::sys::diag::bind_probe(addr, true)? {
+        true => Ok(()),
+        false => Err(io::Error::from_raw_os_error(libc::EADDRINUSE)),
+    }
 }
 
 /// Holds `ports` of `ip` with `bind()` alone (no listen): `connect()` never

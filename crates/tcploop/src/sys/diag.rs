@@ -226,8 +226,21 @@ pub fn dump_all(states: u32, mut f: impl FnMut(&Socket)) -> Result<(), DiagError
 
 /// Whether a server could `bind(2)` `addr` now, in the caller's namespace:
 /// a TCP socket without `SO_REUSEADDR` (IPv6: `IPV6_V6ONLY`) is bound to it
-/// and closed at once. `Ok(false)` is EADDRINUSE.
+/// and closed at once. `Ok(false)` is EADDRINUSE. The same as
+/// [`bind_probe`]`(addr, false)`.
 pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
+    bind_probe(addr, false)
+}
+
+/// The one probe for "can a server bind this address now": a TCP socket
+/// (IPv6: `IPV6_V6ONLY`), with `SO_REUSEADDR` when `reuseaddr` (as most
+/// servers set it: redis, nginx, every Go or Rust server), bound to `addr`
+/// and closed at once, never listening (an unconnected socket leaves no
+/// TIME-WAIT behind, so the port is released the moment this returns).
+/// `Ok(false)` is EADDRINUSE; any other failure (EADDRNOTAVAIL for an
+/// address this namespace does not have, EACCES below 1024 without
+/// CAP_NET_BIND_SERVICE) is an error. See bind(2), socket(7).
+pub fn bind_probe(addr: SocketAddr, reuseaddr: bool) -> io::Result<bool> {
     // A v4-mapped address (`::ffff:127.0.0.1`, a dual-stack socket's view
     // of IPv4) cannot be bound by an IPv6-only socket (EINVAL): a server
     // would bind the IPv4 address, so check that.
@@ -245,6 +258,9 @@ pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
     )?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
+    }
+    if reuseaddr {
+        s.set_reuse_address(true)?;
     }
     let res = s.bind(&addr.into());
     // closing a bound, unconnected socket releases the port at once

@@ -15,6 +15,7 @@
 //! - [`sockstat`]: `/proc/PID/net/sockstat{,6}`, a namespace's socket counts;
 //! - [`tcpdiag`]: one sock_diag dump of both families in a single walk (for `watch`);
 //! - [`lock`]: `flock(2)` on a lock file, around read-modify-write cycles;
+//! - [`sockopt`]: another process's socket options (`pidfd_getfd(2)`, `getsockopt(2)`);
 //! - [`poll`]: waiting for a socket to become writable, or fds readable (`poll(2)`);
 //! - [`signal`]: SIGINT, SIGTERM and SIGCHLD read from a `signalfd(2)`;
 //! - [`bpf`]: the BPF programs (the loop detector, the shield, the owners iterator), loaded with aya;
@@ -37,6 +38,7 @@ pub mod procfd;
 pub mod procnet;
 pub mod procsys;
 pub mod signal;
+pub mod sockopt;
 pub mod sockstat;
 pub mod tcpdiag;
 
