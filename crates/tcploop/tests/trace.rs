@@ -614,7 +614,9 @@ fn scenario_kill() {
             tries += 1;
             assert!(tries < 100_000, "no loop on {port}");
             match TcpStream::connect(to) {
-                Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => break Ok(s),
+                // a loop's local address is the target; compare with it,
+                // not with peer_addr(), which fails once the loop is destroyed
+                Ok(s) if s.local_addr().ok() == Some(to) => break Ok(s),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => break Err(e),
                 _ => {}
             }
