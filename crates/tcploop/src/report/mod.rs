@@ -13,7 +13,30 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub mod kill;
+pub mod scan;
 pub mod trace;
+pub mod watch;
+
+/// Human text or JSON Lines: the one choice a command's `--json` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Text for people, system-given strings escaped ([`escape`]).
+    Human,
+    /// JSON Lines, `{"type", "data"}`.
+    Json,
+}
+
+impl Format {
+    /// `--json` given or not.
+    pub fn json_if(json: bool) -> Format {
+        if json {
+            Format::Json
+        } else {
+            Format::Human
+        }
+    }
+}
 
 /// One JSON Lines record: `{"type": ty, "data": data}`.
 #[derive(Debug, Serialize)]
