@@ -30,12 +30,14 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use crate::container::Container;
 use crate::holders;
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
+use crate::model::{Owner, Socket, TcpState};
+use crate::owners::{Owners, Search};
 use crate::ports::{EphemeralFacts, Parity, PortSet};
 use crate::predict::{self, Client, Prediction, Situation};
-use crate::sys::diag::{state, DiagSocket};
 use crate::sys::ifaddrs::IfAddr;
 use crate::sys::procsys;
 
@@ -108,7 +110,7 @@ pub struct Audit {
     /// Every listener in the range and every configured port, by port.
     pub ports: Vec<PortAudit>,
     /// Self-connected sockets present now.
-    pub loops: Vec<DiagSocket>,
+    pub loops: Vec<Socket>,
     /// The reservation that closes every exposed port.
     pub fix: Fix,
     /// The shield, when it is on in the namespace (`bpf (tcx)`,
@@ -230,14 +232,14 @@ impl Fix {
 /// `configured` the service ports named by the user.
 pub fn analyze(
     facts: &EphemeralFacts,
-    sockets: &[DiagSocket],
+    sockets: &[Socket],
     bound_visible: bool,
     ifaddrs: &[IfAddr],
     configured: &PortSet,
 ) -> Audit {
     let range = facts.range;
     let mut listeners: BTreeMap<u16, Vec<Listener>> = BTreeMap::new();
-    for s in sockets.iter().filter(|s| s.state == state::LISTEN) {
+    for s in sockets.iter().filter(|s| s.state == TcpState::Listen) {
         listeners.entry(s.local.port()).or_default().push(Listener {
             addr: s.local,
             inode: s.inode,
@@ -263,16 +265,16 @@ pub fn analyze(
 
     // What the predictor needs for port P with P's own listeners gone: every
     // bind()/listen() holder of other ports, plus every other socket on P.
-    let holders: Vec<&DiagSocket> = sockets
+    let holders: Vec<&Socket> = sockets
         .iter()
         .filter(|s| {
             matches!(
                 s.state,
-                state::LISTEN | state::BOUND_INACTIVE | state::CLOSE
+                TcpState::Listen | TcpState::BoundInactive | TcpState::Close
             )
         })
         .collect();
-    let mut on_port: BTreeMap<u16, Vec<&DiagSocket>> = BTreeMap::new();
+    let mut on_port: BTreeMap<u16, Vec<&Socket>> = BTreeMap::new();
     for s in sockets {
         if ports.contains_key(&s.local.port()) {
             on_port.entry(s.local.port()).or_default().push(s);
@@ -289,7 +291,7 @@ pub fn analyze(
             Status::Exposed
         };
         let here = holders::listening(on_port.get(&port).into_iter().flatten().copied());
-        let down: Vec<&DiagSocket> = holders
+        let down: Vec<&Socket> = holders
             .iter()
             .copied()
             .filter(|s| s.local.port() != port)
@@ -302,7 +304,7 @@ pub fn analyze(
                     // the service's listeners and the connections they
                     // accepted go down with it: they are not sockets that
                     // took the port as their source port
-                    .filter(|s| s.state != state::LISTEN && !holders::accepted(&here, s)),
+                    .filter(|s| s.state != TcpState::Listen && !holders::accepted(&here, s)),
             )
             .collect();
         let inv = Inventory::from_sockets(down, bound_visible);
@@ -328,11 +330,7 @@ pub fn analyze(
             advice,
         });
     }
-    let mut loops: Vec<DiagSocket> = sockets
-        .iter()
-        .filter(|s| tcploop_guard::is_loop(s.local, s.peer))
-        .copied()
-        .collect();
+    let mut loops: Vec<Socket> = sockets.iter().filter(|s| s.is_loop()).copied().collect();
     loops.sort_by_key(|s| (s.local.port(), s.local));
     let exposed = PortSet::from_ports(
         out.iter()
@@ -345,6 +343,81 @@ pub fn analyze(
         ports: out,
         loops,
         shield: None,
+    }
+}
+
+/// The processes holding the sockets an audit names (its listeners and
+/// loops), found in one walk over `/proc`, with their containers.
+#[derive(Debug, Default)]
+pub struct OwnerLookup {
+    /// What the walk found (`None`: it failed, see `error`).
+    pub found: Option<Owners>,
+    /// Why the walk failed.
+    pub error: Option<String>,
+    /// The owners' containers, by pid.
+    pub containers: BTreeMap<u32, Container>,
+}
+
+impl OwnerLookup {
+    /// The owners of the socket with this inode (none found: empty).
+    pub fn of(&self, inode: u32) -> &[Owner] {
+        self.found
+            .as_ref()
+            .map(|o| o.of(u64::from(inode)))
+            .unwrap_or_default()
+    }
+
+    /// How many of the audit's sockets have no owner found.
+    pub fn unknown(&self, a: &Audit) -> u64 {
+        let inodes = a.inodes();
+        match &self.found {
+            Some(o) => o.unknown(inodes.into_iter().map(u64::from)),
+            None => inodes.len() as u64,
+        }
+    }
+
+    /// Processes the walk could not read.
+    pub fn unreadable(&self) -> u64 {
+        self.found
+            .as_ref()
+            .map_or(0, |o| o.processes_denied + o.processes_failed)
+    }
+}
+
+impl Audit {
+    /// The inodes of the sockets the audit names (listeners, then loops).
+    pub fn inodes(&self) -> Vec<u32> {
+        self.ports
+            .iter()
+            .flat_map(|p| p.listeners.iter().map(|l| l.inode))
+            .chain(self.loops.iter().map(|l| l.inode))
+            .filter(|i| *i != 0)
+            .collect()
+    }
+}
+
+/// Looks up the owners of the listeners and loops the audit names (one walk
+/// over `/proc`, stopping once each has an owner); a failed walk is data.
+pub fn owners_of(a: &Audit) -> OwnerLookup {
+    let inodes: Vec<u64> = a.inodes().into_iter().map(u64::from).collect();
+    match crate::owners::find_owners(inodes.iter().copied(), Search::FirstOwner) {
+        Ok(o) => {
+            let pids: Vec<u32> = inodes
+                .iter()
+                .flat_map(|&i| o.of(i))
+                .map(|o| o.pid)
+                .collect();
+            OwnerLookup {
+                containers: crate::container::of_pids(pids),
+                found: Some(o),
+                error: None,
+            }
+        }
+        Err(e) => OwnerLookup {
+            found: None,
+            error: Some(e.to_string()),
+            containers: BTreeMap::new(),
+        },
     }
 }
 
@@ -789,11 +862,11 @@ mod tests {
             .collect()
     }
 
-    fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
-        DiagSocket {
+    fn sock(st: TcpState, local: &str, peer: &str, inode: u32) -> Socket {
+        Socket {
             cookie: [inode, 0],
             inode,
-            ..DiagSocket::fixture(st, local, peer)
+            ..Socket::fixture(st, local, peer)
         }
     }
 
@@ -801,11 +874,11 @@ mod tests {
     fn a_listener_in_the_range_is_exposed_with_the_verdict_when_it_is_down() {
         let f = facts(40000, 40009, "");
         let socks = [
-            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 11),
-            sock(state::LISTEN, "[::]:40004", "[::]:0", 12),
-            sock(state::LISTEN, "127.0.0.1:8080", "0.0.0.0:0", 13),
+            sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0", 11),
+            sock(TcpState::Listen, "[::]:40004", "[::]:0", 12),
+            sock(TcpState::Listen, "127.0.0.1:8080", "0.0.0.0:0", 13),
             // another service holds an even port: one candidate fewer
-            sock(state::LISTEN, "127.0.0.1:40000", "0.0.0.0:0", 14),
+            sock(TcpState::Listen, "127.0.0.1:40000", "0.0.0.0:0", 14),
         ];
         let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
         let ports: Vec<u16> = a.ports.iter().map(|p| p.port).collect();
@@ -828,8 +901,8 @@ mod tests {
     fn odd_ports_reserved_ports_and_configured_ports() {
         let f = facts(40000, 40009, "40002,50000-50010");
         let socks = [
-            sock(state::LISTEN, "127.0.0.1:40005", "0.0.0.0:0", 1),
-            sock(state::LISTEN, "127.0.0.1:40002", "0.0.0.0:0", 2),
+            sock(TcpState::Listen, "127.0.0.1:40005", "0.0.0.0:0", 1),
+            sock(TcpState::Listen, "127.0.0.1:40002", "0.0.0.0:0", 2),
         ];
         let conf = PortSet::parse("40006,39999").unwrap();
         let a = analyze(&f, &socks, true, &lo(), &conf);
@@ -873,8 +946,18 @@ mod tests {
     fn loops_present_are_listed() {
         let f = facts(40000, 40009, "");
         let socks = [
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 5),
-            sock(state::ESTABLISHED, "127.0.0.1:40006", "127.0.0.1:50000", 6),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:40004",
+                5,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40006",
+                "127.0.0.1:50000",
+                6,
+            ),
         ];
         let a = analyze(&f, &socks, true, &lo(), &PortSet::default());
         assert_eq!(a.loops.len(), 1);

@@ -36,11 +36,12 @@ use crate::audit;
 use crate::holders::{self, Holder, Kind, Verdict};
 use crate::host;
 use crate::inventory::Inventory;
+use crate::model::Socket;
 use crate::owners::{self, Owner, Search};
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
 use crate::predict::{self, Client, Prediction, Situation};
 use crate::scan::{self, Killed, NetnsLabel, Skipped};
-use crate::sys::diag::{self, DiagError, DiagSocket};
+use crate::sys::diag::{self, DiagError};
 use crate::sys::ifaddrs;
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
@@ -230,7 +231,7 @@ pub struct FixReport {
     /// value after the write; `Some(Err)` why it failed.
     pub reserved: Option<Result<PortSet, String>>,
     /// Each loop and what became of it.
-    pub killed: Vec<(DiagSocket, Result<Killed, String>)>,
+    pub killed: Vec<(Socket, Result<Killed, String>)>,
     /// The bind check afterwards (both ways, released at once).
     pub verify: Probe,
 }
@@ -293,7 +294,7 @@ pub enum DoctorError {
 #[derive(Debug)]
 struct Look {
     facts: EphemeralFacts,
-    on_port: Vec<DiagSocket>,
+    on_port: Vec<Socket>,
     rest: Inventory,
     ifaddrs: Vec<ifaddrs::IfAddr>,
     probe: Probe,
@@ -431,7 +432,7 @@ pub fn fix(cfg: &Config, outcome: &mut Outcome) -> Result<(), DoctorError> {
     for ns in &mut outcome.namespaces {
         let d = &ns.before;
         let reserve = d.steps.iter().any(|s| s.action == Action::Reserve);
-        let loops: Vec<DiagSocket> = if d.steps.iter().any(|s| s.action == Action::KillLoops) {
+        let loops: Vec<Socket> = if d.steps.iter().any(|s| s.action == Action::KillLoops) {
             d.loops()
                 .flat_map(|h| h.holder.sockets.iter().copied())
                 .collect()
@@ -518,7 +519,7 @@ pub fn is_service_comm(comm: &str, service: &str) -> bool {
 /// The containers of the owners of the sockets on the port, by pid
 /// ([`crate::container::of_pids`]).
 fn containers_of(
-    on_port: &[DiagSocket],
+    on_port: &[Socket],
     found: &owners::Owners,
 ) -> BTreeMap<u32, crate::container::Container> {
     crate::container::of_pids(
@@ -534,7 +535,7 @@ const FLAGS_READ_MAX: usize = 256;
 /// The `SO_REUSEADDR`/`SO_REUSEPORT` of the sockets on the port whose owner
 /// was found, by inode (at most [`FLAGS_READ_MAX`]; a socket whose options
 /// cannot be read is left out).
-fn reuse_flags(on_port: &[DiagSocket], found: &owners::Owners) -> HashMap<u32, ReuseFlags> {
+fn reuse_flags(on_port: &[Socket], found: &owners::Owners) -> HashMap<u32, ReuseFlags> {
     on_port
         .iter()
         .filter(|s| s.inode != 0)
@@ -928,7 +929,7 @@ pub fn theft(
     port: u16,
 ) -> Option<Theft> {
     let inv = survey.inventory.as_ref().ok()?;
-    let on_port: Vec<DiagSocket> = survey
+    let on_port: Vec<Socket> = survey
         .kept
         .iter()
         .filter(|s| s.local.port() == port)
@@ -1067,12 +1068,12 @@ pub fn listen_stream(unit: &str) -> Option<(u16, Option<IpAddr>)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::sys::diag::state;
+    use crate::model::TcpState;
 
-    pub(crate) fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
-        DiagSocket {
+    pub(crate) fn sock(st: TcpState, local: &str, peer: &str, inode: u32) -> Socket {
+        Socket {
             inode,
-            ..DiagSocket::fixture(st, local, peer)
+            ..Socket::fixture(st, local, peer)
         }
     }
 
@@ -1081,11 +1082,12 @@ pub(crate) mod tests {
             pid,
             comm: comm.into(),
             fd,
+            container: None,
         }
     }
 
     pub(crate) fn diagnosis(
-        socks: &[DiagSocket],
+        socks: &[Socket],
         reserved: &str,
         probe_plain: bool,
         names: &[(u32, Owner)],
@@ -1096,7 +1098,7 @@ pub(crate) mod tests {
     /// A diagnosis from fixtures; `probe`: what the binds without and with
     /// SO_REUSEADDR say (`true`: bindable).
     fn diagnosis_with(
-        socks: &[DiagSocket],
+        socks: &[Socket],
         reserved: &str,
         probe: (bool, bool),
         names: &[(u32, Owner)],
@@ -1147,7 +1149,7 @@ pub(crate) mod tests {
     fn a_loop_is_fixed_by_reserving_first_then_killing() {
         let d = diagnosis(
             &[sock(
-                state::ESTABLISHED,
+                TcpState::Established,
                 "127.0.0.1:40004",
                 "127.0.0.1:40004",
                 9,
@@ -1175,7 +1177,7 @@ pub(crate) mod tests {
         // already reserved: no reservation step
         let d = diagnosis(
             &[sock(
-                state::ESTABLISHED,
+                TcpState::Established,
                 "127.0.0.1:40004",
                 "127.0.0.1:40004",
                 9,
@@ -1191,8 +1193,18 @@ pub(crate) mod tests {
     fn source_port_holders_are_waited_for_never_killed() {
         let d = diagnosis(
             &[
-                sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:50000", 9),
-                sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:50002", 10),
+                sock(
+                    TcpState::Established,
+                    "127.0.0.1:40004",
+                    "127.0.0.1:50000",
+                    9,
+                ),
+                sock(
+                    TcpState::Established,
+                    "127.0.0.1:40004",
+                    "127.0.0.1:50002",
+                    10,
+                ),
             ],
             "",
             false,
@@ -1210,7 +1222,7 @@ pub(crate) mod tests {
 
     #[test]
     fn listeners_the_service_and_strangers() {
-        let l = [sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 9)];
+        let l = [sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0", 9)];
         let d = diagnosis(&l, "", false, &[(9, owner(5, "redis-server", 6))]);
         assert_eq!(d.verdict, Verdict::Listening);
         assert!(d.holders[0].is_service);
@@ -1235,7 +1247,7 @@ pub(crate) mod tests {
 
     #[test]
     fn time_wait_loops_are_killed_and_other_time_waits_waited_for() {
-        let mut tw = sock(state::TIME_WAIT, "127.0.0.1:40004", "127.0.0.1:40004", 0);
+        let mut tw = sock(TcpState::TimeWait, "127.0.0.1:40004", "127.0.0.1:40004", 0);
         tw.expires_ms = 41_500;
         let d = diagnosis(&[tw], "", false, &[]);
         assert_eq!(d.verdict, Verdict::TimeWait);
@@ -1243,7 +1255,7 @@ pub(crate) mod tests {
             actions(&d),
             [Action::Reserve, Action::KillLoops, Action::StartServer]
         );
-        let mut other = sock(state::TIME_WAIT, "127.0.0.1:40004", "127.0.0.1:6379", 0);
+        let mut other = sock(TcpState::TimeWait, "127.0.0.1:40004", "127.0.0.1:6379", 0);
         other.expires_ms = 41_500;
         let d = diagnosis(&[other], "40004", false, &[]);
         assert_eq!(actions(&d), [Action::Wait, Action::StartServer]);

@@ -262,7 +262,7 @@ pub fn free_ports(count: usize, host: IpAddr) -> Result<Found, FreePortError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::diag::{state, DiagSocket};
+    use crate::model::{Socket, TcpState};
 
     fn range(low: u16, high: u16) -> PortRange {
         PortRange { low, high }
@@ -293,8 +293,8 @@ mod tests {
         assert_eq!(candidates(r, &res), vec![40004, 40005]);
     }
 
-    fn sock(local: &str, peer: &str, st: u8) -> DiagSocket {
-        DiagSocket::fixture(st, local, peer)
+    fn sock(local: &str, peer: &str, st: TcpState) -> Socket {
+        Socket::fixture(st, local, peer)
     }
 
     #[test]
@@ -302,9 +302,9 @@ mod tests {
         let r = range(40000, 40009);
         let res = PortSet::default();
         let socks = [
-            sock("127.0.0.1:20000", "0.0.0.0:0", state::LISTEN),
-            sock("127.0.0.1:20001", "127.0.0.1:9", state::TIME_WAIT),
-            sock("[::1]:20002", "[::]:0", state::BOUND_INACTIVE),
+            sock("127.0.0.1:20000", "0.0.0.0:0", TcpState::Listen),
+            sock("127.0.0.1:20001", "127.0.0.1:9", TcpState::TimeWait),
+            sock("[::1]:20002", "[::]:0", TcpState::BoundInactive),
         ];
         let inv = Inventory::from_sockets(&socks, true);
         let order = [20000, 20001, 40004, 20002, 20003, 20004, 20005, 20006];

@@ -34,7 +34,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::inventory::Inventory;
-use crate::sys::diag::{state, DiagSocket};
+use crate::model::{Socket, TcpState};
 use crate::sys::sockopt::ReuseFlags;
 
 /// What kind of holder a socket is.
@@ -121,7 +121,7 @@ pub struct Holder {
     /// Its sockets: one for a loop or a bind-only socket; every socket of a
     /// listening address (more than one: a `SO_REUSEPORT` group); every
     /// connection of a source-port, accepted or TIME-WAIT group.
-    pub sockets: Vec<DiagSocket>,
+    pub sockets: Vec<Socket>,
     /// Whether it overlaps the server's address (if not, it is listed for
     /// completeness and has no effect).
     pub conflicts: bool,
@@ -202,7 +202,7 @@ impl Holder {
     pub fn time_wait_left_ms(&self) -> Option<u32> {
         self.sockets
             .iter()
-            .filter(|s| s.state == state::TIME_WAIT)
+            .filter(|s| s.state == TcpState::TimeWait)
             .map(|s| s.expires_ms)
             .max()
     }
@@ -293,14 +293,11 @@ pub fn overlaps(server: IpAddr, holder: IpAddr) -> bool {
 /// Classifies the sockets whose local port is the port in question (others
 /// are ignored) into holders, for a server that binds `server`. Listeners
 /// first, then loops, then the groups, in the order of [`Kind`].
-pub fn analyze<'a>(
-    sockets: impl IntoIterator<Item = &'a DiagSocket>,
-    server: IpAddr,
-) -> Vec<Holder> {
-    let sockets: Vec<&DiagSocket> = sockets.into_iter().collect();
+pub fn analyze<'a>(sockets: impl IntoIterator<Item = &'a Socket>, server: IpAddr) -> Vec<Holder> {
+    let sockets: Vec<&Socket> = sockets.into_iter().collect();
     let listeners = listening(sockets.iter().copied());
     let mut out: Vec<Holder> = vec![];
-    let group = |kind: Kind, s: &DiagSocket, out: &mut Vec<Holder>| {
+    let group = |kind: Kind, s: &Socket, out: &mut Vec<Holder>| {
         let key = |h: &Holder| {
             h.kind == kind && overlaps(server, h.local().ip()) == overlaps(server, s.local.ip())
         };
@@ -311,9 +308,9 @@ pub fn analyze<'a>(
         }
     };
     for s in sockets {
-        let is_loop = tcploop_guard::is_loop(s.local, s.peer) && s.local.port() != 0;
+        let is_loop = s.is_loop();
         match s.state {
-            state::LISTEN => {
+            TcpState::Listen => {
                 // one holder a listening address; more sockets: a reuseport group
                 if let Some(h) = out
                     .iter_mut()
@@ -328,12 +325,12 @@ pub fn analyze<'a>(
                 }
             }
             // request sockets belong to their listener
-            state::NEW_SYN_RECV => {}
-            state::BOUND_INACTIVE | state::CLOSE => {
+            TcpState::NewSynRecv => {}
+            TcpState::BoundInactive | TcpState::Close => {
                 out.push(holder(Kind::BindOnly, vec![*s], server))
             }
-            state::TIME_WAIT if is_loop => out.push(holder(Kind::LoopTimeWait, vec![*s], server)),
-            state::TIME_WAIT => group(Kind::TimeWait, s, &mut out),
+            TcpState::TimeWait if is_loop => out.push(holder(Kind::LoopTimeWait, vec![*s], server)),
+            TcpState::TimeWait => group(Kind::TimeWait, s, &mut out),
             _ if is_loop => out.push(holder(Kind::Loop, vec![*s], server)),
             _ if accepted(&listeners, s) => group(Kind::Accepted, s, &mut out),
             _ => group(Kind::SourcePort, s, &mut out),
@@ -346,7 +343,7 @@ pub fn analyze<'a>(
     out
 }
 
-fn holder(kind: Kind, sockets: Vec<DiagSocket>, server: IpAddr) -> Holder {
+fn holder(kind: Kind, sockets: Vec<Socket>, server: IpAddr) -> Holder {
     let conflicts = overlaps(server, sockets[0].local.ip());
     let (bind, bind_reuseaddr) = effects(kind, sockets.len(), conflicts);
     Holder {
@@ -398,15 +395,15 @@ pub fn verdict(holders: &[Holder]) -> Verdict {
 /// listening on the port, see [`listening`]), self-connected sockets. Left
 /// out of the inventory for "while the service is down", because they go
 /// away with the service (or with `kill`); the others stay.
-pub fn goes_with_the_service(listeners: &[IpAddr], s: &DiagSocket) -> bool {
-    s.state == state::LISTEN || tcploop_guard::is_loop(s.local, s.peer) || accepted(listeners, s)
+pub fn goes_with_the_service(listeners: &[IpAddr], s: &Socket) -> bool {
+    s.state == TcpState::Listen || s.is_loop() || accepted(listeners, s)
 }
 
 /// The addresses listening among `sockets` (all on one port).
-pub fn listening<'a>(sockets: impl IntoIterator<Item = &'a DiagSocket>) -> Vec<IpAddr> {
+pub fn listening<'a>(sockets: impl IntoIterator<Item = &'a Socket>) -> Vec<IpAddr> {
     sockets
         .into_iter()
-        .filter(|s| s.state == state::LISTEN)
+        .filter(|s| s.state == TcpState::Listen)
         .map(|s| s.local.ip())
         .collect()
 }
@@ -415,25 +412,23 @@ pub fn listening<'a>(sockets: impl IntoIterator<Item = &'a DiagSocket>) -> Vec<I
 /// addresses listening on its port): a connected socket whose local address
 /// a listener covers. The service's own connection, not one that took the
 /// port as its source port.
-pub fn accepted(listeners: &[IpAddr], s: &DiagSocket) -> bool {
+pub fn accepted(listeners: &[IpAddr], s: &Socket) -> bool {
     let connected = !matches!(
         s.state,
-        state::LISTEN
-            | state::BOUND_INACTIVE
-            | state::CLOSE
-            | state::NEW_SYN_RECV
-            | state::TIME_WAIT
+        TcpState::Listen
+            | TcpState::BoundInactive
+            | TcpState::Close
+            | TcpState::NewSynRecv
+            | TcpState::TimeWait
     );
-    connected
-        && !tcploop_guard::is_loop(s.local, s.peer)
-        && listeners.iter().any(|l| covers(*l, s.local.ip()))
+    connected && !s.is_loop() && listeners.iter().any(|l| covers(*l, s.local.ip()))
 }
 
 /// The inventory the predictor should see for "while the service on `port`
 /// is down and the loops on it are gone": `rest` (every socket of other
 /// ports) plus the sockets of `on_port` that stay (see
 /// [`goes_with_the_service`]).
-pub fn when_down(rest: &Inventory, on_port: &[DiagSocket]) -> Inventory {
+pub fn when_down(rest: &Inventory, on_port: &[Socket]) -> Inventory {
     let mut inv = rest.clone();
     let listeners = listening(on_port);
     for s in on_port {
@@ -448,10 +443,10 @@ pub fn when_down(rest: &Inventory, on_port: &[DiagSocket]) -> Inventory {
 mod tests {
     use super::*;
 
-    fn sock(st: u8, local: &str, peer: &str, inode: u32) -> DiagSocket {
-        DiagSocket {
+    fn sock(st: TcpState, local: &str, peer: &str, inode: u32) -> Socket {
+        Socket {
             inode,
-            ..DiagSocket::fixture(st, local, peer)
+            ..Socket::fixture(st, local, peer)
         }
     }
 
@@ -462,11 +457,26 @@ mod tests {
     #[test]
     fn each_kind_of_holder_is_told_apart() {
         let socks = [
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1),
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:50000", 2),
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:50002", 3),
-            sock(state::TIME_WAIT, "127.0.0.1:40004", "127.0.0.1:6379", 0),
-            sock(state::BOUND_INACTIVE, "127.0.0.1:40004", "0.0.0.0:0", 4),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:40004",
+                1,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:50000",
+                2,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:50002",
+                3,
+            ),
+            sock(TcpState::TimeWait, "127.0.0.1:40004", "127.0.0.1:6379", 0),
+            sock(TcpState::BoundInactive, "127.0.0.1:40004", "0.0.0.0:0", 4),
         ];
         let h = analyze(&socks, v4("0.0.0.0"));
         let kinds: Vec<Kind> = h.iter().map(|h| h.kind).collect();
@@ -492,10 +502,15 @@ mod tests {
     #[test]
     fn a_listeners_accepted_connections_are_not_source_port_thieves() {
         let socks = [
-            sock(state::LISTEN, "0.0.0.0:6379", "0.0.0.0:0", 1),
-            sock(state::ESTABLISHED, "127.0.0.1:6379", "127.0.0.1:40100", 2),
+            sock(TcpState::Listen, "0.0.0.0:6379", "0.0.0.0:0", 1),
             sock(
-                state::ESTABLISHED,
+                TcpState::Established,
+                "127.0.0.1:6379",
+                "127.0.0.1:40100",
+                2,
+            ),
+            sock(
+                TcpState::Established,
                 "[::ffff:127.0.0.1]:6379",
                 "[::ffff:127.0.0.1]:40102",
                 3,
@@ -517,8 +532,8 @@ mod tests {
     #[test]
     fn a_reuseport_group_is_one_holder() {
         let socks = [
-            sock(state::LISTEN, "127.0.0.1:40004", "0.0.0.0:0", 1),
-            sock(state::LISTEN, "127.0.0.1:40004", "0.0.0.0:0", 2),
+            sock(TcpState::Listen, "127.0.0.1:40004", "0.0.0.0:0", 1),
+            sock(TcpState::Listen, "127.0.0.1:40004", "0.0.0.0:0", 2),
         ];
         let h = analyze(&socks, v4("127.0.0.1"));
         assert_eq!(h.len(), 1);
@@ -533,8 +548,13 @@ mod tests {
             reuseport,
         };
         let socks = [
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1),
-            sock(state::LISTEN, "127.0.0.2:40004", "0.0.0.0:0", 2),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:40004",
+                1,
+            ),
+            sock(TcpState::Listen, "127.0.0.2:40004", "0.0.0.0:0", 2),
         ];
         let mut h = analyze(&socks, v4("0.0.0.0"));
         let (lis, lp) = h.split_at_mut(1);
@@ -564,8 +584,8 @@ mod tests {
     #[test]
     fn holders_on_other_addresses_do_not_conflict() {
         let socks = [
-            sock(state::ESTABLISHED, "10.0.0.1:40004", "10.0.0.9:80", 1),
-            sock(state::LISTEN, "[::1]:40004", "[::]:0", 2),
+            sock(TcpState::Established, "10.0.0.1:40004", "10.0.0.9:80", 1),
+            sock(TcpState::Listen, "[::1]:40004", "[::]:0", 2),
         ];
         let h = analyze(&socks, v4("127.0.0.1"));
         assert!(h.iter().all(|h| !h.conflicts && !h.bind.blocks()));
@@ -583,16 +603,26 @@ mod tests {
     #[test]
     fn while_down_keeps_source_ports_and_drops_the_service_and_its_loops() {
         let on = [
-            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 1),
-            sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40100", 2),
-            sock(state::ESTABLISHED, "127.0.0.2:40004", "127.0.0.1:40004", 3),
+            sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0", 1),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:40100",
+                2,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.2:40004",
+                "127.0.0.1:40004",
+                3,
+            ),
         ];
         let inv = when_down(&Inventory::default(), &on);
         let u = inv.port(40004);
         assert!(u.listen.is_empty() && u.loops.is_empty());
         assert_eq!(u.connected, 0, "covered by the wildcard listener: accepted");
         let looped = [sock(
-            state::ESTABLISHED,
+            TcpState::Established,
             "127.0.0.1:40004",
             "127.0.0.1:40004",
             4,
@@ -602,7 +632,7 @@ mod tests {
             .loops
             .is_empty());
         let src = [sock(
-            state::ESTABLISHED,
+            TcpState::Established,
             "127.0.0.1:40004",
             "127.0.0.1:50000",
             5,

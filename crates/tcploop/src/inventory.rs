@@ -11,8 +11,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::model::{Socket, TcpState};
 use crate::ports::PortSet;
-use crate::sys::diag::{self, state, DiagSocket};
+use crate::sys::diag;
 
 /// The sockets on one port.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,7 +27,7 @@ pub struct PortUse {
     /// `bind()` (protection): the dump does not say which.
     pub connected: u32,
     /// Self-connected sockets on this port (any state, TIME-WAIT included).
-    pub loops: Vec<DiagSocket>,
+    pub loops: Vec<Socket>,
 }
 
 /// The port usage of a namespace.
@@ -42,7 +43,7 @@ pub struct Inventory {
 impl Inventory {
     /// Builds the inventory from dumped sockets.
     pub fn from_sockets<'a>(
-        sockets: impl IntoIterator<Item = &'a DiagSocket>,
+        sockets: impl IntoIterator<Item = &'a Socket>,
         bound_visible: bool,
     ) -> Inventory {
         let mut inv = Inventory {
@@ -64,7 +65,7 @@ impl Inventory {
     }
 
     /// Adds one socket.
-    pub fn add(&mut self, s: &DiagSocket) {
+    pub fn add(&mut self, s: &Socket) {
         self.sockets += 1;
         let port = s.local.port();
         if port == 0 {
@@ -72,12 +73,12 @@ impl Inventory {
         }
         let u = self.ports.entry(port).or_default();
         match s.state {
-            state::LISTEN => u.listen.push(s.local),
-            state::BOUND_INACTIVE | state::CLOSE => u.bound.push(s.local),
+            TcpState::Listen => u.listen.push(s.local),
+            TcpState::BoundInactive | TcpState::Close => u.bound.push(s.local),
             // request sockets belong to a listener already counted
-            state::NEW_SYN_RECV => {}
+            TcpState::NewSynRecv => {}
             _ => {
-                if tcploop_guard::is_loop(s.local, s.peer) {
+                if s.is_loop() {
                     u.loops.push(*s);
                 } else {
                     u.connected += 1;
@@ -102,7 +103,7 @@ impl Inventory {
     pub fn read_keeping(
         bound_visible: bool,
         keep: &PortSet,
-    ) -> Result<(Inventory, Vec<DiagSocket>), diag::DiagError> {
+    ) -> Result<(Inventory, Vec<Socket>), diag::DiagError> {
         let mut inv = Inventory::new(bound_visible);
         let mut kept = vec![];
         diag::dump_all(diag::ALL_STATES, |s| {

@@ -8,6 +8,8 @@
 //! reads its own bytes and the port is held, so the real server cannot bind
 //! it. This library is the engine of the `tcploop` tool:
 //!
+//! - [`model`]: the domain's model: a socket, its TCP state, its owner, and the one
+//!   definition of a loop socket and of an exposed listener;
 //! - [`ports`]: the ephemeral-port facts of a network namespace;
 //! - [`freeport`]: ports a test server can listen on with no risk of a loop;
 //! - [`host`]: whether a destination is an address of this namespace;
@@ -44,6 +46,7 @@ pub mod holders;
 pub mod host;
 pub mod inventory;
 pub mod metrics;
+pub mod model;
 pub mod owners;
 pub mod ports;
 pub mod predict;

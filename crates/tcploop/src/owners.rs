@@ -46,17 +46,7 @@ use crate::sys::bpf::owners::{OwnerIter, Pass};
 use crate::sys::bpf::Refusal;
 use crate::sys::procfd::{FdError, Proc};
 
-/// One process holding a socket through one fd.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Owner {
-    /// Process id.
-    pub pid: u32,
-    /// Command name (`/proc/PID/comm`, up to 15 bytes; empty if the process
-    /// exited before it was read).
-    pub comm: String,
-    /// The file descriptor number in that process.
-    pub fd: i32,
-}
+pub use crate::model::Owner;
 
 /// How far to walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,6 +216,7 @@ impl Owners {
                 pid: r.pid,
                 comm: r.comm.clone(),
                 fd: r.fd,
+                container: None,
             });
         }
     }
@@ -339,7 +330,12 @@ impl Shared<'_> {
                     if owners.is_empty() {
                         self.missing.fetch_sub(1, Ordering::Relaxed);
                     }
-                    owners.push(Owner { pid, comm, fd });
+                    owners.push(Owner {
+                        pid,
+                        comm,
+                        fd,
+                        container: None,
+                    });
                     drop(found);
                     if self.done() {
                         return ControlFlow::Break(());

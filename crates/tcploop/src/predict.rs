@@ -32,6 +32,7 @@ use std::net::IpAddr;
 
 use crate::host::{Host, HostClass};
 use crate::inventory::Inventory;
+use crate::model::TcpState;
 use crate::ports::{EphemeralFacts, KernelVersion, Parity, PortRange};
 use crate::report::thousands;
 
@@ -220,9 +221,7 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
         let live: Vec<_> = u
             .loops
             .iter()
-            .filter(|l| {
-                l.state != crate::sys::diag::state::TIME_WAIT && l.local.ip() == h.effective
-            })
+            .filter(|l| l.state != TcpState::TimeWait && l.local.ip() == h.effective)
             .collect();
         if !live.is_empty() {
             acc.say(format!(
@@ -231,11 +230,7 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
             ));
             return (Verdict::Impossible, None);
         }
-        if let Some(tw) = u
-            .loops
-            .iter()
-            .find(|l| l.state == crate::sys::diag::state::TIME_WAIT)
-        {
+        if let Some(tw) = u.loops.iter().find(|l| l.state == TcpState::TimeWait) {
             acc.say(format!(
                 "an earlier loop on {port} is in TIME-WAIT ({:.0} s left): a server's bind() of it fails \
                  until then; a new connect() may reuse the 4-tuple sooner (after about 1 s on loopback \
@@ -526,7 +521,7 @@ pub fn suggest(s: &Situation<'_>, port: u16) -> Option<u16> {
 mod tests {
     use super::*;
     use crate::host::classify;
-    use crate::sys::diag::{state, DiagSocket};
+    use crate::model::{Socket, TcpState};
     use crate::sys::ifaddrs::IfAddr;
 
     fn facts(low: u16, high: u16, reserved: &str) -> EphemeralFacts {
@@ -543,8 +538,8 @@ mod tests {
         classify(a.parse().unwrap(), 0, &lo)
     }
 
-    fn sock(st: u8, local: &str, peer: &str) -> DiagSocket {
-        DiagSocket::fixture(st, local, peer)
+    fn sock(st: TcpState, local: &str, peer: &str) -> Socket {
+        Socket::fixture(st, local, peer)
     }
 
     fn run(f: &EphemeralFacts, inv: &Inventory, h: &str, port: u16) -> Prediction {
@@ -615,14 +610,18 @@ mod tests {
     #[test]
     fn holders() {
         let f = facts(40000, 40009, "");
-        let lis =
-            Inventory::from_sockets(&[sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0")], true);
+        let lis = Inventory::from_sockets(
+            &[sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0")],
+            true,
+        );
         assert_eq!(
             run(&f, &lis, "127.0.0.1", 40004).verdict,
             Verdict::Listening
         );
-        let lis2 =
-            Inventory::from_sockets(&[sock(state::LISTEN, "127.0.0.2:40004", "0.0.0.0:0")], true);
+        let lis2 = Inventory::from_sockets(
+            &[sock(TcpState::Listen, "127.0.0.2:40004", "0.0.0.0:0")],
+            true,
+        );
         assert_eq!(
             run(&f, &lis2, "127.0.0.1", 40004).verdict,
             Verdict::Impossible
@@ -630,7 +629,7 @@ mod tests {
         // connected-only holders do not protect
         let conn = Inventory::from_sockets(
             &[sock(
-                state::ESTABLISHED,
+                TcpState::Established,
                 "127.0.0.1:40004",
                 "127.0.0.1:50000",
             )],
@@ -645,7 +644,7 @@ mod tests {
             .step_by(2)
             .map(|p| {
                 sock(
-                    state::BOUND_INACTIVE,
+                    TcpState::BoundInactive,
                     &format!("127.0.0.1:{p}"),
                     "0.0.0.0:0",
                 )

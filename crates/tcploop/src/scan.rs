@@ -43,10 +43,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::container::Container;
+use crate::model::{Socket, TcpState};
 use crate::owners::{
     self, InKernel, InKernelError, Owner, OwnerSource, OwnerSourceUsed, Owners, Search,
 };
-use crate::sys::diag::{self, state, DiagError, DiagSocket, DiagSocketFd, Family};
+use crate::sys::diag::{self, DiagError, DiagSocketFd, Family};
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
 use crate::sys::procnet::{self, ProcNetError};
@@ -146,7 +147,7 @@ impl NetnsLabel {
 pub struct Loop {
     /// The socket as the dump reported it (4-tuple, state, uid, inode,
     /// cookie; the cookie is 0 when read from `/proc`).
-    pub socket: DiagSocket,
+    pub socket: Socket,
     /// The processes holding it (empty for TIME-WAIT, and when unknown).
     pub owners: Vec<Owner>,
     /// The namespace it lives in.
@@ -161,7 +162,7 @@ impl Loop {
 
     /// Whether it is a closed loop waiting out TIME-WAIT (no owner).
     pub fn is_time_wait(&self) -> bool {
-        self.socket.state == state::TIME_WAIT
+        self.socket.state == TcpState::TimeWait
     }
 
     /// Whether an owner can be expected (a live socket has an inode).
@@ -179,7 +180,7 @@ impl Loop {
     pub fn consequence(&self) -> String {
         let p = self.port();
         let a = self.socket.local;
-        if self.socket.state == state::CLOSE {
+        if self.socket.state == TcpState::Close {
             return format!(
                 "port {p} is held until the owner closes this socket (the connection was \
                  aborted, the socket is still open): a server binding {a} gets EADDRINUSE"
@@ -288,20 +289,14 @@ pub enum ScanError {
     OwnNetns(#[source] io::Error),
 }
 
-/// Whether a dumped socket is a loop: local == peer, on a real address and
-/// port (an unbound socket shows `0.0.0.0:0` on both sides and is none).
-pub fn is_loop_socket(s: &DiagSocket) -> bool {
-    s.local.port() != 0 && !s.local.ip().is_unspecified() && tcploop_guard::is_loop(s.local, s.peer)
-}
-
 /// The loops among `sockets`, on `port` if given (pure: the whole decision).
 pub fn find_loops<'a>(
-    sockets: impl IntoIterator<Item = &'a DiagSocket>,
+    sockets: impl IntoIterator<Item = &'a Socket>,
     port: Option<u16>,
-) -> Vec<DiagSocket> {
+) -> Vec<Socket> {
     sockets
         .into_iter()
-        .filter(|s| is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p))
+        .filter(|s| s.is_loop() && port.is_none_or(|p| s.local.port() == p))
         .copied()
         .collect()
 }
@@ -309,7 +304,7 @@ pub fn find_loops<'a>(
 /// The socket table of one namespace, reduced to its loops.
 #[derive(Debug)]
 struct NsDump {
-    loops: Vec<DiagSocket>,
+    loops: Vec<Socket>,
     /// Listening ports exposed in the range while the shield is off.
     unshielded: Vec<u16>,
     seen: u64,
@@ -327,9 +322,9 @@ struct NsDump {
 /// alone makes the kernel walk its bind table as well. If the kernel refuses
 /// the one-walk request, two dumps of all states.
 fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
-    let netlink = |f: &mut dyn FnMut(&DiagSocket)| {
+    let netlink = |f: &mut dyn FnMut(&Socket)| {
         let mut delivered = false;
-        let states = diag::ALL_STATES & !(1 << state::BOUND_INACTIVE);
+        let states = diag::ALL_STATES & !(TcpState::BoundInactive.bit());
         match tcpdiag::dump_both(states, |s| {
             delivered = true;
             f(s)
@@ -349,7 +344,7 @@ fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
                 .unshielded
                 .iter()
                 .copied()
-                .filter(|p| f.range.contains(*p) && !f.reserved.contains(*p))
+                .filter(|p| crate::model::is_exposed_port(&f, *p))
                 .collect(),
             Err(_) => vec![],
         };
@@ -367,18 +362,18 @@ fn dump_here(source: Source, port: Option<u16>) -> Result<NsDump, ScanError> {
 fn dump_with(
     source: Source,
     port: Option<u16>,
-    netlink: impl FnOnce(&mut dyn FnMut(&DiagSocket)) -> Result<(), DiagError>,
+    netlink: impl FnOnce(&mut dyn FnMut(&Socket)) -> Result<(), DiagError>,
     proc_dir: &Path,
 ) -> Result<NsDump, ScanError> {
     let mut loops = vec![];
     let mut listening = vec![];
     let mut seen = 0u64;
-    let mut keep = |s: &DiagSocket| {
+    let mut keep = |s: &Socket| {
         seen += 1;
-        if s.state == diag::state::LISTEN {
+        if s.state == TcpState::Listen {
             listening.push(s.local.port());
         }
-        if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
+        if s.is_loop() && port.is_none_or(|p| s.local.port() == p) {
             loops.push(*s);
         }
     };
@@ -404,12 +399,12 @@ fn dump_with(
     listening.clear();
     seen = 0;
     let dir = proc_dir;
-    let mut keep = |s: &DiagSocket| {
+    let mut keep = |s: &Socket| {
         seen += 1;
-        if s.state == diag::state::LISTEN {
+        if s.state == TcpState::Listen {
             listening.push(s.local.port());
         }
-        if is_loop_socket(s) && port.is_none_or(|p| s.local.port() == p) {
+        if s.is_loop() && port.is_none_or(|p| s.local.port() == p) {
             loops.push(*s);
         }
     };
@@ -695,14 +690,129 @@ pub enum KillError {
     Netns(#[source] NetnsError),
 }
 
+/// What `tcploop kill` did to one loop found.
+#[derive(Debug)]
+pub enum KillOutcome {
+    /// A dry run: it would be destroyed (or, `already_aborted`, it is
+    /// aborted already and only its owner closing it frees the port).
+    DryRun {
+        /// The connection was already aborted (state CLOSE).
+        already_aborted: bool,
+    },
+    /// [`kill`]'s answer.
+    Done(Killed),
+    /// [`kill`] failed (the error is [`KillRun::error`]): the run stopped
+    /// at this loop.
+    Failed,
+}
+
+/// A scan and what was done to each loop it found, in order; a run that
+/// failed stops at the loop that failed (the loops after it have no outcome).
+#[derive(Debug)]
+pub struct KillRun {
+    /// The scan.
+    pub scan: ScanReport,
+    /// No `--yes`: nothing was destroyed.
+    pub dry_run: bool,
+    /// One outcome per loop of `scan.loops`, in order, up to the failure.
+    pub outcomes: Vec<KillOutcome>,
+    /// The error that stopped the run.
+    pub error: Option<KillError>,
+}
+
+/// The counts of a [`KillRun`] (the `summary` of `tcploop kill`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KillTally {
+    /// Destroyed and confirmed gone.
+    pub destroyed: u64,
+    /// Gone before the destroy.
+    pub gone: u64,
+    /// No longer a loop: left alone.
+    pub not_a_loop: u64,
+    /// Destroyed, still in the table.
+    pub still_there: u64,
+    /// Aborted already, held until the owner closes it.
+    pub already_aborted: u64,
+    /// Destroyed loops whose port is bindable again.
+    pub ports_free: u64,
+    /// Destroyed loops whose port is still held.
+    pub ports_held: u64,
+    /// Destroyed loops whose port could not be checked.
+    pub ports_unchecked: u64,
+}
+
+impl KillRun {
+    /// The counts.
+    pub fn tally(&self) -> KillTally {
+        let mut t = KillTally::default();
+        for o in &self.outcomes {
+            let KillOutcome::Done(k) = o else { continue };
+            match k {
+                Killed::Destroyed { port, .. } => {
+                    t.destroyed += 1;
+                    match port {
+                        PortState::Free => t.ports_free += 1,
+                        PortState::Unknown(_) => t.ports_unchecked += 1,
+                        _ => t.ports_held += 1,
+                    }
+                }
+                Killed::Gone => t.gone += 1,
+                Killed::NotALoop => t.not_a_loop += 1,
+                Killed::StillThere => t.still_there += 1,
+                Killed::AlreadyAborted => t.already_aborted += 1,
+            }
+        }
+        t
+    }
+
+    /// Whether a loop survived a `--yes` run (or, in a dry run, any was found).
+    pub fn survivors(&self) -> bool {
+        if self.dry_run {
+            return !self.scan.loops.is_empty();
+        }
+        let t = self.tally();
+        t.still_there + t.not_a_loop + t.already_aborted > 0
+    }
+}
+
+/// `tcploop kill`: scans, then destroys each loop found ([`kill`]) unless
+/// `dry_run`, stopping at the first failure (which is then in the run).
+pub fn scan_and_kill(opts: &ScanOptions, dry_run: bool) -> Result<KillRun, ScanError> {
+    let scan = scan(opts)?;
+    let mut outcomes = Vec::with_capacity(scan.loops.len());
+    let mut error = None;
+    for l in &scan.loops {
+        if dry_run {
+            outcomes.push(KillOutcome::DryRun {
+                already_aborted: l.socket.state == TcpState::Close,
+            });
+            continue;
+        }
+        match kill(l) {
+            Ok(k) => outcomes.push(KillOutcome::Done(k)),
+            Err(e) => {
+                outcomes.push(KillOutcome::Failed);
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    Ok(KillRun {
+        scan,
+        dry_run,
+        outcomes,
+        error,
+    })
+}
+
 /// Destroys one loop (see the module documentation): looks it up again by
 /// its exact 4-tuple and cookie, checks that it still is a loop, destroys
 /// it, confirms that it is gone, and checks whether its port can be bound.
 pub fn kill(l: &Loop) -> Result<Killed, KillError> {
-    if !is_loop_socket(&l.socket) {
+    if !l.socket.is_loop() {
         return Ok(Killed::NotALoop);
     }
-    if l.socket.state == state::CLOSE {
+    if l.socket.state == TcpState::Close {
         return Ok(Killed::AlreadyAborted);
     }
     let ns = l.netns.describe();
@@ -715,7 +825,7 @@ pub fn kill(l: &Loop) -> Result<Killed, KillError> {
 /// `INET_DIAG_NOCOOKIE`: match on the 4-tuple alone (loops read from /proc).
 const NO_COOKIE: [u32; 2] = [!0, !0];
 
-fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
+fn kill_here(sock: &Socket, ns: &str) -> Result<Killed, KillError> {
     let map = |e: DiagError| match &e {
         DiagError::Kernel(io) if io.raw_os_error() == Some(libc::EPERM) => {
             KillError::Denied(ns.to_string())
@@ -734,7 +844,7 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
     let Some(now) = nl.get(&wanted).map_err(map)? else {
         return Ok(Killed::Gone);
     };
-    if !same_socket(sock, &now) || !is_loop_socket(&now) {
+    if !same_socket(sock, &now) || !now.is_loop() {
         return Ok(Killed::NotALoop);
     }
     match nl.destroy(&now) {
@@ -747,10 +857,9 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
     if nl.get(&now).map_err(map)?.is_some() {
         return Ok(Killed::StillThere);
     }
-    let loops_again = crate::ports::EphemeralFacts::read().ok().map(|f| {
-        let p = now.local.port();
-        f.range.contains(p) && !f.reserved.contains(p)
-    });
+    let loops_again = crate::ports::EphemeralFacts::read()
+        .ok()
+        .map(|f| crate::model::is_exposed_port(&f, now.local.port()));
     Ok(Killed::Destroyed {
         port: port_state(&now),
         loops_again,
@@ -761,14 +870,14 @@ fn kill_here(sock: &DiagSocket, ns: &str) -> Result<Killed, KillError> {
 /// same 4-tuple, and the same cookie, or, for sockets read from /proc (no
 /// cookie), the same inode: a loop closed and replaced by another socket on
 /// the same 4-tuple between the scan and the destroy is left alone.
-fn same_socket(was: &DiagSocket, now: &DiagSocket) -> bool {
+fn same_socket(was: &Socket, now: &Socket) -> bool {
     now.local == was.local
         && now.peer == was.peer
         && (was.cookie == [0, 0] || now.cookie == was.cookie)
         && (was.inode == 0 || now.inode == was.inode)
 }
 
-fn port_state(s: &DiagSocket) -> PortState {
+fn port_state(s: &Socket) -> PortState {
     match diag::port_bindable(s.local) {
         Ok(true) => PortState::Free,
         Ok(false) => {
@@ -805,60 +914,60 @@ mod tests {
 
     #[test]
     fn a_socket_from_proc_is_the_same_only_with_the_same_inode() {
-        let was = DiagSocket {
+        let was = Socket {
             cookie: [0, 0],
             inode: 7,
-            ..DiagSocket::fixture(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004")
+            ..Socket::fixture(TcpState::Established, "127.0.0.1:40004", "127.0.0.1:40004")
         };
-        let now = DiagSocket {
+        let now = Socket {
             cookie: [55, 0],
             ..was
         };
         assert!(same_socket(&was, &now));
-        let replaced = DiagSocket { inode: 8, ..now };
+        let replaced = Socket { inode: 8, ..now };
         assert!(
             !same_socket(&was, &replaced),
             "another socket, same 4-tuple"
         );
         // from netlink: the cookie decides
-        let was = DiagSocket {
+        let was = Socket {
             cookie: [55, 0],
             ..was
         };
         assert!(!same_socket(
             &was,
-            &DiagSocket {
+            &Socket {
                 cookie: [56, 0],
                 ..now
             }
         ));
     }
 
-    fn sock(local: &str, peer: &str, st: u8) -> DiagSocket {
-        DiagSocket {
+    fn sock(local: &str, peer: &str, st: TcpState) -> Socket {
+        Socket {
             inode: 7,
-            ..DiagSocket::fixture(st, local, peer)
+            ..Socket::fixture(st, local, peer)
         }
     }
 
     #[test]
     fn only_self_connected_sockets_are_loops() {
         let table = [
-            sock("127.0.0.1:40004", "127.0.0.1:40004", state::ESTABLISHED),
+            sock("127.0.0.1:40004", "127.0.0.1:40004", TcpState::Established),
             // a normal loopback connection: two sockets, swapped
-            sock("127.0.0.1:40006", "127.0.0.1:50000", state::ESTABLISHED),
-            sock("127.0.0.1:50000", "127.0.0.1:40006", state::ESTABLISHED),
+            sock("127.0.0.1:40006", "127.0.0.1:50000", TcpState::Established),
+            sock("127.0.0.1:50000", "127.0.0.1:40006", TcpState::Established),
             // same port, other address: not a loop
-            sock("127.0.0.1:40008", "127.0.0.2:40008", state::ESTABLISHED),
+            sock("127.0.0.1:40008", "127.0.0.2:40008", TcpState::Established),
             // unbound and listening sockets
-            sock("0.0.0.0:0", "0.0.0.0:0", state::CLOSE),
-            sock("[::]:0", "[::]:0", state::CLOSE),
-            sock("0.0.0.0:40010", "0.0.0.0:0", state::LISTEN),
-            sock("[::1]:40012", "[::1]:40012", state::TIME_WAIT),
+            sock("0.0.0.0:0", "0.0.0.0:0", TcpState::Close),
+            sock("[::]:0", "[::]:0", TcpState::Close),
+            sock("0.0.0.0:40010", "0.0.0.0:0", TcpState::Listen),
+            sock("[::1]:40012", "[::1]:40012", TcpState::TimeWait),
             sock(
                 "[::ffff:127.0.0.1]:40014",
                 "[::ffff:127.0.0.1]:40014",
-                state::ESTABLISHED,
+                TcpState::Established,
             ),
         ];
         let loops: Vec<u16> = find_loops(&table, None)
@@ -880,14 +989,14 @@ mod tests {
             path: None,
         };
         let mut l = Loop {
-            socket: sock("127.0.0.1:40004", "127.0.0.1:40004", state::ESTABLISHED),
+            socket: sock("127.0.0.1:40004", "127.0.0.1:40004", TcpState::Established),
             owners: vec![],
             netns: ns.clone(),
         };
         assert!(l
             .consequence()
             .starts_with("port 40004 is held: a server binding 127.0.0.1:40004 gets EADDRINUSE"));
-        l.socket.state = state::TIME_WAIT;
+        l.socket.state = TcpState::TimeWait;
         l.socket.expires_ms = 59_200;
         assert_eq!(l.held_for(), Some(Duration::from_millis(59_200)));
         assert!(l.consequence().contains("at most 59 s more"));
@@ -915,11 +1024,11 @@ mod tests {
         // no tcp6: IPv6 off, an empty table
         let refused = || DiagError::Socket(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT));
         // netlink fails after a partial dump: its rows are dropped, /proc is read
-        let partial = |f: &mut dyn FnMut(&DiagSocket)| {
+        let partial = |f: &mut dyn FnMut(&Socket)| {
             f(&sock(
                 "127.0.0.1:40010",
                 "127.0.0.1:40010",
-                state::ESTABLISHED,
+                TcpState::Established,
             ));
             Err(refused())
         };
@@ -930,13 +1039,13 @@ mod tests {
         assert_eq!(d.loops[0].local.port(), 40004);
         assert!(d.fallback.unwrap().contains("Protocol not supported"));
         // forced netlink: the error, no fallback
-        let fail = |_: &mut dyn FnMut(&DiagSocket)| Err(refused());
+        let fail = |_: &mut dyn FnMut(&Socket)| Err(refused());
         assert!(matches!(
             dump_with(Source::Netlink, None, fail, &dir),
             Err(ScanError::Netlink(_))
         ));
         // forced /proc: netlink is not even tried
-        let untouched = |_: &mut dyn FnMut(&DiagSocket)| -> Result<(), DiagError> { panic!() };
+        let untouched = |_: &mut dyn FnMut(&Socket)| -> Result<(), DiagError> { panic!() };
         let d = dump_with(Source::Proc, Some(40004), untouched, &dir).unwrap();
         assert_eq!((d.loops.len(), d.fallback), (1, None));
         // both failing: both errors, named
@@ -948,7 +1057,7 @@ mod tests {
     #[test]
     fn a_socket_that_is_no_loop_is_never_killed() {
         let l = Loop {
-            socket: sock("127.0.0.1:40006", "127.0.0.1:50000", state::ESTABLISHED),
+            socket: sock("127.0.0.1:40006", "127.0.0.1:50000", TcpState::Established),
             owners: vec![],
             netns: NetnsLabel {
                 inode: 1,

@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use crate::host::{self, Host};
 use crate::inventory::Inventory;
+use crate::model::Socket;
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
 use crate::predict::{Client, Situation};
 use crate::sys::diag::DiagError;
-use crate::sys::diag::DiagSocket;
 use crate::sys::ifaddrs::{self, IfAddr};
 
 /// The facts of the caller's network namespace at one moment.
@@ -22,7 +22,7 @@ pub struct Survey {
     /// Interface addresses (empty if they could not be read).
     pub ifaddrs: Vec<IfAddr>,
     /// The sockets on the ports asked for with [`Survey::take_keeping`].
-    pub kept: Vec<DiagSocket>,
+    pub kept: Vec<Socket>,
 }
 
 impl Survey {

@@ -27,12 +27,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::model::{Socket, TcpState};
 use crate::ports::PortSet;
 use crate::scan::{self, KillError, Killed, NetnsLabel};
 use crate::sys::bpf::loops::{self as kernel, Counters, LoopSource};
 pub use crate::sys::bpf::loops::{EventKind, LoopEvent};
 use crate::sys::bpf::Refusal;
-use crate::sys::diag::{state, DiagSocket};
 use crate::sys::netns;
 use crate::sys::poll;
 use crate::sys::signal::SignalFd;
@@ -127,7 +127,7 @@ pub struct LoopEnded {
     pub lived: Duration,
     /// The state it went to (CLOSE after an RST or a destroy, FIN-WAIT-1
     /// after a graceful close).
-    pub new_state: u8,
+    pub new_state: TcpState,
 }
 
 /// What `--kill` did to one loop.
@@ -389,7 +389,7 @@ impl Book {
             seen,
             time,
             monotonic_ns: e.monotonic_ns,
-            new_state: e.new_state,
+            new_state: TcpState::from_code(e.new_state),
         })
     }
 
@@ -443,13 +443,13 @@ pub fn owner_of(e: &LoopEvent, time: SystemTime) -> LoopSeen {
 /// namespace: entered through `/proc/PID/ns/net` of the process that made
 /// it when that is not the caller's.
 pub fn kill(seen: &LoopSeen, own_netns: u32) -> Result<Killed, KillError> {
-    let socket = DiagSocket {
+    let socket = Socket {
         family: if seen.addr.is_ipv4() {
             libc::AF_INET as u8
         } else {
             libc::AF_INET6 as u8
         },
-        state: state::ESTABLISHED,
+        state: TcpState::Established,
         local: seen.addr,
         peer: seen.addr,
         ifindex: 0,
@@ -688,11 +688,11 @@ mod tests {
         let stranger = event(EventKind::End, 100, 40004, 8, 5_000);
         assert!(book.end(&stranger, SystemTime::UNIX_EPOCH).is_none());
         let mut end = event(EventKind::End, 100, 40004, 7, 41_000);
-        end.new_state = state::CLOSE;
+        end.new_state = TcpState::Close.code();
         let ended = book.end(&end, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(ended.lived, Duration::from_micros(40));
         assert_eq!(ended.seen.pid, 100);
-        assert_eq!(ended.new_state, state::CLOSE);
+        assert_eq!(ended.new_state, TcpState::Close);
         assert!(book.end(&end, SystemTime::UNIX_EPOCH).is_none());
         assert!(book.is_empty());
     }

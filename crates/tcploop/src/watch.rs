@@ -13,27 +13,15 @@
 //! [`Tracker`] is pure and tested from fixtures; [`Scanner`], [`owners_of`] and
 //! [`kill`] are the only parts that talk to the kernel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::model::{Owner, Socket, TcpState};
 use crate::ports::{EphemeralFacts, FactsError, PortSet};
 use crate::scan::NetnsLabel;
-use crate::sys::diag::{self, state, DiagError, DiagSocket};
+use crate::sys::diag::{self, DiagError};
 use crate::sys::tcpdiag;
-
-/// One process holding a loop's socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct OwnerInfo {
-    /// Process id.
-    pub pid: u32,
-    /// Command name (`comm`).
-    pub command: String,
-    /// The fd number in that process.
-    pub fd: i32,
-    /// Its container or systemd service, if any ([`crate::container`]).
-    pub container: Option<crate::container::Container>,
-}
 
 /// What identifies one loop across scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +34,7 @@ pub struct LoopKey {
 
 impl LoopKey {
     /// The key of a dumped socket.
-    pub fn of(s: &DiagSocket) -> LoopKey {
+    pub fn of(s: &Socket) -> LoopKey {
         LoopKey {
             cookie: s.cookie(),
             local: s.local,
@@ -58,9 +46,9 @@ impl LoopKey {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tracked {
     /// The socket as last seen.
-    pub sock: DiagSocket,
+    pub sock: Socket,
     /// Its owners (empty: unknown).
-    pub owners: Vec<OwnerInfo>,
+    pub owners: Vec<Owner>,
     /// When it was first seen.
     pub since: Instant,
 }
@@ -70,7 +58,7 @@ impl Tracked {
     pub fn command(&self) -> String {
         self.owners
             .first()
-            .map(|o| o.command.clone())
+            .map(|o| o.comm.clone())
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| "unknown".into())
     }
@@ -98,7 +86,7 @@ impl Tracker {
     }
 
     /// The loops among `socks` that are new (their owners still to look up).
-    pub fn new_loops<'a>(&self, socks: &'a [DiagSocket]) -> Vec<&'a DiagSocket> {
+    pub fn new_loops<'a>(&self, socks: &'a [Socket]) -> Vec<&'a Socket> {
         socks
             .iter()
             .filter(|s| !self.present.contains_key(&LoopKey::of(s)))
@@ -111,8 +99,8 @@ impl Tracker {
     pub fn observe(
         &mut self,
         now: Instant,
-        socks: &[DiagSocket],
-        owners: &HashMap<u32, Vec<OwnerInfo>>,
+        socks: &[Socket],
+        owners: &HashMap<u32, Vec<Owner>>,
     ) -> Vec<Change> {
         let mut changes = vec![];
         let mut next = BTreeMap::new();
@@ -151,7 +139,7 @@ impl Tracker {
     pub fn due(&self, now: Instant, after: Duration) -> Vec<Tracked> {
         self.present
             .values()
-            .filter(|t| t.sock.state != state::TIME_WAIT)
+            .filter(|t| t.sock.state != TcpState::TimeWait)
             .filter(|t| now.saturating_duration_since(t.since) >= after)
             .cloned()
             .collect()
@@ -178,7 +166,7 @@ impl Tracker {
     }
 
     /// Forgets a loop (after it was destroyed).
-    pub fn forget(&mut self, sock: &DiagSocket) -> Option<Tracked> {
+    pub fn forget(&mut self, sock: &Socket) -> Option<Tracked> {
         self.present.remove(&LoopKey::of(sock))
     }
 }
@@ -187,13 +175,13 @@ impl Tracker {
 /// keeps it: its owner is the process the event names (fd -1: not known).
 pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Tracked {
     Tracked {
-        sock: DiagSocket {
+        sock: Socket {
             family: if seen.addr.is_ipv4() {
                 libc::AF_INET as u8
             } else {
                 libc::AF_INET6 as u8
             },
-            state: state::ESTABLISHED,
+            state: TcpState::Established,
             local: seen.addr,
             peer: seen.addr,
             ifindex: 0,
@@ -202,9 +190,9 @@ pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Trac
             uid: 0,
             inode: seen.inode as u32,
         },
-        owners: vec![OwnerInfo {
+        owners: vec![Owner {
             pid: seen.pid,
-            command: seen.command.clone(),
+            comm: seen.command.clone(),
             fd: -1,
             container: crate::container::of_pid(seen.pid),
         }],
@@ -216,7 +204,7 @@ pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Trac
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Self-connected sockets.
-    pub loops: Vec<DiagSocket>,
+    pub loops: Vec<Socket>,
     /// Listening ports in the ephemeral range and not reserved.
     pub exposed_listeners: PortSet,
     /// Sockets in the dump.
@@ -227,7 +215,7 @@ impl Snapshot {
     /// Builds a snapshot from dumped sockets and the port facts. Pure.
     pub fn from_sockets<'a>(
         facts: &EphemeralFacts,
-        sockets: impl IntoIterator<Item = &'a DiagSocket>,
+        sockets: impl IntoIterator<Item = &'a Socket>,
     ) -> Snapshot {
         let mut snap = Snapshot::default();
         let mut exposed = vec![];
@@ -238,14 +226,11 @@ impl Snapshot {
         snap
     }
 
-    fn add(&mut self, facts: &EphemeralFacts, s: &DiagSocket, exposed: &mut Vec<u16>) {
+    fn add(&mut self, facts: &EphemeralFacts, s: &Socket, exposed: &mut Vec<u16>) {
         self.sockets += 1;
-        if s.state == state::LISTEN {
-            let p = s.local.port();
-            if facts.range.contains(p) && !facts.reserved.contains(p) {
-                exposed.push(p);
-            }
-        } else if tcploop_guard::is_loop(s.local, s.peer) {
+        if s.is_exposed_listener(facts) {
+            exposed.push(s.local.port());
+        } else if s.is_loop() {
             self.loops.push(*s);
         }
     }
@@ -322,7 +307,7 @@ impl Scanner {
 #[derive(Debug, Clone, Default)]
 pub struct HostSnapshot {
     /// Self-connected sockets, every namespace together.
-    pub loops: Vec<DiagSocket>,
+    pub loops: Vec<Socket>,
     /// The namespace of each loop that is not in the watcher's own.
     pub netns_of: HashMap<LoopKey, NetnsLabel>,
     /// Exposed listening ports, summed over the namespaces.
@@ -548,8 +533,8 @@ impl Poller {
 /// Looks up the processes holding these loops (one walk over `/proc/*/fd`,
 /// stopping once each has an owner), by inode.
 pub fn owners_of<'a>(
-    socks: impl IntoIterator<Item = &'a DiagSocket>,
-) -> std::io::Result<HashMap<u32, Vec<OwnerInfo>>> {
+    socks: impl IntoIterator<Item = &'a Socket>,
+) -> std::io::Result<HashMap<u32, Vec<Owner>>> {
     let inodes: Vec<u64> = socks.into_iter().map(|s| u64::from(s.inode)).collect();
     let found =
         crate::owners::find_owners(inodes.iter().copied(), crate::owners::Search::FirstOwner)?;
@@ -560,11 +545,9 @@ pub fn owners_of<'a>(
             (!o.is_empty()).then(|| {
                 let v = o
                     .iter()
-                    .map(|o| OwnerInfo {
-                        pid: o.pid,
-                        command: o.comm.clone(),
-                        fd: o.fd,
+                    .map(|o| Owner {
                         container: crate::container::of_pid(o.pid),
+                        ..o.clone()
                     })
                     .collect();
                 (i as u32, v)
@@ -576,7 +559,7 @@ pub fn owners_of<'a>(
 /// Destroys a loop of another namespace (`netns`, as [`HostScanner`]
 /// found it) the way [`kill`] does in the caller's.
 pub fn kill_in(
-    sock: &DiagSocket,
+    sock: &Socket,
     netns: &NetnsLabel,
 ) -> Result<crate::scan::Killed, crate::scan::KillError> {
     crate::scan::kill(&crate::scan::Loop {
@@ -590,7 +573,7 @@ pub fn kill_in(
 /// [`crate::scan::kill`], which first checks that the socket at that exact
 /// 4-tuple and cookie still is this loop. Its owner gets `ECONNABORTED`.
 /// Needs CAP_NET_ADMIN over the namespace.
-pub fn kill(sock: &DiagSocket) -> Result<crate::scan::Killed, crate::scan::KillError> {
+pub fn kill(sock: &Socket) -> Result<crate::scan::Killed, crate::scan::KillError> {
     let own = crate::scan::NetnsLabel {
         inode: 0,
         pid: Some(std::process::id()),
@@ -605,13 +588,127 @@ pub fn kill(sock: &DiagSocket) -> Result<crate::scan::Killed, crate::scan::KillE
     })
 }
 
+/// What `--kill-after` did to one loop that was due.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KillAction {
+    /// Destroyed (and forgotten by the tracker).
+    Killed {
+        /// The loop.
+        tracked: Tracked,
+        /// How long it had been present.
+        seen: Duration,
+        /// Loops destroyed on its port so far, this one included.
+        kills_on_port: u64,
+        /// Its client will loop again (the port is in the ephemeral range,
+        /// not reserved) and this is at least the second kill on the port:
+        /// reserving the port is the fix.
+        reserve_advised: bool,
+    },
+    /// Not destroyed; given up on (never retried).
+    Failed {
+        /// The loop.
+        tracked: Tracked,
+        /// How long it had been present.
+        seen: Duration,
+        /// Why.
+        error: String,
+    },
+}
+
+/// `watch --kill-after`: destroys the loops present for at least `after`,
+/// gives up on those that cannot be destroyed (saying so once), and counts
+/// the kills by port. The destroy itself is a parameter, so that the policy
+/// is tested without a kernel.
+#[derive(Debug, Clone)]
+pub struct KillPolicy {
+    after: Duration,
+    given_up: HashSet<LoopKey>,
+    kills_on_port: HashMap<u16, u64>,
+}
+
+impl KillPolicy {
+    /// A policy that destroys loops present for `after`.
+    pub fn new(after: Duration) -> KillPolicy {
+        KillPolicy {
+            after,
+            given_up: HashSet::new(),
+            kills_on_port: HashMap::new(),
+        }
+    }
+
+    /// Destroys, with `destroy`, every loop of `tracker` due at `now` and
+    /// not given up on, in the tracker's order.
+    pub fn run(
+        &mut self,
+        tracker: &mut Tracker,
+        now: Instant,
+        mut destroy: impl FnMut(&Tracked) -> Result<crate::scan::Killed, crate::scan::KillError>,
+    ) -> Vec<KillAction> {
+        use crate::scan::Killed;
+        let mut actions = vec![];
+        for t in tracker.due(now, self.after) {
+            let key = LoopKey::of(&t.sock);
+            if self.given_up.contains(&key) {
+                continue;
+            }
+            let seen = now.saturating_duration_since(t.since);
+            let error = match destroy(&t) {
+                Ok(Killed::Destroyed { loops_again, .. }) => {
+                    tracker.forget(&t.sock);
+                    let n = self.kills_on_port.entry(t.sock.local.port()).or_insert(0);
+                    *n += 1;
+                    actions.push(KillAction::Killed {
+                        reserve_advised: *n >= 2 && loops_again == Some(true),
+                        kills_on_port: *n,
+                        tracked: t,
+                        seen,
+                    });
+                    continue;
+                }
+                // closed by its owner meanwhile: the next scan (or its end
+                // event) reports it gone
+                Ok(Killed::Gone | Killed::NotALoop) => continue,
+                Ok(Killed::StillThere) => "destroyed, yet still in the socket table".to_string(),
+                Ok(Killed::AlreadyAborted) => "already aborted; its owner still has the socket \
+                                               open, bound to the port: only closing it \
+                                               releases the port"
+                    .to_string(),
+                Err(e) => e.to_string(),
+            };
+            self.given_up.insert(key);
+            actions.push(KillAction::Failed {
+                tracked: t,
+                seen,
+                error,
+            });
+        }
+        actions
+    }
+
+    /// Forgets the loops given up on that are no longer present.
+    pub fn retain_present(&mut self, tracker: &Tracker) {
+        self.given_up
+            .retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
+    }
+
+    /// The next moment a present loop becomes due.
+    pub fn next_due(&self, tracker: &Tracker) -> Option<Instant> {
+        tracker
+            .present()
+            .filter(|t| t.sock.state != TcpState::TimeWait)
+            .filter(|t| !self.given_up.contains(&LoopKey::of(&t.sock)))
+            .map(|t| t.since + self.after)
+            .min()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ports::{KernelVersion, PortRange};
 
-    fn sock(st: u8, local: &str, peer: &str, cookie: u32) -> DiagSocket {
-        DiagSocket {
+    fn sock(st: TcpState, local: &str, peer: &str, cookie: u32) -> Socket {
+        Socket {
             family: 2,
             state: st,
             local: local.parse().unwrap(),
@@ -628,13 +725,18 @@ mod tests {
     fn appear_stay_go() {
         let t0 = Instant::now();
         let mut tr = Tracker::new();
-        let a = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1);
+        let a = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            1,
+        );
         let mut owners = HashMap::new();
         owners.insert(
             1001,
-            vec![OwnerInfo {
+            vec![Owner {
                 pid: 7,
-                command: "python3".into(),
+                comm: "python3".into(),
                 fd: 3,
                 container: None,
             }],
@@ -647,7 +749,12 @@ mod tests {
         assert!(c.is_empty());
         assert_eq!(tr.present().next().unwrap().command(), "python3");
         // a new loop on the same port (new cookie) is another loop
-        let b = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 2);
+        let b = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            2,
+        );
         let c = tr.observe(t0 + Duration::from_secs(3), &[b], &HashMap::new());
         assert_eq!(c.len(), 2);
         assert!(matches!(&c[0], Change::Appeared(t) if t.command() == "unknown"));
@@ -658,8 +765,13 @@ mod tests {
     fn due_for_kill_after_and_not_time_wait() {
         let t0 = Instant::now();
         let mut tr = Tracker::new();
-        let a = sock(state::ESTABLISHED, "127.0.0.1:40004", "127.0.0.1:40004", 1);
-        let tw = sock(state::TIME_WAIT, "127.0.0.1:40006", "127.0.0.1:40006", 2);
+        let a = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            1,
+        );
+        let tw = sock(TcpState::TimeWait, "127.0.0.1:40006", "127.0.0.1:40006", 2);
         tr.observe(t0, &[a, tw], &HashMap::new());
         let d = Duration::from_secs(5);
         assert!(tr.due(t0 + Duration::from_secs(4), d).is_empty());
@@ -682,17 +794,143 @@ mod tests {
             kernel: Some(KernelVersion(6, 18, 0)),
         };
         let socks = [
-            sock(state::LISTEN, "0.0.0.0:40004", "0.0.0.0:0", 1),
-            sock(state::LISTEN, "[::]:40004", "[::]:0", 2),
-            sock(state::LISTEN, "0.0.0.0:40002", "0.0.0.0:0", 3),
-            sock(state::LISTEN, "0.0.0.0:22", "0.0.0.0:0", 4),
-            sock(state::ESTABLISHED, "127.0.0.1:40006", "127.0.0.1:40006", 5),
-            sock(state::ESTABLISHED, "127.0.0.1:40008", "127.0.0.1:40004", 6),
+            sock(TcpState::Listen, "0.0.0.0:40004", "0.0.0.0:0", 1),
+            sock(TcpState::Listen, "[::]:40004", "[::]:0", 2),
+            sock(TcpState::Listen, "0.0.0.0:40002", "0.0.0.0:0", 3),
+            sock(TcpState::Listen, "0.0.0.0:22", "0.0.0.0:0", 4),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40006",
+                "127.0.0.1:40006",
+                5,
+            ),
+            sock(
+                TcpState::Established,
+                "127.0.0.1:40008",
+                "127.0.0.1:40004",
+                6,
+            ),
         ];
         let s = Snapshot::from_sockets(&f, &socks);
         assert_eq!(s.sockets, 6);
         assert_eq!(s.exposed_listeners.to_string(), "40004");
         assert_eq!(s.loops.len(), 1);
         assert_eq!(s.loops[0].local.port(), 40006);
+    }
+
+    fn tracked_at(sock: Socket, since: Instant) -> Tracked {
+        Tracked {
+            sock,
+            owners: vec![],
+            since,
+        }
+    }
+
+    fn destroyed(loops_again: bool) -> Result<crate::scan::Killed, crate::scan::KillError> {
+        Ok(crate::scan::Killed::Destroyed {
+            port: crate::scan::PortState::Free,
+            loops_again: Some(loops_again),
+        })
+    }
+
+    #[test]
+    fn kill_after_destroys_only_loops_present_long_enough() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new();
+        let old = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            1,
+        );
+        let young = sock(
+            TcpState::Established,
+            "127.0.0.1:40006",
+            "127.0.0.1:40006",
+            2,
+        );
+        let tw = sock(TcpState::TimeWait, "127.0.0.1:40008", "127.0.0.1:40008", 3);
+        tr.insert(tracked_at(old, t0));
+        tr.insert(tracked_at(young, t0 + Duration::from_secs(4)));
+        tr.insert(tracked_at(tw, t0));
+        let mut p = KillPolicy::new(Duration::from_secs(5));
+        assert_eq!(p.next_due(&tr), Some(t0 + Duration::from_secs(5)));
+        let mut asked = vec![];
+        let acts = p.run(&mut tr, t0 + Duration::from_secs(5), |t| {
+            asked.push(t.sock.local.port());
+            destroyed(false)
+        });
+        // the young loop is not due yet, TIME-WAIT is never destroyed
+        assert_eq!(asked, [40004]);
+        assert!(
+            matches!(&acts[..], [KillAction::Killed { kills_on_port: 1, reserve_advised: false, seen, .. }]
+            if *seen == Duration::from_secs(5))
+        );
+        // the destroyed loop is forgotten; the young one is next
+        assert_eq!(tr.present().count(), 2);
+        assert_eq!(p.next_due(&tr), Some(t0 + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn a_loop_that_comes_back_on_the_same_port_gets_the_reserve_advice() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new();
+        let mut p = KillPolicy::new(Duration::ZERO);
+        for cookie in 1..=2 {
+            let s = sock(
+                TcpState::Established,
+                "127.0.0.1:40004",
+                "127.0.0.1:40004",
+                cookie,
+            );
+            tr.insert(tracked_at(s, t0));
+            let acts = p.run(&mut tr, t0, |_| destroyed(true));
+            let KillAction::Killed {
+                kills_on_port,
+                reserve_advised,
+                ..
+            } = &acts[0]
+            else {
+                panic!("{acts:?}")
+            };
+            assert_eq!(*kills_on_port, u64::from(cookie));
+            // the first kill may be the last; from the second on, reserve
+            assert_eq!(*reserve_advised, cookie == 2);
+        }
+    }
+
+    #[test]
+    fn a_loop_that_cannot_be_destroyed_is_reported_once_and_not_retried() {
+        let t0 = Instant::now();
+        let mut tr = Tracker::new();
+        let s = sock(
+            TcpState::Established,
+            "127.0.0.1:40004",
+            "127.0.0.1:40004",
+            1,
+        );
+        tr.insert(tracked_at(s, t0));
+        let mut p = KillPolicy::new(Duration::ZERO);
+        let mut tries = 0;
+        let mut deny = |_: &Tracked| {
+            tries += 1;
+            Err(crate::scan::KillError::Unsupported)
+        };
+        let acts = p.run(&mut tr, t0, &mut deny);
+        assert!(
+            matches!(&acts[..], [KillAction::Failed { error, .. }] if error.contains("EOPNOTSUPP"))
+        );
+        assert!(p
+            .run(&mut tr, t0 + Duration::from_secs(1), &mut deny)
+            .is_empty());
+        assert_eq!(tries, 1);
+        // still present, but never due again
+        assert_eq!(tr.present().count(), 1);
+        assert_eq!(p.next_due(&tr), None);
+        // once it is gone, a new loop with the same key is tried again
+        tr.forget(&s);
+        p.retain_present(&tr);
+        tr.insert(tracked_at(s, t0));
+        assert_eq!(p.next_due(&tr), Some(t0));
     }
 }

@@ -30,11 +30,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Serialize;
-use tcploop::audit::{self, Audit, PortAudit, Status};
-use tcploop::owners::{self, Owners, Search};
+use tcploop::audit::{self, Audit, OwnerLookup, PortAudit, Status};
 use tcploop::ports::PortSet;
 use tcploop::report;
-use tcploop::sys::diag::state;
 
 use crate::exit::Exit;
 
@@ -123,7 +121,7 @@ struct OwnerOut {
     pid: u32,
     command: String,
     fd: i32,
-    container: Option<super::scan::ContainerWire>,
+    container: Option<report::scan::ContainerWire>,
     /// `, container docker/web` for human text.
     #[serde(skip)]
     container_text: String,
@@ -202,74 +200,21 @@ struct SummaryLine {
     processes_unreadable: u64,
 }
 
-/// Owners of the sockets the audit names, by inode.
-#[derive(Debug, Default)]
-struct Lookup {
-    found: Option<Owners>,
-    error: Option<String>,
-    /// The owners' containers, by pid.
-    containers: std::collections::BTreeMap<u32, tcploop::container::Container>,
-}
-
-impl Lookup {
-    fn of(&self, inode: u32) -> Vec<OwnerOut> {
-        self.found
-            .as_ref()
-            .map(|o| o.of(u64::from(inode)))
-            .unwrap_or_default()
-            .iter()
-            .map(|o| {
-                let c = self.containers.get(&o.pid);
-                OwnerOut {
-                    pid: o.pid,
-                    command: o.comm.clone(),
-                    fd: o.fd,
-                    container: c.map(Into::into),
-                    container_text: super::scan::container_text(c),
-                }
-            })
-            .collect()
-    }
-    fn unknown(&self, inodes: Vec<u32>) -> u64 {
-        let n = inodes.iter().filter(|i| **i != 0).count() as u64;
-        match &self.found {
-            Some(o) => o.unknown(inodes.into_iter().map(u64::from)),
-            None => n,
-        }
-    }
-    fn unreadable(&self) -> u64 {
-        self.found
-            .as_ref()
-            .map_or(0, |o| o.processes_denied + o.processes_failed)
-    }
-}
-
-/// One walk over /proc for the listeners and loops the audit names.
-fn lookup_owners(a: &Audit) -> Lookup {
-    let inodes: Vec<u64> = inodes(a).into_iter().map(u64::from).collect();
-    match owners::find_owners(inodes.iter().copied(), Search::FirstOwner) {
-        Ok(o) => {
-            let pids = inodes.iter().flat_map(|&i| o.of(i)).map(|o| o.pid);
-            Lookup {
-                containers: tcploop::container::of_pids(pids.collect::<Vec<_>>()),
-                found: Some(o),
-                error: None,
-            }
-        }
-        Err(e) => Lookup {
-            found: None,
-            error: Some(e.to_string()),
-            containers: Default::default(),
-        },
-    }
-}
-
-fn inodes(a: &Audit) -> Vec<u32> {
-    a.ports
+/// The owners of `inode` on the wire, with their containers.
+fn owners_out(lookup: &OwnerLookup, inode: u32) -> Vec<OwnerOut> {
+    lookup
+        .of(inode)
         .iter()
-        .flat_map(|p| p.listeners.iter().map(|l| l.inode))
-        .chain(a.loops.iter().map(|l| l.inode))
-        .filter(|i| *i != 0)
+        .map(|o| {
+            let c = lookup.containers.get(&o.pid);
+            OwnerOut {
+                pid: o.pid,
+                command: o.comm.clone(),
+                fd: o.fd,
+                container: c.map(Into::into),
+                container_text: report::scan::container_text(c),
+            }
+        })
         .collect()
 }
 
@@ -301,7 +246,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
 
-    let owners = lookup_owners(&a);
+    let owners = audit::owners_of(&a);
     let r = Renderer {
         json: args.json,
         owners: &owners,
@@ -444,12 +389,12 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
                 reserved: fin.facts.reserved.to_string(),
                 exposed,
                 loops: fin.loops.len(),
-                owners_unknown: owners.unknown(inodes(&fin)),
+                owners_unknown: owners.unknown(&fin),
                 processes_unreadable: owners.unreadable(),
             },
         )?;
     } else {
-        let unknown = owners.unknown(inodes(&fin));
+        let unknown = owners.unknown(&fin);
         if let Some(e) = &owners.error {
             writeln!(out, "note: owners not looked up: {e}")?;
         } else if unknown > 0 && owners.unreadable() > 0 {
@@ -490,7 +435,7 @@ fn or_none(s: &PortSet) -> String {
 
 struct Renderer<'a> {
     json: bool,
-    owners: &'a Lookup,
+    owners: &'a OwnerLookup,
 }
 
 impl Renderer<'_> {
@@ -531,7 +476,7 @@ impl Renderer<'_> {
                         addr: report::addr(l.addr),
                         inode: l.inode,
                         uid: l.uid,
-                        owners: self.owners.of(l.inode),
+                        owners: owners_out(self.owners, l.inode),
                     })
                     .collect(),
                 host: p.host.to_string(),
@@ -559,7 +504,7 @@ impl Renderer<'_> {
                 .listeners
                 .iter()
                 .map(|l| {
-                    let o = self.owners.of(l.inode);
+                    let o = owners_out(self.owners, l.inode);
                     if o.is_empty() {
                         report::addr(l.addr)
                     } else {
@@ -620,14 +565,14 @@ impl Renderer<'_> {
             }
         }
         for l in &a.loops {
-            let owners = self.owners.of(l.inode);
+            let owners = owners_out(self.owners, l.inode);
             if self.json {
                 report::json_line(
                     out,
                     "loop",
                     &LoopLine {
                         local: report::addr(l.local),
-                        state: state::name(l.state),
+                        state: l.state.name(),
                         inode: l.inode,
                         owners,
                     },
@@ -641,7 +586,7 @@ impl Renderer<'_> {
                     out,
                     "  {} <-> itself  {}  {}",
                     report::addr(l.local),
-                    state::name(l.state),
+                    l.state.name(),
                     if who.is_empty() {
                         "owner unknown".to_string()
                     } else {

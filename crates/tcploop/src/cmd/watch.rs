@@ -31,7 +31,7 @@
 //!   (`--all-netns`, polling: namespaces listed afresh each scan; a skip is said once a namespace);
 //! - `watch_stopped`: `{"time", "scans": 10, "scan_errors": 0, "loops_seen": 1, "kills": 0}`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -41,11 +41,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use serde::Serialize;
 use tcploop::metrics::{self, LoopLabels, Metrics, ScanSample};
-use tcploop::report;
-use tcploop::scan::{Killed, NetnsLabel};
-use tcploop::sys::diag::state;
+use tcploop::report::watch::{LoopEvent, LoopKind};
+use tcploop::report::{self, Format};
+use tcploop::scan::NetnsLabel;
 use tcploop::trace::{self, EventKind, Events, NetnsScope, TraceError};
-use tcploop::watch::{self, Change, LoopKey, Tracked, Tracker};
+use tcploop::watch::{self, Change, KillAction, KillPolicy, LoopKey, Tracked, Tracker};
 
 use crate::exit::Exit;
 
@@ -137,42 +137,6 @@ struct Started {
     source_reason: String,
 }
 
-#[derive(Debug, Serialize)]
-struct LostEvent {
-    time: String,
-    loops: u64,
-    ends: u64,
-}
-
-#[derive(Debug, Serialize)]
-struct OwnerOut<'a> {
-    pid: u32,
-    command: &'a str,
-    fd: i32,
-    container: Option<super::scan::ContainerWire>,
-}
-
-#[derive(Debug, Serialize)]
-struct LoopEvent<'a> {
-    time: String,
-    local: String,
-    state: &'static str,
-    inode: u32,
-    cookie: u64,
-    owners: Vec<OwnerOut<'a>>,
-    /// The loop's namespace, when not the watcher's own (`--all-netns`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    netns: Option<super::scan::NetnsWire>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seen_s: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    kills_on_port: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    advice: Option<String>,
-}
-
 /// A loop destroyed by `--kill-after`: how many on its port so far, and
 /// what to do when they keep coming back.
 struct KillNote {
@@ -208,14 +172,6 @@ struct Log<'a> {
     netns_of: HashMap<LoopKey, NetnsLabel>,
 }
 
-#[derive(Debug, Serialize)]
-struct NetnsEvent {
-    time: String,
-    netns: super::scan::NetnsWire,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
 impl Log<'_> {
     fn loop_event(
         &mut self,
@@ -225,88 +181,30 @@ impl Log<'_> {
         error: Option<String>,
         note: Option<KillNote>,
     ) -> anyhow::Result<()> {
-        let s = &t.sock;
-        let ns = self.netns_of.get(&LoopKey::of(s));
-        if self.json {
-            report::json_line(
-                self.out,
-                ty,
-                &LoopEvent {
-                    time: now_text(),
-                    local: report::addr(s.local),
-                    state: state::name(s.state),
-                    inode: s.inode,
-                    cookie: s.cookie(),
-                    owners: t
-                        .owners
-                        .iter()
-                        .map(|o| OwnerOut {
-                            pid: o.pid,
-                            command: &o.command,
-                            fd: o.fd,
-                            container: o.container.as_ref().map(Into::into),
-                        })
-                        .collect(),
-                    netns: ns.map(|n| {
-                        super::scan::NetnsWire::from(n)
-                            .with_container(n.pid.and_then(tcploop::container::of_pid).as_ref())
-                    }),
-                    seen_s: seen.map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0),
-                    error,
-                    kills_on_port: note.as_ref().map(|n| n.kills_on_port),
-                    advice: note.and_then(|n| n.advice),
-                },
-            )?;
-        } else {
-            let what = match ty {
-                "loop_appeared" => "loop appeared",
-                "loop_gone" => "loop gone    ",
-                "loop_killed" => "loop killed  ",
-                _ => "kill failed  ",
-            };
-            let who = if t.owners.is_empty() {
-                "owner unknown".to_string()
-            } else {
-                let v: Vec<String> = t
-                    .owners
-                    .iter()
-                    .map(|o| {
-                        let command = report::escape(&o.command);
-                        let c = super::scan::container_text(o.container.as_ref());
-                        if o.fd < 0 {
-                            // from a kernel event: the fd is not known
-                            format!("{command} pid {}{c}", o.pid)
-                        } else {
-                            format!("{command} pid {} fd {}{c}", o.pid, o.fd)
-                        }
-                    })
-                    .collect();
-                v.join(", ")
-            };
-            let mut extra = match (seen, error) {
-                (_, Some(e)) => format!("  ({e})"),
-                (Some(d), None) if d < Duration::from_millis(100) => {
-                    format!("  after {}", report::duration(d))
-                }
-                (Some(d), None) => format!("  after {:.1} s", d.as_secs_f64()),
-                _ => String::new(),
-            };
-            let where_ = ns
-                .map(|n| format!("  in netns {}", report::escape(&n.describe())))
-                .unwrap_or_default();
-            if let Some(a) = note.and_then(|n| n.advice) {
-                extra.push_str(&format!("\n    note: {a}"));
-            }
-            writeln!(
-                self.out,
-                "{} {what} {} <-> itself  {}  {who}{where_}{extra}",
-                now_text(),
-                report::addr(s.local),
-                state::name(s.state)
-            )?;
-        }
+        let kind = match ty {
+            "loop_appeared" => LoopKind::Appeared,
+            "loop_gone" => LoopKind::Gone,
+            "loop_killed" => LoopKind::Killed,
+            _ => LoopKind::KillFailed,
+        };
+        let ns = self.netns_of.get(&LoopKey::of(&t.sock));
+        let container = ns.and_then(|n| n.pid).and_then(tcploop::container::of_pid);
+        let event = LoopEvent {
+            kind,
+            tracked: t,
+            netns: ns.map(|n| (n, container.as_ref())),
+            seen,
+            error: error.as_deref(),
+            kills_on_port: note.as_ref().map(|n| n.kills_on_port),
+            advice: note.as_ref().and_then(|n| n.advice.as_deref()),
+        };
+        report::watch::loop_event(self.out, Format::json_if(self.json), &now_text(), &event)?;
         self.out.flush()?;
         Ok(())
+    }
+
+    fn format(&self) -> Format {
+        Format::json_if(self.json)
     }
 
     /// `netns_appeared`, `netns_gone`, `netns_skipped` (`--all-netns`).
@@ -316,52 +214,15 @@ impl Log<'_> {
         n: &NetnsLabel,
         error: Option<String>,
     ) -> anyhow::Result<()> {
-        if self.json {
-            report::json_line(
-                self.out,
-                ty,
-                &NetnsEvent {
-                    time: now_text(),
-                    netns: n.into(),
-                    error,
-                },
-            )?;
-        } else {
-            let what = match ty {
-                "netns_appeared" => "namespace appeared",
-                "netns_gone" => "namespace gone    ",
-                _ => "namespace skipped ",
-            };
-            let why = error.map(|e| format!(": {e}")).unwrap_or_default();
-            writeln!(
-                self.out,
-                "{} {what} {}{why}",
-                now_text(),
-                report::escape(&n.describe())
-            )?;
-        }
+        let f = self.format();
+        report::watch::netns_event(self.out, f, &now_text(), ty, n, error.as_deref())?;
         self.out.flush()?;
         Ok(())
     }
 
     fn lost(&mut self, loops: u64, ends: u64) -> anyhow::Result<()> {
-        if self.json {
-            report::json_line(
-                self.out,
-                "events_lost",
-                &LostEvent {
-                    time: now_text(),
-                    loops,
-                    ends,
-                },
-            )?;
-        } else {
-            writeln!(
-                self.out,
-                "{} events lost: {loops} loop(s) and {ends} end(s) (ring buffer full); scanning to catch up",
-                now_text()
-            )?;
-        }
+        let f = self.format();
+        report::watch::lost(self.out, f, &now_text(), loops, ends)?;
         self.out.flush()?;
         Ok(())
     }
@@ -446,8 +307,8 @@ struct State<'a> {
     metrics: &'a Metrics,
     tracker: Tracker,
     poller: watch::Poller,
-    given_up: HashSet<LoopKey>,
-    kills_on_port: HashMap<u16, u64>,
+    /// `--kill-after`.
+    policy: Option<KillPolicy>,
     scans: u64,
     scan_errors: u64,
     loops_seen: u64,
@@ -489,9 +350,9 @@ impl State<'_> {
                     }
                 };
                 let changes = self.tracker.observe(t0, &snap.loops, &owners);
-                let tracker = &self.tracker;
-                self.given_up
-                    .retain(|k| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
+                if let Some(p) = self.policy.as_mut() {
+                    p.retain_present(&self.tracker);
+                }
                 let mut appeared = vec![];
                 for c in &changes {
                     match c {
@@ -552,31 +413,34 @@ impl State<'_> {
             .retain(|k, _| tracker.present().any(|t| LoopKey::of(&t.sock) == *k));
     }
 
-    /// `--kill-after`: destroys the loops present for that long.
+    /// `--kill-after`: destroys the loops present for that long
+    /// ([`watch::KillPolicy`]), and says so.
     fn kill_due(&mut self, kill_after: Option<Duration>) -> anyhow::Result<()> {
-        let Some(after) = kill_after else {
+        if kill_after.is_none() {
+            return Ok(());
+        }
+        let Some(policy) = self.policy.as_mut() else {
             return Ok(());
         };
-        let now = Instant::now();
-        for t in self.tracker.due(now, after) {
-            let key = LoopKey::of(&t.sock);
-            if self.given_up.contains(&key) {
-                continue;
-            }
-            let seen = Some(now.saturating_duration_since(t.since));
-            let killed = match self.log.netns_of.get(&key) {
+        let netns_of = &self.log.netns_of;
+        let actions = policy.run(&mut self.tracker, Instant::now(), |t| {
+            match netns_of.get(&LoopKey::of(&t.sock)) {
                 Some(n) => watch::kill_in(&t.sock, n),
                 None => watch::kill(&t.sock),
-            };
-            let failure = match killed {
-                Ok(Killed::Destroyed { loops_again, .. }) => {
+            }
+        });
+        for a in actions {
+            match a {
+                KillAction::Killed {
+                    tracked: t,
+                    seen,
+                    kills_on_port: n,
+                    reserve_advised,
+                } => {
                     self.kills += 1;
                     self.metrics.record_kill(true);
-                    self.tracker.forget(&t.sock);
                     let port = t.sock.local.port();
-                    let n = self.kills_on_port.entry(port).or_insert(0u64);
-                    *n += 1;
-                    let advice = (*n >= 2 && loops_again == Some(true)).then(|| {
+                    let advice = reserve_advised.then(|| {
                         format!(
                             "loop {n} on port {port}: its client reconnects and loops again, as \
                              the port is in the ephemeral range and not reserved; reserve it \
@@ -584,32 +448,22 @@ impl State<'_> {
                         )
                     });
                     let note = KillNote {
-                        kills_on_port: *n,
+                        kills_on_port: n,
                         advice,
                     };
                     self.log
-                        .loop_event("loop_killed", &t, seen, None, Some(note))?;
-                    None
+                        .loop_event("loop_killed", &t, Some(seen), None, Some(note))?;
                 }
-                // closed by its owner meanwhile: the next scan (or its end
-                // event) reports it gone
-                Ok(Killed::Gone | Killed::NotALoop) => None,
-                Ok(Killed::StillThere) => {
-                    Some("destroyed, yet still in the socket table".to_string())
+                KillAction::Failed {
+                    tracked: t,
+                    seen,
+                    error,
+                } => {
+                    // said once, not retried every scan
+                    self.metrics.record_kill(false);
+                    self.log
+                        .loop_event("kill_failed", &t, Some(seen), Some(error), None)?;
                 }
-                Ok(Killed::AlreadyAborted) => Some(
-                    "already aborted; its owner still has the socket open, bound to \
-                     the port: only closing it releases the port"
-                        .to_string(),
-                ),
-                Err(e) => Some(e.to_string()),
-            };
-            if let Some(e) = failure {
-                // said once, not retried every scan
-                self.given_up.insert(key);
-                self.metrics.record_kill(false);
-                self.log
-                    .loop_event("kill_failed", &t, seen, Some(e), None)?;
             }
         }
         Ok(())
@@ -617,13 +471,8 @@ impl State<'_> {
 
     /// The next moment a present loop becomes due for `--kill-after`.
     fn next_due(&self, kill_after: Option<Duration>) -> Option<Instant> {
-        let after = kill_after?;
-        self.tracker
-            .present()
-            .filter(|t| t.sock.state != state::TIME_WAIT)
-            .filter(|t| !self.given_up.contains(&LoopKey::of(&t.sock)))
-            .map(|t| t.since + after)
-            .min()
+        kill_after?;
+        self.policy.as_ref()?.next_due(&self.tracker)
     }
 }
 
@@ -715,8 +564,7 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
         tracker: Tracker::new(),
         poller: watch::Poller::new(args.all_netns)
             .context("reading this process's network namespace")?,
-        given_up: HashSet::new(),
-        kills_on_port: HashMap::new(),
+        policy: args.kill_after.map(KillPolicy::new),
         scans: 0,
         scan_errors: 0,
         loops_seen: 0,

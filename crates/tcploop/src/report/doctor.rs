@@ -52,7 +52,6 @@ use crate::holders::{Effect, Kind, Verdict};
 use crate::owners::Owner;
 use crate::report::{self, escape, json_line};
 use crate::scan::Killed;
-use crate::sys::diag::state;
 
 #[derive(Debug, Serialize)]
 struct OwnerWire<'a> {
@@ -175,12 +174,7 @@ fn killed_word(r: &Result<Killed, String>) -> String {
 }
 
 fn states(h: &Owned) -> Vec<&'static str> {
-    let mut v: Vec<&'static str> = h
-        .holder
-        .sockets
-        .iter()
-        .map(|s| state::name(s.state))
-        .collect();
+    let mut v: Vec<&'static str> = h.holder.sockets.iter().map(|s| s.state.name()).collect();
     v.sort_unstable();
     v.dedup();
     v
@@ -466,7 +460,7 @@ fn fix_json(out: &mut dyn Write, netns: u64, f: &FixReport) -> io::Result<()> {
                 .iter()
                 .map(|(s, r)| KilledWire {
                     local: report::addr(s.local),
-                    state: state::name(s.state),
+                    state: s.state.name(),
                     outcome: killed_word(r),
                 })
                 .collect(),
@@ -524,7 +518,7 @@ fn holder_text(out: &mut dyn Write, h: &Owned) -> io::Result<()> {
         Kind::Loop => format!(
             "self-connect  {} <-> itself  {}",
             hl.local(),
-            state::name(hl.sockets[0].state)
+            hl.sockets[0].state.name()
         ),
         Kind::LoopTimeWait => format!(
             "self-connect  {} <-> itself  TIME-WAIT, {} s left",
@@ -555,7 +549,7 @@ fn holder_text(out: &mut dyn Write, h: &Owned) -> io::Result<()> {
         Kind::BindOnly => format!(
             "bind-only     {}  {}",
             hl.local(),
-            state::name(hl.sockets[0].state)
+            hl.sockets[0].state.name()
         ),
     };
     writeln!(out, "  {what}  {}", owners_text(h))?;
@@ -729,7 +723,7 @@ fn fix_text(out: &mut dyn Write, f: &FixReport, d: &Diagnosis) -> io::Result<()>
             out,
             "  {} <-> itself ({}): {}",
             s.local,
-            state::name(s.state),
+            s.state.name(),
             escape(&killed_word(r))
         )?;
     }
@@ -755,6 +749,7 @@ mod tests {
     use super::*;
     use crate::doctor::tests::{diagnosis, owner, sock};
     use crate::doctor::NsOutcome;
+    use crate::model::TcpState;
 
     /// A loop owned by a process that renamed itself to clear the screen
     /// and start a line of its own: the text shows the name escaped, the
@@ -764,7 +759,7 @@ mod tests {
         let name = "\x1b[2J\x1b[31mX\nY";
         let d = diagnosis(
             &[sock(
-                state::ESTABLISHED,
+                TcpState::Established,
                 "127.0.0.1:40004",
                 "127.0.0.1:40004",
                 9,

@@ -19,7 +19,10 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+pub mod kill;
+pub mod scan;
 pub mod trace;
+pub mod watch;
 
 /// Human text or JSON Lines: the one choice a command's `--json` makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,6 @@ use serde::Serialize;
 
 use crate::report::{self, escape, json_line};
 use crate::scan::Killed;
-use crate::sys::diag::state;
 use crate::trace::{LoopEnded, LoopSeen, OwnerFrom, Stop, Summary, TraceEvent};
 
 /// The line printed to stderr once the program is attached.
@@ -247,7 +246,7 @@ fn end_line(out: &mut dyn Write, json: bool, end: &LoopEnded) -> io::Result<()> 
     if json {
         let mut o = loop_out(s, end.time, end.monotonic_ns);
         o.lived_us = Some((end.lived.as_nanos() as f64 / 100.0).round() / 10.0);
-        o.state = Some(state::name(end.new_state));
+        o.state = Some(end.new_state.name());
         json_line(out, "loop-end", &o)
     } else {
         writeln!(
@@ -259,7 +258,7 @@ fn end_line(out: &mut dyn Write, json: bool, end: &LoopEnded) -> io::Result<()> 
             report::addr(s.addr),
             s.netns,
             report::duration(end.lived),
-            state::name(end.new_state)
+            end.new_state.name()
         )
     }
 }
@@ -322,6 +321,7 @@ pub fn summary(out: &mut dyn Write, json: bool, s: &Summary) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TcpState;
     use std::time::Duration;
 
     fn seen() -> LoopSeen {
@@ -360,7 +360,7 @@ mod tests {
             time: SystemTime::UNIX_EPOCH,
             monotonic_ns: 42_005,
             lived: Duration::from_nanos(42_000),
-            new_state: state::CLOSE,
+            new_state: TcpState::Close,
         };
         event(&mut out, true, &TraceEvent::End(end)).unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)

@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::syscall;
+use crate::model::{Socket, TcpState};
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -30,96 +31,8 @@ const SOCKID_LEN: usize = 48;
 /// `inet_diag_msg` without attributes.
 const MSG_LEN: usize = 4 + SOCKID_LEN + 20;
 
-/// TCP states as the kernel numbers them (include/net/tcp_states.h).
-pub mod state {
-    pub const ESTABLISHED: u8 = 1;
-    pub const SYN_SENT: u8 = 2;
-    pub const SYN_RECV: u8 = 3;
-    pub const FIN_WAIT1: u8 = 4;
-    pub const FIN_WAIT2: u8 = 5;
-    pub const TIME_WAIT: u8 = 6;
-    pub const CLOSE: u8 = 7;
-    pub const CLOSE_WAIT: u8 = 8;
-    pub const LAST_ACK: u8 = 9;
-    pub const LISTEN: u8 = 10;
-    pub const CLOSING: u8 = 11;
-    pub const NEW_SYN_RECV: u8 = 12;
-    /// Bound by `bind()` but neither listening nor connected (Linux 6.8+).
-    pub const BOUND_INACTIVE: u8 = 13;
-
-    /// The name `ss` prints for a state.
-    pub fn name(s: u8) -> &'static str {
-        match s {
-            ESTABLISHED => "ESTABLISHED",
-            SYN_SENT => "SYN-SENT",
-            SYN_RECV => "SYN-RECV",
-            FIN_WAIT1 => "FIN-WAIT-1",
-            FIN_WAIT2 => "FIN-WAIT-2",
-            TIME_WAIT => "TIME-WAIT",
-            CLOSE => "CLOSE",
-            CLOSE_WAIT => "CLOSE-WAIT",
-            LAST_ACK => "LAST-ACK",
-            LISTEN => "LISTEN",
-            CLOSING => "CLOSING",
-            NEW_SYN_RECV => "NEW-SYN-RECV",
-            BOUND_INACTIVE => "BOUND",
-            _ => "UNKNOWN",
-        }
-    }
-}
-
 /// A bit mask of states for the request: every state, 13 included.
 pub const ALL_STATES: u32 = !0;
-
-/// One TCP socket from the dump.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DiagSocket {
-    /// `AF_INET` or `AF_INET6`.
-    pub family: u8,
-    /// See [`state`].
-    pub state: u8,
-    /// Local address and port.
-    pub local: SocketAddr,
-    /// Peer address and port (unspecified:0 when unconnected).
-    pub peer: SocketAddr,
-    /// Bound interface index (0: none).
-    pub ifindex: u32,
-    /// The kernel's socket cookie, as two words, to hand back to `SOCK_DESTROY`.
-    pub cookie: [u32; 2],
-    /// Time left on the socket's timer, in ms (TIME_WAIT: until it ends).
-    pub expires_ms: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Inode of the socket (0 for TIME_WAIT and request sockets).
-    pub inode: u32,
-}
-
-impl DiagSocket {
-    /// The cookie as one number (what `ss -e` prints as `sk:`).
-    pub fn cookie(&self) -> u64 {
-        u64::from(self.cookie[0]) | (u64::from(self.cookie[1]) << 32)
-    }
-}
-
-#[cfg(test)]
-impl DiagSocket {
-    /// A socket for tests: `state` (see [`state`]), `local` and `peer`
-    /// addresses as text, no interface, cookie `[1, 0]`, inode 1.
-    pub(crate) fn fixture(st: u8, local: &str, peer: &str) -> DiagSocket {
-        let local: SocketAddr = local.parse().expect("fixture address");
-        DiagSocket {
-            family: if local.is_ipv4() { 2 } else { 10 },
-            state: st,
-            local,
-            peer: peer.parse().expect("fixture address"),
-            ifindex: 0,
-            cookie: [1, 0],
-            expires_ms: 0,
-            uid: 0,
-            inode: 1,
-        }
-    }
-}
 
 /// Why a dump or destroy failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +126,7 @@ impl DiagSocketFd {
         &mut self,
         family: Family,
         states: u32,
-        mut f: impl FnMut(&DiagSocket),
+        mut f: impl FnMut(&Socket),
     ) -> Result<(), DiagError> {
         self.seq = self.seq.wrapping_add(1);
         let req = request(
@@ -234,7 +147,7 @@ impl DiagSocketFd {
         &mut self,
         req: &[u8],
         prepare: fn(&mut [u8]),
-        f: &mut dyn FnMut(&DiagSocket),
+        f: &mut dyn FnMut(&Socket),
     ) -> Result<(), DiagError> {
         self.send(req)?;
         // 32 KiB: the most the kernel puts in one dump message.
@@ -245,7 +158,7 @@ impl DiagSocketFd {
                 return Err(DiagError::Malformed("empty read before NLMSG_DONE"));
             }
             prepare(&mut buf[..n]);
-            match parse(&buf[..n], &mut |s: &DiagSocket| f(s))? {
+            match parse(&buf[..n], &mut |s: &Socket| f(s))? {
                 Parsed::Done => return Ok(()),
                 Parsed::More => {}
                 Parsed::Ack => return Err(DiagError::Malformed("ack in a dump")),
@@ -258,7 +171,7 @@ impl DiagSocketFd {
     /// no such socket exists any more: the kernel answers ENOENT both when
     /// the 4-tuple is gone and when it now belongs to another socket (the
     /// cookie differs).
-    pub fn get(&mut self, sock: &DiagSocket) -> Result<Option<DiagSocket>, DiagError> {
+    pub fn get(&mut self, sock: &Socket) -> Result<Option<Socket>, DiagError> {
         self.seq = self.seq.wrapping_add(1);
         let req = request(
             SOCK_DIAG_BY_FAMILY,
@@ -283,7 +196,7 @@ impl DiagSocketFd {
     /// and cookie exactly as the dump gave them. The kernel aborts it
     /// (`tcp_abort`: the owner gets ECONNABORTED). Needs CAP_NET_ADMIN over
     /// the namespace (EPERM otherwise); a socket that is gone gives ENOENT.
-    pub fn destroy(&mut self, sock: &DiagSocket) -> Result<(), DiagError> {
+    pub fn destroy(&mut self, sock: &Socket) -> Result<(), DiagError> {
         self.seq = self.seq.wrapping_add(1);
         let id = sockid(sock);
         let req = request(
@@ -305,7 +218,7 @@ impl DiagSocketFd {
 }
 
 /// The dump of both families, in one call: IPv4 then IPv6.
-pub fn dump_all(states: u32, mut f: impl FnMut(&DiagSocket)) -> Result<(), DiagError> {
+pub fn dump_all(states: u32, mut f: impl FnMut(&Socket)) -> Result<(), DiagError> {
     let mut s = DiagSocketFd::open()?;
     s.dump(Family::V4, states, &mut f)?;
     s.dump(Family::V6, states, &mut f)
@@ -376,7 +289,7 @@ fn request(ty: u16, flags: u16, seq: u32, family: u8, states: u32, id: &[u8]) ->
     m
 }
 
-fn sockid(s: &DiagSocket) -> Vec<u8> {
+fn sockid(s: &Socket) -> Vec<u8> {
     let mut id = Vec::with_capacity(SOCKID_LEN);
     id.extend_from_slice(&s.local.port().to_be_bytes());
     id.extend_from_slice(&s.peer.port().to_be_bytes());
@@ -415,7 +328,7 @@ fn u32_ne(b: &[u8]) -> u32 {
 /// Parses one buffer of netlink messages, calling `f` for each socket record.
 /// Kernel errors (`NLMSG_ERROR` with a code, or `NLMSG_DONE` carrying one)
 /// come back as [`DiagError::Kernel`].
-pub fn parse(mut buf: &[u8], f: &mut impl FnMut(&DiagSocket)) -> Result<Parsed, DiagError> {
+pub fn parse(mut buf: &[u8], f: &mut impl FnMut(&Socket)) -> Result<Parsed, DiagError> {
     while buf.len() >= NLMSG_HDRLEN {
         let len = u32_ne(&buf[0..4]) as usize;
         let ty = u16_ne(&buf[4..6]);
@@ -453,7 +366,7 @@ pub fn parse(mut buf: &[u8], f: &mut impl FnMut(&DiagSocket)) -> Result<Parsed, 
     Ok(Parsed::More)
 }
 
-fn record(p: &[u8]) -> Result<DiagSocket, DiagError> {
+fn record(p: &[u8]) -> Result<Socket, DiagError> {
     if p.len() < MSG_LEN {
         return Err(DiagError::Malformed("short inet_diag_msg"));
     }
@@ -473,9 +386,9 @@ fn record(p: &[u8]) -> Result<DiagSocket, DiagError> {
         }
     };
     let rest = &p[4 + SOCKID_LEN..];
-    Ok(DiagSocket {
+    Ok(Socket {
         family,
-        state: p[1],
+        state: TcpState::from_code(p[1]),
         local: SocketAddr::new(ip(&id[4..20])?, sport),
         peer: SocketAddr::new(ip(&id[20..36])?, dport),
         ifindex: u32_ne(&id[36..40]),
@@ -537,7 +450,7 @@ mod tests {
         let s = seen[0];
         assert_eq!(s.local, "127.0.0.1:40004".parse().unwrap());
         assert_eq!(s.peer, s.local);
-        assert_eq!(s.state, state::ESTABLISHED);
+        assert_eq!(s.state, TcpState::Established);
         assert_eq!(s.uid, 65534);
         assert_eq!(s.inode, 9771884);
         assert_eq!(s.cookie(), 0x1_0000_1234);

@@ -34,7 +34,8 @@ use std::io::{self, BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use super::diag::{DiagSocket, Family};
+use super::diag::Family;
+use crate::model::{Socket, TcpState};
 
 /// `USER_HZ`: the unit of `tm->when` (`jiffies_delta_to_clock_t`).
 const USER_HZ: u64 = 100;
@@ -88,11 +89,7 @@ pub const THREAD_NET: &str = "/proc/thread-self/net";
 
 /// Reads one `/proc/net/tcp*` file, calling `f` for every socket, streaming.
 /// A missing `tcp6` (IPv6 disabled) is an empty table, not an error.
-pub fn read(
-    path: &Path,
-    family: Family,
-    mut f: impl FnMut(&DiagSocket),
-) -> Result<(), ProcNetError> {
+pub fn read(path: &Path, family: Family, mut f: impl FnMut(&Socket)) -> Result<(), ProcNetError> {
     let io_err = |source| ProcNetError::Io {
         path: path.to_owned(),
         source,
@@ -127,7 +124,7 @@ pub fn read(
 /// Parses one line of `/proc/net/tcp` (`family` V4) or `tcp6` (V6), with
 /// its 1-based number for errors. The header line and blank lines give
 /// `None`. Cookie and interface are not in the file: they are left 0.
-pub fn parse_line(line: &str, family: Family, n: usize) -> Result<Option<DiagSocket>, ParseError> {
+pub fn parse_line(line: &str, family: Family, n: usize) -> Result<Option<Socket>, ParseError> {
     let err = |reason| ParseError {
         line: n,
         reason,
@@ -165,12 +162,12 @@ pub fn parse_line(line: &str, family: Family, n: usize) -> Result<Option<DiagSoc
         .next()
         .and_then(|c| c.parse::<u64>().ok())
         .ok_or_else(|| err("bad inode"))?;
-    Ok(Some(DiagSocket {
+    Ok(Some(Socket {
         family: match family {
             Family::V4 => libc::AF_INET as u8,
             Family::V6 => libc::AF_INET6 as u8,
         },
-        state,
+        state: TcpState::from_code(state),
         local,
         peer,
         ifindex: 0,
@@ -207,7 +204,7 @@ fn endpoint(s: &str, family: Family) -> Option<SocketAddr> {
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
-    use crate::sys::diag::state;
+    use crate::model::TcpState;
 
     // Captured on Linux 6.18 (x86-64) in a throwaway namespace: a listener on
     // 127.0.0.1:50000, a connection to it, a self-connected socket on 40004
@@ -226,7 +223,7 @@ mod tests {
    1: 0000000000000000FFFF00000100007F:9C4A 0000000000000000FFFF00000100007F:9C4A 01 00000000:00000000 00:00000000 00000000  1000        0 556 1 0000000000000000 20 4 30 10 -1
 ";
 
-    fn all(text: &str, family: Family) -> Vec<DiagSocket> {
+    fn all(text: &str, family: Family) -> Vec<Socket> {
         text.lines()
             .enumerate()
             .filter_map(|(i, l)| parse_line(l, family, i + 1).unwrap())
@@ -237,16 +234,16 @@ mod tests {
     fn ipv4_lines() {
         let v = all(TCP, Family::V4);
         assert_eq!(v.len(), 4);
-        assert_eq!(v[0].state, state::LISTEN);
+        assert_eq!(v[0].state, TcpState::Listen);
         assert_eq!(v[0].local, "127.0.0.1:50000".parse().unwrap());
         assert_eq!(v[0].peer, "0.0.0.0:0".parse().unwrap());
         let l = v[1];
-        assert_eq!(l.state, state::ESTABLISHED);
+        assert_eq!(l.state, TcpState::Established);
         assert_eq!(l.local, "127.0.0.1:40004".parse().unwrap());
         assert_eq!(l.peer, l.local);
         assert_eq!((l.uid, l.inode, l.cookie()), (65534, 9771884, 0));
         let tw = v[2];
-        assert_eq!(tw.state, state::TIME_WAIT);
+        assert_eq!(tw.state, TcpState::TimeWait);
         assert_eq!(tw.inode, 0);
         // 0x1720 = 5920 ticks of 10 ms
         assert_eq!(tw.expires_ms, 59_200);

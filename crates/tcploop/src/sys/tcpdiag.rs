@@ -22,7 +22,8 @@
 //! A kernel that refuses the request (the compatibility path ever removed)
 //! answers with an error; the caller then falls back to two dumps.
 
-use super::diag::{self, DiagError, DiagSocket, DiagSocketFd};
+use super::diag::{self, DiagError, DiagSocketFd};
+use crate::model::Socket;
 
 /// `TCPDIAG_GETSOCK` (linux/inet_diag.h).
 const TCPDIAG_GETSOCK: u16 = 18;
@@ -72,7 +73,7 @@ pub fn retype(buf: &mut [u8]) {
 
 /// Dumps every TCP socket (IPv4 and IPv6) of the caller's namespace whose
 /// state is in `states`, in one walk, calling `f` for each.
-pub fn dump_both(states: u32, mut f: impl FnMut(&DiagSocket)) -> Result<(), DiagError> {
+pub fn dump_both(states: u32, mut f: impl FnMut(&Socket)) -> Result<(), DiagError> {
     DiagSocketFd::open()?.run_dump(&request(1, states), retype, &mut f)
 }
 
