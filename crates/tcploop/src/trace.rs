@@ -114,6 +114,28 @@ pub struct LoopSeen {
     pub cgroup_id: u64,
 }
 
+impl LoopSeen {
+    /// The loop as the socket tables would show it: an ESTABLISHED socket
+    /// whose local address is its peer, with the event's cookie and inode.
+    pub fn socket(&self) -> Socket {
+        Socket {
+            family: if self.addr.is_ipv4() {
+                libc::AF_INET as u8
+            } else {
+                libc::AF_INET6 as u8
+            },
+            state: TcpState::Established,
+            local: self.addr,
+            peer: self.addr,
+            ifindex: 0,
+            cookie: [self.cookie as u32, (self.cookie >> 32) as u32],
+            expires_ms: 0,
+            uid: 0,
+            inode: self.inode as u32,
+        }
+    }
+}
+
 /// The end of a reported loop.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopEnded {
@@ -443,21 +465,7 @@ pub fn owner_of(e: &LoopEvent, time: SystemTime) -> LoopSeen {
 /// namespace: entered through `/proc/PID/ns/net` of the process that made
 /// it when that is not the caller's.
 pub fn kill(seen: &LoopSeen, own_netns: u32) -> Result<Killed, KillError> {
-    let socket = Socket {
-        family: if seen.addr.is_ipv4() {
-            libc::AF_INET as u8
-        } else {
-            libc::AF_INET6 as u8
-        },
-        state: TcpState::Established,
-        local: seen.addr,
-        peer: seen.addr,
-        ifindex: 0,
-        cookie: [seen.cookie as u32, (seen.cookie >> 32) as u32],
-        expires_ms: 0,
-        uid: 0,
-        inode: seen.inode as u32,
-    };
+    let socket = seen.socket();
     let path = (seen.netns != own_netns).then(|| format!("/proc/{}/ns/net", seen.pid).into());
     scan::kill(&scan::Loop {
         socket,

@@ -175,21 +175,7 @@ impl Tracker {
 /// keeps it: its owner is the process the event names (fd -1: not known).
 pub fn tracked_from_event(seen: &crate::trace::LoopSeen, since: Instant) -> Tracked {
     Tracked {
-        sock: Socket {
-            family: if seen.addr.is_ipv4() {
-                libc::AF_INET as u8
-            } else {
-                libc::AF_INET6 as u8
-            },
-            state: TcpState::Established,
-            local: seen.addr,
-            peer: seen.addr,
-            ifindex: 0,
-            cookie: [seen.cookie as u32, (seen.cookie >> 32) as u32],
-            expires_ms: 0,
-            uid: 0,
-            inode: seen.inode as u32,
-        },
+        sock: seen.socket(),
         owners: vec![Owner {
             pid: seen.pid,
             comm: seen.command.clone(),
