@@ -2,6 +2,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
+use crate::common::Reaped;
 use crate::common::{self, json_lines, of_type, output, sandboxed, scenario, scenario_out, stdout};
 
 /// Plain `connect()`s to 127.0.0.1:port, `tries` times (a client that keeps
@@ -597,16 +598,6 @@ fn a_textfile_in_a_missing_or_unwritable_directory_fails_at_start_up() {
         .unwrap()
         .contains("tcploop_scans_total 2"));
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// A child process killed when the test ends, however it ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Asks the Prometheus server at `addr` for `query`; the first sample's

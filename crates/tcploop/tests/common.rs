@@ -300,3 +300,14 @@ pub fn skip_unless(ok: bool, test: &str, what: &str) -> bool {
     eprintln!("SKIPPED {test}: needs {what}");
     true
 }
+
+/// A child process killed and reaped when the test ends, however it ends
+/// (an assertion that fails must not leave a server or a client running).
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

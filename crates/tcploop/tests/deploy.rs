@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::common;
+use crate::common::Reaped;
 
 /// The repository's `deploy/` directory.
 fn deploy() -> PathBuf {
@@ -255,16 +256,6 @@ fn page_metrics(page: &str) -> std::collections::BTreeSet<String> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
         .collect()
-}
-
-/// Child processes killed when the scenario ends, however it ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn curl(args: &[&str]) -> Option<String> {

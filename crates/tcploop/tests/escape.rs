@@ -6,6 +6,7 @@
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 
+use crate::common::Reaped;
 use crate::common::{self, json_lines, of_type, output, scenario, scenario_out, stdout};
 
 /// The hostile name, 12 bytes (comm holds 15).
@@ -19,16 +20,6 @@ fn a_process_name_with_escape_sequences_and_a_newline_is_escaped_in_text_output(
         scenario("40000-40009", None, "escape::scenario_hostile_name"),
         "ok"
     );
-}
-
-/// Kills the holder when the scenario ends, however it ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

@@ -3,10 +3,11 @@
 //! `watch --kill-after` seeing the same port loop again.
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::Reaped;
 use crate::common::{self, json_lines, of_type, output, scenario, scenario_out, stdout};
 
 /// A client in python3 that connects to `port` on `host` (AF_INET6 with
@@ -42,16 +43,6 @@ for r in range(rounds):
     s.close()
 time.sleep(30)
 "#;
-
-/// Kills the client when the scenario ends, however it ends.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Starts the client; returns it and a channel of its `ready` lines.
 fn client(host: &str, port: u16, rounds: u32, bind: bool) -> (Reaped, mpsc::Receiver<()>) {

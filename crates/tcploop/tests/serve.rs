@@ -5,6 +5,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::Reaped;
 use crate::common::{self, scenario, scenario_out};
 
 #[test]
@@ -13,16 +14,6 @@ fn a_scrape_answers_while_20_idle_clients_and_a_slowloris_are_connected() {
         scenario("40000-40999", None, "serve::scenario_slow_clients"),
         "ok"
     );
-}
-
-/// Kills the watch when the scenario ends, however it ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
