@@ -133,7 +133,7 @@ struct Stopped {
 }
 
 fn now_text() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    tcploop::report::time(SystemTime::now())
 }
 
 /// After an inotify event the bind mount that makes the new file a

@@ -162,7 +162,7 @@ struct Stopped {
 }
 
 fn now_text() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    tcploop::report::time(SystemTime::now())
 }
 
 struct Log<'a> {

@@ -93,6 +93,12 @@ pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A time as the JSON lines carry it: RFC 3339, UTC, whole seconds
+/// (`2026-12-01T02:03:01Z`).
+pub fn time(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// Formats a socket address as `127.0.0.1:40004` or `[::1]:40004`.
 pub fn addr(a: std::net::SocketAddr) -> String {
     a.to_string()

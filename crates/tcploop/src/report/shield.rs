@@ -139,7 +139,7 @@ struct Summary {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    super::time(t)
 }
 
 /// The label of a namespace in human text: `net:[4026531840] (this one)`,
