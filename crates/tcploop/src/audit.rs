@@ -824,6 +824,181 @@ pub fn persist(path: &Path, live: &PortSet) -> Result<Persisted, ApplyError> {
     })
 }
 
+/// What `tcploop audit` is asked to do: the engine's half of its arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Service ports audited whether they listen or not (`--ports`,
+    /// `--ports-file`).
+    pub ports: PortSet,
+    /// Look up the processes holding the listeners and loops (one walk over
+    /// `/proc`; not needed when only the fix is printed).
+    pub owners: bool,
+    /// Apply the fix (`--apply`), and how.
+    pub apply: Option<ApplyRequest>,
+}
+
+/// `--apply`, and `--persist` with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyRequest {
+    /// The sysctl.d file the applied value is merged into (`--persist`).
+    pub persist: Option<PathBuf>,
+}
+
+/// What one `tcploop audit` found and did, for the output layer to render.
+#[derive(Debug)]
+pub struct AuditRun {
+    /// The namespace as it was found.
+    pub audit: Audit,
+    /// The owners of its listeners and loops (empty when not asked).
+    pub owners: OwnerLookup,
+    /// With `--apply`: what applying (and persisting) the fix did, or why
+    /// it was not applied.
+    pub fixed: Option<Result<Fixed, FixError>>,
+}
+
+/// The fix applied: what the kernel holds now, the file, and the namespace
+/// looked at again.
+#[derive(Debug)]
+pub struct Fixed {
+    /// The read-modify-write of the reservation ([`apply`]).
+    pub applied: Applied,
+    /// With `--persist`: the file and what merging into it did ([`persist`]).
+    pub persisted: Option<(PathBuf, Result<Persisted, ApplyError>)>,
+    /// The audit taken again after the fix.
+    pub after: Audit,
+}
+
+impl Fixed {
+    /// The persisting error, when the file was asked for and not written.
+    pub fn persist_error(&self) -> Option<(&Path, &ApplyError)> {
+        match &self.persisted {
+            Some((path, Err(e))) => Some((path, e)),
+            _ => None,
+        }
+    }
+}
+
+/// Why `--apply` (or `--persist`) did not do all it was asked. Each is
+/// exit 2.
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    /// The reservation was not grown (refused, lost and restored, ...).
+    #[error("applying the fix: {0}{hint}", hint = if .0.is_permission() {
+        " (needs root, or CAP_NET_ADMIN over this network namespace)"
+    } else {
+        ""
+    })]
+    Apply(ApplyError),
+    /// Applied, but the namespace could not be looked at again.
+    #[error("auditing again after the fix")]
+    Again(#[source] AuditError),
+    /// Applied, but the sysctl.d file was not written: the fix is lost at
+    /// the next reboot.
+    #[error(
+        "the fix was applied ({SYSCTL_KEY} = {}), but persisting it to {} failed: {error}{}",
+        or_none(value),
+        file.display(),
+        if error.is_permission() { " (needs root)" } else { "" }
+    )]
+    NotPersisted {
+        /// The kernel's value, applied.
+        value: PortSet,
+        /// The file asked for.
+        file: PathBuf,
+        /// Why it was not written.
+        error: Box<ApplyError>,
+    },
+}
+
+impl AuditRun {
+    /// The audit that stands at the end: after the fix when it was
+    /// applied, else as found.
+    pub fn last(&self) -> &Audit {
+        match &self.fixed {
+            Some(Ok(f)) => &f.after,
+            _ => &self.audit,
+        }
+    }
+
+    /// Whether an exposed port's clients can still loop, or a loop is
+    /// present, in [`AuditRun::last`].
+    pub fn found(&self) -> bool {
+        let a = self.last();
+        a.at_risk().count() > 0 || !a.loops.is_empty()
+    }
+
+    /// Takes out what `--apply`/`--persist` failed to do, as one error:
+    /// the fix not applied, or applied but not persisted.
+    pub fn take_error(&mut self) -> Option<FixError> {
+        if matches!(self.fixed, Some(Err(_))) {
+            return self.fixed.take()?.err();
+        }
+        let Some(Ok(f)) = &mut self.fixed else {
+            return None;
+        };
+        match f.persisted.take()? {
+            (file, Err(error)) => Some(FixError::NotPersisted {
+                value: f.applied.after.clone(),
+                file,
+                error: Box::new(error),
+            }),
+            ok => {
+                f.persisted = Some(ok);
+                None
+            }
+        }
+    }
+}
+
+/// `(none)` for an empty reservation (the kernel's own text is empty).
+fn or_none(s: &PortSet) -> String {
+    if s.is_empty() {
+        "(none)".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// `tcploop audit` from start to end: looks at the namespace ([`take`]),
+/// finds the owners when asked ([`owners_of`]), and with
+/// [`Config::apply`] grows the reservation ([`apply`]: lock, read, write,
+/// read back, verify, restore), merges the value into the sysctl.d file
+/// ([`persist`]), and looks again. A failure to apply or persist is part of
+/// the result ([`AuditRun::fixed`]), so that what was found can still be
+/// said; only a failure to look at all is an error.
+pub fn run(cfg: &Config) -> Result<AuditRun, AuditError> {
+    let audit = take(&cfg.ports)?;
+    let owners = if cfg.owners {
+        owners_of(&audit)
+    } else {
+        OwnerLookup::default()
+    };
+    let fixed = cfg
+        .apply
+        .as_ref()
+        .map(|req| fix(&cfg.ports, &audit.fix.add, req));
+    Ok(AuditRun {
+        audit,
+        owners,
+        fixed,
+    })
+}
+
+/// Applies `add`, persists the value read back when asked, and audits again.
+fn fix(ports: &PortSet, add: &PortSet, req: &ApplyRequest) -> Result<Fixed, FixError> {
+    let applied = apply(add).map_err(FixError::Apply)?;
+    let persisted = req
+        .persist
+        .as_ref()
+        .map(|path| (path.clone(), persist(path, &applied.after)));
+    let after = take(ports).map_err(FixError::Again)?;
+    Ok(Fixed {
+        applied,
+        persisted,
+        after,
+    })
+}
+
 /// Parses a ports file: ports and ranges separated by commas, spaces or
 /// newlines; `#` starts a comment.
 pub fn parse_ports_file(text: &str) -> Result<PortSet, String> {

@@ -6,6 +6,7 @@
 //! engine's own types so that the schema changes only on purpose. Each
 //! command documents its line types in its module.
 
+pub mod audit;
 pub mod check;
 pub mod connect;
 pub mod demo;
