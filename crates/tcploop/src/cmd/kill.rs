@@ -19,9 +19,9 @@
 use std::io::Write;
 
 use tcploop::report::{self, Format};
-use tcploop::scan;
+use tcploop::scan::{self, ScanOptions};
 
-use super::scan::SourceArg;
+use super::SourceArg;
 use crate::exit::Exit;
 
 const AFTER_HELP: &str = "\
@@ -70,7 +70,12 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let opts = super::scan::options(args.port, args.source, args.all_netns);
+    let opts = ScanOptions {
+        source: args.source.into(),
+        port: args.port,
+        all_netns: args.all_netns,
+        ..ScanOptions::default()
+    };
     let mut run = scan::scan_and_kill(&opts, !args.yes)?;
     report::kill::render(out, Format::json_if(args.json), &run, args.port)?;
     if let Some(e) = run.error.take() {

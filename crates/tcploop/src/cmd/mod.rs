@@ -1,7 +1,8 @@
 //! One module a command: its clap arguments, their validation into a config,
 //! the call into the library, and the rendering of the result. The
 //! dispatch from the parsed command line is `cli::Cli::run`: `cli` imports
-//! `cmd`, never the other way round.
+//! `cmd`, never the other way round. No command imports another: the
+//! argument pieces several commands share live here.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -61,6 +62,28 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err(too_long());
     }
     Ok(d)
+}
+
+/// `--source` of `scan` and `kill`: where the socket table is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SourceArg {
+    /// netlink, or /proc if netlink is unavailable
+    Auto,
+    /// sock_diag netlink only
+    Netlink,
+    /// /proc/net/tcp and /proc/net/tcp6
+    Proc,
+}
+
+impl From<SourceArg> for tcploop::scan::Source {
+    fn from(s: SourceArg) -> tcploop::scan::Source {
+        use tcploop::scan::Source;
+        match s {
+            SourceArg::Auto => Source::Auto,
+            SourceArg::Netlink => Source::Netlink,
+            SourceArg::Proc => Source::Proc,
+        }
+    }
 }
 
 /// Parses a port for clap.

@@ -34,7 +34,9 @@ use std::io::Write;
 use tcploop::owners::OwnerSource;
 use tcploop::report::scan::View;
 use tcploop::report::{self, Format};
-use tcploop::scan::{self, ScanOptions, Source};
+use tcploop::scan::{self, ScanOptions};
+
+use super::SourceArg;
 
 use crate::exit::Exit;
 
@@ -91,27 +93,6 @@ pub struct Args {
     pub json: bool,
 }
 
-/// `--source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SourceArg {
-    /// netlink, or /proc if netlink is unavailable
-    Auto,
-    /// sock_diag netlink only
-    Netlink,
-    /// /proc/net/tcp and /proc/net/tcp6
-    Proc,
-}
-
-impl From<SourceArg> for Source {
-    fn from(s: SourceArg) -> Source {
-        match s {
-            SourceArg::Auto => Source::Auto,
-            SourceArg::Netlink => Source::Netlink,
-            SourceArg::Proc => Source::Proc,
-        }
-    }
-}
-
 /// `--owners`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OwnersArg {
@@ -133,28 +114,29 @@ impl From<OwnersArg> for OwnerSource {
     }
 }
 
-/// The options of a scan, from the arguments shared by scan and kill.
-pub fn options(port: Option<u16>, source: SourceArg, all_netns: bool) -> ScanOptions {
-    ScanOptions {
-        source: source.into(),
-        port,
-        no_owners: false,
-        owners: OwnerSource::Auto,
-        all_netns,
+impl Args {
+    /// Parse, then resolve: the scan's options, and what the text shows.
+    fn config(&self) -> (ScanOptions, View) {
+        let opts = ScanOptions {
+            source: self.source.into(),
+            port: self.port,
+            no_owners: self.no_owners,
+            owners: self.owners.into(),
+            all_netns: self.all_netns,
+        };
+        let view = View {
+            port: self.port,
+            all_netns: self.all_netns,
+            verbose: self.verbose,
+        };
+        (opts, view)
     }
 }
 
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let mut opts = options(args.port, args.source, args.all_netns);
-    opts.no_owners = args.no_owners;
-    opts.owners = args.owners.into();
+    let (opts, view) = args.config();
     let r = scan::scan(&opts)?;
-    let view = View {
-        port: opts.port,
-        all_netns: opts.all_netns,
-        verbose: args.verbose,
-    };
     report::scan::render(out, Format::json_if(args.json), &r, &view)?;
     Ok(if r.loops.is_empty() {
         Exit::Ok
