@@ -12,6 +12,7 @@ pub mod demo;
 pub mod doctor;
 pub mod free_port;
 pub mod ports;
+pub mod predict;
 pub mod run;
 pub mod shield;
 
