@@ -11,6 +11,7 @@ pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod free_port;
+pub mod man;
 pub mod ports;
 pub mod predict;
 pub mod run;
