@@ -31,6 +31,7 @@ use serde::Serialize;
 use super::{escape, thousands, Format};
 use crate::audit::{self, Audit, AuditRun, Fix, Fixed, OwnerLookup, PortAudit, Status};
 use crate::ports::PortSet;
+use crate::predict::Reason;
 use crate::report;
 
 /// Where the fix printed alone (`--emit`) is to be set.
@@ -104,7 +105,8 @@ struct ListenerOut {
 #[derive(Debug, Serialize)]
 struct WhenDown<'a> {
     verdict: &'a str,
-    reasons: &'a [String],
+    #[serde(serialize_with = "super::predict::serialize")]
+    reasons: &'a [Reason],
     expected_tries: Option<f64>,
 }
 
@@ -306,7 +308,7 @@ fn port_text(out: &mut dyn Write, owners: &OwnerLookup, p: &PortAudit) -> io::Re
         p.when_down.verdict
     )?;
     for r in &p.when_down.reasons {
-        writeln!(out, "    - {r}")?;
+        writeln!(out, "    - {}", escape(&r.to_string()))?;
     }
     if p.status == Status::Exposed {
         writeln!(out, "  remedies:")?;
@@ -571,7 +573,13 @@ mod tests {
             when_down: Prediction {
                 port: 40004,
                 verdict: Verdict::Possible,
-                reasons: vec!["first reason".into(), "second reason".into()],
+                reasons: vec![
+                    Reason::LocalAddress {
+                        addr: "127.0.0.1".parse().unwrap(),
+                        iface: "lo\x1b[2J".into(),
+                    },
+                    Reason::Reserved { port: 8080 },
+                ],
                 expected_tries: Some(1234.4),
             },
             advice: vec!["reserve it".into(), "or move it".into()],
@@ -588,7 +596,7 @@ mod tests {
             when_down: Prediction {
                 port: 40008,
                 verdict: Verdict::Impossible,
-                reasons: vec!["40008 is reserved".into()],
+                reasons: vec![Reason::Reserved { port: 40008 }],
                 expected_tries: None,
             },
             advice: vec!["keep the reservation".into()],
@@ -679,8 +687,9 @@ mod tests {
              EXPOSED  40004  listening on 0.0.0.0:40004 (python3 pid 100 fd 3, container docker/web), \
              [::]:40004 (evil\\x1b[2J pid 101 fd 4)\n\
              \x20 while it is down, a client connect() to 127.0.0.1:40004: possible, about 1,234 tries\n\
-             \x20   - first reason\n\
-             \x20   - second reason\n\
+             \x20   - 127.0.0.1 is an address of this host (on lo\\x1b[2J): the kernel sends \
+             from it, so source == destination\n\
+             \x20   - 8080 is in ip_local_reserved_ports: the kernel never hands it out\n\
              \x20 remedies:\n\
              \x20   - reserve it\n\
              \x20   - or move it\n"
@@ -692,7 +701,7 @@ mod tests {
             "\n\
              reserved 40008  configured, not listening now\n\
              \x20 while it is down, a client connect() to 127.0.0.1:40008: impossible\n\
-             \x20   - 40008 is reserved\n"
+             \x20   - 40008 is in ip_local_reserved_ports: the kernel never hands it out\n"
         );
     }
 
@@ -820,7 +829,12 @@ mod tests {
             ]
         );
         // the ports after the fix (40004 reserved now), and no summary
-        assert!(t.ends_with("    - second reason\n"), "{t}");
+        assert!(
+            t.ends_with(
+                "    - 8080 is in ip_local_reserved_ports: the kernel never hands it out\n"
+            ),
+            "{t}"
+        );
         let j = text(|out| render(out, Format::Json, &run));
         let types: Vec<String> = j
             .lines()
@@ -902,6 +916,15 @@ mod tests {
         assert_eq!(l[0]["owners"][0]["container"]["name"], "web");
         assert_eq!(l[1]["owners"][0]["command"], "evil\x1b[2J", "exact bytes");
         assert_eq!(v["data"]["when_down"]["expected_tries"], 1234.4);
+        // reasons as sentences, the interface name's exact bytes
+        assert_eq!(
+            v["data"]["when_down"]["reasons"][1],
+            "8080 is in ip_local_reserved_ports: the kernel never hands it out"
+        );
+        assert!(v["data"]["when_down"]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("(on lo\x1b[2J)"));
     }
 
     #[test]
