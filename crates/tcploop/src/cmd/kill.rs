@@ -2,19 +2,8 @@
 //! `SOCK_DESTROY` (what `ss -K` does), so that their ports are free at once.
 //! A dry run unless `--yes`.
 //!
-//! JSON Lines (`--json`):
-//! - one line of type `kill` per loop, data: the `socket` data of
-//!   `tcploop scan` plus
-//!   `{"action": "would-destroy"|"destroyed"|"gone"|"not-a-loop"|"still-there"|"already-aborted",
-//!     "port_state": "free"|"held-until-owner-closes"|"held-by-others"|"unknown"|null,
-//!     "port_detail": string|null, "loops_again": bool|null}` (`loops_again`: after a destroy,
-//!   whether a client that reconnects can loop on the port again, as it is in the ephemeral
-//!   range and not reserved; null when not destroyed or unknown);
-//! - a final line of type `summary`, data
-//!   `{"dry_run": true, "loops_found": 2, "destroyed": 0, "gone": 0, "not_a_loop": 0,
-//!     "still_there": 0, "already_aborted": 0, "ports_free": 0, "ports_held": 0, "ports_unchecked": 0,
-//!     "error": null|"SOCK_DESTROY was refused (EPERM): ..."}` (of the destroyed loops' ports:
-//!   bindable again, still held, or not checked).
+//! The engine is [`tcploop::scan::scan_and_kill`]; the output (and its JSON
+//! schema) is [`tcploop::report::kill`].
 
 use std::io::Write;
 

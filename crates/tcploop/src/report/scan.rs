@@ -1,6 +1,34 @@
-//! `tcploop scan`'s output: the wire structs of its JSON Lines (documented
-//! in `cmd/scan.rs`) and its human text; `kill` reuses the socket line, the
-//! one-line description of a loop and the notes.
+//! `tcploop scan`'s output: the wire structs of its JSON Lines and its
+//! human text; `kill` reuses the socket line, the one-line description of
+//! a loop and the notes.
+//!
+//! JSON Lines (`--json`):
+//! - one line of type `socket` per loop, data
+//!   `{"netns": {"inode": 4026531840, "pid": 1234|null, "comm": "python3"|null, "name": "blue"|null,
+//!               "container": null|CONTAINER},
+//!     "family": "ipv4"|"ipv6", "state": "ESTABLISHED", "local": "127.0.0.1:40004",
+//!     "peer": "127.0.0.1:40004", "port": 40004, "uid": 0, "inode": 9771884,
+//!     "cookie": 28|null (null when read from /proc), "time_wait_left_ms": 59200|null,
+//!     "owners": [{"pid": 1234, "comm": "python3", "fd": 3, "container": null|CONTAINER}],
+//!     "owner_status": "found"|"unknown"|"none" (none: TIME-WAIT, no process holds it),
+//!     "consequence": "port 40004 is held: ..."}`;
+//! - a final line of type `summary`, data
+//!   `{"source": "netlink"|"proc", "fallback": null|"why netlink was not used",
+//!     "owners_source": "bpf"|"proc"|null (null with --no-owners),
+//!     "owners_fallback": null|"why the kernel's walk was not used",
+//!     "sockets_seen": 4023, "loops_found": 1, "owners_unknown": 0, "processes_unreadable": 0,
+//!     "namespaces_scanned": 1, "namespaces_skipped": [{"netns": {...}, "reason": "..."}],
+//!     "netns_unreadable_pids": 0, "namespaces_vanished": 0,
+//!     "shield_off": [{"netns": {...}, "exposed_ports": [40004]}]}`: `shield_off` lists
+//!   the namespaces whose shield (`tcploop shield`) is off while listening ports
+//!   of theirs lie in the ephemeral range, unreserved.
+//!
+//! CONTAINER is the process's container or systemd service (see
+//! `tcploop::container`), `null` for a process in neither:
+//! `{"runtime": "docker"|"containerd"|"cri-o"|"podman"|"nspawn"|"lxc"|"kubernetes"|"systemd-service",
+//!   "id": "3f4b9e6c...", "name": "api"|null, "pod_uid": "8d1c2f3a-..."|null,
+//!   "pod": "api-0"|null, "namespace": "shop"|null}` (names where the
+//! runtime's state files give them).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
