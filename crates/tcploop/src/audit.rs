@@ -844,6 +844,88 @@ mod tests {
         assert!(a.ports.is_empty());
     }
 
+    fn proc_error(errno: i32) -> ApplyError {
+        ApplyError::Proc(crate::sys::procsys::ProcError {
+            op: "writing",
+            path: "/proc/sys/net/ipv4/ip_local_reserved_ports".into(),
+            source: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn a_run_says_once_what_apply_or_persist_failed_to_do_and_which_audit_stands() {
+        let f = facts(40000, 40009, "");
+        let exposed = [sock(TcpState::Listen, "127.0.0.1:40004", "0.0.0.0:0", 11)];
+        let before = analyze(&f, &exposed, true, &lo(), &PortSet::default());
+        let reserved = facts(40000, 40009, "40004");
+        let after = analyze(&reserved, &exposed, true, &lo(), &PortSet::default());
+        // refused: the hint says what is needed; the found audit stands
+        let mut run = AuditRun {
+            audit: before.clone(),
+            owners: OwnerLookup::default(),
+            fixed: Some(Err(FixError::Apply(proc_error(libc::EPERM)))),
+        };
+        assert!(run.found(), "40004 exposed");
+        let e = run.take_error().unwrap().to_string();
+        assert_eq!(
+            e,
+            "applying the fix: writing /proc/sys/net/ipv4/ip_local_reserved_ports: Operation not \
+             permitted (os error 1) (needs root, or CAP_NET_ADMIN over this network namespace)"
+        );
+        assert!(run.take_error().is_none() && run.fixed.is_none());
+        // applied and persisted: no error, and the audit after the fix stands
+        let applied = Applied {
+            before: PortSet::default(),
+            after: PortSet::parse("40004").unwrap(),
+            wrote: true,
+            lock: Ok(LOCK_FILE.into()),
+        };
+        let persisted = Persisted {
+            written: true,
+            value: PortSet::parse("40004").unwrap(),
+            previous: None,
+        };
+        let mut run = AuditRun {
+            audit: before,
+            owners: OwnerLookup::default(),
+            fixed: Some(Ok(Fixed {
+                applied: applied.clone(),
+                persisted: Some(("/etc/sysctl.d/60-tcploop.conf".into(), Ok(persisted))),
+                after: after.clone(),
+            })),
+        };
+        assert!(!run.found(), "40004 reserved after the fix");
+        assert_eq!(run.last().fix.current.to_string(), "40004");
+        assert!(run.take_error().is_none());
+        assert!(
+            matches!(&run.fixed, Some(Ok(f)) if f.persisted.is_some()),
+            "kept for the report"
+        );
+        // applied, not persisted (no permission): both said, with the hint
+        let denied = ApplyError::File(crate::safefile::SafeFileError::Io {
+            op: "creating a temporary file in",
+            path: "/etc/sysctl.d".into(),
+            error: std::io::Error::from_raw_os_error(libc::EACCES),
+        });
+        let mut run = AuditRun {
+            audit: after.clone(),
+            owners: OwnerLookup::default(),
+            fixed: Some(Ok(Fixed {
+                applied,
+                persisted: Some(("/etc/sysctl.d/60-tcploop.conf".into(), Err(denied))),
+                after,
+            })),
+        };
+        let e = run.take_error().unwrap().to_string();
+        assert!(
+            e.starts_with(
+                "the fix was applied (net.ipv4.ip_local_reserved_ports = 40004), but persisting \
+                 it to /etc/sysctl.d/60-tcploop.conf failed: "
+            ) && e.ends_with("Permission denied (os error 13) (needs root)"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn ports_files() {
         let s = parse_ports_file("# services\n40000 40002-40004, 8080\n\n9000 # web\n").unwrap();
