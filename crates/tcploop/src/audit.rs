@@ -39,7 +39,7 @@ use crate::host::{self, Host};
 use crate::inventory::Inventory;
 use crate::model::{Owner, Socket, TcpState};
 use crate::owners::{Owners, Search};
-use crate::ports::{EphemeralFacts, Parity, PortSet};
+use crate::ports::{EphemeralFacts, Parity, PortRange, PortSet};
 use crate::predict::{self, Client, Prediction, Situation};
 use crate::sys::ifaddrs::IfAddr;
 
@@ -107,7 +107,56 @@ pub struct PortAudit {
     /// service is down (its own listeners left out).
     pub when_down: Prediction,
     /// Remedies that fit this port, the reservation first.
-    pub advice: Vec<String>,
+    pub advice: Vec<Advice>,
+}
+
+/// A remedy that fits a port, with the facts it rests on. The wording
+/// lives in the output layer (`report::audit`): the engine builds no English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advice {
+    /// The port is outside the ephemeral range: no client is given it.
+    OutsideRange {
+        /// The port.
+        port: u16,
+        /// The ephemeral range.
+        range: PortRange,
+    },
+    /// The port is reserved already: keep the reservation.
+    KeepReserved {
+        /// The port.
+        port: u16,
+    },
+    /// Add the port to the reservation (the fix); the service can still
+    /// bind it.
+    Reserve {
+        /// The port.
+        port: u16,
+    },
+    /// Move the service below the range (`1024..=below` is outside it), or
+    /// shrink the range.
+    MoveBelow {
+        /// The highest port below the range.
+        below: u16,
+    },
+    /// Move the service to the parity plain `connect()` does not prefer
+    /// (it takes those only when every port of its own parity is taken).
+    OtherParity {
+        /// The parity plain `connect()` prefers here (the port's).
+        preferred: Parity,
+        /// A free neighbour of the other parity, in the range.
+        alt: Option<u16>,
+    },
+    /// The port is of the parity plain `connect()` does not prefer, but
+    /// clients that `bind(addr, 0)` first or set `IP_LOCAL_PORT_RANGE` can
+    /// get it: reserve it all the same.
+    UnpreferredParity {
+        /// The port.
+        port: u16,
+        /// Its parity.
+        parity: Parity,
+        /// The parity plain `connect()` prefers here.
+        preferred: Parity,
+    },
 }
 
 /// What the audit found.
@@ -470,61 +519,35 @@ fn advice(
     status: Status,
     port: u16,
     listening: &BTreeMap<u16, Vec<Listener>>,
-) -> Vec<String> {
+) -> Vec<Advice> {
     let r = facts.range;
-    let mut v = vec![];
     match status {
-        Status::OutsideRange => {
-            v.push(format!(
-                "{port} is outside the ephemeral range {r}: no client is ever given it as a source port"
-            ));
-            return v;
-        }
-        Status::Reserved => {
-            v.push(format!(
-                "{port} is in {SYSCTL_KEY}: the kernel never hands it out; keep the reservation"
-            ));
-            return v;
-        }
+        Status::OutsideRange => return vec![Advice::OutsideRange { port, range: r }],
+        Status::Reserved => return vec![Advice::KeepReserved { port }],
         Status::Exposed => {}
     }
-    v.push(format!(
-        "reserve it: add {port} to {SYSCTL_KEY} (the fix below); the service can still bind it"
-    ));
+    let mut v = vec![Advice::Reserve { port }];
     if r.low > 1024 {
-        v.push(format!(
-            "or move the service below the range ({}-{} are outside it), or shrink the range",
-            1024,
-            r.low - 1
-        ));
+        v.push(Advice::MoveBelow { below: r.low - 1 });
     }
     let split = facts.kernel.is_some_and(|k| k.has_parity_split());
-    let pref = r.connect_parity();
-    if split && Parity::of(port) == pref {
+    let preferred = r.connect_parity();
+    if split && Parity::of(port) == preferred {
         let alt = [port.wrapping_sub(1), port.wrapping_add(1)]
             .into_iter()
             .find(|&p| {
                 r.contains(p)
-                    && Parity::of(p) != pref
+                    && Parity::of(p) != preferred
                     && !listening.contains_key(&p)
                     && !facts.reserved.contains(p)
             });
-        v.push(format!(
-            "or move it to a port of the other parity ({}{}): plain connect() uses {pref} ports here \
-             and takes {} ones only when every {pref} port is taken; clients that bind(addr, 0) \
-             before connect() or set IP_LOCAL_PORT_RANGE (Linux 6.8+) can still get it",
-            pref.other(),
-            alt.map(|a| format!(", e.g. {a}")).unwrap_or_default(),
-            pref.other()
-        ));
+        v.push(Advice::OtherParity { preferred, alt });
     } else if split {
-        v.push(format!(
-            "{port} is {}: plain connect() does not pick it while an {pref} port is free, but clients \
-             that bind(addr, 0) before connect() (they prefer {} ports) or set IP_LOCAL_PORT_RANGE \
-             (Linux 6.8+) can: reserve it all the same",
-            Parity::of(port),
-            pref.other()
-        ));
+        v.push(Advice::UnpreferredParity {
+            port,
+            parity: Parity::of(port),
+            preferred,
+        });
     }
     v
 }
@@ -794,7 +817,11 @@ mod tests {
         let odd = by[&40005];
         assert_eq!(odd.status, Status::Exposed);
         assert_eq!(odd.when_down.verdict, Verdict::Impossible, "parity");
-        assert!(odd.advice.iter().any(|a| a.contains("bind(addr, 0)")));
+        assert!(odd.advice.contains(&Advice::UnpreferredParity {
+            port: 40005,
+            parity: Parity::Odd,
+            preferred: Parity::Even,
+        }));
         let conf = by[&40006];
         assert!(conf.listeners.is_empty() && conf.configured);
         assert_eq!(conf.when_down.verdict, Verdict::Possible);

@@ -23,13 +23,14 @@
 //!   "loops": 0, "owners_unknown": 0, "processes_unreadable": 0}` (not written when `--apply` or
 //!   `--persist` failed: the error says what happened).
 
+use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
 
 use serde::Serialize;
 
 use super::{escape, thousands, Format};
-use crate::audit::{self, Audit, AuditRun, Fix, Fixed, OwnerLookup, PortAudit, Status};
+use crate::audit::{self, Advice, Audit, AuditRun, Fix, Fixed, OwnerLookup, PortAudit, Status};
 use crate::ports::PortSet;
 use crate::predict::Reason;
 use crate::report;
@@ -118,7 +119,8 @@ struct PortLine<'a> {
     listening: Vec<ListenerOut>,
     host: String,
     when_down: WhenDown<'a>,
-    advice: &'a [String],
+    #[serde(serialize_with = "advice_texts")]
+    advice: &'a [Advice],
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +168,58 @@ struct SummaryLine {
     loops: usize,
     owners_unknown: u64,
     processes_unreadable: u64,
+}
+
+impl fmt::Display for Advice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = audit::SYSCTL_KEY;
+        match *self {
+            Advice::OutsideRange { port, range } => write!(
+                f,
+                "{port} is outside the ephemeral range {range}: no client is ever given it as a \
+                 source port"
+            ),
+            Advice::KeepReserved { port } => write!(
+                f,
+                "{port} is in {key}: the kernel never hands it out; keep the reservation"
+            ),
+            Advice::Reserve { port } => write!(
+                f,
+                "reserve it: add {port} to {key} (the fix below); the service can still bind it"
+            ),
+            Advice::MoveBelow { below } => write!(
+                f,
+                "or move the service below the range (1024-{below} are outside it), or shrink the \
+                 range"
+            ),
+            Advice::OtherParity { preferred, alt } => write!(
+                f,
+                "or move it to a port of the other parity ({}{}): plain connect() uses {preferred} \
+                 ports here and takes {} ones only when every {preferred} port is taken; clients \
+                 that bind(addr, 0) before connect() or set IP_LOCAL_PORT_RANGE (Linux 6.8+) can \
+                 still get it",
+                preferred.other(),
+                alt.map(|a| format!(", e.g. {a}")).unwrap_or_default(),
+                preferred.other()
+            ),
+            Advice::UnpreferredParity {
+                port,
+                parity,
+                preferred,
+            } => write!(
+                f,
+                "{port} is {parity}: plain connect() does not pick it while an {preferred} port is \
+                 free, but clients that bind(addr, 0) before connect() (they prefer {} ports) or \
+                 set IP_LOCAL_PORT_RANGE (Linux 6.8+) can: reserve it all the same",
+                preferred.other()
+            ),
+        }
+    }
+}
+
+/// Serializes a port line's `advice` as the sentences.
+fn advice_texts<S: serde::Serializer>(advice: &&[Advice], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(advice.iter().map(ToString::to_string))
 }
 
 /// A reservation for people: `(none)` when empty (the kernel's own text is
@@ -582,7 +636,10 @@ mod tests {
                 ],
                 expected_tries: Some(1234.4),
             },
-            advice: vec!["reserve it".into(), "or move it".into()],
+            advice: vec![
+                Advice::Reserve { port: 40004 },
+                Advice::MoveBelow { below: 39999 },
+            ],
         }
     }
 
@@ -599,7 +656,7 @@ mod tests {
                 reasons: vec![Reason::Reserved { port: 40008 }],
                 expected_tries: None,
             },
-            advice: vec!["keep the reservation".into()],
+            advice: vec![Advice::KeepReserved { port: 40008 }],
         }
     }
 
@@ -691,8 +748,10 @@ mod tests {
              from it, so source == destination\n\
              \x20   - 8080 is in ip_local_reserved_ports: the kernel never hands it out\n\
              \x20 remedies:\n\
-             \x20   - reserve it\n\
-             \x20   - or move it\n"
+             \x20   - reserve it: add 40004 to net.ipv4.ip_local_reserved_ports (the fix below); \
+             the service can still bind it\n\
+             \x20   - or move the service below the range (1024-39999 are outside it), or shrink \
+             the range\n"
         );
         // a reserved port not listening: no tries, no remedies
         let t = text(|out| port_text(out, &owners(), &reserved_40008()));
@@ -925,6 +984,53 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("(on lo\x1b[2J)"));
+    }
+
+    #[test]
+    fn advice_in_words() {
+        use crate::ports::{Parity, PortRange};
+        let words = |a: Advice| a.to_string();
+        assert_eq!(
+            words(Advice::OutsideRange {
+                port: 39000,
+                range: PortRange {
+                    low: 40000,
+                    high: 40009
+                }
+            }),
+            "39000 is outside the ephemeral range 40000-40009: no client is ever given it as a \
+             source port"
+        );
+        assert_eq!(
+            words(Advice::KeepReserved { port: 40002 }),
+            "40002 is in net.ipv4.ip_local_reserved_ports: the kernel never hands it out; keep \
+             the reservation"
+        );
+        assert_eq!(
+            words(Advice::OtherParity {
+                preferred: Parity::Even,
+                alt: Some(40003)
+            }),
+            "or move it to a port of the other parity (odd, e.g. 40003): plain connect() uses \
+             even ports here and takes odd ones only when every even port is taken; clients that \
+             bind(addr, 0) before connect() or set IP_LOCAL_PORT_RANGE (Linux 6.8+) can still \
+             get it"
+        );
+        assert!(words(Advice::OtherParity {
+            preferred: Parity::Odd,
+            alt: None
+        })
+        .starts_with("or move it to a port of the other parity (even): plain connect() uses odd"));
+        assert_eq!(
+            words(Advice::UnpreferredParity {
+                port: 40005,
+                parity: Parity::Odd,
+                preferred: Parity::Even
+            }),
+            "40005 is odd: plain connect() does not pick it while an even port is free, but \
+             clients that bind(addr, 0) before connect() (they prefer odd ports) or set \
+             IP_LOCAL_PORT_RANGE (Linux 6.8+) can: reserve it all the same"
+        );
     }
 
     #[test]
