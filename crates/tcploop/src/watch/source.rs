@@ -241,3 +241,25 @@ pub fn open(cfg: &WatchConfig) -> Result<(Box<dyn Source>, SourceKind, SourceRea
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticker_scans_count_times_then_stops() {
+        // (the stop signals are blocked in this test's thread only)
+        let mut t = Ticker::new(Duration::from_millis(1), Some(3)).unwrap();
+        let inputs: Vec<Input> = (0..5).map(|_| t.next(None).unwrap()).collect();
+        assert_eq!(
+            inputs,
+            [
+                Input::Scan,
+                Input::Scan,
+                Input::Scan,
+                Input::Stop,
+                Input::Stop
+            ]
+        );
+    }
+}
