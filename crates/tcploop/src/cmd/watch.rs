@@ -83,7 +83,7 @@ pub struct Args {
     /// short-lived; root), `poll` (a socket dump every interval), `auto`
     /// (events where allowed, else polling; it says which and why)
     #[arg(long, default_value = "auto", value_name = "auto|ebpf|poll")]
-    pub source: String,
+    pub source: SourceChoice,
     /// JSON Lines events
     #[arg(long)]
     pub json: bool,
@@ -110,15 +110,9 @@ impl Args {
                 "--ring-bytes must be a power of two, at least 4096"
             );
         }
-        let source = match self.source.as_str() {
-            "auto" => SourceChoice::Auto,
-            "ebpf" => SourceChoice::Ebpf,
-            "poll" => SourceChoice::Poll,
-            other => anyhow::bail!("--source {other:?}: expected auto, ebpf or poll"),
-        };
         Ok(WatchConfig {
             interval: self.interval,
-            source,
+            source: self.source,
             count: self.count,
             kill_after: self.kill_after,
             all_netns: self.all_netns,

@@ -65,6 +65,19 @@ pub enum SourceChoice {
     Poll,
 }
 
+impl std::str::FromStr for SourceChoice {
+    type Err = String;
+    /// `auto`, `ebpf` or `poll` (`--source`).
+    fn from_str(s: &str) -> Result<SourceChoice, String> {
+        match s {
+            "auto" => Ok(SourceChoice::Auto),
+            "ebpf" => Ok(SourceChoice::Ebpf),
+            "poll" => Ok(SourceChoice::Poll),
+            _ => Err("expected auto, ebpf or poll".to_string()),
+        }
+    }
+}
+
 /// The source a watch runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceKind {
