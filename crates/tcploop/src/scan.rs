@@ -47,6 +47,7 @@ use crate::model::{Socket, TcpState};
 use crate::owners::{
     self, InKernel, InKernelError, Owner, OwnerSource, OwnerSourceUsed, Owners, Search,
 };
+use crate::ports::FactsError;
 use crate::sys::diag::{self, DiagError, DiagSocketFd, Family};
 use crate::sys::netns::{self, NetnsError};
 use crate::sys::procfd::Proc;
@@ -261,12 +262,24 @@ pub struct Unshielded {
     pub exposed_ports: Vec<u16>,
 }
 
-/// Why a scan failed.
+/// Why a scan failed: one look at the socket tables of a namespace, or of
+/// every namespace, by `scan` and `kill` ([`scan`]) or by each poll of a
+/// `watch` ([`crate::watch::Scanner`], [`crate::watch::HostScanner`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     /// The netlink dump failed and the source was forced to netlink.
     #[error("sock_diag dump failed (--source proc reads /proc/net/tcp instead): {0}")]
     Netlink(#[source] DiagError),
+    /// The netlink dump failed where there is no other source (a watch's poll).
+    #[error(transparent)]
+    Dump(DiagError),
+    /// The ephemeral-port facts (`/proc/sys/net/ipv4/ip_local_*`) could not be read.
+    #[error(transparent)]
+    Facts(#[from] FactsError),
+    /// The host's network namespaces could not be listed (a watch's
+    /// `--all-netns` poll).
+    #[error("listing the network namespaces: {0}")]
+    Namespaces(#[source] io::Error),
     /// Reading `/proc/net/tcp*` failed.
     #[error("{0}")]
     ProcNet(#[source] ProcNetError),
