@@ -14,6 +14,7 @@ pub mod free_port;
 pub mod ports;
 pub mod run;
 pub mod shield;
+pub mod shield_daemon;
 
 use std::io::{self, Write};
 
