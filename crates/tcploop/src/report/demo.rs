@@ -31,6 +31,7 @@ use crate::demo::ladder;
 use crate::demo::phase::{PhaseConfig, PhaseReport};
 use crate::demo::segment::Segment;
 use crate::demo::story::{self, Loop, Role, Story};
+use crate::demo::{PhaseName, Step};
 use crate::ports::{Parity, PortRange};
 use crate::predict::Prediction;
 use crate::repro;
@@ -103,9 +104,57 @@ pub struct Out<'a> {
     pub range: PortRange,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
+    /// Output to `w`; the sandbox is named once entered ([`step`]).
+    pub fn new(w: &'a mut dyn Write, format: Format, range: PortRange) -> Out<'a> {
+        Out {
+            w,
+            format,
+            namespace: "user+net",
+            range,
+        }
+    }
+
     fn json(&self) -> bool {
         self.format == Format::Json
+    }
+}
+
+/// Renders one step of [`crate::demo::run`] as it comes.
+pub fn step(o: &mut Out<'_>, s: &Step<'_>) -> io::Result<()> {
+    match s {
+        Step::Entered {
+            entered,
+            target,
+            odd,
+        } => {
+            o.namespace = match entered {
+                Entered::UserAndNet => "user+net",
+                Entered::NetOnly => "net",
+            };
+            intro(o, *entered, *target, *odd)
+        }
+        Step::Phase { name, cfg, report } => {
+            let (n, pred) = (name.name(), &report.prediction);
+            match name {
+                PhaseName::Loop => {
+                    reasons(o, pred)?;
+                    if !report.tried {
+                        return cannot_loop(o, n, cfg.target, pred);
+                    }
+                    phase(o, n, cfg, report, true)
+                }
+                PhaseName::Parity => {
+                    lesson_step(o, 1, cfg, pred)?;
+                    phase(o, n, cfg, report, false)
+                }
+                PhaseName::Held => {
+                    lesson_step(o, 2, cfg, pred)?;
+                    phase(o, n, cfg, report, true)
+                }
+            }
+        }
+        Step::Done { pcap, svg, elapsed } => done(o, *pcap, *svg, *elapsed),
     }
 }
 
