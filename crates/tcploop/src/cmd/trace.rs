@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tcploop::ports::PortSet;
 use tcploop::report::trace as render;
-use tcploop::trace::{self, Filter, NetnsScope, TraceConfig, TraceError, TraceEvent};
+use tcploop::report::Format;
+use tcploop::trace::{self, Filter, NetnsScope, TraceConfig, TraceError};
 
 use crate::exit::Exit;
 
@@ -113,28 +114,17 @@ fn config(args: &Args) -> anyhow::Result<TraceConfig> {
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let cfg = config(&args)?;
-    let json = args.json;
-    let kill = cfg.kill;
-    let result = trace::trace(&cfg, &mut |e| {
-        if let TraceEvent::Attached { netns } = e {
-            render::started(&mut std::io::stderr().lock(), *netns, kill)?;
-            if !json {
-                render::header(out)?;
-            }
-        }
-        render::event(out, json, e)
-    });
-    let summary = match result {
+    let format = Format::json_if(args.json);
+    let err = &mut std::io::stderr();
+    let summary = match trace::trace(&cfg, &mut |e| render::event(out, err, format, cfg.kill, e)) {
         Ok(s) => s,
-        Err(TraceError::Refused(r)) => {
-            anyhow::bail!(
-                "cannot trace: {r}; run it as root, or use `tcploop watch --source poll` \
-                 (polling, no privileges: misses loops shorter than its interval)"
-            )
-        }
+        Err(TraceError::Refused(r)) => anyhow::bail!(
+            "cannot trace: {r}; run it as root, or use `tcploop watch --source poll` \
+             (polling, no privileges: misses loops shorter than its interval)"
+        ),
         Err(e) => return Err(e.into()),
     };
-    render::summary(out, json, &summary)?;
+    render::summary(out, format, &summary)?;
     Ok(match summary.command_status {
         Some(c) => Exit::Command(c),
         None if summary.loops > 0 => Exit::Found,
