@@ -51,7 +51,7 @@ pub struct Args {
     pub netns: String,
     /// Only loops on these ports, e.g. 8080 or 40000-40999,8080
     #[arg(long, value_name = "PORTS")]
-    pub port: Option<String>,
+    pub port: Option<PortSet>,
     /// Only loops made by this process or its descendants (repeatable)
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
@@ -82,12 +82,6 @@ fn config(args: &Args) -> anyhow::Result<TraceConfig> {
         "all" => NetnsScope::All,
         other => anyhow::bail!("--netns {other:?}: expected `current` or `all`"),
     };
-    let ports = args
-        .port
-        .as_deref()
-        .map(PortSet::parse)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--port: {e}"))?;
     if args.count == Some(0) {
         anyhow::bail!("--count must be at least 1");
     }
@@ -100,7 +94,7 @@ fn config(args: &Args) -> anyhow::Result<TraceConfig> {
     Ok(TraceConfig {
         scope,
         filter: Filter {
-            ports,
+            ports: args.port.clone(),
             trees: args.pid.clone(),
         },
         duration: args.duration,
