@@ -634,4 +634,72 @@ mod tests {
         assert!(lines[1].starts_with("           word"));
         assert_eq!(out.matches("word").count(), 30);
     }
+
+    #[test]
+    fn entering_the_sandbox_opens_the_text_and_names_it_in_json() {
+        let range = PortRange {
+            low: 40000,
+            high: 40009,
+        };
+        let entered = Step::Entered {
+            entered: Entered::NetOnly,
+            target: "127.0.0.1:40004".parse().unwrap(),
+            odd: true,
+        };
+        let mut v = vec![];
+        let mut o = Out::new(&mut v, Format::Human, range);
+        step(&mut o, &entered).unwrap();
+        assert_eq!(o.namespace, "net");
+        let text = String::from_utf8(v).unwrap();
+        assert!(
+            text.starts_with(
+                "tcploop demo: a TCP socket connects to itself (the parity lesson)\n\n  \
+                 sandbox  a fresh network namespace with lo up (as root:"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  range    ip_local_port_range 40000-40009\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\n  target   127.0.0.1:40004, nothing listening there\n"),
+            "{text}"
+        );
+        let mut v = vec![];
+        let mut o = Out::new(&mut v, Format::Json, range);
+        step(&mut o, &entered).unwrap();
+        let done = Step::Done {
+            pcap: None,
+            svg: None,
+            elapsed: Duration::from_millis(5),
+        };
+        step(&mut o, &done).unwrap();
+        assert_eq!(o.namespace, "net");
+        assert!(v.is_empty(), "JSON has only packet, state and result lines");
+    }
+
+    #[test]
+    fn the_closing_lines_name_the_files() {
+        let range = PortRange {
+            low: 40000,
+            high: 40009,
+        };
+        let mut v = vec![];
+        let mut o = Out::new(&mut v, Format::Human, range);
+        let done = Step::Done {
+            pcap: Some((Path::new("loop.pcap"), 12)),
+            svg: Some(Path::new("loop.svg")),
+            elapsed: Duration::from_millis(840),
+        };
+        step(&mut o, &done).unwrap();
+        let text = String::from_utf8(v).unwrap();
+        assert!(
+            text.starts_with(
+                "\nWrote loop.pcap (12 frames: tcpdump -nr loop.pcap) and loop.svg (the ladder).\n\n\
+                 Done in 840 ms, namespace set-up included."
+            ),
+            "{text}"
+        );
+    }
 }
