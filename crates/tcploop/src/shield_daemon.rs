@@ -483,6 +483,60 @@ pub enum DaemonError {
     Report(#[source] io::Error),
 }
 
+/// When the daemon sweeps: every interval, and after an inotify event at
+/// each of [`AFTER_EVENT`]'s delays (the bind mount that makes the new
+/// file a namespace may come a little after the file).
+#[derive(Debug, Clone)]
+struct Schedule {
+    interval: Duration,
+    /// The next periodic sweep.
+    next: Instant,
+    /// The looks still to come after the last event, earliest first.
+    soon: Vec<Instant>,
+}
+
+impl Schedule {
+    /// The first sweep at `start`.
+    fn new(start: Instant, interval: Duration) -> Schedule {
+        Schedule {
+            interval,
+            next: start,
+            soon: vec![],
+        }
+    }
+
+    /// Whether a sweep is due at `now`; if so, the looks it covers are
+    /// done, and a periodic one plans the next.
+    fn take_due(&mut self, now: Instant) -> bool {
+        let due = now >= self.next || self.soon.first().is_some_and(|t| now >= *t);
+        if due {
+            self.soon.retain(|t| *t > now);
+            if now >= self.next {
+                self.next = now + self.interval;
+            }
+        }
+        due
+    }
+
+    /// An event at `now`: look at each delay after it.
+    fn poke(&mut self, now: Instant) {
+        self.soon = AFTER_EVENT.iter().map(|d| now + *d).collect();
+    }
+
+    /// How long to wait for an event at `now` before looking at the
+    /// schedule again (at most 100 ms: a stop is seen that soon).
+    fn wait(&self, now: Instant) -> Duration {
+        let wake = self
+            .soon
+            .first()
+            .copied()
+            .unwrap_or(self.next)
+            .min(self.next);
+        wake.saturating_duration_since(now)
+            .min(Duration::from_millis(100))
+    }
+}
+
 /// After an inotify event the bind mount that makes the new file a
 /// namespace follows within microseconds to milliseconds: look at these
 /// delays after the event.
@@ -545,13 +599,9 @@ pub fn serve(
     }
 
     let mut done = Stopped::default();
-    let mut next = Instant::now();
-    let mut soon: Vec<Instant> = vec![];
+    let mut when = Schedule::new(Instant::now(), cfg.interval);
     while !stop() {
-        let now = Instant::now();
-        let due = now >= next || soon.first().is_some_and(|t| now >= *t);
-        if due {
-            soon.retain(|t| *t > now);
+        if when.take_due(Instant::now()) {
             match keeper.sweep() {
                 Ok(s) => {
                     for e in &s.events {
@@ -577,27 +627,17 @@ pub fn serve(
             if cfg.count.is_some_and(|n| done.sweeps >= n) {
                 break;
             }
-            if now >= next {
-                next = now + cfg.interval;
-            }
         }
         // A runtime directory that appeared (the first `ip netns add`, the
         // first container): watch it, and look at once.
         for d in &dirs {
             if watch.watch(d).unwrap_or(false) {
-                let t = Instant::now();
-                soon = AFTER_EVENT.iter().map(|d| t + *d).collect();
+                when.poke(Instant::now());
             }
         }
-        let wake = soon.first().copied().unwrap_or(next).min(next);
-        let left = wake
-            .saturating_duration_since(Instant::now())
-            .min(Duration::from_millis(100));
+        let left = when.wait(Instant::now());
         match watch.wait(left) {
-            Ok(true) => {
-                let t = Instant::now();
-                soon = AFTER_EVENT.iter().map(|d| t + *d).collect();
-            }
+            Ok(true) => when.poke(Instant::now()),
             Ok(false) => {}
             Err(e) => {
                 on(Notice::Warning(format!("inotify: {e}"))).map_err(DaemonError::Report)?;
@@ -642,5 +682,40 @@ mod tests {
         assert!(t.contains("tcploop_shield_sweeps_total 1\n"), "{t}");
         let classic = crate::metrics::to_prometheus_text(&t);
         assert!(classic.contains("# TYPE tcploop_shield_attached_total counter"));
+    }
+
+    #[test]
+    fn sweeps_come_every_interval_and_soon_after_an_event() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut s = Schedule::new(t0, Duration::from_secs(1));
+        assert!(s.take_due(t0), "the first sweep at once");
+        assert!(!s.take_due(ms(10)));
+        assert_eq!(s.wait(ms(10)), Duration::from_millis(100), "capped");
+        assert_eq!(s.wait(ms(950)), Duration::from_millis(50));
+        // An event at 20 ms: looks at 22, 30, 45, 70 ... ms.
+        s.poke(ms(20));
+        assert!(!s.take_due(ms(21)));
+        assert_eq!(s.wait(ms(21)), Duration::from_millis(1));
+        assert!(s.take_due(ms(22)));
+        assert!(!s.take_due(ms(23)));
+        assert_eq!(s.wait(ms(23)), Duration::from_millis(7));
+        // A late look covers every delay passed meanwhile, once.
+        assert!(s.take_due(ms(80)));
+        assert!(!s.take_due(ms(81)));
+        assert_eq!(s.wait(ms(81)), Duration::from_millis(39), "the 120 ms look");
+        // The periodic sweep is still at 1 s, then every second from it;
+        // the event's last look (1,020 ms) comes in between.
+        assert!(s.take_due(ms(1000)));
+        assert!(!s.take_due(ms(1010)));
+        assert!(s.take_due(ms(1020)));
+        assert!(!s.take_due(ms(1990)));
+        assert!(s.take_due(ms(2000)));
+        // The looks after an event end after the last delay.
+        s.poke(ms(2000));
+        for d in AFTER_EVENT {
+            assert!(s.take_due(ms(2000) + d), "{d:?}");
+        }
+        assert!(s.soon.is_empty());
     }
 }
