@@ -148,6 +148,15 @@ pub enum AttachArg {
     Tc,
 }
 
+impl From<AttachArg> for shield::BpfAttach {
+    fn from(a: AttachArg) -> shield::BpfAttach {
+        match a {
+            AttachArg::Tcx => shield::BpfAttach::Tcx,
+            AttachArg::Tc => shield::BpfAttach::Tc,
+        }
+    }
+}
+
 /// `--cgroup-root` given as a flag alone: the host's cgroup v2 root.
 pub fn cgroup_dir(given: &str) -> anyhow::Result<PathBuf> {
     if !given.is_empty() {
@@ -183,13 +192,11 @@ pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let (action, scope, format) = match args.action {
         Action::Daemon(a) => return daemon::run(a, out),
         Action::On(a) => {
-            let attach = a.attach.map(|at| match at {
-                AttachArg::Tcx => shield::BpfAttach::Tcx,
-                AttachArg::Tc => shield::BpfAttach::Tc,
-            });
-            let force = a.common.mechanism.map(Mechanism::from);
-            let c = a.common;
-            let on = shield::Action::On { force, attach };
+            let (c, attach) = (a.common, a.attach.map(Into::into));
+            let on = shield::Action::On {
+                force: c.mechanism.map(Mechanism::from),
+                attach,
+            };
             config(on, c.all_netns, c.cgroup_root.as_deref(), c.json)?
         }
         Action::Off(c) => {
