@@ -982,6 +982,44 @@ pub fn theft(
     })
 }
 
+/// Why `doctor` stopped: the diagnosis, or the fix, failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The diagnosis failed.
+    #[error("diagnosing the port")]
+    Diagnose(#[source] DoctorError),
+    /// The fix failed.
+    #[error("fixing the port")]
+    Fix(#[source] DoctorError),
+}
+
+/// `tcploop doctor`: the diagnosis, and with `fix` the safe steps and the
+/// diagnosis after them.
+pub fn run(cfg: &Config, fix: bool) -> Result<Outcome, RunError> {
+    let mut outcome = diagnose(cfg).map_err(RunError::Diagnose)?;
+    if fix {
+        self::fix(cfg, &mut outcome).map_err(RunError::Fix)?;
+    }
+    Ok(outcome)
+}
+
+impl Outcome {
+    /// Whether a step of the fix failed somewhere.
+    pub fn fix_failed(&self) -> bool {
+        self.namespaces
+            .iter()
+            .any(|n| n.fix.as_ref().is_some_and(FixReport::failed))
+    }
+
+    /// Whether something still holds the port somewhere (after the fix,
+    /// if there was one).
+    pub fn held(&self) -> bool {
+        self.namespaces
+            .iter()
+            .any(|n| n.last().verdict != Verdict::Free)
+    }
+}
+
 /// Where a service's port comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServicePort {

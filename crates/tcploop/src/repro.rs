@@ -633,3 +633,147 @@ pub fn release(sock: Socket, rst: bool) {
     }
     drop(sock);
 }
+
+/// What `tcploop connect` is asked to do.
+#[derive(Debug)]
+pub struct ConnectConfig {
+    /// The destination, resolved (the tries go to its effective address).
+    pub resolved: crate::host::Resolved,
+    /// The destination port.
+    pub port: u16,
+    /// Try even when the predictor rules a loop out.
+    pub force: bool,
+    /// The reproducer (its target is replaced by the plan's).
+    pub repro: Config,
+    /// How long to hold a loop.
+    pub hold: Hold,
+    /// Release with RST (else FIN: the port stays in TIME-WAIT).
+    pub rst: bool,
+}
+
+/// One step of [`connect`], in order.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// The destination as resolved, before anything is read.
+    Resolved(&'a crate::host::Resolved),
+    /// The verdict before the first try.
+    Planned(&'a Plan),
+    /// Not trying: the port cannot loop (the end).
+    Refused(&'a Plan),
+    /// Trying, though the destination is not an address of this namespace.
+    NotLocal(&'a Plan),
+    /// The tries start.
+    Trying {
+        /// The try limit.
+        max_tries: Option<u64>,
+    },
+    /// The counters, every 50 ms while the tries run.
+    Tick(&'a Progress),
+    /// The tries ended.
+    Tried,
+    /// A loop, proved, before the hold (`hold`: as [`Hold::shown`]).
+    Proved {
+        /// The run.
+        report: &'a Report,
+        /// Where the tries went.
+        target: SocketAddr,
+        /// What the loop proved.
+        proof: &'a Proof,
+        /// How long it will be held, if it is.
+        hold: Option<Option<Duration>>,
+    },
+    /// How the run ended, after any hold and release (the end).
+    Ended {
+        /// The run.
+        report: &'a Report,
+        /// Where the tries went.
+        target: SocketAddr,
+        /// How it ended.
+        ended: Ended,
+        /// Released with RST.
+        rst: bool,
+    },
+}
+
+/// Why `tcploop connect` stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The ephemeral-port facts could not be read.
+    #[error("reading the ephemeral-port facts")]
+    Facts(#[source] crate::ports::FactsError),
+    /// The reproducer failed.
+    #[error(transparent)]
+    Repro(#[from] ReproError),
+    /// The loop could not be proved or released.
+    #[error("proving the loop")]
+    Prove(#[source] io::Error),
+    /// The caller's report failed.
+    #[error("writing the report")]
+    Report(#[source] io::Error),
+}
+
+/// `tcploop connect`: the plan, then (unless the port cannot loop and
+/// `force` is off) the reproducer, the proof, the hold and the release.
+/// Each step goes to `on`; `stop()` (Ctrl-C) ends the tries and the hold.
+/// `None`: refused before any try.
+pub fn connect(
+    cfg: ConnectConfig,
+    stop: &dyn Fn() -> bool,
+    on: &mut dyn FnMut(Step<'_>) -> io::Result<()>,
+) -> Result<Option<Ended>, ConnectError> {
+    on(Step::Resolved(&cfg.resolved)).map_err(ConnectError::Report)?;
+    let plan = plan(&cfg.resolved, cfg.port).map_err(ConnectError::Facts)?;
+    on(Step::Planned(&plan)).map_err(ConnectError::Report)?;
+    if plan.cannot_loop() && !cfg.force {
+        on(Step::Refused(&plan)).map_err(ConnectError::Report)?;
+        return Ok(None);
+    }
+    if !plan.host.source_is_destination() {
+        on(Step::NotLocal(&plan)).map_err(ConnectError::Report)?;
+    }
+    let rcfg = Config {
+        target: plan.target,
+        ..cfg.repro
+    };
+    let target = rcfg.target;
+    on(Step::Trying {
+        max_tries: rcfg.max_tries,
+    })
+    .map_err(ConnectError::Report)?;
+    let progress = Progress::default();
+    let mut report = run_watched(&rcfg, &progress, &mut |p| {
+        if stop() {
+            p.stop();
+        }
+        on(Step::Tick(p))
+    })
+    .map_err(ConnectError::Report)??;
+    on(Step::Tried).map_err(ConnectError::Report)?;
+    let outcome = std::mem::replace(&mut report.outcome, Outcome::Interrupted);
+    let hold = cfg.hold.shown();
+    // An error of the report while the loop is shown is the report's.
+    let mut report_failed = false;
+    let ended = conclude(outcome, target, cfg.hold, cfg.rst, stop, &mut |proof| {
+        let r = on(Step::Proved {
+            report: &report,
+            target,
+            proof,
+            hold,
+        });
+        report_failed = r.is_err();
+        r
+    });
+    let ended = match ended {
+        Ok(e) => e,
+        Err(e) if report_failed => return Err(ConnectError::Report(e)),
+        Err(e) => return Err(ConnectError::Prove(e)),
+    };
+    on(Step::Ended {
+        report: &report,
+        target,
+        ended,
+        rst: cfg.rst,
+    })
+    .map_err(ConnectError::Report)?;
+    Ok(Some(ended))
+}

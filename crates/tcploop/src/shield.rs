@@ -491,6 +491,97 @@ pub fn cgroup_status(path: &std::path::Path) -> Result<CgroupShield, ShieldError
     Ok(cgroup_state(path, a, None))
 }
 
+/// What `tcploop shield on|off|status` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Turn it on: `force` one mechanism; `attach` picks how bpf attaches
+    /// (tests of the pre-6.6 path).
+    On {
+        /// One mechanism only.
+        force: Option<Mechanism>,
+        /// How the bpf mechanism attaches.
+        attach: Option<BpfAttach>,
+    },
+    /// Remove it (of `only` one mechanism, or both).
+    Off {
+        /// One mechanism only.
+        only: Option<Mechanism>,
+    },
+    /// Say whether it is on.
+    Status,
+}
+
+/// Where the action applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The caller's network namespace.
+    Here,
+    /// Every network namespace of the host.
+    AllNetns,
+    /// The cgroup connect hook on this cgroup v2 directory instead.
+    Cgroup(PathBuf),
+}
+
+/// What the action did in one namespace, with the state read back.
+#[derive(Debug, Clone)]
+pub enum Done {
+    /// `on`.
+    On(OnOutcome, ShieldState),
+    /// `off`.
+    Off(OffOutcome, ShieldState),
+    /// `status`.
+    Status(ShieldState),
+}
+
+/// The outcome of [`act`].
+#[derive(Debug)]
+pub enum ShieldRun {
+    /// In one or every namespace; the number of processes whose namespace
+    /// could not be read.
+    Namespaces(Vec<InNamespace<Done>>, u64),
+    /// On a cgroup directory.
+    Cgroup(PathBuf, Result<CgroupShield, String>),
+}
+
+/// `tcploop shield on|off|status`: the action in the scope asked, each
+/// namespace's failure kept as its result (a one-line reason).
+pub fn act(action: Action, scope: &Scope) -> std::io::Result<ShieldRun> {
+    let all = match scope {
+        Scope::Cgroup(dir) => {
+            let r = match action {
+                Action::On { .. } => cgroup_on(dir),
+                Action::Off { .. } => cgroup_off(dir),
+                Action::Status => cgroup_status(dir),
+            };
+            return Ok(ShieldRun::Cgroup(dir.clone(), r.map_err(|e| e.to_string())));
+        }
+        Scope::Here => false,
+        Scope::AllNetns => true,
+    };
+    let (done, unreadable) = each_namespace(all, || {
+        Ok(match action {
+            Action::On { force, attach } => {
+                let o = match (attach, force) {
+                    (Some(at), None | Some(Mechanism::Bpf)) => on_bpf_with(at),
+                    _ => on_here(force),
+                }
+                .map_err(|e| e.to_string())?;
+                Done::On(o, status_here())
+            }
+            Action::Off { only } => {
+                let o = off_here(only).map_err(|e| e.to_string())?;
+                Done::Off(o, status_here())
+            }
+            Action::Status => Done::Status(status_here()),
+        })
+    })?;
+    if all && matches!(action, Action::Off { .. }) {
+        // Directories of namespaces that died meanwhile.
+        let _ = prune();
+    }
+    Ok(ShieldRun::Namespaces(done, unreadable))
+}
+
 /// Removes the pin directories of namespaces that no longer exist.
 pub fn prune() -> Result<u64, Refusal> {
     bpf::prune_defunct()

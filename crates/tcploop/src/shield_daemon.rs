@@ -26,10 +26,17 @@
 //! | `tcploop_shield_sweep_duration_seconds` | gauge | how long the last sweep took |
 //!
 //! Alert on `tcploop_shield_namespaces_failed > 0` (a namespace can loop).
+//!
+//! [`serve`] is the whole daemon: the metrics page, the cgroup hook, the
+//! inotify watch and the loop of sweeps, each change handed to the caller
+//! as a [`Notice`] (the command renders them).
 
 use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -38,10 +45,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::shield::{self, Active, Mechanism, Namespace, OnOutcome};
+use crate::metrics;
+use crate::safefile::SafeFileError;
+use crate::shield::{self, Active, CgroupShield, Mechanism, Namespace, OnOutcome};
 use crate::sys::bpf::shield as bpf;
-/// The watch on the runtimes' directories (inotify), for the daemon's loop.
-pub use crate::sys::inotify::DirWatch;
+use crate::sys::inotify::DirWatch;
 use crate::sys::netns;
 /// Where runtimes bind-mount namespaces: watched, and listed each sweep.
 pub use crate::sys::netns::RUNTIME_NETNS_DIRS;
@@ -388,6 +396,258 @@ impl ShieldMetrics {
     }
 }
 
+/// What `tcploop shield daemon` is asked to do, resolved.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// One mechanism only, or bpf then iptables.
+    pub force: Option<Mechanism>,
+    /// Time between sweeps of /proc (at least 10 ms).
+    pub interval: Duration,
+    /// Serve GET /metrics on this address.
+    pub prometheus: Option<String>,
+    /// Write the metrics to this file after each sweep.
+    pub textfile: Option<PathBuf>,
+    /// Attach the cgroup connect hook to this cgroup v2 directory at start.
+    pub cgroup: Option<PathBuf>,
+    /// Directories where runtimes bind-mount namespaces, besides
+    /// [`RUNTIME_NETNS_DIRS`].
+    pub netns_dirs: Vec<PathBuf>,
+    /// Stop after this many sweeps.
+    pub count: Option<u64>,
+}
+
+/// The daemon at start, as it runs.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Time between sweeps.
+    pub interval: Duration,
+    /// Where /metrics is served.
+    pub prometheus: Option<SocketAddr>,
+    /// The metrics file.
+    pub textfile: Option<PathBuf>,
+    /// The mechanism forced, if one was.
+    pub mechanism: Option<Mechanism>,
+    /// The runtime directories under an inotify watch (those that exist).
+    pub watching: Vec<PathBuf>,
+}
+
+/// What the daemon tells as it runs.
+#[derive(Debug)]
+pub enum Notice<'a> {
+    /// Started (first).
+    Started(&'a Started),
+    /// The cgroup hook, once at start (with [`DaemonConfig::cgroup`]).
+    Cgroup {
+        /// The cgroup directory.
+        dir: &'a Path,
+        /// The hook, or why not.
+        result: &'a Result<CgroupShield, String>,
+    },
+    /// A change in one namespace.
+    Namespace(&'a Event),
+    /// A sweep failed as a whole (the daemon goes on).
+    SweepFailed(&'a io::Error),
+    /// Something went wrong beside the sweeps (writing the textfile, the
+    /// inotify watch): the daemon goes on.
+    Warning(String),
+}
+
+/// How the daemon ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stopped {
+    /// Sweeps done.
+    pub sweeps: u64,
+    /// Shields put on.
+    pub attached: u64,
+    /// Namespaces where that failed.
+    pub failed: u64,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The textfile cannot be written (checked at start, not each sweep).
+    #[error("--textfile {}", .0.display())]
+    Textfile(PathBuf, #[source] SafeFileError),
+    /// The metrics address cannot be listened on.
+    #[error("--prometheus: cannot listen on {0}")]
+    Listen(String, #[source] io::Error),
+    /// The metrics server did not start.
+    #[error("starting the metrics server")]
+    Serve(#[source] io::Error),
+    /// No inotify instance.
+    #[error("inotify_init")]
+    Inotify(#[source] io::Error),
+    /// The caller's report failed.
+    #[error("writing the report")]
+    Report(#[source] io::Error),
+}
+
+/// When the daemon sweeps: every interval, and after an inotify event at
+/// each of [`AFTER_EVENT`]'s delays (the bind mount that makes the new
+/// file a namespace may come a little after the file).
+#[derive(Debug, Clone)]
+struct Schedule {
+    interval: Duration,
+    /// The next periodic sweep.
+    next: Instant,
+    /// The looks still to come after the last event, earliest first.
+    soon: Vec<Instant>,
+}
+
+impl Schedule {
+    /// The first sweep at `start`.
+    fn new(start: Instant, interval: Duration) -> Schedule {
+        Schedule {
+            interval,
+            next: start,
+            soon: vec![],
+        }
+    }
+
+    /// Whether a sweep is due at `now`; if so, the looks it covers are
+    /// done, and a periodic one plans the next.
+    fn take_due(&mut self, now: Instant) -> bool {
+        let due = now >= self.next || self.soon.first().is_some_and(|t| now >= *t);
+        if due {
+            self.soon.retain(|t| *t > now);
+            if now >= self.next {
+                self.next = now + self.interval;
+            }
+        }
+        due
+    }
+
+    /// An event at `now`: look at each delay after it.
+    fn poke(&mut self, now: Instant) {
+        self.soon = AFTER_EVENT.iter().map(|d| now + *d).collect();
+    }
+
+    /// How long to wait for an event at `now` before looking at the
+    /// schedule again (at most 100 ms: a stop is seen that soon).
+    fn wait(&self, now: Instant) -> Duration {
+        let wake = self
+            .soon
+            .first()
+            .copied()
+            .unwrap_or(self.next)
+            .min(self.next);
+        wake.saturating_duration_since(now)
+            .min(Duration::from_millis(100))
+    }
+}
+
+/// After an inotify event the bind mount that makes the new file a
+/// namespace follows within microseconds to milliseconds: look at these
+/// delays after the event.
+const AFTER_EVENT: [Duration; 8] = [
+    Duration::from_millis(2),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+];
+
+/// Runs the daemon until `stop()` says so (or [`DaemonConfig::count`]
+/// sweeps): a sweep every interval, and at once after an inotify event in
+/// a runtime directory; the metrics served and written after each sweep.
+/// Every change goes to `on`.
+pub fn serve(
+    cfg: &DaemonConfig,
+    stop: &dyn Fn() -> bool,
+    on: &mut dyn FnMut(Notice<'_>) -> io::Result<()>,
+) -> Result<Stopped, DaemonError> {
+    if let Some(p) = &cfg.textfile {
+        // fail now, not on every sweep
+        crate::safefile::check_writable(p).map_err(|e| DaemonError::Textfile(p.clone(), e))?;
+    }
+    let mut dirs: Vec<PathBuf> = RUNTIME_NETNS_DIRS.iter().map(PathBuf::from).collect();
+    dirs.extend(cfg.netns_dirs.iter().cloned());
+    let mut keeper = Keeper::new(cfg.force, dirs.clone());
+    let page: metrics::Page = Arc::new(Mutex::new(keeper.metrics.render()));
+    let served = match &cfg.prometheus {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr.as_str())
+                .map_err(|e| DaemonError::Listen(addr.clone(), e))?;
+            Some(metrics::serve(listener, page.clone()).map_err(DaemonError::Serve)?)
+        }
+        None => None,
+    };
+    let mut watch = DirWatch::new().map_err(DaemonError::Inotify)?;
+    for d in &dirs {
+        let _ = watch.watch(d);
+    }
+    let started = Started {
+        interval: cfg.interval,
+        prometheus: served,
+        textfile: cfg.textfile.clone(),
+        mechanism: cfg.force,
+        watching: watch.watched().map(Path::to_path_buf).collect(),
+    };
+    on(Notice::Started(&started)).map_err(DaemonError::Report)?;
+    if let Some(dir) = &cfg.cgroup {
+        // Once, at start: the hook is one for the whole subtree.
+        let result = shield::cgroup_on(dir).map_err(|e| e.to_string());
+        on(Notice::Cgroup {
+            dir,
+            result: &result,
+        })
+        .map_err(DaemonError::Report)?;
+    }
+
+    let mut done = Stopped::default();
+    let mut when = Schedule::new(Instant::now(), cfg.interval);
+    while !stop() {
+        if when.take_due(Instant::now()) {
+            match keeper.sweep() {
+                Ok(s) => {
+                    for e in &s.events {
+                        match e {
+                            Event::Attached { .. } => done.attached += 1,
+                            Event::Failed { .. } => done.failed += 1,
+                            Event::Found { .. } => {}
+                        }
+                        on(Notice::Namespace(e)).map_err(DaemonError::Report)?;
+                    }
+                }
+                Err(e) => on(Notice::SweepFailed(&e)).map_err(DaemonError::Report)?,
+            }
+            done.sweeps += 1;
+            let text = keeper.metrics.render();
+            if let Some(p) = &cfg.textfile {
+                if let Err(e) = metrics::write_textfile(p, &metrics::to_prometheus_text(&text)) {
+                    on(Notice::Warning(format!("writing {}: {e}", p.display())))
+                        .map_err(DaemonError::Report)?;
+                }
+            }
+            *page.lock().unwrap_or_else(|e| e.into_inner()) = text;
+            if cfg.count.is_some_and(|n| done.sweeps >= n) {
+                break;
+            }
+        }
+        // A runtime directory that appeared (the first `ip netns add`, the
+        // first container): watch it, and look at once.
+        for d in &dirs {
+            if watch.watch(d).unwrap_or(false) {
+                when.poke(Instant::now());
+            }
+        }
+        let left = when.wait(Instant::now());
+        match watch.wait(left) {
+            Ok(true) => when.poke(Instant::now()),
+            Ok(false) => {}
+            Err(e) => {
+                on(Notice::Warning(format!("inotify: {e}"))).map_err(DaemonError::Report)?;
+                std::thread::sleep(left);
+            }
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +682,40 @@ mod tests {
         assert!(t.contains("tcploop_shield_sweeps_total 1\n"), "{t}");
         let classic = crate::metrics::to_prometheus_text(&t);
         assert!(classic.contains("# TYPE tcploop_shield_attached_total counter"));
+    }
+
+    #[test]
+    fn sweeps_come_every_interval_and_soon_after_an_event() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut s = Schedule::new(t0, Duration::from_secs(1));
+        assert!(s.take_due(t0), "the first sweep at once");
+        assert!(!s.take_due(ms(10)));
+        assert_eq!(s.wait(ms(10)), Duration::from_millis(100), "capped");
+        assert_eq!(s.wait(ms(950)), Duration::from_millis(50));
+        // An event at 20 ms: looks at 22, 30, 45, 70 ... ms.
+        s.poke(ms(20));
+        assert!(!s.take_due(ms(21)));
+        assert_eq!(s.wait(ms(21)), Duration::from_millis(1));
+        assert!(s.take_due(ms(22)));
+        assert!(!s.take_due(ms(23)));
+        assert_eq!(s.wait(ms(23)), Duration::from_millis(7));
+        // A late look covers every delay passed meanwhile, once.
+        assert!(s.take_due(ms(80)));
+        assert!(!s.take_due(ms(81)));
+        assert_eq!(s.wait(ms(81)), Duration::from_millis(39), "the 120 ms look");
+        // The periodic sweep is still at 1 s, then every second from it;
+        // the event's last look (1,020 ms) comes in between.
+        assert!(s.take_due(ms(1000)));
+        assert!(!s.take_due(ms(1010)));
+        assert!(s.take_due(ms(1020)));
+        assert!(!s.take_due(ms(1990)));
+        assert!(s.take_due(ms(2000)));
+        // The looks after an event end after the last delay.
+        s.poke(ms(2000));
+        for d in AFTER_EVENT {
+            assert!(s.take_due(ms(2000) + d), "{d:?}");
+        }
+        assert!(s.soon.is_empty());
     }
 }

@@ -1,17 +1,16 @@
 //! `tcploop connect PORT`: the article's reproducer, done right. The engine
-//! is [`tcploop::repro`] (`plan`, `run_watched`, `conclude`); the output
-//! (and its JSON schema) is [`tcploop::report::connect`].
+//! is [`tcploop::repro::connect`] (plan, tries, proof, hold, release); the
+//! output (and its JSON schema) is [`tcploop::report::connect`].
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::Context;
-use tcploop::host::Resolved;
-use tcploop::report::connect::{Style, Ticker};
-use tcploop::report::{self, Format};
-use tcploop::repro::{self, Ended, Held, Hold, Outcome, Progress, SocketMode};
+use tcploop::report::connect::{Live, Style};
+use tcploop::report::Format;
+use tcploop::repro::{self, ConnectConfig, Ended, Held, Hold, SocketMode};
 
+use super::{catch_interrupts, interrupted};
 use crate::exit::Exit;
 
 pub const AFTER_HELP: &str = "\
@@ -78,19 +77,9 @@ pub struct Args {
     pub json: bool,
 }
 
-/// The resolved configuration of a run.
-struct Config {
-    resolved: Resolved,
-    format: Format,
-    style: Style,
-    repro: repro::Config,
-    hold: Hold,
-    rst: bool,
-}
-
 impl Args {
     /// Parse, then resolve: the address, the output, the reproducer's config.
-    fn config(&self) -> anyhow::Result<Config> {
+    fn config(&self) -> anyhow::Result<(ConnectConfig, Format, Style)> {
         let resolved = tcploop::host::resolve(&self.host).map_err(anyhow::Error::msg)?;
         let format = Format::json_if(self.json);
         let style = if self.quiet || self.json {
@@ -122,67 +111,30 @@ impl Args {
             reuseaddr: self.reuseaddr,
             sample_port: style == Style::Live,
         };
-        Ok(Config {
+        let cfg = ConnectConfig {
             resolved,
-            format,
-            style,
+            port: self.port,
+            force: self.force,
             repro,
             hold,
             rst: !self.graceful_close,
-        })
+        };
+        Ok((cfg, format, style))
     }
 }
 
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let Config {
-        resolved,
-        format,
-        style,
-        repro: cfg,
-        hold,
-        rst,
-    } = args.config()?;
-    report::check::resolution(out, format, &args.host, &resolved)?;
-    let plan = repro::plan(&resolved, args.port).context("reading the ephemeral-port facts")?;
-    report::connect::verdict(out, format, &plan.host, plan.target, &plan.prediction)?;
-    if plan.cannot_loop() && !args.force {
-        report::connect::refused(out, format, &plan.host, args.port, plan.suggestion)?;
-        return Ok(Exit::Found);
-    }
-    if !plan.host.source_is_destination() {
-        report::connect::not_local(out, format, &plan.host)?;
-    }
-    let cfg = repro::Config {
-        target: plan.target,
-        ..cfg
-    };
-    super::catch_interrupts();
-    let progress = Progress::default();
-    let mut ticker = Ticker::start(out, style, cfg.max_tries)?;
-    let mut report = repro::run_watched(&cfg, &progress, &mut |p| {
-        if super::interrupted() {
-            p.stop();
-        }
-        ticker.tick(out, p)
-    })??;
-    ticker.finish();
-    let outcome = std::mem::replace(&mut report.outcome, Outcome::Interrupted);
-    let shown = hold.shown();
-    let ended = repro::conclude(
-        outcome,
-        cfg.target,
-        hold,
-        rst,
-        &super::interrupted,
-        &mut |p| report::connect::proved(out, format, &report, cfg.target, p, shown),
-    )?;
-    report::connect::result(out, format, &report, cfg.target, ended, rst)?;
+    let (cfg, format, style) = args.config()?;
+    catch_interrupts();
+    let mut live = Live::new(out, format, style, &args.host);
+    let ended = repro::connect(cfg, &interrupted, &mut |s| live.step(&s))?;
     Ok(match ended {
-        Ended::Loop(p) if p.held == Held::Interrupted && !p.destroyed => Exit::Interrupted,
-        Ended::Loop(_) => Exit::Ok,
-        Ended::Listener => Exit::Listener,
-        Ended::TryLimit | Ended::TimeLimit => Exit::Found,
-        Ended::Interrupted => Exit::Interrupted,
+        None => Exit::Found,
+        Some(Ended::Loop(p)) if p.held == Held::Interrupted && !p.destroyed => Exit::Interrupted,
+        Some(Ended::Loop(_)) => Exit::Ok,
+        Some(Ended::Listener) => Exit::Listener,
+        Some(Ended::TryLimit | Ended::TimeLimit) => Exit::Found,
+        Some(Ended::Interrupted) => Exit::Interrupted,
     })
 }

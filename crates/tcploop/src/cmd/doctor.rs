@@ -6,9 +6,9 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use anyhow::Context;
-use tcploop::doctor::{self, Config};
-use tcploop::holders::Verdict;
+use tcploop::doctor::{self, Config, ServicePort};
+use tcploop::report::doctor::render;
+use tcploop::report::Format;
 
 use crate::exit::Exit;
 
@@ -76,15 +76,12 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Resolves the arguments into a config.
-fn config(args: &Args, out: &mut dyn Write) -> anyhow::Result<Config> {
+/// Resolves the arguments into a config, and where `--service` found the
+/// port.
+fn config(args: &Args) -> anyhow::Result<(Config, Option<ServicePort>)> {
     let from_service = match &args.service {
         Some(name) if args.port.is_none() => {
-            let sp = doctor::service_port(name).map_err(anyhow::Error::msg)?;
-            if !args.json {
-                writeln!(out, "Service {name}: port {} (from {})", sp.port, sp.source)?;
-            }
-            Some(sp)
+            Some(doctor::service_port(name).map_err(anyhow::Error::msg)?)
         }
         _ => None,
     };
@@ -105,33 +102,28 @@ fn config(args: &Args, out: &mut dyn Write) -> anyhow::Result<Config> {
             .and_then(|s| s.addr)
             .unwrap_or(IpAddr::from([0, 0, 0, 0])),
     };
-    Ok(Config {
+    let cfg = Config {
         port,
         server,
         all_netns: args.all_netns,
         service: args.service.clone(),
-    })
+    };
+    Ok((cfg, from_service))
 }
 
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let cfg = config(&args, out)?;
-    let mut outcome = doctor::diagnose(&cfg).context("diagnosing the port")?;
-    if args.fix {
-        doctor::fix(&cfg, &mut outcome).context("fixing the port")?;
-    }
-    tcploop::report::doctor::render(out, &outcome, args.json)?;
-    let failed = outcome
-        .namespaces
-        .iter()
-        .any(|n| n.fix.as_ref().is_some_and(|f| f.failed()));
-    let held = outcome
-        .namespaces
-        .iter()
-        .any(|n| n.last().verdict != Verdict::Free);
-    if failed {
+    let (cfg, from_service) = config(&args)?;
+    let outcome = doctor::run(&cfg, args.fix)?;
+    let service = args.service.as_deref().zip(from_service.as_ref());
+    render(out, Format::json_if(args.json), service, &outcome)?;
+    if outcome.fix_failed() {
         out.flush()?;
         anyhow::bail!("a step of the fix failed (see above)");
     }
-    Ok(if held { Exit::Found } else { Exit::Ok })
+    Ok(if outcome.held() {
+        Exit::Found
+    } else {
+        Exit::Ok
+    })
 }

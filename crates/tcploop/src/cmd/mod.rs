@@ -19,7 +19,6 @@ pub mod run;
 pub mod sandbox;
 pub mod scan;
 pub mod shield;
-pub mod shield_daemon;
 pub mod trace;
 pub mod watch;
 

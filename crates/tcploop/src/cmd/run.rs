@@ -3,16 +3,15 @@
 //! `connect()`s can end up connected to itself; a loop is reset and the
 //! program sees `ECONNREFUSED`, as if the loop had not happened. The command
 //! replaces tcploop (`exec`), so its exit status, signals and terminal pass
-//! through untouched. See [`tcploop::preload`] for what can and cannot be
-//! protected.
+//! through untouched. The engine is [`tcploop::preload::run`] (see
+//! [`tcploop::preload`] for what can and cannot be protected); the notes
+//! are [`tcploop::report::run`].
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 
-use anyhow::Context;
-use tcploop::preload;
-use tcploop::report;
+use tcploop::preload::{self, RunConfig, RunError};
+use tcploop::report::run::{kind, notes};
 
 use crate::exit::Exit;
 
@@ -67,32 +66,27 @@ pub struct Args {
 /// Runs the command; returns only on error.
 pub fn run(args: Args, _out: &mut dyn Write) -> anyhow::Result<Exit> {
     check_command(&args.command)?;
-    let name = &args.command[0];
-    let env = preload::Env {
-        lib: std::env::var_os(preload::ENV_LIB),
-        exe: std::env::current_exe().ok(),
-        path: std::env::var_os("PATH"),
-        ld_preload: std::env::var_os(preload::LD_PRELOAD),
+    let cfg = RunConfig {
+        command: args.command,
+        env: preload::Env {
+            lib: std::env::var_os(preload::ENV_LIB),
+            exe: std::env::current_exe().ok(),
+            path: std::env::var_os("PATH"),
+            ld_preload: std::env::var_os(preload::LD_PRELOAD),
+        },
+        strict: args.strict,
+        log: args.log,
     };
-    let plan = preload::plan(name, &env)?;
-    report::run::notes(&mut std::io::stderr().lock(), &plan)?;
-    if args.strict {
-        if let Some(g) = plan.gaps.iter().find(|g| g.certain()) {
+    match preload::run(&cfg, &mut |plan| notes(&mut std::io::stderr().lock(), plan)) {
+        RunError::Strict { program, gap } => {
             anyhow::bail!(
                 "--strict: not running {}: {}",
-                plan.program.display(),
-                report::run::kind(g)
-            );
+                program.display(),
+                kind(&gap)
+            )
         }
+        e => Err(e.into()),
     }
-    let mut cmd = std::process::Command::new(name);
-    cmd.args(&args.command[1..])
-        .env(preload::LD_PRELOAD, &plan.ld_preload);
-    if args.log {
-        cmd.env(preload::ENV_LOG, "1");
-    }
-    let err = cmd.exec();
-    Err(err).with_context(|| format!("running {}", plan.program.display()))
 }
 
 /// A usage error for what is no command at all: an empty name, or an

@@ -1,13 +1,16 @@
 //! `tcploop shield on|off|status|daemon`: make the loop impossible for every
 //! program of a network namespace (or of every namespace of the host).
-//! Parses, calls [`tcploop::shield`] once per namespace, and hands the
-//! results to [`tcploop::report::shield`].
+//! Parses, calls [`tcploop::shield::act`], and hands the result to
+//! [`tcploop::report::shield`]; `daemon` is its own subcommand module.
+
+pub mod daemon;
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use tcploop::report::shield::{render, Line};
-use tcploop::shield::{self, Mechanism};
+use tcploop::report::shield::render_run;
+use tcploop::report::Format;
+use tcploop::shield::{self, Mechanism, Scope};
 
 use crate::exit::Exit;
 
@@ -71,8 +74,8 @@ pub enum Action {
     /// how many self-connect SYNs it turned away
     Status(StatusArgs),
     /// Keep the shield on in every namespace, including new ones; serve metrics
-    #[command(after_help = super::shield_daemon::AFTER_HELP)]
-    Daemon(super::shield_daemon::Args),
+    #[command(after_help = daemon::AFTER_HELP)]
+    Daemon(daemon::Args),
 }
 
 /// Options shared by `on` and `off`.
@@ -145,6 +148,15 @@ pub enum AttachArg {
     Tc,
 }
 
+impl From<AttachArg> for shield::BpfAttach {
+    fn from(a: AttachArg) -> shield::BpfAttach {
+        match a {
+            AttachArg::Tcx => shield::BpfAttach::Tcx,
+            AttachArg::Tc => shield::BpfAttach::Tc,
+        }
+    }
+}
+
 /// `--cgroup-root` given as a flag alone: the host's cgroup v2 root.
 pub fn cgroup_dir(given: &str) -> anyhow::Result<PathBuf> {
     if !given.is_empty() {
@@ -157,113 +169,56 @@ pub fn cgroup_dir(given: &str) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// `on|off|status --cgroup-root`.
-fn run_cgroup(what: &str, dir: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    let dir = cgroup_dir(dir)?;
-    let r = match what {
-        "on" => shield::cgroup_on(&dir),
-        "off" => shield::cgroup_off(&dir),
-        _ => shield::cgroup_status(&dir),
-    }
-    .map_err(|e| e.to_string());
-    tcploop::report::shield::render_cgroup(out, json, &dir, &r)?;
-    Ok(match r {
-        Err(e) => {
-            out.flush()?;
-            eprintln!("tcploop: error: {e}");
-            Exit::Error
-        }
-        Ok(c) if what == "status" && !c.on => Exit::Found,
-        Ok(_) => Exit::Ok,
-    })
+/// Parse, then resolve: the action, where, and the output format (the
+/// daemon is a command of its own).
+type Config = (shield::Action, Scope, Format);
+
+fn config(
+    action: shield::Action,
+    all_netns: bool,
+    cgroup_root: Option<&str>,
+    json: bool,
+) -> anyhow::Result<Config> {
+    let scope = match cgroup_root {
+        Some(dir) => Scope::Cgroup(cgroup_dir(dir)?),
+        None if all_netns => Scope::AllNetns,
+        None => Scope::Here,
+    };
+    Ok((action, scope, Format::json_if(json)))
 }
 
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
-    match &args.action {
-        Action::On(a) if a.common.cgroup_root.is_some() => {
-            return run_cgroup(
-                "on",
-                a.common.cgroup_root.as_deref().unwrap_or(""),
-                a.common.json,
-                out,
-            )
-        }
-        Action::Off(a) if a.cgroup_root.is_some() => {
-            return run_cgroup("off", a.cgroup_root.as_deref().unwrap_or(""), a.json, out)
-        }
-        Action::Status(a) if a.cgroup_root.is_some() => {
-            return run_cgroup(
-                "status",
-                a.cgroup_root.as_deref().unwrap_or(""),
-                a.json,
-                out,
-            )
-        }
-        _ => {}
-    }
-    let is_status = matches!(args.action, Action::Status(_));
-    let (json, lines) = match args.action {
+    let (action, scope, format) = match args.action {
+        Action::Daemon(a) => return daemon::run(a, out),
         Action::On(a) => {
-            let force = a.common.mechanism.map(Mechanism::from);
-            let attach = a.attach;
-            let r = shield::each_namespace(a.common.all_netns, || {
-                let o = match (attach, force) {
-                    (Some(at), None | Some(Mechanism::Bpf)) => shield::on_bpf_with(match at {
-                        AttachArg::Tcx => shield::BpfAttach::Tcx,
-                        AttachArg::Tc => shield::BpfAttach::Tc,
-                    }),
-                    _ => shield::on_here(force),
-                }
-                .map_err(|e| e.to_string())?;
-                Ok(Line::on(&Ok((o, shield::status_here()))))
-            })?;
-            (a.common.json, r)
+            let (c, attach) = (a.common, a.attach.map(Into::into));
+            let on = shield::Action::On {
+                force: c.mechanism.map(Mechanism::from),
+                attach,
+            };
+            config(on, c.all_netns, c.cgroup_root.as_deref(), c.json)?
         }
-        Action::Off(a) => {
-            let only = a.mechanism.map(Mechanism::from);
-            let r = shield::each_namespace(a.all_netns, || {
-                let o = shield::off_here(only).map_err(|e| e.to_string())?;
-                Ok(Line::off(&Ok((o, shield::status_here()))))
-            })?;
-            if a.all_netns {
-                // Directories of namespaces that died meanwhile.
-                let _ = shield::prune();
-            }
-            (a.json, r)
+        Action::Off(c) => {
+            let off = shield::Action::Off {
+                only: c.mechanism.map(Mechanism::from),
+            };
+            config(off, c.all_netns, c.cgroup_root.as_deref(), c.json)?
         }
-        Action::Status(a) => {
-            let r = shield::each_namespace(a.all_netns, || {
-                Ok(Line::status(&Ok(shield::status_here())))
-            })?;
-            (a.json, r)
-        }
-        Action::Daemon(a) => return super::shield_daemon::run(a, out),
+        Action::Status(a) => config(
+            shield::Action::Status,
+            a.all_netns,
+            a.cgroup_root.as_deref(),
+            a.json,
+        )?,
     };
-    let (lines, unreadable) = lines;
-    if !json && lines.len() == 1 {
-        if let Err(e) = &lines[0].result {
-            // One namespace that failed: the error, once, on stderr.
-            eprintln!("tcploop: error: {e}");
-            return Ok(Exit::Error);
-        }
-    }
-    let (_on, off, failed) = render(out, json, &lines, unreadable)?;
-    if failed > 0 {
-        if !json {
-            let first = lines.iter().find_map(|l| match &l.result {
-                Err(e) => Some(e.clone()),
-                Ok(_) => None,
-            });
-            if let Some(e) = first {
-                out.flush()?;
-                eprintln!("tcploop: error: {e}");
-            }
-        }
-        return Ok(Exit::Error);
-    }
-    if is_status && off > 0 {
-        return Ok(Exit::Found);
-    }
-    Ok(Exit::Ok)
+    let done = shield::act(action, &scope)?;
+    let counts = render_run(out, &mut std::io::stderr().lock(), format, &done)?;
+    Ok(if counts.failed > 0 {
+        Exit::Error
+    } else if action == shield::Action::Status && counts.off > 0 {
+        Exit::Found
+    } else {
+        Exit::Ok
+    })
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tcploop::ports::PortSet;
 use tcploop::report::trace as render;
-use tcploop::trace::{self, Filter, NetnsScope, TraceConfig, TraceError, TraceEvent};
+use tcploop::report::Format;
+use tcploop::trace::{self, Filter, NetnsScope, TraceConfig, TraceError};
 
 use crate::exit::Exit;
 
@@ -50,7 +51,7 @@ pub struct Args {
     pub netns: String,
     /// Only loops on these ports, e.g. 8080 or 40000-40999,8080
     #[arg(long, value_name = "PORTS")]
-    pub port: Option<String>,
+    pub port: Option<PortSet>,
     /// Only loops made by this process or its descendants (repeatable)
     #[arg(long, value_name = "PID")]
     pub pid: Vec<u32>,
@@ -81,12 +82,6 @@ fn config(args: &Args) -> anyhow::Result<TraceConfig> {
         "all" => NetnsScope::All,
         other => anyhow::bail!("--netns {other:?}: expected `current` or `all`"),
     };
-    let ports = args
-        .port
-        .as_deref()
-        .map(PortSet::parse)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("--port: {e}"))?;
     if args.count == Some(0) {
         anyhow::bail!("--count must be at least 1");
     }
@@ -99,7 +94,7 @@ fn config(args: &Args) -> anyhow::Result<TraceConfig> {
     Ok(TraceConfig {
         scope,
         filter: Filter {
-            ports,
+            ports: args.port.clone(),
             trees: args.pid.clone(),
         },
         duration: args.duration,
@@ -113,28 +108,17 @@ fn config(args: &Args) -> anyhow::Result<TraceConfig> {
 /// Runs the command.
 pub fn run(args: Args, out: &mut dyn Write) -> anyhow::Result<Exit> {
     let cfg = config(&args)?;
-    let json = args.json;
-    let kill = cfg.kill;
-    let result = trace::trace(&cfg, &mut |e| {
-        if let TraceEvent::Attached { netns } = e {
-            render::started(&mut std::io::stderr().lock(), *netns, kill)?;
-            if !json {
-                render::header(out)?;
-            }
-        }
-        render::event(out, json, e)
-    });
-    let summary = match result {
+    let format = Format::json_if(args.json);
+    let err = &mut std::io::stderr();
+    let summary = match trace::trace(&cfg, &mut |e| render::event(out, err, format, cfg.kill, e)) {
         Ok(s) => s,
-        Err(TraceError::Refused(r)) => {
-            anyhow::bail!(
-                "cannot trace: {r}; run it as root, or use `tcploop watch --source poll` \
-                 (polling, no privileges: misses loops shorter than its interval)"
-            )
-        }
+        Err(TraceError::Refused(r)) => anyhow::bail!(
+            "cannot trace: {r}; run it as root, or use `tcploop watch --source poll` \
+             (polling, no privileges: misses loops shorter than its interval)"
+        ),
         Err(e) => return Err(e.into()),
     };
-    render::summary(out, json, &summary)?;
+    render::summary(out, format, &summary)?;
     Ok(match summary.command_status {
         Some(c) => Exit::Command(c),
         None if summary.loops > 0 => Exit::Found,

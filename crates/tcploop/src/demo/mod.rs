@@ -14,17 +14,23 @@
 //!   SYN-RECEIVED, ESTABLISHED, the Simultaneous Open path;
 //! - [`ladder`] and [`svg`]: draw the loop as a ladder diagram, in text and
 //!   as an SVG picture;
-//! - [`pcap`]: writes the capture as a pcap file for tcpdump and Wireshark.
+//! - [`pcap`]: writes the capture as a pcap file for tcpdump and Wireshark;
+//! - [`show`]: the whole demo, `run(DemoConfig, on_step)`: the target
+//!   checked, the sandbox entered, one phase or the parity lesson's two,
+//!   the files written.
 //!
-//! Everything but [`session`] and [`phase`] is pure and tested from fixtures.
+//! Everything but [`session`], [`phase`] and [`show`] is pure and tested from fixtures.
 
 pub mod ladder;
 pub mod pcap;
 pub mod phase;
 pub mod segment;
 pub mod session;
+pub mod show;
 pub mod story;
 pub mod svg;
+
+pub use show::{default_target, run, DemoConfig, DemoError, PhaseName, Step};
 
 #[cfg(test)]
 mod tests {

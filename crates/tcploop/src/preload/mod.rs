@@ -148,5 +148,85 @@ pub fn plan(name: &std::ffi::OsStr, env: &Env) -> Result<Plan, PlanError> {
     })
 }
 
+/// What `tcploop run` is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The command and its arguments (a name first).
+    pub command: Vec<std::ffi::OsString>,
+    /// What the environment holds.
+    pub env: Env,
+    /// Refuse a program the guard certainly does not cover.
+    pub strict: bool,
+    /// Have the guard log each prevented loop ([`ENV_LOG`]).
+    pub log: bool,
+}
+
+/// Why `tcploop run` did not replace itself with the command.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No plan: the library or the program is missing.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The caller's notes could not be written.
+    #[error("writing the notes")]
+    Notes(#[source] std::io::Error),
+    /// `strict`, and the guard certainly does not cover the program.
+    #[error("not running {}: {gap}", .program.display())]
+    Strict {
+        /// The program.
+        program: PathBuf,
+        /// Why it would run unprotected.
+        gap: Gap,
+    },
+    /// `execve(2)` failed.
+    #[error("running {}", .program.display())]
+    Exec {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Plans the command, hands the plan to `notes` (what the guard will not
+/// cover, said before the command starts), then replaces this process with
+/// the command under the guard (`execvp(3)`: its exit status, signals and
+/// terminal pass through). Returns only on failure.
+pub fn run(cfg: &RunConfig, notes: &mut dyn FnMut(&Plan) -> std::io::Result<()>) -> RunError {
+    use std::os::unix::process::CommandExt;
+    let Some(name) = cfg.command.first() else {
+        return RunError::Plan(PlanError::NotFound(Default::default()));
+    };
+    let plan = match plan(name, &cfg.env) {
+        Ok(p) => p,
+        Err(e) => return e.into(),
+    };
+    if let Err(e) = notes(&plan) {
+        return RunError::Notes(e);
+    }
+    if let Some(g) = plan
+        .gaps
+        .iter()
+        .find(|g| g.certain())
+        .filter(|_| cfg.strict)
+    {
+        return RunError::Strict {
+            program: plan.program.clone(),
+            gap: g.clone(),
+        };
+    }
+    let mut cmd = std::process::Command::new(name);
+    cmd.args(&cfg.command[1..])
+        .env(LD_PRELOAD, &plan.ld_preload);
+    if cfg.log {
+        cmd.env(ENV_LOG, "1");
+    }
+    RunError::Exec {
+        program: plan.program,
+        source: cmd.exec(),
+    }
+}
+
 #[cfg(test)]
 mod tests;

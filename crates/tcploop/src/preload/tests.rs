@@ -243,3 +243,47 @@ fn commands_are_found_like_execvp() {
         None
     );
 }
+
+/// `run` with `strict` refuses a program the guard certainly does not
+/// cover, after the notes, and never reaches exec (the program file is
+/// not even executable: an exec would fail, not replace the test).
+#[test]
+fn strict_refuses_before_exec_and_after_the_notes() {
+    let dir = std::env::temp_dir().join(format!("tcploop-run-strict-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let library = dir.join(LIB_NAME);
+    std::fs::write(&library, elf(true, X86_64, &[(PT_DYNAMIC, b"")])).unwrap();
+    let program = dir.join("static-tool");
+    std::fs::write(&program, elf(true, X86_64, &[])).unwrap();
+    let cfg = |strict: bool| RunConfig {
+        command: vec![program.clone().into(), "--flag".into()],
+        env: Env {
+            lib: Some(library.clone().into()),
+            ..Env::default()
+        },
+        strict,
+        log: false,
+    };
+    let mut seen = vec![];
+    let e = run(&cfg(true), &mut |plan| {
+        seen.push(plan.gaps.clone());
+        Ok(())
+    });
+    assert!(
+        matches!(&e, RunError::Strict { program: p, gap: Gap::Static { .. } } if *p == program),
+        "{e:?}"
+    );
+    assert_eq!(seen.len(), 1, "the notes come first, once");
+    // Notes that cannot be written stop the run, strict or not.
+    let e = run(&cfg(false), &mut |_| {
+        Err(std::io::ErrorKind::BrokenPipe.into())
+    });
+    assert!(matches!(e, RunError::Notes(_)), "{e:?}");
+    // Not strict: exec is tried, and fails on a file that is not executable.
+    let e = run(&cfg(false), &mut |_| Ok(()));
+    assert!(
+        matches!(&e, RunError::Exec { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),
+        "{e:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

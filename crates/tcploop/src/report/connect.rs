@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::{addr, count, duration, thousands, Format};
 use crate::host::Host;
 use crate::predict::Prediction;
-use crate::repro::{Ended, Held, Progress, Proof, Report};
+use crate::repro::{Ended, Held, Progress, Proof, Report, Step};
 
 /// The `result` line.
 #[derive(Debug, Serialize, Default)]
@@ -180,6 +180,67 @@ impl Ticker {
     pub fn finish(self) {
         if let Some(b) = self.bar {
             b.finish_and_clear();
+        }
+    }
+}
+
+/// The renderer of [`crate::repro::connect`]'s steps: the verdict, the
+/// progress display, the proof and the result, as they come.
+#[allow(missing_debug_implementations)] // a `dyn Write` has no Debug
+pub struct Live<'a> {
+    out: &'a mut dyn Write,
+    format: Format,
+    style: Style,
+    given: &'a str,
+    ticker: Option<Ticker>,
+}
+
+impl<'a> Live<'a> {
+    /// To `out`; `given`: the destination as the user wrote it.
+    pub fn new(out: &'a mut dyn Write, format: Format, style: Style, given: &'a str) -> Live<'a> {
+        Live {
+            out,
+            format,
+            style,
+            given,
+            ticker: None,
+        }
+    }
+
+    /// Renders one step.
+    pub fn step(&mut self, s: &Step<'_>) -> io::Result<()> {
+        let (out, format) = (&mut *self.out, self.format);
+        match s {
+            Step::Resolved(r) => super::check::resolution(out, format, self.given, r),
+            Step::Planned(p) => verdict(out, format, &p.host, p.target, &p.prediction),
+            Step::Refused(p) => refused(out, format, &p.host, p.target.port(), p.suggestion),
+            Step::NotLocal(p) => not_local(out, format, &p.host),
+            Step::Trying { max_tries } => {
+                self.ticker = Some(Ticker::start(out, self.style, *max_tries)?);
+                Ok(())
+            }
+            Step::Tick(p) => match &mut self.ticker {
+                Some(t) => t.tick(out, p),
+                None => Ok(()),
+            },
+            Step::Tried => {
+                if let Some(t) = self.ticker.take() {
+                    t.finish();
+                }
+                Ok(())
+            }
+            Step::Proved {
+                report,
+                target,
+                proof,
+                hold,
+            } => proved(out, format, report, *target, proof, *hold),
+            Step::Ended {
+                report,
+                target,
+                ended,
+                rst,
+            } => result(out, format, report, *target, *ended, *rst),
         }
     }
 }
@@ -432,5 +493,38 @@ mod tests {
         let l = line(Ended::TimeLimit, true);
         assert_eq!(l["data"]["outcome"], "gave-up");
         assert_eq!(l["data"]["echo"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn live_renders_the_steps_in_order() {
+        let target = "127.0.0.1:40004".parse().unwrap();
+        let (r, progress) = (report(), Progress::default());
+        let mut v = vec![];
+        let mut live = Live::new(&mut v, Format::Human, Style::Dots, "127.0.0.1");
+        for s in [
+            Step::Trying {
+                max_tries: Some(12345),
+            },
+            Step::Tick(&progress),
+            Step::Tried,
+            Step::Ended {
+                report: &r,
+                target,
+                ended: Ended::TryLimit,
+                rst: true,
+            },
+        ] {
+            live.step(&s).unwrap();
+        }
+        assert_eq!(
+            String::from_utf8(v).unwrap(),
+            "Trying to connect...Gave up after 12,345 tries in 1.52 s (8,122 tries/s): the try \
+             limit (--max-tries) was reached without a loop.\n"
+        );
+        let mut v = vec![];
+        let mut live = Live::new(&mut v, Format::Json, Style::None, "127.0.0.1");
+        live.step(&Step::Trying { max_tries: None }).unwrap();
+        live.step(&Step::Tried).unwrap();
+        assert!(v.is_empty());
     }
 }

@@ -31,6 +31,7 @@ use crate::demo::ladder;
 use crate::demo::phase::{PhaseConfig, PhaseReport};
 use crate::demo::segment::Segment;
 use crate::demo::story::{self, Loop, Role, Story};
+use crate::demo::{PhaseName, Step};
 use crate::ports::{Parity, PortRange};
 use crate::predict::Prediction;
 use crate::repro;
@@ -104,9 +105,57 @@ pub struct Out<'a> {
     pub range: PortRange,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
+    /// Output to `w`; the sandbox is named once entered ([`step`]).
+    pub fn new(w: &'a mut dyn Write, format: Format, range: PortRange) -> Out<'a> {
+        Out {
+            w,
+            format,
+            namespace: "user+net",
+            range,
+        }
+    }
+
     fn json(&self) -> bool {
         self.format == Format::Json
+    }
+}
+
+/// Renders one step of [`crate::demo::run`] as it comes.
+pub fn step(o: &mut Out<'_>, s: &Step<'_>) -> io::Result<()> {
+    match s {
+        Step::Entered {
+            entered,
+            target,
+            odd,
+        } => {
+            o.namespace = match entered {
+                Entered::UserAndNet => "user+net",
+                Entered::NetOnly => "net",
+            };
+            intro(o, *entered, *target, *odd)
+        }
+        Step::Phase { name, cfg, report } => {
+            let (n, pred) = (name.name(), &report.prediction);
+            match name {
+                PhaseName::Loop => {
+                    reasons(o, pred)?;
+                    if !report.tried {
+                        return cannot_loop(o, n, cfg.target, pred);
+                    }
+                    phase(o, n, cfg, report, true)
+                }
+                PhaseName::Parity => {
+                    lesson_step(o, 1, cfg, pred)?;
+                    phase(o, n, cfg, report, false)
+                }
+                PhaseName::Held => {
+                    lesson_step(o, 2, cfg, pred)?;
+                    phase(o, n, cfg, report, true)
+                }
+            }
+        }
+        Step::Done { pcap, svg, elapsed } => done(o, *pcap, *svg, *elapsed),
     }
 }
 
@@ -584,5 +633,73 @@ mod tests {
         assert!(lines[0].starts_with("  why      word"));
         assert!(lines[1].starts_with("           word"));
         assert_eq!(out.matches("word").count(), 30);
+    }
+
+    #[test]
+    fn entering_the_sandbox_opens_the_text_and_names_it_in_json() {
+        let range = PortRange {
+            low: 40000,
+            high: 40009,
+        };
+        let entered = Step::Entered {
+            entered: Entered::NetOnly,
+            target: "127.0.0.1:40004".parse().unwrap(),
+            odd: true,
+        };
+        let mut v = vec![];
+        let mut o = Out::new(&mut v, Format::Human, range);
+        step(&mut o, &entered).unwrap();
+        assert_eq!(o.namespace, "net");
+        let text = String::from_utf8(v).unwrap();
+        assert!(
+            text.starts_with(
+                "tcploop demo: a TCP socket connects to itself (the parity lesson)\n\n  \
+                 sandbox  a fresh network namespace with lo up (as root:"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  range    ip_local_port_range 40000-40009\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\n  target   127.0.0.1:40004, nothing listening there\n"),
+            "{text}"
+        );
+        let mut v = vec![];
+        let mut o = Out::new(&mut v, Format::Json, range);
+        step(&mut o, &entered).unwrap();
+        let done = Step::Done {
+            pcap: None,
+            svg: None,
+            elapsed: Duration::from_millis(5),
+        };
+        step(&mut o, &done).unwrap();
+        assert_eq!(o.namespace, "net");
+        assert!(v.is_empty(), "JSON has only packet, state and result lines");
+    }
+
+    #[test]
+    fn the_closing_lines_name_the_files() {
+        let range = PortRange {
+            low: 40000,
+            high: 40009,
+        };
+        let mut v = vec![];
+        let mut o = Out::new(&mut v, Format::Human, range);
+        let done = Step::Done {
+            pcap: Some((Path::new("loop.pcap"), 12)),
+            svg: Some(Path::new("loop.svg")),
+            elapsed: Duration::from_millis(840),
+        };
+        step(&mut o, &done).unwrap();
+        let text = String::from_utf8(v).unwrap();
+        assert!(
+            text.starts_with(
+                "\nWrote loop.pcap (12 frames: tcpdump -nr loop.pcap) and loop.svg (the ladder).\n\n\
+                 Done in 840 ms, namespace set-up included."
+            ),
+            "{text}"
+        );
     }
 }

@@ -47,10 +47,10 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::doctor::{Diagnosis, FixReport, Outcome, Owned, Step};
+use crate::doctor::{Diagnosis, FixReport, Outcome, Owned, ServicePort, Step};
 use crate::holders::{Effect, Kind, Verdict};
 use crate::owners::Owner;
-use crate::report::{self, escape, json_line};
+use crate::report::{self, escape, json_line, Format};
 use crate::scan::Killed;
 
 #[derive(Debug, Serialize)]
@@ -303,8 +303,24 @@ fn effect_text(e: Effect) -> &'static str {
     }
 }
 
-/// Renders the whole outcome.
-pub fn render(out: &mut dyn Write, o: &Outcome, json: bool) -> io::Result<()> {
+/// Renders the whole outcome; in human text, first where the port came
+/// from when `--service` gave it.
+pub fn render(
+    out: &mut dyn Write,
+    format: Format,
+    service: Option<(&str, &ServicePort)>,
+    o: &Outcome,
+) -> io::Result<()> {
+    let json = format == Format::Json;
+    if let (Some((name, sp)), false) = (service, json) {
+        writeln!(
+            out,
+            "Service {}: port {} (from {})",
+            escape(name),
+            sp.port,
+            escape(&sp.source)
+        )?;
+    }
     for ns in &o.namespaces {
         let many = o.namespaces.len() > 1 || !ns.before.netns.is_own();
         if json {
@@ -778,15 +794,37 @@ mod tests {
             skipped: vec![],
         };
         let mut text = vec![];
-        render(&mut text, &o, false).unwrap();
+        render(&mut text, Format::Human, None, &o).unwrap();
         let text = String::from_utf8(text).unwrap();
         assert!(!text.contains('\x1b'), "{text}");
         assert!(text.contains("\\x1b[2J\\x1b[31mX\\nY (pid 31201"), "{text}");
         assert!(!text.lines().any(|l| l.starts_with('Y')), "{text}");
         let mut json = vec![];
-        render(&mut json, &o, true).unwrap();
+        render(&mut json, Format::Json, None, &o).unwrap();
         let first: serde_json::Value =
             serde_json::from_slice(json.split(|b| *b == b'\n').next().unwrap()).unwrap();
         assert_eq!(first["data"]["owners"][0]["command"], name);
+    }
+
+    #[test]
+    fn the_service_line_comes_first_in_text_only() {
+        let sp = ServicePort {
+            port: 6379,
+            addr: None,
+            source: "/etc/services".into(),
+        };
+        let o = Outcome {
+            namespaces: vec![],
+            skipped: vec![],
+        };
+        let mut text = vec![];
+        render(&mut text, Format::Human, Some(("redis", &sp)), &o).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "Service redis: port 6379 (from /etc/services)\n"
+        );
+        let mut json = vec![];
+        render(&mut json, Format::Json, Some(("redis", &sp)), &o).unwrap();
+        assert!(json.is_empty());
     }
 }

@@ -17,6 +17,7 @@ pub mod ports;
 pub mod predict;
 pub mod run;
 pub mod shield;
+pub mod shield_daemon;
 
 use std::io::{self, Write};
 

@@ -22,9 +22,83 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use super::Format;
 use crate::shield::{
-    Active, CgroupShield, InNamespace, Namespace, OffOutcome, OnOutcome, ShieldState,
+    Active, CgroupShield, Done, InNamespace, Namespace, OffOutcome, OnOutcome, ShieldRun,
+    ShieldState,
 };
+
+/// How many namespaces (or the cgroup) ended on, off, or failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Shield on.
+    pub on: usize,
+    /// Shield off.
+    pub off: usize,
+    /// Failed, or state unknown.
+    pub failed: usize,
+}
+
+/// Renders what [`crate::shield::act`] did: the namespace lines and the
+/// summary (or the cgroup's line); in human text, the first error once
+/// more on `err` (and alone there when the one namespace failed).
+pub fn render_run(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    format: Format,
+    run: &ShieldRun,
+) -> io::Result<Counts> {
+    let (results, unreadable) = match run {
+        ShieldRun::Cgroup(dir, r) => {
+            render_cgroup(out, format, dir, r)?;
+            return Ok(match r {
+                Err(e) => {
+                    out.flush()?;
+                    writeln!(err, "tcploop: error: {}", escape(e))?;
+                    Counts {
+                        failed: 1,
+                        ..Counts::default()
+                    }
+                }
+                Ok(c) if c.on => Counts {
+                    on: 1,
+                    ..Counts::default()
+                },
+                Ok(_) => Counts {
+                    off: 1,
+                    ..Counts::default()
+                },
+            });
+        }
+        ShieldRun::Namespaces(results, unreadable) => (results, *unreadable),
+    };
+    let first_error = results.iter().find_map(|l| l.result.as_ref().err());
+    if format == Format::Human && results.len() == 1 {
+        if let Some(e) = first_error {
+            // One namespace that failed: the error, once, on stderr.
+            writeln!(err, "tcploop: error: {}", escape(e))?;
+            return Ok(Counts {
+                failed: 1,
+                ..Counts::default()
+            });
+        }
+    }
+    let lines: Vec<InNamespace<Line>> = results
+        .iter()
+        .map(|l| InNamespace {
+            ns: l.ns.clone(),
+            result: l.result.as_ref().map(Line::of).map_err(Clone::clone),
+        })
+        .collect();
+    let (on, off, failed) = render(out, format, &lines, unreadable)?;
+    if failed > 0 && format == Format::Human {
+        if let Some(e) = first_error {
+            out.flush()?;
+            writeln!(err, "tcploop: error: {}", escape(e))?;
+        }
+    }
+    Ok(Counts { on, off, failed })
+}
 
 /// What a namespace line says, gathered from any of the three commands.
 #[derive(Debug, Default)]
@@ -37,6 +111,15 @@ pub struct Line {
 }
 
 impl Line {
+    /// What one namespace's step did.
+    pub fn of(d: &Done) -> Line {
+        match d {
+            Done::On(o, st) => Line::on(&Ok((o.clone(), st.clone()))),
+            Done::Off(o, st) => Line::off(&Ok((o.clone(), st.clone()))),
+            Done::Status(st) => Line::status(&Ok(st.clone())),
+        }
+    }
+
     /// After `on`, with the state read back.
     pub fn on(r: &Result<(OnOutcome, ShieldState), String>) -> Line {
         match r {
@@ -164,7 +247,7 @@ fn escape(s: &str) -> String {
 /// Renders the lines, then the summary. Returns (on, off, failed) counts.
 pub fn render(
     out: &mut dyn Write,
-    json: bool,
+    format: Format,
     lines: &[InNamespace<Line>],
     unreadable_pids: u64,
 ) -> io::Result<(usize, usize, usize)> {
@@ -181,7 +264,7 @@ pub fn render(
             _ => failed += 1,
         }
         let a = line.shown();
-        if json {
+        if format == Format::Json {
             crate::report::json_line(
                 out,
                 "shield",
@@ -224,7 +307,7 @@ pub fn render(
         failed,
         unreadable_pids,
     };
-    if json {
+    if format == Format::Json {
         crate::report::json_line(out, "summary", &s)?;
     } else if lines.len() > 1 || unreadable_pids > 0 {
         writeln!(
@@ -299,7 +382,7 @@ struct CgroupOut<'a> {
 /// Renders the cgroup hook's line (`--cgroup-root`).
 pub fn render_cgroup(
     out: &mut dyn Write,
-    json: bool,
+    format: Format,
     cgroup: &std::path::Path,
     r: &Result<CgroupShield, String>,
 ) -> io::Result<()> {
@@ -312,7 +395,7 @@ pub fn render_cgroup(
         Some(_) => "off",
         None => "unknown",
     };
-    if json {
+    if format == Format::Json {
         return crate::report::json_line(
             out,
             "cgroup_shield",
@@ -411,7 +494,7 @@ mod tests {
             },
         ];
         let mut text = vec![];
-        let counts = render(&mut text, false, &lines, 3).unwrap();
+        let counts = render(&mut text, Format::Human, &lines, 3).unwrap();
         assert_eq!(counts, (1, 0, 1));
         let text = String::from_utf8(text).unwrap();
         assert_eq!(
@@ -424,7 +507,7 @@ mod tests {
              2 namespaces: 1 shielded, 0 not, 1 failed; 3 processes' namespaces not readable (run as root)\n"
         );
         let mut json = vec![];
-        render(&mut json, true, &lines, 3).unwrap();
+        render(&mut json, Format::Json, &lines, 3).unwrap();
         let json = String::from_utf8(json).unwrap();
         let v: Vec<serde_json::Value> = json
             .lines()
@@ -456,12 +539,82 @@ mod tests {
             result: Ok(Line::status(&Ok(st))),
         }];
         let mut text = vec![];
-        assert_eq!(render(&mut text, false, &lines, 0).unwrap(), (0, 1, 0));
+        assert_eq!(
+            render(&mut text, Format::Human, &lines, 0).unwrap(),
+            (0, 1, 0)
+        );
         let text = String::from_utf8(text).unwrap();
         assert!(text.contains("shield off"), "{text}");
         assert!(
             text.contains("one family only: the other can loop"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn one_failed_namespace_is_said_once_on_stderr_and_counted() {
+        let run = ShieldRun::Namespaces(
+            vec![InNamespace {
+                ns: ns(7, true, None),
+                result: Err("the bpf shield: not permitted\x1b".to_string()),
+            }],
+            0,
+        );
+        let (mut text, mut err) = (vec![], vec![]);
+        let c = render_run(&mut text, &mut err, Format::Human, &run).unwrap();
+        assert_eq!(
+            c,
+            Counts {
+                failed: 1,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(String::from_utf8(text).unwrap(), "");
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "tcploop: error: the bpf shield: not permitted\\x1b\n"
+        );
+        // JSON: the line and the summary, nothing on stderr.
+        let (mut json, mut err) = (vec![], vec![]);
+        render_run(&mut json, &mut err, Format::Json, &run).unwrap();
+        assert_eq!(String::from_utf8(json).unwrap().lines().count(), 2);
+        assert!(err.is_empty());
+    }
+
+    #[test]
+    fn the_cgroup_hook_off_counts_as_off() {
+        let c = CgroupShield {
+            cgroup: "/sys/fs/cgroup".into(),
+            on: false,
+            action: None,
+            since: None,
+            refused: None,
+            pinned: None,
+        };
+        let run = ShieldRun::Cgroup("/sys/fs/cgroup".into(), Ok(c));
+        let (mut text, mut err) = (vec![], vec![]);
+        let n = render_run(&mut text, &mut err, Format::Human, &run).unwrap();
+        assert_eq!(
+            n,
+            Counts {
+                off: 1,
+                ..Counts::default()
+            }
+        );
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "cgroup /sys/fs/cgroup: connect hook off\n"
+        );
+        let run = ShieldRun::Cgroup("/x".into(), Err("no BTF".into()));
+        let (mut json, mut err) = (vec![], vec![]);
+        let n = render_run(&mut json, &mut err, Format::Json, &run).unwrap();
+        assert_eq!(n.failed, 1);
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            "{\"type\":\"cgroup_shield\",\"data\":{\"cgroup\":\"/x\",\"state\":\"unknown\",\
+             \"action\":null,\"since\":null,\"refused_v4\":null,\"refused_v6\":null,\
+             \"pinned\":null,\"error\":\"no BTF\"}}\n"
+        );
+        assert_eq!(String::from_utf8(err).unwrap(), "tcploop: error: no BTF\n");
     }
 }

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::report::{self, escape, json_line};
+use crate::report::{self, escape, json_line, Format};
 use crate::scan::Killed;
 use crate::trace::{LoopEnded, LoopSeen, OwnerFrom, Stop, Summary, TraceEvent};
 
@@ -154,12 +154,24 @@ fn kill_result(k: &Result<Killed, crate::scan::KillError>) -> (&'static str, Opt
     }
 }
 
-/// Renders one event.
-pub fn event(out: &mut dyn Write, json: bool, e: &TraceEvent) -> io::Result<()> {
+/// Renders one event: once attached, the `started` lines on `err` (and
+/// the column header in text); `kill`: `--kill` was given.
+pub fn event(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    format: Format,
+    kill: bool,
+    e: &TraceEvent,
+) -> io::Result<()> {
     let now = SystemTime::now();
+    let json = format == Format::Json;
     match e {
-        // the caller prints `started` and `header` (stderr, stdout)
-        TraceEvent::Attached { .. } => return Ok(()),
+        TraceEvent::Attached { netns } => {
+            started(err, *netns, kill)?;
+            if !json {
+                header(out)?;
+            }
+        }
         TraceEvent::Loop(s) => {
             if json {
                 json_line(out, "loop", &loop_out(s, s.time, s.monotonic_ns))?;
@@ -273,8 +285,8 @@ fn stopped_by(s: Stop) -> &'static str {
 }
 
 /// Renders the summary (JSON: the last line; text: one line).
-pub fn summary(out: &mut dyn Write, json: bool, s: &Summary) -> io::Result<()> {
-    if json {
+pub fn summary(out: &mut dyn Write, format: Format, s: &Summary) -> io::Result<()> {
+    if format == Format::Json {
         json_line(
             out,
             "summary",
@@ -343,7 +355,14 @@ mod tests {
     #[test]
     fn a_text_line_escapes_the_command() {
         let mut out = vec![];
-        event(&mut out, false, &TraceEvent::Loop(seen())).unwrap();
+        event(
+            &mut out,
+            &mut io::sink(),
+            Format::Human,
+            false,
+            &TraceEvent::Loop(seen()),
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("00:12:01.123456"), "{text}");
         assert!(text.contains("evil\\x1b[2J"), "{text}");
@@ -354,7 +373,14 @@ mod tests {
     #[test]
     fn json_lines_have_the_documented_fields() {
         let mut out = vec![];
-        event(&mut out, true, &TraceEvent::Loop(seen())).unwrap();
+        event(
+            &mut out,
+            &mut io::sink(),
+            Format::Json,
+            false,
+            &TraceEvent::Loop(seen()),
+        )
+        .unwrap();
         let end = LoopEnded {
             seen: seen(),
             time: SystemTime::UNIX_EPOCH,
@@ -362,7 +388,14 @@ mod tests {
             lived: Duration::from_nanos(42_000),
             new_state: TcpState::Close,
         };
-        event(&mut out, true, &TraceEvent::End(end)).unwrap();
+        event(
+            &mut out,
+            &mut io::sink(),
+            Format::Json,
+            false,
+            &TraceEvent::End(end),
+        )
+        .unwrap();
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()
             .lines()
@@ -374,5 +407,61 @@ mod tests {
         assert_eq!(lines[1]["type"], "loop-end");
         assert_eq!(lines[1]["data"]["lived_us"], 42.0);
         assert_eq!(lines[1]["data"]["state"], "CLOSE");
+    }
+
+    #[test]
+    fn attached_says_the_scope_on_stderr_and_heads_the_text_columns() {
+        let e = TraceEvent::Attached {
+            netns: Some(4026531840),
+        };
+        let (mut out, mut err) = (vec![], vec![]);
+        event(&mut out, &mut err, Format::Human, true, &e).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "TIME(UTC)           PID COMM             ADDRESS                NETNS       EVENT\n"
+        );
+        let err = String::from_utf8(err).unwrap();
+        assert!(err.starts_with(
+            "tcploop trace: tracing loops in network namespace net:[4026531840] (Ctrl-C to stop)\n\
+             tcploop trace: --kill destroys each loop"
+        ));
+        let (mut out, mut err) = (vec![], vec![]);
+        let all = TraceEvent::Attached { netns: None };
+        event(&mut out, &mut err, Format::Json, false, &all).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "tcploop trace: tracing loops in every network namespace (Ctrl-C to stop)\n"
+        );
+    }
+
+    #[test]
+    fn the_summary_in_text_and_json() {
+        let s = Summary {
+            loops: 1200,
+            ends: 3,
+            lost_loops: 2,
+            lost_ends: 0,
+            killed: 1,
+            kill_failed: 1,
+            elapsed: Duration::from_millis(1520),
+            stop: Stop::CommandExited,
+            command_status: Some(1),
+        };
+        let mut text = vec![];
+        summary(&mut text, Format::Human, &s).unwrap();
+        assert_eq!(
+            String::from_utf8(text).unwrap(),
+            "1,200 loops in 1.52 s, 3 ended, 2 events lost (ring buffer full), 1 killed, 1 not; \
+             the command exited with 1\n"
+        );
+        let mut json = vec![];
+        summary(&mut json, Format::Json, &s).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            "{\"type\":\"summary\",\"data\":{\"loops\":1200,\"ends\":3,\"lost_loops\":2,\
+             \"lost_ends\":0,\"killed\":1,\"kill_failed\":1,\"elapsed_s\":1.52,\
+             \"stopped_by\":\"command\",\"command_status\":1}}\n"
+        );
     }
 }
