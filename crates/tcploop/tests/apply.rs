@@ -6,7 +6,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::common::{self, json_lines, of_type, output, scenario, scenario_out, stderr, stdout};
+use crate::common::{self, json_lines, of_type, output, stderr, stdout, Sandbox};
 
 const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
@@ -51,32 +51,28 @@ fn temp_dir(name: &str) -> PathBuf {
 #[test]
 fn apply_keeps_every_reservation_of_a_long_list_and_invents_none() {
     let reserve = "30000,30002,30004,30006,30008,30010,30012";
-    assert_eq!(
-        scenario(
-            "30000-30999",
-            Some(reserve),
-            "apply::scenario_long_list_kept"
-        ),
-        "ok"
-    );
+    let Some(text) = scenario_long_list_kept::run(&Sandbox::range("30000-30999").reserve(reserve))
+    else {
+        return;
+    };
+    assert_eq!(text, "ok");
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from apply_keeps_every_reservation_of_a_long_list_..."]
-fn scenario_long_list_kept() {
-    let Some(out) = scenario_out() else { return };
-    let (lines, code, err) = audit_json(&["audit", "--json", "--ports", "30016", "--apply"]);
-    assert_eq!(code, Some(0), "{lines:?} {err}");
-    let applied = &of_type(&lines, "applied")[0];
-    let want = "30000,30002,30004,30006,30008,30010,30012,30016";
-    assert_eq!(
-        applied["previous"],
-        "30000,30002,30004,30006,30008,30010,30012"
-    );
-    assert_eq!(applied["value"], want);
-    assert_eq!(applied["written"], true);
-    assert_eq!(reserved_now(), want);
-    std::fs::write(out, "ok").unwrap();
+scenario! {
+    fn scenario_long_list_kept(out) {
+        let (lines, code, err) = audit_json(&["audit", "--json", "--ports", "30016", "--apply"]);
+        assert_eq!(code, Some(0), "{lines:?} {err}");
+        let applied = &of_type(&lines, "applied")[0];
+        let want = "30000,30002,30004,30006,30008,30010,30012,30016";
+        assert_eq!(
+            applied["previous"],
+            "30000,30002,30004,30006,30008,30010,30012"
+        );
+        assert_eq!(applied["value"], want);
+        assert_eq!(applied["written"], true);
+        assert_eq!(reserved_now(), want);
+        std::fs::write(out, "ok").unwrap();
+    }
 }
 
 /// 6 `audit --apply` runs at once, for different ports, 20 rounds, over a
@@ -93,61 +89,58 @@ fn concurrent_applies_never_lose_each_others_ports() {
         return;
     }
     let start: Vec<String> = (41000..41200).step_by(2).map(|p| p.to_string()).collect();
-    assert_eq!(
-        scenario(
-            "40000-41999",
-            Some(&start.join(",")),
-            "apply::scenario_concurrent"
-        ),
-        "ok"
-    );
+    let Some(text) =
+        scenario_concurrent::run(&Sandbox::range("40000-41999").reserve(&start.join(",")))
+    else {
+        return;
+    };
+    assert_eq!(text, "ok");
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from concurrent_applies_never_lose_each_others_ports"]
-fn scenario_concurrent() {
-    let Some(out) = scenario_out() else { return };
-    let start = ports_of(&reserved_now());
-    assert_eq!(start.len(), 100);
-    let mut reported = vec![];
-    for round in 0..20u16 {
-        let children: Vec<_> = (0..6u16)
-            .map(|i| {
-                let port = 40000 + round * 12 + i * 2;
-                let child =
-                    common::tcploop(&["audit", "--json", "--ports", &port.to_string(), "--apply"])
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                (port, child)
-            })
-            .collect();
-        for (port, child) in children {
-            let o = child.wait_with_output().unwrap();
-            let lines = json_lines(&o);
-            assert_eq!(o.status.code(), Some(0), "port {port}: {}", stderr(&o));
-            let applied = &of_type(&lines, "applied")[0];
-            assert_eq!(
-                applied["lock"], "/run/tcploop-reserved-ports.lock",
-                "{applied}"
-            );
-            assert!(
-                ports_of(applied["value"].as_str().unwrap()).contains(&port),
-                "{applied}"
-            );
-            reported.push(port);
+scenario! {
+    fn scenario_concurrent(out) {
+        let start = ports_of(&reserved_now());
+        assert_eq!(start.len(), 100);
+        let mut reported = vec![];
+        for round in 0..20u16 {
+            let children: Vec<_> = (0..6u16)
+                .map(|i| {
+                    let port = 40000 + round * 12 + i * 2;
+                    let child =
+                        common::tcploop(&["audit", "--json", "--ports", &port.to_string(), "--apply"])
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::piped())
+                            .spawn()
+                            .unwrap();
+                    (port, child)
+                })
+                .collect();
+            for (port, child) in children {
+                let o = child.wait_with_output().unwrap();
+                let lines = json_lines(&o);
+                assert_eq!(o.status.code(), Some(0), "port {port}: {}", stderr(&o));
+                let applied = &of_type(&lines, "applied")[0];
+                assert_eq!(
+                    applied["lock"], "/run/tcploop-reserved-ports.lock",
+                    "{applied}"
+                );
+                assert!(
+                    ports_of(applied["value"].as_str().unwrap()).contains(&port),
+                    "{applied}"
+                );
+                reported.push(port);
+            }
         }
+        let end = ports_of(&reserved_now());
+        let lost: Vec<_> = reported
+            .iter()
+            .chain(start.iter())
+            .filter(|p| !end.contains(p))
+            .collect();
+        assert!(lost.is_empty(), "ports lost: {lost:?}");
+        assert_eq!(reported.len(), 120);
+        std::fs::write(out, "ok").unwrap();
     }
-    let end = ports_of(&reserved_now());
-    let lost: Vec<_> = reported
-        .iter()
-        .chain(start.iter())
-        .filter(|p| !end.contains(p))
-        .collect();
-    assert!(lost.is_empty(), "ports lost: {lost:?}");
-    assert_eq!(reported.len(), 120);
-    std::fs::write(out, "ok").unwrap();
 }
 
 /// While another run holds the lock, `audit --apply` waits for it (seen

@@ -5,12 +5,12 @@
 //!   as a user runs it;
 //! - [`scenario!`]: re-runs *this test binary* inside a sandbox, for one
 //!   `#[ignore]`d test that sets up sockets and then runs real connects; the
-//!   child writes its findings to the file named by `TCPLOOP_SCENARIO_OUT`
-//!   (the older [`scenario`] function names the child by hand).
+//!   child writes its findings to the file named by `TCPLOOP_SCENARIO_OUT`.
 //!   The libtest harness is threaded, so a test cannot enter a namespace
 //!   itself; its re-executed child starts inside one.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -110,34 +110,78 @@ impl<'a> Sandbox<'a> {
             ..Sandbox::default()
         }
     }
+
+    /// With `ip_local_reserved_ports` set to `list` inside.
+    pub fn reserve(self, list: &'a str) -> Sandbox<'a> {
+        Sandbox {
+            reserve: Some(list),
+            ..self
+        }
+    }
+
+    /// With environment variables `envs` for the child.
+    pub fn envs(self, envs: &'a [(&'a str, &'a str)]) -> Sandbox<'a> {
+        Sandbox { envs, ..self }
+    }
+
+    /// In a plain network namespace (`--netns-only`, root).
+    pub fn netns_only(self) -> Sandbox<'a> {
+        Sandbox {
+            netns_only: true,
+            ..self
+        }
+    }
 }
 
 /// Whether this machine can make the sandboxes scenarios run in, probed
-/// once (`tcploop sandbox --range 40000-40009 -- true`).
-pub fn sandboxes_work() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| {
-        Command::new(bin())
-            .args(["sandbox", "--range", "40000-40009", "--", "true"])
+/// once per test binary and kind: `tcploop sandbox [--netns-only] --range
+/// 40000-40009 -- true` (a plain network namespace needs root; a user+net
+/// one, user namespaces).
+pub fn sandboxes_work(netns_only: bool) -> bool {
+    use std::sync::OnceLock;
+    static USER_NET: OnceLock<bool> = OnceLock::new();
+    static NETNS_ONLY: OnceLock<bool> = OnceLock::new();
+    let probe = || {
+        let mut c = Command::new(bin());
+        c.arg("sandbox");
+        if netns_only {
+            c.arg("--netns-only");
+        }
+        c.args(["--range", "40000-40009", "--", "true"])
             .output()
             .is_ok_and(|o| o.status.success())
-    })
+    };
+    if netns_only {
+        *NETNS_ONLY.get_or_init(probe)
+    } else {
+        *USER_NET.get_or_init(probe)
+    }
 }
 
-/// A test whose body runs inside a throwaway namespace. The libtest harness
-/// is threaded, so a test cannot enter a namespace itself: `scenario!`
-/// writes the `#[ignore]`d child test (the body, which writes its findings
-/// to the path bound to `$out`) and, beside it, a module of the same name
-/// whose `run(&Sandbox)` re-runs this test binary inside a sandbox on that
-/// child alone and returns what it wrote, or `None` (after a loud skip, a
-/// failure under `TCPLOOP_REQUIRE_PRIVILEGED`) where sandboxes cannot be made.
+/// A test whose body runs inside a throwaway namespace, the one way to
+/// write one. The libtest harness is threaded, so a test cannot enter a
+/// namespace itself: `scenario!` writes the `#[ignore]`d child test (the
+/// body, which writes its findings to the path bound to `$out`) and, beside
+/// it, a module of the same name whose `run(&Sandbox)` re-runs this test
+/// binary inside a sandbox on that child alone and returns what it wrote,
+/// or `None` (after a loud skip, a failure under `TCPLOOP_REQUIRE_PRIVILEGED`)
+/// where such sandboxes cannot be made. A child that panics fails its
+/// parent with the child's output.
 ///
 /// ```ignore
 /// scenario! {
 ///     /// What it does inside.
 ///     fn held_loop(out) { std::fs::write(out, "ok").unwrap(); }
 /// }
-/// let Some(text) = held_loop::run(&Sandbox::range("40000-40009")) else { return };
+///
+/// #[test]
+/// fn a_held_loop_is_seen() {
+///     let Some(text) = held_loop::run(&Sandbox::range("40000-40009").reserve("40004"))
+///     else {
+///         return;
+///     };
+///     assert_eq!(text, "ok");
+/// }
 /// ```
 macro_rules! scenario {
     ($(#[$m:meta])* fn $name:ident($out:ident) $body:block) => {
@@ -167,65 +211,28 @@ pub fn run_scenario(sandbox: &Sandbox<'_>, module_path: &str) -> Option<String> 
     let name = module_path
         .split_once("::")
         .map_or(module_path, |(_, rest)| rest);
-    if skip_unless(
-        sandboxes_work(),
-        name,
-        "user or network namespaces (tcploop sandbox)",
-    ) {
+    let what = if sandbox.netns_only {
+        "root (tcploop sandbox --netns-only: a plain network namespace)"
+    } else {
+        "user and network namespaces (tcploop sandbox)"
+    };
+    if skip_unless(sandboxes_work(sandbox.netns_only), name, what) {
         return None;
     }
-    Some(scenario_in(
-        sandbox.range,
-        sandbox.reserve,
-        name,
-        sandbox.envs,
-        sandbox.netns_only,
-    ))
-}
-
-/// The older form of [`scenario!`]: runs the `#[ignore]`d test `name` (its
-/// full path, e.g. `check::scenario_bind_held`) inside a sandbox with port
-/// range `range` (and reserved ports), and returns what it wrote.
-pub fn scenario(range: &str, reserve: Option<&str>, name: &str) -> String {
-    scenario_in(range, reserve, name, &[], false)
-}
-
-/// [`scenario`] with extra environment variables for the child.
-pub fn scenario_with(
-    range: &str,
-    reserve: Option<&str>,
-    name: &str,
-    envs: &[(&str, &str)],
-) -> String {
-    scenario_in(range, reserve, name, envs, false)
-}
-
-/// [`scenario`] in a plain network namespace (`sandbox --netns-only`, root).
-pub fn scenario_netns_only(range: &str, name: &str) -> String {
-    scenario_in(range, None, name, &[], true)
-}
-
-fn scenario_in(
-    range: &str,
-    reserve: Option<&str>,
-    name: &str,
-    envs: &[(&str, &str)],
-    netns_only: bool,
-) -> String {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    let file = std::env::temp_dir().join(format!(
         "tcploop-scenario-{}-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         name.replace("::", "-")
     ));
-    let _ = std::fs::remove_file(&dir);
+    let _ = std::fs::remove_file(&file);
     let mut c = Command::new(bin());
-    c.args(["sandbox", "--range", range]);
-    if netns_only {
+    c.args(["sandbox", "--range", sandbox.range]);
+    if sandbox.netns_only {
         c.arg("--netns-only");
     }
-    if let Some(r) = reserve {
+    if let Some(r) = sandbox.reserve {
         c.args(["--reserve", r]);
     }
     c.arg("--")
@@ -237,8 +244,8 @@ fn scenario_in(
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(SCENARIO_ENV, &dir)
-        .envs(envs.iter().copied());
+        .env(SCENARIO_ENV, &file)
+        .envs(sandbox.envs.iter().copied());
     let o = output(&mut c);
     assert!(
         o.status.success(),
@@ -246,10 +253,10 @@ fn scenario_in(
         stdout(&o),
         stderr(&o)
     );
-    let text = std::fs::read_to_string(&dir)
+    let text = std::fs::read_to_string(&file)
         .unwrap_or_else(|e| panic!("scenario {name} wrote nothing ({e}): {}", stdout(&o)));
-    let _ = std::fs::remove_file(&dir);
-    text
+    let _ = std::fs::remove_file(&file);
+    Some(text)
 }
 
 /// Runs `f` as uid/gid 65534 (nobody), for the unprivileged paths.
@@ -297,7 +304,9 @@ pub fn skip_unless(ok: bool, test: &str, what: &str) -> bool {
     if std::env::var_os(REQUIRE_ENV).is_some() {
         panic!("{test} needs {what}, and {REQUIRE_ENV} is set: privileged tests must run here");
     }
-    eprintln!("SKIPPED {test}: needs {what}");
+    // Straight to the process's stderr: the test harness captures
+    // `eprintln!` of a passing test, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs {what}");
     true
 }
 

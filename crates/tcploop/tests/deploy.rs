@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common;
 use crate::common::Reaped;
+use crate::common::{self, Sandbox};
 
 /// The repository's `deploy/` directory.
 fn deploy() -> PathBuf {
@@ -309,15 +309,12 @@ fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
         return;
     }
     let (cg, _id) = crate::container::Cgroup::docker(&mount.unwrap(), 1);
-    assert_eq!(
-        common::scenario_with(
-            "40000-40009",
-            None,
-            "deploy::scenario_dashboard_and_alerts",
-            &[(ENV_CGROUP, cg.0.to_str().unwrap())],
-        ),
-        "ok"
-    );
+    let envs = [(ENV_CGROUP, cg.0.to_str().unwrap())];
+    let sandbox = Sandbox::range("40000-40009").envs(&envs);
+    let Some(text) = scenario_dashboard_and_alerts::run(&sandbox) else {
+        return;
+    };
+    assert_eq!(text, "ok");
 }
 
 /// The dashboard's panels of the shield daemon (`tcploop_shield_*`): not
@@ -327,192 +324,189 @@ fn is_shield_query(q: &str) -> bool {
     q.contains("tcploop_shield_")
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from dashboard_and_alerts_work_against_a_real_watch_and_prometheus"]
-fn scenario_dashboard_and_alerts() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let dir = out.with_extension("deploy.d");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cgroup = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
-    // An exposed listener (in the range, not reserved) and the watcher.
-    let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
-    let _watch = Reaped(
-        common::tcploop(&[
-            "watch",
-            "--all-netns",
-            "--interval",
-            "200ms",
-            "--prometheus",
-            "127.0.0.1:9977",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    until("the watch serves /metrics", || {
-        curl(&["http://127.0.0.1:9977/metrics"])
-    });
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
-             rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n\
-             \x20 - job_name: tcploop-shield\n    static_configs:\n      - targets: ['127.0.0.1:9978']\n",
-            deploy().join("prometheus/tcploop-alerts.yml").display()
-        ),
-    )
-    .unwrap();
-    let web = "127.0.0.1:9090";
-    let _prometheus = Reaped(
-        std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus) must be installed"),
-    );
-
-    // A loop, made as a plain client would, in a namespace of its own, by
-    // a process in a docker-named cgroup; kept until the end.
-    let looped = spawn_looper(Some(&cgroup));
-    // The shield daemon, for its panels, once the loop is there (it would
-    // refuse it afterwards); in the sandbox it covers the sandbox's
-    // namespaces only, with its iptables mechanism.
-    let _shield = Reaped(
-        common::tcploop(&["shield", "daemon", "--prometheus", "127.0.0.1:9978"])
+scenario! {
+    fn scenario_dashboard_and_alerts(out) {
+        let dir = out.with_extension("deploy.d");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cgroup = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
+        // An exposed listener (in the range, not reserved) and the watcher.
+        let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
+        let _watch = Reaped(
+            common::tcploop(&[
+                "watch",
+                "--all-netns",
+                "--interval",
+                "200ms",
+                "--prometheus",
+                "127.0.0.1:9977",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-    );
-
-    // Every metric the dashboard names is on the real page.
-    let page = until("the loop on /metrics", || {
-        curl(&["http://127.0.0.1:9977/metrics"])
-            .filter(|p| p.contains("\ntcploop_loops_present 1\n"))
-    });
-    let exported = page_metrics(&page);
-    let (shield, queries): (Vec<String>, Vec<String>) = dashboard_queries()
-        .into_iter()
-        .partition(|q| is_shield_query(q));
-    assert!(!shield.is_empty());
-    let daemon = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shield_daemon.rs");
-    let code = std::fs::read_to_string(&daemon).unwrap();
-    for q in &shield {
-        for n in tcploop_metrics(q) {
-            let family = n.strip_suffix("_total").unwrap_or(&n);
-            assert!(
-                code.contains(family),
-                "{q}: {n} is not in {}",
-                daemon.display()
-            );
-        }
-    }
-    for q in &queries {
-        let names = tcploop_metrics(q);
-        assert!(
-            !names.is_empty(),
-            "a dashboard query names no tcploop metric: {q}"
         );
-        for n in names {
-            assert!(
-                exported.contains(&n),
-                "dashboard query {q} names {n}, not exported: {exported:?}"
-            );
-        }
-    }
-    // ... and every panel has data once Prometheus has scraped a few times
-    // (the shield's too: its daemon runs here).
-    for q in queries.iter().chain(&shield) {
-        let promql = q
-            .replace("$instance", ".*")
-            .replace("$__rate_interval", "2s");
-        if promql.starts_with("label_values(") {
-            let metric = promql
-                .trim_start_matches("label_values(")
-                .split(',')
-                .next()
-                .unwrap()
-                .to_string();
-            until(&format!("{q} has values"), || {
-                prom_api(web, "/api/v1/query", Some(&metric))
-                    .filter(|d| d["result"][0]["metric"]["instance"].is_string())
-            });
-            continue;
-        }
-        until(&format!("the dashboard's query {q} has data"), || {
-            prom_api(web, "/api/v1/query", Some(&promql))
-                .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+        until("the watch serves /metrics", || {
+            curl(&["http://127.0.0.1:9977/metrics"])
         });
-    }
-
-    // The rules load, evaluate without error, and the loop alert goes
-    // pending (its `for: 1m` is longer than this test waits).
-    let alerts = until("TcploopLoopPresent pending", || {
-        prom_api(web, "/api/v1/alerts", None).filter(|d| {
-            d["alerts"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
-            })
-        })
-    });
-    let a = alerts["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
-        .unwrap();
-    assert_eq!(a["state"], "pending", "{a}");
-    assert_eq!(a["labels"]["instance"], "127.0.0.1:9977", "{a}");
-    // The loop is named by its container and namespace in Prometheus.
-    let by_container = until("the loop's series with its container", || {
-        prom_api(
-            web,
-            "/api/v1/query",
-            Some("tcploop_loops{container=~\"docker/.+\"}"),
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n\
+                 \x20 - job_name: tcploop-shield\n    static_configs:\n      - targets: ['127.0.0.1:9978']\n",
+                deploy().join("prometheus/tcploop-alerts.yml").display()
+            ),
         )
-        .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
-    });
-    assert_eq!(by_container["result"][0]["value"][1], "1", "{by_container}");
-    assert!(
-        by_container["result"][0]["metric"]["netns"].is_string(),
-        "{by_container}"
-    );
-    let rules = until("the rules evaluated", || {
-        prom_api(web, "/api/v1/rules", None).filter(|d| {
-            d["groups"][0]["rules"]
-                .as_array()
-                .is_some_and(|r| r.iter().all(|r| r["health"] != "unknown"))
-        })
-    });
-    let all: Vec<&serde_json::Value> = rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
-        .collect();
-    assert_eq!(all.len(), 9, "{rules}");
-    for r in all {
-        assert_eq!(
-            r["health"], "ok",
-            "rule {} evaluates with an error: {r}",
-            r["name"]
+        .unwrap();
+        let web = "127.0.0.1:9090";
+        let _prometheus = Reaped(
+            std::process::Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={web}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("prometheus (Debian package prometheus) must be installed"),
         );
+
+        // A loop, made as a plain client would, in a namespace of its own, by
+        // a process in a docker-named cgroup; kept until the end.
+        let looped = spawn_looper(Some(&cgroup));
+        // The shield daemon, for its panels, once the loop is there (it would
+        // refuse it afterwards); in the sandbox it covers the sandbox's
+        // namespaces only, with its iptables mechanism.
+        let _shield = Reaped(
+            common::tcploop(&["shield", "daemon", "--prometheus", "127.0.0.1:9978"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+
+        // Every metric the dashboard names is on the real page.
+        let page = until("the loop on /metrics", || {
+            curl(&["http://127.0.0.1:9977/metrics"])
+                .filter(|p| p.contains("\ntcploop_loops_present 1\n"))
+        });
+        let exported = page_metrics(&page);
+        let (shield, queries): (Vec<String>, Vec<String>) = dashboard_queries()
+            .into_iter()
+            .partition(|q| is_shield_query(q));
+        assert!(!shield.is_empty());
+        let daemon = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shield_daemon.rs");
+        let code = std::fs::read_to_string(&daemon).unwrap();
+        for q in &shield {
+            for n in tcploop_metrics(q) {
+                let family = n.strip_suffix("_total").unwrap_or(&n);
+                assert!(
+                    code.contains(family),
+                    "{q}: {n} is not in {}",
+                    daemon.display()
+                );
+            }
+        }
+        for q in &queries {
+            let names = tcploop_metrics(q);
+            assert!(
+                !names.is_empty(),
+                "a dashboard query names no tcploop metric: {q}"
+            );
+            for n in names {
+                assert!(
+                    exported.contains(&n),
+                    "dashboard query {q} names {n}, not exported: {exported:?}"
+                );
+            }
+        }
+        // ... and every panel has data once Prometheus has scraped a few times
+        // (the shield's too: its daemon runs here).
+        for q in queries.iter().chain(&shield) {
+            let promql = q
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "2s");
+            if promql.starts_with("label_values(") {
+                let metric = promql
+                    .trim_start_matches("label_values(")
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                until(&format!("{q} has values"), || {
+                    prom_api(web, "/api/v1/query", Some(&metric))
+                        .filter(|d| d["result"][0]["metric"]["instance"].is_string())
+                });
+                continue;
+            }
+            until(&format!("the dashboard's query {q} has data"), || {
+                prom_api(web, "/api/v1/query", Some(&promql))
+                    .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+            });
+        }
+
+        // The rules load, evaluate without error, and the loop alert goes
+        // pending (its `for: 1m` is longer than this test waits).
+        let alerts = until("TcploopLoopPresent pending", || {
+            prom_api(web, "/api/v1/alerts", None).filter(|d| {
+                d["alerts"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
+                })
+            })
+        });
+        let a = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
+            .unwrap();
+        assert_eq!(a["state"], "pending", "{a}");
+        assert_eq!(a["labels"]["instance"], "127.0.0.1:9977", "{a}");
+        // The loop is named by its container and namespace in Prometheus.
+        let by_container = until("the loop's series with its container", || {
+            prom_api(
+                web,
+                "/api/v1/query",
+                Some("tcploop_loops{container=~\"docker/.+\"}"),
+            )
+            .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+        });
+        assert_eq!(by_container["result"][0]["value"][1], "1", "{by_container}");
+        assert!(
+            by_container["result"][0]["metric"]["netns"].is_string(),
+            "{by_container}"
+        );
+        let rules = until("the rules evaluated", || {
+            prom_api(web, "/api/v1/rules", None).filter(|d| {
+                d["groups"][0]["rules"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["health"] != "unknown"))
+            })
+        });
+        let all: Vec<&serde_json::Value> = rules["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(all.len(), 9, "{rules}");
+        for r in all {
+            assert_eq!(
+                r["health"], "ok",
+                "rule {} evaluates with an error: {r}",
+                r["name"]
+            );
+        }
+        drop(looped);
+        std::fs::write(out, "ok").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    drop(looped);
-    std::fs::write(out, "ok").unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A process in a network namespace of its own (made by `unshare -n`
@@ -556,116 +550,113 @@ fn spawn_looper(cgroup: Option<&Path>) -> Reaped {
 
 #[test]
 fn watch_all_netns_follows_namespaces_that_come_and_go() {
-    assert_eq!(
-        common::scenario("40000-40009", None, "deploy::scenario_watch_all_netns"),
-        "ok"
-    );
-}
-
-#[test]
-#[ignore = "runs inside a sandbox, from watch_all_netns_follows_namespaces_that_come_and_go"]
-fn scenario_watch_all_netns() {
-    use crate::audit::{spawn_watch, wait_for};
-    let Some(out) = common::scenario_out() else {
+    let Some(text) = scenario_watch_all_netns::run(&Sandbox::range("40000-40009")) else {
         return;
     };
-    // The textfile is written after each scan: once it exists, the first
-    // scan (which reports no appearance, only what is there) is done.
-    let textfile = out.with_extension("prom");
-    let _ = std::fs::remove_file(&textfile);
-    let (_watch, rx) = spawn_watch(&[
-        "watch",
-        "--all-netns",
-        "--json",
-        "--interval",
-        "100ms",
-        "--textfile",
-        textfile.to_str().unwrap(),
-    ]);
-    wait_for(&rx, "watch_started");
-    until("the first scan", || textfile.exists().then_some(()));
-    // A namespace that appears after the watch started, with a loop in it.
-    let mut looper = spawn_looper(None);
-    let pid = looper.0.id();
-    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
-    let appeared = until("its netns_appeared", || {
-        rx.recv_timeout(std::time::Duration::from_secs(20))
-            .ok()
-            .filter(|v| v["type"] == "netns_appeared" && v["data"]["netns"]["inode"] == ino)
-    });
-    assert_eq!(appeared["data"]["netns"]["pid"], pid, "{appeared}");
-    let ev = wait_for(&rx, "loop_appeared");
-    assert_eq!(ev["local"], "127.0.0.1:40004", "{ev}");
-    assert_eq!(ev["netns"]["inode"], ino, "{ev}");
-    assert_eq!(ev["owners"][0]["command"], "python3", "{ev}");
-    assert_eq!(ev["owners"][0]["pid"], pid, "{ev}");
+    assert_eq!(text, "ok");
+}
 
-    // The control: a watch of its own namespace only does not see it.
-    let o = common::output(&mut common::tcploop(&["watch", "--json", "--count", "1"]));
-    let own = common::json_lines(&o);
-    assert!(
-        !own.iter().any(|l| l["type"] == "loop_appeared"),
-        "without --all-netns: {own:?}"
-    );
+scenario! {
+    fn scenario_watch_all_netns(out) {
+        use crate::audit::{spawn_watch, wait_for};
+        // The textfile is written after each scan: once it exists, the first
+        // scan (which reports no appearance, only what is there) is done.
+        let textfile = out.with_extension("prom");
+        let _ = std::fs::remove_file(&textfile);
+        let (_watch, rx) = spawn_watch(&[
+            "watch",
+            "--all-netns",
+            "--json",
+            "--interval",
+            "100ms",
+            "--textfile",
+            textfile.to_str().unwrap(),
+        ]);
+        wait_for(&rx, "watch_started");
+        until("the first scan", || textfile.exists().then_some(()));
+        // A namespace that appears after the watch started, with a loop in it.
+        let mut looper = spawn_looper(None);
+        let pid = looper.0.id();
+        let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let appeared = until("its netns_appeared", || {
+            rx.recv_timeout(std::time::Duration::from_secs(20))
+                .ok()
+                .filter(|v| v["type"] == "netns_appeared" && v["data"]["netns"]["inode"] == ino)
+        });
+        assert_eq!(appeared["data"]["netns"]["pid"], pid, "{appeared}");
+        let ev = wait_for(&rx, "loop_appeared");
+        assert_eq!(ev["local"], "127.0.0.1:40004", "{ev}");
+        assert_eq!(ev["netns"]["inode"], ino, "{ev}");
+        assert_eq!(ev["owners"][0]["command"], "python3", "{ev}");
+        assert_eq!(ev["owners"][0]["pid"], pid, "{ev}");
 
-    // The capabilities of tcploop-watch.service are enough (the loop is
-    // found, owner included), and the one that setns(2) asks for is needed.
-    let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
-    let caps: Vec<String> = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .unwrap()
-        .split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-        .collect();
-    let with_caps = |caps: &[String]| {
-        let set: String = std::iter::once("-all".to_string())
-            .chain(caps.iter().map(|c| format!("+{c}")))
-            .collect::<Vec<_>>()
-            .join(",");
-        let o = common::output(
-            std::process::Command::new("setpriv")
-                .args(["--bounding-set", &set, "--no-new-privs", "--"])
-                .arg(common::bin())
-                .args(["watch", "--all-netns", "--json", "--count", "1"]),
+        // The control: a watch of its own namespace only does not see it.
+        let o = common::output(&mut common::tcploop(&["watch", "--json", "--count", "1"]));
+        let own = common::json_lines(&o);
+        assert!(
+            !own.iter().any(|l| l["type"] == "loop_appeared"),
+            "without --all-netns: {own:?}"
         );
-        assert!(o.status.success(), "{}", common::stderr(&o));
-        common::json_lines(&o)
-    };
-    let full = with_caps(&caps);
-    let found = full
-        .iter()
-        .find(|l| l["type"] == "loop_appeared" && l["data"]["netns"]["inode"] == ino)
-        .unwrap_or_else(|| panic!("with the unit's capabilities {caps:?}: {full:?}"));
-    assert_eq!(found["data"]["owners"][0]["command"], "python3", "{found}");
-    let less: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
-    let without = with_caps(&less);
-    assert!(
-        !without.iter().any(|l| l["type"] == "loop_appeared"),
-        "without CAP_SYS_ADMIN: {without:?}"
-    );
-    assert!(
-        without
-            .iter()
-            .any(|l| l["type"] == "netns_skipped" && l["data"]["netns"]["inode"] == ino),
-        "without CAP_SYS_ADMIN the namespace is skipped, and said so: {without:?}"
-    );
 
-    // The namespace goes: the loop and the namespace are reported gone.
-    drop(looper.0.stdin.take());
-    let _ = looper.0.wait();
-    let gone = wait_for(&rx, "loop_gone");
-    assert_eq!(gone["netns"]["inode"], ino, "{gone}");
-    let ns_gone = until("its netns_gone", || {
-        rx.recv_timeout(std::time::Duration::from_secs(20))
-            .ok()
-            .filter(|v| v["type"] == "netns_gone" && v["data"]["netns"]["inode"] == ino)
-    });
-    assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
-    let _ = std::fs::remove_file(&textfile);
-    std::fs::write(out, "ok").unwrap();
+        // The capabilities of tcploop-watch.service are enough (the loop is
+        // found, owner included), and the one that setns(2) asks for is needed.
+        let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
+        let caps: Vec<String> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+            .unwrap()
+            .split_whitespace()
+            .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+            .collect();
+        let with_caps = |caps: &[String]| {
+            let set: String = std::iter::once("-all".to_string())
+                .chain(caps.iter().map(|c| format!("+{c}")))
+                .collect::<Vec<_>>()
+                .join(",");
+            let o = common::output(
+                std::process::Command::new("setpriv")
+                    .args(["--bounding-set", &set, "--no-new-privs", "--"])
+                    .arg(common::bin())
+                    .args(["watch", "--all-netns", "--json", "--count", "1"]),
+            );
+            assert!(o.status.success(), "{}", common::stderr(&o));
+            common::json_lines(&o)
+        };
+        let full = with_caps(&caps);
+        let found = full
+            .iter()
+            .find(|l| l["type"] == "loop_appeared" && l["data"]["netns"]["inode"] == ino)
+            .unwrap_or_else(|| panic!("with the unit's capabilities {caps:?}: {full:?}"));
+        assert_eq!(found["data"]["owners"][0]["command"], "python3", "{found}");
+        let less: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
+        let without = with_caps(&less);
+        assert!(
+            !without.iter().any(|l| l["type"] == "loop_appeared"),
+            "without CAP_SYS_ADMIN: {without:?}"
+        );
+        assert!(
+            without
+                .iter()
+                .any(|l| l["type"] == "netns_skipped" && l["data"]["netns"]["inode"] == ino),
+            "without CAP_SYS_ADMIN the namespace is skipped, and said so: {without:?}"
+        );
+
+        // The namespace goes: the loop and the namespace are reported gone.
+        drop(looper.0.stdin.take());
+        let _ = looper.0.wait();
+        let gone = wait_for(&rx, "loop_gone");
+        assert_eq!(gone["netns"]["inode"], ino, "{gone}");
+        let ns_gone = until("its netns_gone", || {
+            rx.recv_timeout(std::time::Duration::from_secs(20))
+                .ok()
+                .filter(|v| v["type"] == "netns_gone" && v["data"]["netns"]["inode"] == ino)
+        });
+        assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
+        let _ = std::fs::remove_file(&textfile);
+        std::fs::write(out, "ok").unwrap();
+    }
 }
 
 /// Every YAML document of a file, as JSON values (PyYAML, Debian's
@@ -889,147 +880,144 @@ fn the_dashboard_is_well_formed() {
 /// `for`) fires and is delivered.
 #[test]
 fn an_alert_reaches_alertmanager_and_its_receiver() {
-    assert_eq!(
-        common::scenario("40000-40009", None, "deploy::scenario_alertmanager"),
-        "ok"
-    );
-}
-
-#[test]
-#[ignore = "runs inside a sandbox, from an_alert_reaches_alertmanager_and_its_receiver"]
-fn scenario_alertmanager() {
-    use crate::audit::{make_loop, spawn_watch, wait_for};
-    let Some(out) = common::scenario_out() else {
+    let Some(text) = scenario_alertmanager::run(&Sandbox::range("40000-40009")) else {
         return;
     };
-    let dir = out.with_extension("am.d");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_watch, rx) = spawn_watch(&[
-        "watch",
-        "--json",
-        "--interval",
-        "100ms",
-        "--prometheus",
-        "127.0.0.1:9977",
-    ]);
-    wait_for(&rx, "watch_started");
+    assert_eq!(text, "ok");
+}
 
-    // The receiver: every POST body appended to a file.
-    let received = dir.join("received.json");
-    let _hook = Reaped(
-        std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import http.server,sys\n\
-                 class H(http.server.BaseHTTPRequestHandler):\n\
-                 \x20   def do_POST(self):\n\
-                 \x20       b=self.rfile.read(int(self.headers['Content-Length']))\n\
-                 \x20       open(sys.argv[1],'ab').write(b+b'\\n')\n\
-                 \x20       self.send_response(200); self.end_headers()\n\
-                 \x20   def log_message(self,*a): pass\n\
-                 http.server.HTTPServer(('127.0.0.1',5001),H).serve_forever()\n",
-            ])
-            .arg(&received)
-            .spawn()
-            .expect("python3"),
-    );
-    let am_config = dir.join("alertmanager.yml");
-    std::fs::write(
-        &am_config,
-        "route:\n  receiver: hook\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-         receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:5001/\n",
-    )
-    .unwrap();
-    let _alertmanager = Reaped(
-        std::process::Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", am_config.display()))
-            .arg(format!("--storage.path={}", dir.join("am").display()))
-            .args([
-                "--web.listen-address=127.0.0.1:9093",
-                "--cluster.listen-address=",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus-alertmanager (Debian package prometheus-alertmanager)"),
-    );
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n\
-             rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
-            deploy().join("prometheus/tcploop-alerts.yml").display()
-        ),
-    )
-    .unwrap();
-    let web = "127.0.0.1:9090";
-    let _prometheus = Reaped(
-        std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus"),
-    );
-    until("Prometheus scrapes the watch", || {
-        prom_api(web, "/api/v1/query", Some("up{job=\"tcploop\"} == 1"))
-            .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
-    });
+scenario! {
+    fn scenario_alertmanager(out) {
+        use crate::audit::{make_loop, spawn_watch, wait_for};
+        let dir = out.with_extension("am.d");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_watch, rx) = spawn_watch(&[
+            "watch",
+            "--json",
+            "--interval",
+            "100ms",
+            "--prometheus",
+            "127.0.0.1:9977",
+        ]);
+        wait_for(&rx, "watch_started");
 
-    // Five loops, one after the other, each seen and scraped.
-    for i in 1..=5u32 {
-        let s = make_loop("127.0.0.1", 40004);
-        wait_for(&rx, "loop_appeared");
-        socket2::SockRef::from(&s)
-            .set_linger(Some(std::time::Duration::ZERO))
-            .unwrap();
-        drop(s);
-        wait_for(&rx, "loop_gone");
-        until(&format!("loop {i} scraped"), || {
-            prom_api(web, "/api/v1/query", Some("sum(tcploop_loops_seen_total)"))
-                .filter(|d| d["result"][0]["value"][1].as_str() == Some(i.to_string().as_str()))
+        // The receiver: every POST body appended to a file.
+        let received = dir.join("received.json");
+        let _hook = Reaped(
+            std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    "import http.server,sys\n\
+                     class H(http.server.BaseHTTPRequestHandler):\n\
+                     \x20   def do_POST(self):\n\
+                     \x20       b=self.rfile.read(int(self.headers['Content-Length']))\n\
+                     \x20       open(sys.argv[1],'ab').write(b+b'\\n')\n\
+                     \x20       self.send_response(200); self.end_headers()\n\
+                     \x20   def log_message(self,*a): pass\n\
+                     http.server.HTTPServer(('127.0.0.1',5001),H).serve_forever()\n",
+                ])
+                .arg(&received)
+                .spawn()
+                .expect("python3"),
+        );
+        let am_config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &am_config,
+            "route:\n  receiver: hook\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:5001/\n",
+        )
+        .unwrap();
+        let _alertmanager = Reaped(
+            std::process::Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", am_config.display()))
+                .arg(format!("--storage.path={}", dir.join("am").display()))
+                .args([
+                    "--web.listen-address=127.0.0.1:9093",
+                    "--cluster.listen-address=",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("prometheus-alertmanager (Debian package prometheus-alertmanager)"),
+        );
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
+                 alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+                deploy().join("prometheus/tcploop-alerts.yml").display()
+            ),
+        )
+        .unwrap();
+        let web = "127.0.0.1:9090";
+        let _prometheus = Reaped(
+            std::process::Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={web}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("prometheus"),
+        );
+        until("Prometheus scrapes the watch", || {
+            prom_api(web, "/api/v1/query", Some("up{job=\"tcploop\"} == 1"))
+                .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
         });
-    }
 
-    // Delivered (that fewer than 3 loops do not fire is the control of the
-    // rule's unit tests, alert_rules_check_and_pass_their_unit_tests).
-    let body = until("TcploopLoopsForming delivered to the receiver", || {
-        std::fs::read_to_string(&received)
-            .ok()
-            .filter(|t| t.contains("TcploopLoopsForming"))
-    });
-    let payload: serde_json::Value = body
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v.to_string().contains("TcploopLoopsForming"))
-        .unwrap();
-    let alert = payload["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["labels"]["alertname"] == "TcploopLoopsForming")
-        .unwrap();
-    assert_eq!(alert["status"], "firing", "{payload}");
-    assert_eq!(alert["labels"]["instance"], "127.0.0.1:9977", "{payload}");
-    assert_eq!(alert["labels"]["severity"], "warning", "{payload}");
-    assert!(
-        alert["annotations"]["summary"]
-            .as_str()
+        // Five loops, one after the other, each seen and scraped.
+        for i in 1..=5u32 {
+            let s = make_loop("127.0.0.1", 40004);
+            wait_for(&rx, "loop_appeared");
+            socket2::SockRef::from(&s)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+            drop(s);
+            wait_for(&rx, "loop_gone");
+            until(&format!("loop {i} scraped"), || {
+                prom_api(web, "/api/v1/query", Some("sum(tcploop_loops_seen_total)"))
+                    .filter(|d| d["result"][0]["value"][1].as_str() == Some(i.to_string().as_str()))
+            });
+        }
+
+        // Delivered (that fewer than 3 loops do not fire is the control of the
+        // rule's unit tests, alert_rules_check_and_pass_their_unit_tests).
+        let body = until("TcploopLoopsForming delivered to the receiver", || {
+            std::fs::read_to_string(&received)
+                .ok()
+                .filter(|t| t.contains("TcploopLoopsForming"))
+        });
+        let payload: serde_json::Value = body
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.to_string().contains("TcploopLoopsForming"))
+            .unwrap();
+        let alert = payload["alerts"]
+            .as_array()
             .unwrap()
-            .contains("TCP loops keep forming"),
-        "{payload}"
-    );
-    std::fs::write(out, "ok").unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "TcploopLoopsForming")
+            .unwrap();
+        assert_eq!(alert["status"], "firing", "{payload}");
+        assert_eq!(alert["labels"]["instance"], "127.0.0.1:9977", "{payload}");
+        assert_eq!(alert["labels"]["severity"], "warning", "{payload}");
+        assert!(
+            alert["annotations"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("TCP loops keep forming"),
+            "{payload}"
+        );
+        std::fs::write(out, "ok").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// The capabilities of a systemd unit of deploy/systemd, as Kubernetes
