@@ -4,8 +4,9 @@
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
+use crate::audit::audit_json;
 use crate::common::{self, json_lines, of_type, output, stderr, stdout, Sandbox};
 
 const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
@@ -30,20 +31,6 @@ fn ports_of(list: &str) -> std::collections::BTreeSet<u16> {
         }
     }
     s
-}
-
-fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>, String) {
-    let o = output(&mut common::tcploop(args));
-    let lines = json_lines(&o);
-    lines.iter().for_each(crate::audit::schema::check);
-    (lines, o.status.code(), stderr(&o))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcploop-apply-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// The issue's reproduction: 30000,30002,...,30012 reserved, then
@@ -162,18 +149,14 @@ fn apply_waits_for_the_lock_before_reading_the_reservation() {
         .open("/run/tcploop-reserved-ports.lock")
         .unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let dir = temp_dir("wait");
+    let dir = common::temp_dir("apply-wait");
     let result = dir.join("reserved");
     let script = format!(
         "{bin} audit --ports 40004 --apply >/dev/null; echo $? $(cat {RESERVED}) > {r}",
         bin = common::bin().display(),
         r = result.display()
     );
-    let mut child = Command::new(common::bin())
-        .args(["sandbox", "--range", "40000-40009", "--", "sh", "-c"])
-        .arg(&script)
-        .spawn()
-        .unwrap();
+    let mut child = Sandbox::range("40000-40009").sh(&script).spawn().unwrap();
     // wait (bounded) until some process is blocked on our lock
     let ino = rustix::fs::fstat(&lock).unwrap().st_ino;
     let blocked = (0..200).any(|_| {
@@ -199,7 +182,7 @@ fn apply_waits_for_the_lock_before_reading_the_reservation() {
 /// 0644 whatever the umask, no temporary file left.
 #[test]
 fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
-    let dir = temp_dir("merge");
+    let dir = common::temp_dir("apply-merge");
     let file = dir.join("60-tcploop.conf");
     let before = "# local settings\nnet.core.somaxconn = 4096\n\
                   net.ipv4.ip_local_reserved_ports = 8080,9000-9010\nvm.swappiness = 10\n";
@@ -209,20 +192,7 @@ fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
         bin = common::bin().display(),
         f = file.display()
     );
-    let o = output(
-        Command::new(common::bin())
-            .args([
-                "sandbox",
-                "--range",
-                "40000-40009",
-                "--reserve",
-                "50000",
-                "--",
-                "sh",
-                "-c",
-            ])
-            .arg(&script),
-    );
+    let o = output(&mut Sandbox::range("40000-40009").reserve("50000").sh(&script));
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let lines = json_lines(&o);
     lines.iter().for_each(crate::audit::schema::check);
@@ -255,11 +225,7 @@ fn persist_into(path: &Path) -> (Option<i32>, Vec<serde_json::Value>, String, St
         bin = common::bin().display(),
         f = path.display()
     );
-    let o = output(
-        Command::new(common::bin())
-            .args(["sandbox", "--range", "40000-40009", "--", "sh", "-c"])
-            .arg(&script),
-    );
+    let o = output(&mut Sandbox::range("40000-40009").sh(&script));
     let lines = json_lines(&o);
     lines.iter().for_each(crate::audit::schema::check);
     let err = stderr(&o);
@@ -277,7 +243,7 @@ fn persist_into(path: &Path) -> (Option<i32>, Vec<serde_json::Value>, String, St
 /// exit 2.
 #[test]
 fn persist_refuses_a_symlink_a_directory_a_fifo_a_device_and_a_huge_file() {
-    let dir = temp_dir("refuse");
+    let dir = common::temp_dir("apply-refuse");
     let victim = dir.join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
     let link = dir.join("link.conf");
@@ -355,7 +321,7 @@ fn persist_refuses_a_symlink_a_directory_a_fifo_a_device_and_a_huge_file() {
 /// The text output says plainly that the fix is live and was not persisted.
 #[test]
 fn applied_then_persisting_failed_is_said_in_text_too() {
-    let dir = temp_dir("text");
+    let dir = common::temp_dir("apply-text");
     let sub = dir.join("sub.conf");
     std::fs::create_dir(&sub).unwrap();
     let o = output(&mut common::sandboxed(

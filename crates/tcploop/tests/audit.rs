@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
 use crate::common::Reaped;
-use crate::common::{self, json_lines, of_type, output, sandboxed, stdout, Sandbox};
+use crate::common::{self, json_lines, make_loop, of_type, output, sandboxed, stdout, Sandbox};
 
 /// Plain `connect()`s to 127.0.0.1:port, `tries` times (a client that keeps
 /// reconnecting to a service that is down); returns how many looped.
@@ -20,11 +20,13 @@ fn hammer(port: u16, tries: u32) -> u32 {
     loops
 }
 
-fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>) {
+/// `tcploop ARGS` (an `audit --json` or `watch --json`): its lines, each
+/// checked against [`schema`], its exit code and its stderr.
+pub(crate) fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>, String) {
     let o = output(&mut common::tcploop(args));
     let lines = json_lines(&o);
     lines.iter().for_each(schema::check);
-    (lines, o.status.code())
+    (lines, o.status.code(), common::stderr(&o))
 }
 
 #[test]
@@ -40,7 +42,7 @@ scenario! {
         let _l = TcpListener::bind("0.0.0.0:40004").unwrap();
         let _odd = TcpListener::bind("[::1]:40007").unwrap();
         let _outside = TcpListener::bind("127.0.0.1:39000").unwrap();
-        let (lines, code) = audit_json(&["audit", "--json", "--ports", "40002"]);
+        let (lines, code, _) = audit_json(&["audit", "--json", "--ports", "40002"]);
         assert_eq!(code, Some(1), "exposed ports: exit 1");
         let ports = of_type(&lines, "port");
         let nums: Vec<u64> = ports.iter().map(|p| p["port"].as_u64().unwrap()).collect();
@@ -99,7 +101,7 @@ scenario! {
         assert_eq!(thief.local_addr().unwrap().port(), 40006);
         std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009").unwrap();
 
-        let (lines, _) = audit_json(&["audit", "--json", "--ports", "40006"]);
+        let (lines, _, _) = audit_json(&["audit", "--json", "--ports", "40006"]);
         let ports = of_type(&lines, "port");
         let p4 = ports.iter().find(|p| p["port"] == 40004).unwrap();
         let p6 = ports.iter().find(|p| p["port"] == 40006).unwrap();
@@ -131,7 +133,7 @@ scenario! {
         let service = TcpListener::bind("127.0.0.1:40004").unwrap();
         let file = out.with_extension("conf");
         let file_s = file.to_str().unwrap();
-        let (lines, code) = audit_json(&[
+        let (lines, code, _) = audit_json(&[
             "audit",
             "--json",
             "--apply",
@@ -162,7 +164,7 @@ scenario! {
         assert_eq!(after[0]["when_down"]["verdict"], "impossible");
 
         // idempotent: again, nothing changes and the file is not rewritten
-        let (lines, code) = audit_json(&[
+        let (lines, code, _) = audit_json(&[
             "audit",
             "--json",
             "--apply",
@@ -209,20 +211,7 @@ fn the_sysctl_d_text_is_what_sysctl_p_accepts() {
         bin = common::bin().display(),
         f = f.display()
     );
-    let o = output(
-        std::process::Command::new(common::bin())
-            .args([
-                "sandbox",
-                "--range",
-                "40000-40009",
-                "--reserve",
-                "50000",
-                "--",
-                "sh",
-                "-c",
-            ])
-            .arg(&script),
-    );
+    let o = output(&mut Sandbox::range("40000-40009").reserve("50000").sh(&script));
     let text = stdout(&o);
     assert!(o.status.success(), "{text}{}", common::stderr(&o));
     assert!(
@@ -262,24 +251,14 @@ fn nothing_exposed_exits_0_and_bad_input_exits_2() {
 // ---- tcploop watch ----
 
 use std::io::BufRead;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-/// A background `tcploop watch`, killed if the test fails half-way (else it
-/// would outlive the scenario and hold its output pipes open).
-pub(crate) struct Watch(pub(crate) Child);
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `tcploop watch ARGS` in the background; its JSON lines arrive on the
-/// channel.
-pub(crate) fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>) {
+/// `tcploop watch ARGS` in the background (killed if the test fails
+/// half-way, else it would outlive the scenario and hold its output pipes
+/// open); its JSON lines arrive on the channel.
+pub(crate) fn spawn_watch(args: &[&str]) -> (Reaped, Receiver<serde_json::Value>) {
     let mut child = common::tcploop(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -298,7 +277,7 @@ pub(crate) fn spawn_watch(args: &[&str]) -> (Watch, Receiver<serde_json::Value>)
             }
         }
     });
-    (Watch(child), rx)
+    (Reaped(child), rx)
 }
 
 /// The next event of type `ty` (others are skipped), within 20 s.
@@ -312,19 +291,6 @@ pub(crate) fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json
             Err(e) => panic!("no {ty} event from watch: {e}"),
         }
     }
-}
-
-/// Makes a loop to ip:port (bounded), as a plain client would.
-pub(crate) fn make_loop(ip: &str, port: u16) -> TcpStream {
-    let dest = SocketAddr::new(ip.parse().unwrap(), port);
-    for _ in 0..5000 {
-        if let Ok(s) = TcpStream::connect(dest) {
-            if s.local_addr().unwrap() == dest {
-                return s;
-            }
-        }
-    }
-    panic!("no loop to {dest} in 5000 tries");
 }
 
 /// GET /metrics with curl, optionally asking for OpenMetrics.
@@ -600,31 +566,12 @@ fn a_textfile_in_a_missing_or_unwritable_directory_fails_at_start_up() {
 
 /// Asks the Prometheus server at `addr` for `query`; the first sample's
 /// value, if any.
-fn prom_query(addr: &str, query: &str) -> Option<String> {
-    let o = output(std::process::Command::new("curl").args([
-        "-sS",
-        "--max-time",
-        "5",
-        &format!("http://{addr}/api/v1/query"),
-        "--data-urlencode",
-        &format!("query={query}"),
-    ]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
-    v["data"]["result"][0]["value"][1]
-        .as_str()
-        .map(str::to_string)
-}
-
 /// Polls `query` until it reads `want` (bounded).
-fn prom_until(addr: &str, query: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while prom_query(addr, query).as_deref() != Some(want) {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never read {query} = {want}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn prom_until(web: &str, query: &str, want: &str) {
+    common::until(&format!("Prometheus reads {query} = {want}"), || {
+        common::prom_api(web, "/api/v1/query", Some(query))
+            .filter(|d| d["result"][0]["value"][1] == want)
+    });
 }
 
 #[test]
@@ -649,26 +596,10 @@ scenario! {
             "127.0.0.1:9977",
         ]);
         wait_for(&rx, "watch_started");
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
+        let (prometheus, web) = common::prometheus(
+            &dir,
             "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n\
              scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
-        )
-        .unwrap();
-        let web = "127.0.0.1:9090";
-        let prometheus = Reaped(
-            std::process::Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={web}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("prometheus (Debian package prometheus) must be installed"),
         );
         // scraped and stored: the gauge reads 0 before any loop
         prom_until(web, "tcploop_loops_present", "0");
@@ -856,11 +787,7 @@ pub(crate) mod schema {
         kills: u64,
     }
 
-    fn parse<T: for<'a> Deserialize<'a>>(ty: &str, d: &serde_json::Value) {
-        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
-            panic!("{ty} line off its schema: {e}: {d}");
-        }
-    }
+    use crate::common::conforms as parse;
 
     /// Checks one `{"type", "data"}` line.
     pub fn check(line: &serde_json::Value) {

@@ -11,7 +11,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `tcploop` binary under test.
@@ -26,22 +26,10 @@ pub fn tcploop(args: &[&str]) -> Command {
     c
 }
 
-/// `tcploop sandbox --range RANGE -- tcploop ARGS`.
+/// `tcploop sandbox --range RANGE -- tcploop ARGS` (see [`Sandbox`] for
+/// the other options).
 pub fn sandboxed(range: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(bin());
-    c.args(["sandbox", "--range", range, "--"])
-        .arg(bin())
-        .args(args);
-    c
-}
-
-/// `tcploop sandbox --range RANGE --reserve RESERVED -- tcploop ARGS`.
-pub fn sandboxed_with(range: &str, reserved: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(bin());
-    c.args(["sandbox", "--range", range, "--reserve", reserved, "--"])
-        .arg(bin())
-        .args(args);
-    c
+    Sandbox::range(range).tcploop(args)
 }
 
 /// Runs a command, returning its output; panics with stderr if it could
@@ -77,6 +65,15 @@ pub fn of_type(lines: &[serde_json::Value], ty: &str) -> Vec<serde_json::Value> 
         .filter(|l| l["type"] == ty)
         .map(|l| l["data"].clone())
         .collect()
+}
+
+/// Panics unless `data`, the `data` of a JSON line of type `ty`,
+/// deserializes into `T`: a struct with `#[serde(deny_unknown_fields)]`
+/// that writes the line's schema down.
+pub fn conforms<T: serde::de::DeserializeOwned>(ty: &str, data: &serde_json::Value) {
+    if let Err(e) = serde_json::from_value::<T>(data.clone()) {
+        panic!("{ty} line does not match its schema: {e}: {data}");
+    }
 }
 
 const SCENARIO_ENV: &str = "TCPLOOP_SCENARIO_OUT";
@@ -131,6 +128,37 @@ impl<'a> Sandbox<'a> {
             ..self
         }
     }
+
+    /// `tcploop sandbox [--netns-only] --range RANGE [--reserve LIST] --`
+    /// with the environment variables set: the program to run inside comes
+    /// next.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("sandbox");
+        if self.netns_only {
+            c.arg("--netns-only");
+        }
+        c.args(["--range", self.range]);
+        if let Some(r) = self.reserve {
+            c.args(["--reserve", r]);
+        }
+        c.arg("--").envs(self.envs.iter().copied());
+        c
+    }
+
+    /// `tcploop ARGS` inside.
+    pub fn tcploop(&self, args: &[&str]) -> Command {
+        let mut c = self.command();
+        c.arg(bin()).args(args);
+        c
+    }
+
+    /// `sh -c SCRIPT` inside.
+    pub fn sh(&self, script: &str) -> Command {
+        let mut c = self.command();
+        c.args(["sh", "-c", script]);
+        c
+    }
 }
 
 /// Whether this machine can make the sandboxes scenarios run in, probed
@@ -142,12 +170,13 @@ pub fn sandboxes_work(netns_only: bool) -> bool {
     static USER_NET: OnceLock<bool> = OnceLock::new();
     static NETNS_ONLY: OnceLock<bool> = OnceLock::new();
     let probe = || {
-        let mut c = Command::new(bin());
-        c.arg("sandbox");
-        if netns_only {
-            c.arg("--netns-only");
-        }
-        c.args(["--range", "40000-40009", "--", "true"])
+        let sandbox = Sandbox {
+            netns_only,
+            ..Sandbox::range("40000-40009")
+        };
+        sandbox
+            .command()
+            .arg("true")
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -227,16 +256,8 @@ pub fn run_scenario(sandbox: &Sandbox<'_>, module_path: &str) -> Option<String> 
         name.replace("::", "-")
     ));
     let _ = std::fs::remove_file(&file);
-    let mut c = Command::new(bin());
-    c.args(["sandbox", "--range", sandbox.range]);
-    if sandbox.netns_only {
-        c.arg("--netns-only");
-    }
-    if let Some(r) = sandbox.reserve {
-        c.args(["--reserve", r]);
-    }
-    c.arg("--")
-        .arg(std::env::current_exe().expect("test binary path"))
+    let mut c = sandbox.command();
+    c.arg(std::env::current_exe().expect("test binary path"))
         .args([
             name,
             "--exact",
@@ -244,8 +265,7 @@ pub fn run_scenario(sandbox: &Sandbox<'_>, module_path: &str) -> Option<String> 
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(SCENARIO_ENV, &file)
-        .envs(sandbox.envs.iter().copied());
+        .env(SCENARIO_ENV, &file);
     let o = output(&mut c);
     assert!(
         o.status.success(),
@@ -257,6 +277,82 @@ pub fn run_scenario(sandbox: &Sandbox<'_>, module_path: &str) -> Option<String> 
         .unwrap_or_else(|e| panic!("scenario {name} wrote nothing ({e}): {}", stdout(&o)));
     let _ = std::fs::remove_file(&file);
     Some(text)
+}
+
+/// A fresh scratch directory `tcploop-<PID>-<NAME>` in the temporary
+/// directory (emptied if an earlier run of this process id left it).
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tcploop-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A real Prometheus server (Debian package `prometheus`) on
+/// 127.0.0.1:9090 with configuration `config` (YAML), its data under `dir`,
+/// killed when dropped; and the address of its web API.
+pub fn prometheus(dir: &Path, config: &str) -> (Reaped, &'static str) {
+    let web = "127.0.0.1:9090";
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus) must be installed");
+    (Reaped(child), web)
+}
+
+/// `curl -sS --max-time 5 ARGS`: the body, or `None` where curl failed.
+pub fn curl(args: &[&str]) -> Option<String> {
+    let o = output(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(args),
+    );
+    o.status.success().then(|| stdout(&o))
+}
+
+/// A Prometheus API call; its `data`, once `status` is `success`.
+pub fn prom_api(web: &str, path: &str, query: Option<&str>) -> Option<serde_json::Value> {
+    let url = format!("http://{web}{path}");
+    let q = query.map(|q| format!("query={q}"));
+    let mut args = vec![url.as_str()];
+    if let Some(q) = &q {
+        args.extend(["--data-urlencode", q.as_str()]);
+    }
+    let text = curl(&args)?;
+    // A Prometheus still starting answers 503 "Service Unavailable" in
+    // plain text: not yet an answer (the caller polls, bounded).
+    let v: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("Prometheus: {path}: not JSON ({e}): {text}");
+            return None;
+        }
+    };
+    if v["status"] != "success" {
+        eprintln!("Prometheus: {path} {query:?}: {v}");
+    }
+    (v["status"] == "success").then(|| v["data"].clone())
+}
+
+/// Polls until `f` answers (bounded: 30 s, then a panic with `what`).
+pub fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// Runs `f` as uid/gid 65534 (nobody), for the unprivileged paths.
@@ -319,4 +415,63 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a v2
+/// host, `/sys/fs/cgroup/unified` on a hybrid one), from mountinfo.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        if !right.starts_with("cgroup2 ") {
+            return None;
+        }
+        left.split(' ').nth(4).map(PathBuf::from)
+    })
+}
+
+/// A cgroup v2 directory made for one test, removed when dropped (however
+/// the test ends); the processes the test moved in have exited by then.
+pub struct Cgroup(pub PathBuf);
+
+impl Cgroup {
+    /// `tcploop-test-<PID>-<NAME>` under the v2 mount; `None` where there
+    /// is no v2 hierarchy or the directory cannot be made.
+    pub fn new(name: &str) -> Option<Cgroup> {
+        let d = cgroup2_mount()?.join(format!("tcploop-test-{}-{name}", std::process::id()));
+        std::fs::create_dir(&d).ok()?;
+        Some(Cgroup(d))
+    }
+
+    /// Makes `docker-<ID>.scope` under the v2 mount: a test-unique id
+    /// (from the pid and `salt`), and the cgroup.
+    pub fn docker(mount: &Path, salt: u64) -> (Cgroup, String) {
+        let id = format!(
+            "{:016x}",
+            (std::process::id() as u64 + salt).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        )
+        .repeat(4);
+        let cg = Cgroup(mount.join(format!("docker-{id}.scope")));
+        std::fs::create_dir(&cg.0).unwrap();
+        (cg, id)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Makes a loop to ip:port (bounded), as a plain client would.
+pub fn make_loop(ip: &str, port: u16) -> std::net::TcpStream {
+    let dest = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+    for _ in 0..5000 {
+        if let Ok(s) = std::net::TcpStream::connect(dest) {
+            if s.local_addr().unwrap() == dest {
+                return s;
+            }
+        }
+    }
+    panic!("no loop to {dest} in 5000 tries");
 }

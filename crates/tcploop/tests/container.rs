@@ -5,51 +5,14 @@
 //! that container. The control: the same process, before it moves into
 //! the cgroup, is named no such container.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::common::{self, Sandbox};
+use crate::common::{self, cgroup2_mount, Cgroup, Sandbox};
 
 const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a v2
-/// host, `/sys/fs/cgroup/unified` on a hybrid one), from mountinfo.
-pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if !right.starts_with("cgroup2 ") {
-            return None;
-        }
-        left.split(' ').nth(4).map(PathBuf::from)
-    })
-}
-
-/// Removes the test's cgroup, however the test ends.
-pub(crate) struct Cgroup(pub(crate) PathBuf);
-
-impl Cgroup {
-    /// Makes `docker-<ID>.scope` under the v2 mount: a test-unique id
-    /// (from the pid and `salt`), and the cgroup.
-    pub(crate) fn docker(mount: &Path, salt: u64) -> (Cgroup, String) {
-        let id = format!(
-            "{:016x}",
-            (std::process::id() as u64 + salt).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        )
-        .repeat(4);
-        let cg = Cgroup(mount.join(format!("docker-{id}.scope")));
-        std::fs::create_dir(&cg.0).unwrap();
-        (cg, id)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 #[test]
 fn a_loop_in_a_docker_named_cgroup_is_named_by_its_container() {
@@ -121,14 +84,7 @@ fn scan_owner_container() -> Value {
 scenario! {
     fn scenario_container(out) {
         let cg = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
-        let dest: SocketAddr = "127.0.0.1:40004".parse().unwrap();
-        let looped = (0..5000)
-            .find_map(|_| {
-                TcpStream::connect(dest)
-                    .ok()
-                    .filter(|s| s.local_addr().unwrap() == dest)
-            })
-            .expect("a loop within 5000 tries");
+        let looped = common::make_loop("127.0.0.1", 40004);
         let _service = TcpListener::bind("127.0.0.1:40001").unwrap();
         let before = scan_owner_container();
 

@@ -7,18 +7,11 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::Reaped;
-use crate::common::{self, Sandbox};
+use crate::common::{self, curl, prom_api, until, Sandbox};
 
 /// The repository's `deploy/` directory.
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcploop-deploy-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// `name(1)` references in a roff page, with roff's `\-` unescaped.
@@ -43,7 +36,7 @@ fn man_references(roff: &str) -> Vec<String> {
 
 #[test]
 fn man_pages_name_only_pages_that_exist() {
-    let dir = temp_dir("man");
+    let dir = common::temp_dir("deploy-man");
     let o = common::output(&mut common::tcploop(&[
         "completions",
         "man",
@@ -108,7 +101,7 @@ fn exec_start(unit: &str) -> Vec<String> {
 
 #[test]
 fn systemd_units_verify_and_their_command_lines_are_accepted() {
-    let dir = temp_dir("units");
+    let dir = common::temp_dir("deploy-units");
     for name in ["tcploop-watch.service", "tcploop-shield.service"] {
         let text = std::fs::read_to_string(deploy().join("systemd").join(name)).unwrap();
         let mut line = exec_start(&text);
@@ -192,7 +185,7 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         common::stderr(&o)
     );
     // The control: the same tests fail against a rule that never fires.
-    let tmp = temp_dir("rules");
+    let tmp = common::temp_dir("deploy-rules");
     let rules = std::fs::read_to_string(dir.join("tcploop-alerts.yml")).unwrap();
     let broken = rules.replace(
         "max by (instance) (tcploop_loops_present) > 0",
@@ -258,49 +251,11 @@ fn page_metrics(page: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-fn curl(args: &[&str]) -> Option<String> {
-    let o = common::output(
-        std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .args(args),
-    );
-    o.status.success().then(|| common::stdout(&o))
-}
-
-/// A Prometheus API call; its `data`, once `status` is `success`.
-fn prom_api(web: &str, path: &str, query: Option<&str>) -> Option<serde_json::Value> {
-    let url = format!("http://{web}{path}");
-    let q = query.map(|q| format!("query={q}"));
-    let mut args = vec![url.as_str()];
-    if let Some(q) = &q {
-        args.extend(["--data-urlencode", q.as_str()]);
-    }
-    let text = curl(&args)?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("Prometheus answered {path} with bad JSON ({e}): {text}"));
-    if v["status"] != "success" {
-        eprintln!("Prometheus: {path} {query:?}: {v}");
-    }
-    (v["status"] == "success").then(|| v["data"].clone())
-}
-
-/// Polls until `f` answers (bounded: 30 s, then a panic with `what`).
-fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
 const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
 
 #[test]
 fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
-    let mount = crate::container::cgroup2_mount();
+    let mount = common::cgroup2_mount();
     if common::skip_unless(
         common::is_root() && mount.is_some(),
         "dashboard_and_alerts_work_against_a_real_watch_and_prometheus",
@@ -308,7 +263,7 @@ fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
     ) {
         return;
     }
-    let (cg, _id) = crate::container::Cgroup::docker(&mount.unwrap(), 1);
+    let (cg, _id) = common::Cgroup::docker(&mount.unwrap(), 1);
     let envs = [(ENV_CGROUP, cg.0.to_str().unwrap())];
     let sandbox = Sandbox::range("40000-40009").envs(&envs);
     let Some(text) = scenario_dashboard_and_alerts::run(&sandbox) else {
@@ -349,31 +304,15 @@ scenario! {
         until("the watch serves /metrics", || {
             curl(&["http://127.0.0.1:9977/metrics"])
         });
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
+        let (_prometheus, web) = common::prometheus(
+            &dir,
+            &format!(
                 "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
                  rule_files:\n  - {}\n\
                  scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n\
                  \x20 - job_name: tcploop-shield\n    static_configs:\n      - targets: ['127.0.0.1:9978']\n",
                 deploy().join("prometheus/tcploop-alerts.yml").display()
             ),
-        )
-        .unwrap();
-        let web = "127.0.0.1:9090";
-        let _prometheus = Reaped(
-            std::process::Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={web}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("prometheus (Debian package prometheus) must be installed"),
         );
 
         // A loop, made as a plain client would, in a namespace of its own, by
@@ -804,7 +743,7 @@ fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
         assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
         common::stdout(&o)
     };
-    let dir = temp_dir("emit");
+    let dir = common::temp_dir("deploy-emit");
     let k8s = dir.join("pod.yaml");
     std::fs::write(&k8s, emit("k8s")).unwrap();
     let pod = yaml_docs(&k8s);
@@ -888,7 +827,8 @@ fn an_alert_reaches_alertmanager_and_its_receiver() {
 
 scenario! {
     fn scenario_alertmanager(out) {
-        use crate::audit::{make_loop, spawn_watch, wait_for};
+        use crate::audit::{spawn_watch, wait_for};
+        use common::make_loop;
         let dir = out.with_extension("am.d");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -941,31 +881,15 @@ scenario! {
                 .spawn()
                 .expect("prometheus-alertmanager (Debian package prometheus-alertmanager)"),
         );
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
+        let (_prometheus, web) = common::prometheus(
+            &dir,
+            &format!(
                 "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
                  alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n\
                  rule_files:\n  - {}\n\
                  scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
                 deploy().join("prometheus/tcploop-alerts.yml").display()
             ),
-        )
-        .unwrap();
-        let web = "127.0.0.1:9090";
-        let _prometheus = Reaped(
-            std::process::Command::new("prometheus")
-                .arg(format!("--config.file={}", config.display()))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.join("data").display()
-                ))
-                .arg(format!("--web.listen-address={web}"))
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("prometheus"),
         );
         until("Prometheus scrapes the watch", || {
             prom_api(web, "/api/v1/query", Some("up{job=\"tcploop\"} == 1"))

@@ -853,11 +853,7 @@ mod schema {
         reason: String,
     }
 
-    fn parse<T: for<'a> Deserialize<'a>>(ty: &str, d: &serde_json::Value) {
-        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
-            panic!("{ty} line does not match its schema: {e}: {d}");
-        }
-    }
+    use crate::common::conforms as parse;
 
     /// Checks one line against its type's schema.
     pub fn check(line: &serde_json::Value) {

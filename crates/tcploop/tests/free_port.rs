@@ -311,11 +311,12 @@ fn free_port_json(range: &str, reserve: Option<&str>, args: &[&str]) -> (Vec<Val
 }
 
 fn free_port_cmd(range: &str, reserve: Option<&str>, args: &[&str]) -> std::process::Command {
-    let mut c = common::tcploop(&["sandbox", "--range", range]);
-    if let Some(r) = reserve {
-        c.args(["--reserve", r]);
+    let mut c = Sandbox {
+        reserve,
+        ..Sandbox::range(range)
     }
-    c.arg("--").arg(common::bin()).arg("free-port").args(args);
+    .tcploop(&["free-port"]);
+    c.args(args);
     c
 }
 

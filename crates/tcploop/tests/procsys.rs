@@ -130,11 +130,11 @@ fn odd_ports() -> String {
 fn a_reserved_ports_value_longer_than_a_page_is_written_and_read_whole() {
     let all = odd_ports();
     assert!(all.len() > 70_000);
-    let o = output(&mut common::sandboxed_with(
-        "40000-40009",
-        &all,
-        &["audit", "--json", "--ports", "40004", "--apply"],
-    ));
+    let o = output(
+        &mut Sandbox::range("40000-40009")
+            .reserve(&all)
+            .tcploop(&["audit", "--json", "--ports", "40004", "--apply"]),
+    );
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
     let lines = json_lines(&o);
     let applied = &of_type(&lines, "applied")[0];

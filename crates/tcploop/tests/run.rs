@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::common;
+use crate::common::{self, Sandbox};
 
 const RANGE: &str = "40000-40009";
 const PORT: &str = "40004";
@@ -105,8 +105,7 @@ fn bounded(mut c: Command) -> Output {
 
 /// `tcploop sandbox --range RANGE -- [tcploop run --log --] PROGRAM...`.
 fn in_sandbox(guarded: bool, program: &[OsString]) -> Command {
-    let mut c = Command::new(common::bin());
-    c.args(["sandbox", "--range", RANGE, "--"]);
+    let mut c = Sandbox::range(RANGE).command();
     if guarded {
         c.arg(common::bin()).args(["run", "--log", "--"]);
     }
@@ -408,8 +407,8 @@ fn curl_never_loops() {
     let script = dir.join("curl.sh");
     std::fs::write(&script, CURL_SCRIPT).unwrap();
     let run = |guard: bool| {
-        let mut c = Command::new(common::bin());
-        c.args(["sandbox", "--range", RANGE, "--", "sh"])
+        let mut c = Sandbox::range(RANGE).command();
+        c.arg("sh")
             .arg(&script)
             .args([
                 if guard { GUARDED } else { CONTROL }.to_string(),

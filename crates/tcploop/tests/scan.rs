@@ -722,17 +722,6 @@ const EXITERS: &str = r#"while :; do python3 -c 'import socket
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(512)
 cs = [socket.create_connection(l.getsockname()) for _ in range(200)]'; done"#;
 
-/// A child killed when dropped, even by a failing assertion (a shell loop
-/// left running would keep the scenario's output open forever).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn owner_sources_agree_on_loops_hidden_among_thousands_in_several_processes() {
     // BPF needs the initial user namespace: a plain network namespace, root
@@ -814,7 +803,7 @@ scenario! {
         // owners come sorted by pid (a forked child's pid can be the lower one)
         expected.values_mut().for_each(|v| v.sort_unstable());
         // processes exiting all the time while the scans run
-        let exiters = KillOnDrop(Command::new("sh").args(["-c", EXITERS]).spawn().unwrap());
+        let exiters = common::Reaped(Command::new("sh").args(["-c", EXITERS]).spawn().unwrap());
 
         let mut by_source: Vec<(String, BTreeSet<String>)> = vec![];
         for round in 0..3 {

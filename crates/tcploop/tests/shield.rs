@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::common;
+use crate::common::{self, Sandbox};
 
 const SRC: &str = include_str!("shield_try.c");
 const RANGE: &str = "40000-40009";
@@ -62,12 +62,12 @@ fn clients() -> &'static Clients {
 /// (the range file).
 fn sandbox_sh(netns_only: bool, script: &str) -> Output {
     let cl = clients();
-    let mut c = Command::new(common::bin());
-    c.arg("sandbox");
-    if netns_only {
-        c.arg("--netns-only");
-    }
-    c.args(["--range", RANGE, "--", "sh", "-euc", script])
+    let sandbox = Sandbox {
+        netns_only,
+        ..Sandbox::range(RANGE)
+    };
+    let mut c = sandbox.command();
+    c.args(["sh", "-euc", script])
         .env("T", &cl.dynamic)
         .env("S", &cl.static_)
         .env("B", common::bin())
@@ -598,7 +598,7 @@ fn the_daemon_covers_namespaces_made_before_and_after_it_starts() {
         return;
     }
     let cl = clients();
-    let cg = TestCgroup::new("daemon");
+    let cg = common::Cgroup::new("daemon");
     if common::skip_unless(
         cg.is_some(),
         "shield daemon --cgroup-root",
@@ -707,37 +707,12 @@ fn the_pins_of_a_namespace_that_died_are_removed_by_the_next_on() {
     panic!("the defunct {dir} is still there after 50 tries over 10 s");
 }
 
-/// A cgroup v2 directory made for one test (under the host's cgroup v2
-/// root), removed when dropped; processes are moved in by the test's
-/// scripts, which have exited by then.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(name: &str) -> Option<TestCgroup> {
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| {
-                p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists()
-            })?;
-        let d = root.join(format!("tcploop-test-{}-{name}", std::process::id()));
-        std::fs::create_dir(&d).ok()?;
-        Some(TestCgroup(d))
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn the_cgroup_hook_refuses_loopback_self_connects_and_misses_interface_addresses() {
     if !bpf_ok("the_cgroup_hook_refuses_loopback_self_connects_and_misses_interface_addresses") {
         return;
     }
-    let cg = TestCgroup::new("hook");
+    let cg = common::Cgroup::new("hook");
     if common::skip_unless(cg.is_some(), "cgroup hook", "a cgroup v2 mount") {
         return;
     }

@@ -499,7 +499,10 @@ scenario! {
         w.wait_for("loop_gone");
         common::signal(w.child.id(), libc::SIGSTOP);
         make_loops(100, PORT);
-        let held: Vec<TcpStream> = [40006, 40008].into_iter().map(hold_loop).collect();
+        let held: Vec<TcpStream> = [40006, 40008]
+            .into_iter()
+            .map(|p| common::make_loop("127.0.0.1", p))
+            .collect();
         common::signal(w.child.id(), libc::SIGCONT);
         w.wait_for("events_lost");
         for _ in 0..2 {
@@ -514,19 +517,6 @@ scenario! {
         drop(held);
         std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
     }
-}
-
-/// A loop on `port`, kept open.
-fn hold_loop(port: u16) -> TcpStream {
-    let to: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100_000 {
-        if let Ok(s) = TcpStream::connect(to) {
-            if s.local_addr().ok() == s.peer_addr().ok() {
-                return s;
-            }
-        }
-    }
-    panic!("no loop on {port}");
 }
 
 #[test]
