@@ -848,14 +848,7 @@ scenario! {
             std::process::Command::new("python3")
                 .args([
                     "-c",
-                    "import http.server,sys\n\
-                     class H(http.server.BaseHTTPRequestHandler):\n\
-                     \x20   def do_POST(self):\n\
-                     \x20       b=self.rfile.read(int(self.headers['Content-Length']))\n\
-                     \x20       open(sys.argv[1],'ab').write(b+b'\\n')\n\
-                     \x20       self.send_response(200); self.end_headers()\n\
-                     \x20   def log_message(self,*a): pass\n\
-                     http.server.HTTPServer(('127.0.0.1',5001),H).serve_forever()\n",
+                    include_str!("fixtures/deploy_webhook.py"),
                 ])
                 .arg(&received)
                 .spawn()

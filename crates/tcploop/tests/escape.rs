@@ -12,6 +12,9 @@ use crate::common::{self, json_lines, of_type, output, stdout, Sandbox};
 /// The hostile name, 12 bytes (comm holds 15).
 const NAME: &str = "\x1b[2J\x1b[31mX\nY";
 /// How the text output must show it.
+/// python3 renames itself to its first argument, then connects a socket
+/// to its own address (a loop held by that name), says `ready` and waits.
+const HOLDER: &str = include_str!("fixtures/escape_hostile_name.py");
 const SHOWN: &str = "\\x1b[2J\\x1b[31mX\\nY";
 
 #[test]
@@ -26,18 +29,9 @@ scenario! {
     fn scenario_hostile_name(out) {
         // python3 renames itself, then connects a socket to its own address:
         // a loop, held by the hostile name
-        let script = r#"
-import ctypes, socket, sys, time
-ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
-s = socket.socket()
-s.bind(("127.0.0.1", 40004))
-s.connect(("127.0.0.1", 40004))
-print("ready", flush=True)
-time.sleep(60)
-"#;
         let mut holder = Reaped(
             Command::new("python3")
-                .args(["-c", script, NAME])
+                .args(["-c", HOLDER, NAME])
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("python3"),

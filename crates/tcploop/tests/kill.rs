@@ -15,34 +15,7 @@ use crate::common::{self, json_lines, of_type, output, stdout, Sandbox};
 /// `ready`, and waits; with `rounds` > 1, it reconnects after its loop is
 /// destroyed, as a client with a retry loop does. `bind` binds the port
 /// explicitly first (a loop on a reserved port).
-const CLIENT: &str = r#"
-import socket, sys, time
-host, port, rounds, bind = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "bind"
-fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-for r in range(rounds):
-    for i in range(20000):
-        s = socket.socket(fam, socket.SOCK_STREAM)
-        if fam == socket.AF_INET6:
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        if bind:
-            s.bind((host, port))
-        try:
-            s.connect((host, port))
-        except OSError:
-            s.close(); continue
-        if s.getsockname()[1] == port:
-            break
-        s.close()
-    else:
-        sys.exit("no loop")
-    print("ready", flush=True)
-    try:
-        s.recv(1)
-    except OSError:
-        pass
-    s.close()
-time.sleep(30)
-"#;
+const CLIENT: &str = include_str!("fixtures/kill_client.py");
 
 /// Starts the client; returns it and a channel of its `ready` lines.
 fn client(host: &str, port: u16, rounds: u32, bind: bool) -> (Reaped, mpsc::Receiver<()>) {

@@ -686,34 +686,7 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
 /// `{"pid", "loops": {PORT: fd}, "child"}` when ready and holding them until
 /// its stdin closes. With `share` (a port), it forks after making the loops:
 /// the child keeps only that loop, the same socket through the same fd.
-const HOLDER: &str = r#"
-import json, os, socket, sys
-lport, nconn, loops, share = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-l = socket.socket(); l.bind(("127.0.0.1", lport)); l.listen(4096)
-conns = []
-for _ in range(nconn):
-    c = socket.create_connection(("127.0.0.1", lport)); conns.append((c, l.accept()[0]))
-out, keep = {"pid": os.getpid(), "loops": {}}, {}
-for spec in loops.split(","):
-    fam, port = spec.split(":"); port = int(port)
-    if fam == "v4":
-        s, a = socket.socket(), ("127.0.0.1", port)
-    else:
-        s, a = socket.socket(socket.AF_INET6), ("::1", port)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind(a); s.connect(a)
-    out["loops"][str(port)] = s.fileno(); keep[port] = s
-if share != "-":
-    pid = os.fork()
-    if pid == 0:
-        for port, s in keep.items():
-            if port != int(share):
-                s.close()
-        sys.stdin.read(); os._exit(0)
-    out["child"] = pid
-print(json.dumps(out), flush=True)
-sys.stdin.read()
-"#;
+const HOLDER: &str = include_str!("fixtures/scan_holder.py");
 
 /// Short-lived processes, each with a few hundred sockets: they exit while
 /// scans walk the process table. Started by a shell, so that no fork of the

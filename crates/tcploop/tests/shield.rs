@@ -6,7 +6,7 @@
 //! control without the shield that must loop, then the same client with the
 //! shield, 20,000 fresh-socket tries that must all end in ECONNREFUSED.
 //!
-//! The client is `tests/shield_try.c`, compiled here with `cc`: blocking,
+//! The client is `tests/fixtures/shield_try.c`, compiled here with `cc`: blocking,
 //! non-blocking, io_uring (liburing), TCP Fast Open, bind-then-connect, a
 //! real listener, and a statically linked build. Every try is bounded to
 //! 1 s (SO_SNDTIMEO, poll, io_uring timeout) and counted as `other` if it
@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::common::{self, Sandbox};
 
-const SRC: &str = include_str!("shield_try.c");
+const SRC: &str = include_str!("fixtures/shield_try.c");
 const RANGE: &str = "40000-40009";
 const TRIES: u64 = 20_000;
 

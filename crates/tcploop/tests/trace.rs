@@ -192,35 +192,7 @@ scenario! {
 
 /// Children of a Python program, forked, each make loops and exit; the
 /// program exits 3. `trace -- python3 ...` names the children, and exits 3.
-const FORKING_CLIENT: &str = r#"
-import os, socket, struct, sys
-out, port = sys.argv[1], int(sys.argv[2])
-def loops(n):
-    made = 0
-    while made < n:
-        s = socket.socket()
-        try:
-            s.connect(("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
-        if s.getsockname() == s.getpeername():
-            made += 1
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
-kids = []
-for _ in range(2):
-    pid = os.fork()
-    if pid == 0:
-        loops(2)
-        os._exit(0)
-    kids.append(pid)
-for k in kids:
-    os.waitpid(k, 0)
-with open(out, "w") as f:
-    f.write(" ".join(map(str, kids)))
-sys.exit(3)
-"#;
+const FORKING_CLIENT: &str = include_str!("fixtures/trace_forking_client.py");
 
 #[test]
 fn trace_command_names_the_loops_of_its_children_and_exits_with_its_status() {
