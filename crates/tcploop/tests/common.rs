@@ -187,6 +187,20 @@ pub fn sandboxes_work(netns_only: bool) -> bool {
     }
 }
 
+/// For a test that runs `tcploop sandbox` itself: `true` (the test returns
+/// at once) where user and network namespaces cannot be made here, after a
+/// loud skip (a failure under [`REQUIRE_ENV`]); the probe runs once per
+/// test binary. The test is named by its thread, which the harness names
+/// after it.
+pub fn no_sandboxes() -> bool {
+    let thread = std::thread::current();
+    skip_unless(
+        sandboxes_work(false),
+        thread.name().unwrap_or("a sandbox test"),
+        "user and network namespaces (tcploop sandbox)",
+    )
+}
+
 /// A test whose body runs inside a throwaway namespace, the one way to
 /// write one. The libtest harness is threaded, so a test cannot enter a
 /// namespace itself: `scenario!` writes the `#[ignore]`d child test (the

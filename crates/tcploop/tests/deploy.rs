@@ -735,6 +735,9 @@ fn the_image_command_line_is_accepted_and_prometheus_config_checks() {
 
 #[test]
 fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let emit = |format: &str| {
         let o = common::output(&mut common::sandboxed(
             "40000-40009",

@@ -322,6 +322,9 @@ fn free_port_cmd(range: &str, reserve: Option<&str>, args: &[&str]) -> std::proc
 
 #[test]
 fn free_port_gives_distinct_ports_outside_the_range() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let (ports, summary) = free_port_json(RANGE, None, &["--count", "50", "--json"]);
     assert_eq!(ports.len(), 50);
     let mut seen = std::collections::BTreeSet::new();
@@ -351,6 +354,9 @@ fn free_port_gives_distinct_ports_outside_the_range() {
 
 #[test]
 fn free_port_prints_one_port_a_line() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = common::output(&mut free_port_cmd(RANGE, None, &["-n", "3"]));
     assert!(o.status.success(), "{}", common::stderr(&o));
     let ports: Vec<u16> = common::stdout(&o)
@@ -366,6 +372,9 @@ fn free_port_prints_one_port_a_line() {
 
 #[test]
 fn free_port_uses_reserved_ports_when_the_range_covers_everything() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let (ports, summary) = free_port_json(
         "1024-65535",
         Some("40004-40005"),
@@ -398,6 +407,9 @@ fn free_port_uses_reserved_ports_when_the_range_covers_everything() {
 
 #[test]
 fn free_port_rejects_bad_input_with_one_line() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     for (args, says) in [
         (&["--count", "0"][..], "--count"),
         (&["--host", "not-an-ip"][..], "--host"),
