@@ -31,10 +31,7 @@ pub(crate) fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>,
 
 #[test]
 fn a_listener_on_an_exposed_port_is_reported_with_its_pid() {
-    let Some(text) = scenario_listener_reported::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_listener_reported::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {
@@ -76,10 +73,7 @@ scenario! {
 /// their local port ... they do not protect it"): they are no thieves.
 #[test]
 fn audit_does_not_call_a_services_own_accepted_connections_source_port_holders() {
-    let Some(text) = scenario_accepted_connections::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_accepted_connections::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {
@@ -122,10 +116,7 @@ scenario! {
 
 #[test]
 fn apply_reserves_the_port_and_then_clients_never_loop_while_a_control_port_does() {
-    let Some(text) = scenario_apply::run(&Sandbox::range("40000-40009").reserve("50000")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_apply::run_ok(&Sandbox::range("40000-40009").reserve("50000"));
 }
 
 scenario! {
@@ -383,10 +374,7 @@ fn promtool_openmetrics(text: &str, dir: &std::path::Path) {
 
 #[test]
 fn watch_reports_a_loop_and_its_disappearance_and_metrics_read_1_then_0() {
-    let Some(text) = scenario_watch::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_watch::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {
@@ -462,10 +450,7 @@ scenario! {
 
 #[test]
 fn watch_kill_after_destroys_a_loop_that_persists() {
-    let Some(text) = scenario_watch_kill_after::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_watch_kill_after::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {
@@ -585,10 +570,7 @@ fn prom_until(web: &str, query: &str, want: &str) {
 
 #[test]
 fn a_prometheus_server_scraping_watch_sees_the_loop_come_and_go() {
-    let Some(text) = scenario_prometheus_server::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_prometheus_server::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {

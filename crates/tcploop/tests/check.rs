@@ -467,13 +467,7 @@ fn article_port_is_refused_on_the_default_range() {
         return;
     }
     // The sandbox keeps the kernel's default range 32768-60999.
-    let o = output(&mut tcploop(&[
-        "sandbox",
-        "--",
-        bin().to_str().unwrap(),
-        "check",
-        "33333",
-    ]));
+    let o = output(&mut Sandbox::default().tcploop(&["check", "33333"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("127.0.0.1:33333  impossible"), "{text}");

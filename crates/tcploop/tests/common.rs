@@ -88,7 +88,8 @@ pub fn scenario_out() -> Option<PathBuf> {
 /// LIST] [--netns-only]`, with extra environment variables for the child.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sandbox<'a> {
-    /// `ip_local_port_range` inside.
+    /// `ip_local_port_range` inside; empty (as in `Sandbox::default()`):
+    /// the kernel's default range.
     pub range: &'a str,
     /// `ip_local_reserved_ports` inside.
     pub reserve: Option<&'a str>,
@@ -129,7 +130,7 @@ impl<'a> Sandbox<'a> {
         }
     }
 
-    /// `tcploop sandbox [--netns-only] --range RANGE [--reserve LIST] --`
+    /// `tcploop sandbox [--netns-only] [--range RANGE] [--reserve LIST] --`
     /// with the environment variables set: the program to run inside comes
     /// next.
     pub fn command(&self) -> Command {
@@ -138,7 +139,9 @@ impl<'a> Sandbox<'a> {
         if self.netns_only {
             c.arg("--netns-only");
         }
-        c.args(["--range", self.range]);
+        if !self.range.is_empty() {
+            c.args(["--range", self.range]);
+        }
         if let Some(r) = self.reserve {
             c.args(["--reserve", r]);
         }
@@ -224,6 +227,7 @@ pub fn no_sandboxes() -> bool {
 ///         return;
 ///     };
 ///     assert_eq!(text, "ok");
+///     // or, the same: held_loop::run_ok(&Sandbox::range(...));
 /// }
 /// ```
 macro_rules! scenario {
@@ -242,6 +246,15 @@ macro_rules! scenario {
             /// Runs the scenario inside a sandbox; `None`: skipped.
             pub fn run(sandbox: &$crate::common::Sandbox<'_>) -> Option<String> {
                 $crate::common::run_scenario(sandbox, module_path!())
+            }
+
+            /// Runs the scenario inside a sandbox and checks that it wrote
+            /// `ok` (nothing to check after a skip).
+            #[allow(dead_code)]
+            pub fn run_ok(sandbox: &$crate::common::Sandbox<'_>) {
+                if let Some(text) = run(sandbox) {
+                    assert_eq!(text, "ok", "{}", module_path!());
+                }
             }
         }
     };

@@ -172,11 +172,7 @@ fn a_real_listener_is_not_a_loop() {
     if crate::common::no_sandboxes() {
         return;
     }
-    let o = output(&mut tcploop(&[
-        "sandbox",
-        "--range",
-        NARROW,
-        "--",
+    let o = output(Sandbox::range(NARROW).command().args([
         "python3",
         "-c",
         &format!(
@@ -282,13 +278,7 @@ fn article_port_33333_is_refused_with_a_port_that_works() {
     if crate::common::no_sandboxes() {
         return;
     }
-    let o = output(&mut tcploop(&[
-        "sandbox",
-        "--",
-        bin().to_str().unwrap(),
-        "connect",
-        "33333",
-    ]));
+    let o = output(&mut Sandbox::default().tcploop(&["connect", "33333"]));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("33333 is odd"), "{text}");

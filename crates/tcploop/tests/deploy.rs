@@ -266,10 +266,7 @@ fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
     let (cg, _id) = common::Cgroup::docker(&mount.unwrap(), 1);
     let envs = [(ENV_CGROUP, cg.0.to_str().unwrap())];
     let sandbox = Sandbox::range("40000-40009").envs(&envs);
-    let Some(text) = scenario_dashboard_and_alerts::run(&sandbox) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_dashboard_and_alerts::run_ok(&sandbox);
 }
 
 /// The dashboard's panels of the shield daemon (`tcploop_shield_*`): not
@@ -489,10 +486,7 @@ fn spawn_looper(cgroup: Option<&Path>) -> Reaped {
 
 #[test]
 fn watch_all_netns_follows_namespaces_that_come_and_go() {
-    let Some(text) = scenario_watch_all_netns::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_watch_all_netns::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {
@@ -767,15 +761,7 @@ fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
             if set { "" } else { ":" },
             common::bin().display()
         );
-        let o = common::output(&mut common::tcploop(&[
-            "sandbox",
-            "--range",
-            "40000-40009",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]));
+        let o = common::output(&mut Sandbox::range("40000-40009").sh(&script));
         o.status.code()
     };
     assert_eq!(audit_after(true), Some(0));
@@ -822,10 +808,7 @@ fn the_dashboard_is_well_formed() {
 /// `for`) fires and is delivered.
 #[test]
 fn an_alert_reaches_alertmanager_and_its_receiver() {
-    let Some(text) = scenario_alertmanager::run(&Sandbox::range("40000-40009")) else {
-        return;
-    };
-    assert_eq!(text, "ok");
+    scenario_alertmanager::run_ok(&Sandbox::range("40000-40009"));
 }
 
 scenario! {

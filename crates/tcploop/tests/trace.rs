@@ -24,9 +24,9 @@ fn bpf_works() -> bool {
             return false;
         }
         let o = output(
-            tcploop(&["sandbox", "--netns-only", "--"])
-                .arg(common::bin())
-                .args(["trace", "--duration", "0"]),
+            &mut Sandbox::default()
+                .netns_only()
+                .tcploop(&["trace", "--duration", "0"]),
         );
         if !o.status.success() {
             eprintln!("BPF probe: {}", stderr(&o));
@@ -163,9 +163,8 @@ scenario! {
         let all = start(&["trace", "--json", "--netns", "all"]);
         // a loop in a second namespace (a user+net sandbox of its own)
         // (the sandbox enters it and execs connect: one pid throughout)
-        let other = tcploop(&["sandbox", "--range", RANGE, "--"])
-            .arg(common::bin())
-            .args(["connect", &PORT.to_string(), "--json"])
+        let other = Sandbox::range(RANGE)
+            .tcploop(&["connect", &PORT.to_string(), "--json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -201,9 +200,9 @@ fn trace_command_names_the_loops_of_its_children_and_exits_with_its_status() {
     }
     let kids_file = std::env::temp_dir().join(format!("tcploop-trace-kids-{}", std::process::id()));
     let o = output(
-        tcploop(&["sandbox", "--netns-only", "--range", RANGE, "--"])
-            .arg(common::bin())
-            .args(["trace", "--json", "--", "python3", "-c", FORKING_CLIENT])
+        Sandbox::range(RANGE)
+            .netns_only()
+            .tcploop(&["trace", "--json", "--", "python3", "-c", FORKING_CLIENT])
             .arg(&kids_file)
             .arg(PORT.to_string()),
     );
@@ -236,9 +235,7 @@ fn trace_as_nobody_says_what_is_missing_and_exits_2() {
     // user namespace of its own: both refused, one line each
     for inner in [false, true] {
         let mut c = if inner {
-            let mut c = tcploop(&["sandbox", "--"]);
-            c.arg(common::bin()).arg("trace");
-            c
+            Sandbox::default().tcploop(&["trace"])
         } else {
             tcploop(&["trace"])
         };
