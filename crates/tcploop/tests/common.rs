@@ -1,13 +1,22 @@
 //! Helpers shared by the integration tests.
 //!
-//! Two ways to run something inside a throwaway namespace:
-//! - [`sandboxed`]: `tcploop sandbox --range R -- tcploop ARGS`, the binary
-//!   as a user runs it;
+//! Two layers. Tests that need no privilege (usage errors, `--help`, JSON
+//! shape) run anywhere. Tests that need a throwaway network namespace make
+//! it in one of two ways, both described by a [`Sandbox`] (port range,
+//! reserved ports, environment, `--netns-only`):
+//! - [`Sandbox::command`] (and [`sandboxed`], [`Sandbox::tcploop`],
+//!   [`Sandbox::sh`]): `tcploop sandbox ... -- PROGRAM`, the binary as a
+//!   user runs it; such a test first asks [`no_sandboxes`];
 //! - [`scenario!`]: re-runs *this test binary* inside a sandbox, for one
-//!   `#[ignore]`d test that sets up sockets and then runs real connects; the
-//!   child writes its findings to the file named by `TCPLOOP_SCENARIO_OUT`.
-//!   The libtest harness is threaded, so a test cannot enter a namespace
-//!   itself; its re-executed child starts inside one.
+//!   `#[ignore]`d child test that sets up sockets and then runs real
+//!   connects; the child writes its findings to the file named by
+//!   `TCPLOOP_SCENARIO_OUT`. The libtest harness is threaded, so a test
+//!   cannot enter a namespace itself; its re-executed child starts inside
+//!   one.
+//!
+//! Either way the sandbox is probed once per test binary
+//! ([`sandboxes_work`]); where it cannot be made the test skips loudly, or
+//! fails under `TCPLOOP_REQUIRE_PRIVILEGED` ([`skip_unless`]).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -84,8 +93,9 @@ pub fn scenario_out() -> Option<PathBuf> {
     std::env::var_os(SCENARIO_ENV).map(PathBuf::from)
 }
 
-/// Where and how a scenario runs: `tcploop sandbox --range RANGE [--reserve
-/// LIST] [--netns-only]`, with extra environment variables for the child.
+/// Where and how a sandbox is made: `tcploop sandbox [--netns-only]
+/// [--range RANGE] [--reserve LIST]`, with extra environment variables for
+/// what runs inside.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sandbox<'a> {
     /// `ip_local_port_range` inside; empty (as in `Sandbox::default()`):
