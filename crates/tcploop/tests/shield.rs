@@ -550,7 +550,8 @@ kill $P",
 /// The daemon's test runs in fresh PID, mount and network namespaces: its
 /// discovery (`/proc/*/ns/net`, `/run/netns`) then sees only the test's own
 /// processes and namespaces, never the host's; `/run` and `/sys/fs/bpf`
-/// are private mounts there.
+/// are private mounts there, and the script's files live in that `/run`
+/// (a fixed name in the shared `/tmp` mixed two concurrent runs' logs).
 const DAEMON_SCRIPT: &str = r#"
 mount -t tmpfs tmpfs /run
 mount -t bpf bpf /sys/fs/bpf
@@ -566,7 +567,7 @@ covered() {
 }
 ip netns add before; setup /run/netns/before
 printf 'case=control '; nsenter --net=/run/netns/before $T block 127.0.0.1 40004 2000
-$B shield daemon --interval 300ms --json --prometheus --cgroup-root "$CG" > /tmp/daemon.log 2>&1 &
+$B shield daemon --interval 300ms --json --prometheus --cgroup-root "$CG" > /run/daemon.log 2>&1 &
 D=$!
 covered /run/netns/before latency_start
 printf 'case=before '; nsenter --net=/run/netns/before $T block 127.0.0.1 40004 20000
@@ -577,10 +578,10 @@ unshare -n sh -euc 'ip link set lo up; echo 40000 40009 > /proc/sys/net/ipv4/ip_
   echo "latency_sweep=$(( ($(date +%s%N) - t0) / 1000000 ))"
   printf "case=after_sweep "; $T block 127.0.0.1 40004 20000'
 sleep 0.7
-curl -s http://127.0.0.1:9978/metrics > /tmp/metrics.txt
-promtool check metrics < /tmp/metrics.txt && echo promtool=ok
+curl -s http://127.0.0.1:9978/metrics > /run/metrics.txt
+promtool check metrics < /run/metrics.txt && echo promtool=ok
 kill -TERM $D; wait $D
-cat /tmp/metrics.txt /tmp/daemon.log
+cat /run/metrics.txt /run/daemon.log
 $B shield off --all-netns --json | sed 's/^/offall /'
 set +e; $B shield status --all-netns >/dev/null; echo "status_after_off=$?"; set -e
 $B shield on --all-netns --json | sed 's/^/onall /'
