@@ -196,8 +196,7 @@ fn the_sysctl_d_text_is_what_sysctl_p_accepts() {
     }
     // In a sandbox with 50000 reserved: emit the file for 40004, load it
     // with the real sysctl, read the kernel's value back.
-    let dir = std::env::temp_dir().join(format!("tcploop-audit-sysctl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("audit-sysctl");
     let f = dir.join("60-tcploop.conf");
     let script = format!(
         "set -e; {bin} audit --emit-sysctl --ports 40004 > {f}; sysctl -p {f}; \
@@ -534,9 +533,7 @@ fn a_textfile_in_a_missing_or_unwritable_directory_fails_at_start_up() {
     assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(err.contains("/nonexistent/dir/tcploop.prom"), "{err}");
 
-    let dir = std::env::temp_dir().join(format!("tcploop-textfile-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("textfile");
     let file = dir.join("tcploop.prom");
     let a = args(file.to_str().unwrap());
     let a: Vec<&str> = a.iter().map(String::as_str).collect();

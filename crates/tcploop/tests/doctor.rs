@@ -245,8 +245,7 @@ scenario! {
     /// Inside the sandbox: set up one cause, check the diagnosis and the fix.
     fn doctor_case(out) {
         let case = std::env::var("TCPLOOP_CASE").unwrap();
-        let dir = std::env::temp_dir().join(format!("tcploop-doctor-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("doctor");
         let count = dir.join("tries");
         match case.as_str() {
             "free" => {
@@ -691,8 +690,7 @@ fn fix_without_privilege_says_what_it_needs_and_exits_2() {
     ) {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tcploop-doctor-unpriv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("doctor-unpriv");
     let mark = dir.join("looped");
     let py = format!(
         "import socket,time\n\
