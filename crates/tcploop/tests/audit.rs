@@ -572,9 +572,7 @@ fn a_prometheus_server_scraping_watch_sees_the_loop_come_and_go() {
 
 scenario! {
     fn scenario_prometheus_server(out) {
-        let dir = out.with_extension("prom.d");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::temp_dir("prom");
         let (_watch, rx) = spawn_watch(&[
             "watch",
             "--json",

@@ -278,9 +278,7 @@ fn is_shield_query(q: &str) -> bool {
 
 scenario! {
     fn scenario_dashboard_and_alerts(out) {
-        let dir = out.with_extension("deploy.d");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::temp_dir("deploy");
         let cgroup = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
         // An exposed listener (in the range, not reserved) and the watcher.
         let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
@@ -815,9 +813,7 @@ scenario! {
     fn scenario_alertmanager(out) {
         use crate::audit::{spawn_watch, wait_for};
         use common::make_loop;
-        let dir = out.with_extension("am.d");
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = common::temp_dir("am");
         let (_watch, rx) = spawn_watch(&[
             "watch",
             "--json",
