@@ -590,8 +590,9 @@ fn all_netns_finds_a_loop_in_another_namespace_with_its_process() {
     let script = "import socket,sys\n\
         s=socket.socket(); s.bind(('127.0.0.1',40100)); s.connect(('127.0.0.1',40100))\n\
         print('ready', s.fileno(), flush=True); sys.stdin.read()";
-    let mut child = Command::new(common::bin())
-        .args(["sandbox", "--", "python3", "-c", script])
+    let mut child = Sandbox::default()
+        .command()
+        .args(["python3", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
