@@ -78,13 +78,6 @@ pub struct Owned {
     pub containers: BTreeMap<u32, String>,
 }
 
-/// Whether a server could bind `addr` now (`Ok(false)`: EADDRINUSE), with
-/// or without `SO_REUSEADDR`, released at once: the one bind probe
-/// ([`diag::bind_probe`]), for callers outside `sys`.
-pub fn can_bind(addr: SocketAddr, reuseaddr: bool) -> io::Result<bool> {
-    diag::bind_probe(addr, reuseaddr)
-}
-
 /// What a real `bind()` of `ADDR:PORT` says now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {

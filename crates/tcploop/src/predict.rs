@@ -28,13 +28,12 @@
 //! Pure: the caller gathers the facts, this module decides.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::host::{Host, HostClass};
 use crate::inventory::Inventory;
 use crate::model::TcpState;
 use crate::ports::{EphemeralFacts, KernelVersion, Parity, PortRange};
-use crate::report::thousands;
 
 /// The verdict for one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +93,135 @@ pub struct Prediction {
     pub port: u16,
     /// The verdict.
     pub verdict: Verdict,
-    /// Why, one sentence each, in the order of the decision procedure.
-    pub reasons: Vec<String>,
+    /// Why, one step each, in the order of the decision procedure. They
+    /// carry data; `report` words them.
+    pub reasons: Vec<Reason>,
     /// Mean number of `connect()` calls until the loop (when possible).
     pub expected_tries: Option<f64>,
+}
+
+/// Which of the kernel's port choosers a reason speaks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chooser {
+    /// `connect()` on an unbound socket (`__inet_hash_connect()`).
+    Connect,
+    /// `bind(addr, 0)` (`inet_csk_find_open_port()`).
+    BindZero,
+}
+
+/// One step of the decision procedure, with the facts it rests on. The
+/// wording lives in the output layer (`report::predict`), so the engine
+/// never builds English and a JSON consumer or a test can match on data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// A: `addr` is an address of this host, on `iface`: source == destination.
+    LocalAddress { addr: IpAddr, iface: String },
+    /// A: `addr` (0.0.0.0 or ::) means this host; the kernel uses `effective`.
+    Unspecified { addr: IpAddr, effective: IpAddr },
+    /// A: a 127/8 address not on any interface: the source is 127.0.0.1.
+    OtherLoopback { addr: IpAddr },
+    /// A: `lo` is down: connect() fails with ENETUNREACH.
+    LoopbackDown { addr: IpAddr },
+    /// A: not an address of this namespace: source != destination.
+    Remote { addr: IpAddr },
+    /// The kernel release could not be parsed.
+    KernelUnknown { release: String },
+    /// D: a listener accepts `dest:port`: connects reach a server.
+    Listening {
+        listen: Vec<SocketAddr>,
+        dest: IpAddr,
+        port: u16,
+    },
+    /// D: a listener on another address holds the port.
+    ListenerHolds { port: u16, listen: Vec<SocketAddr> },
+    /// D: `bind()` holds the port.
+    BindHolds { port: u16, bound: Vec<SocketAddr> },
+    /// D: a self-connected socket already holds `addr:port`.
+    AlreadyLooped { addr: IpAddr, port: u16 },
+    /// D: an earlier loop on the port is in TIME-WAIT, `ms_left` more.
+    TimeWait { port: u16, ms_left: u32 },
+    /// D: `count` connected sockets use the port as their local port.
+    ConnectedUsers { port: u16, count: u32 },
+    /// D: this kernel's dump hides sockets that are only bound (before 6.8).
+    BoundInvisible,
+    /// D: no socket dump: holders are unknown.
+    NoSocketDump,
+    /// C: the port is outside the ephemeral range.
+    OutsideRange {
+        port: u16,
+        range: PortRange,
+        chooser: Chooser,
+    },
+    /// C: the top port of an odd-sized range is never picked by connect().
+    OddTop { port: u16, range: PortRange },
+    /// C: the port is in `ip_local_reserved_ports`.
+    Reserved { port: u16 },
+    /// E (before 4.6): both parities in one lap of `usable` ports.
+    SequentialScan {
+        kernel: KernelVersion,
+        port: u16,
+        usable: usize,
+    },
+    /// E: the port has the parity connect() tries first (`low`'s).
+    PreferredParity { port: u16, parity: Parity, low: u16 },
+    /// E: every port of the preferred parity is taken: the other one is used.
+    ParityFallback {
+        port: u16,
+        parity: Parity,
+        preferred: Parity,
+        range: PortRange,
+    },
+    /// E: the port has the other parity and `free` preferred ports remain.
+    OtherParity {
+        port: u16,
+        parity: Parity,
+        preferred: Parity,
+        low: u16,
+        free: usize,
+    },
+    /// F (5.12+): each try hits with probability 1/`usable`.
+    Rate { usable: usize },
+    /// F (before 5.12): the kernel walks the candidates in order.
+    InOrder {
+        kernel: KernelVersion,
+        usable: usize,
+    },
+    /// bind(0) reaches this tier only after every earlier one is busy.
+    BindLaterTier { parity: Parity, from: u16, to: u16 },
+    /// bind(0)'s first tier; `lower_half` with SO_REUSEADDR.
+    BindFirstTier {
+        parity: Parity,
+        lower_half: Option<(u16, u16)>,
+    },
+    /// bind(0) picks at random among `usable` candidates.
+    RandomPick { usable: usize },
+    /// bind(0) finds `free` ports in an earlier tier before reaching `port`.
+    BindEarlierTier {
+        free: usize,
+        parity: Parity,
+        from: u16,
+        to: u16,
+        port: u16,
+    },
+    /// IP_LOCAL_PORT_RANGE does not exist on this kernel (before 6.3).
+    NoLocalRangeOption { kernel: KernelVersion },
+    /// The port is outside the socket's effective range.
+    OutsideSocketRange {
+        port: u16,
+        effective: PortRange,
+        range: PortRange,
+    },
+    /// 6.3-6.7: the parity rule applies inside the socket's range.
+    LocalRangeKeepsParity {
+        kernel: KernelVersion,
+        effective: PortRange,
+    },
+    /// 6.8+: IP_LOCAL_PORT_RANGE removes the parity preference.
+    LocalRangeNoParity { effective: PortRange },
+    /// `usable` candidates, about that many tries.
+    Candidates { usable: usize },
+    /// The shield is on (`how`): the self-connect SYN is reset.
+    Shielded { how: String },
 }
 
 /// Everything the predictor knows about this namespace.
@@ -114,12 +238,12 @@ pub struct Situation<'a> {
 }
 
 struct Acc {
-    reasons: Vec<String>,
+    reasons: Vec<Reason>,
 }
 
 impl Acc {
-    fn say(&mut self, s: impl Into<String>) {
-        self.reasons.push(s.into());
+    fn say(&mut self, r: Reason) {
+        self.reasons.push(r);
     }
 }
 
@@ -129,10 +253,7 @@ pub fn shielded(p: &mut Prediction, how: &str) {
     if p.verdict == Verdict::Possible {
         p.verdict = Verdict::Prevented;
         p.expected_tries = None;
-        p.reasons.push(format!(
-            "the shield is on in this namespace ({how}): the self-connect SYN is answered \
-             with a reset, so connect() fails with ECONNREFUSED instead of looping"
-        ));
+        p.reasons.push(Reason::Shielded { how: how.into() });
     }
 }
 
@@ -151,45 +272,33 @@ pub fn predict(s: &Situation<'_>, port: u16) -> Prediction {
 fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>) {
     // A. Source address.
     let h = s.host;
+    let addr = h.addr;
     match &h.class {
-        HostClass::Local { iface } => acc.say(format!(
-            "{} is an address of this host (on {iface}): the kernel sends from it, so source == destination",
-            h.addr
-        )),
-        HostClass::Unspecified => acc.say(format!(
-            "{} means this host: the kernel connects from and to {}",
-            h.addr, h.effective
-        )),
+        HostClass::Local { iface } => acc.say(Reason::LocalAddress {
+            addr,
+            iface: iface.clone(),
+        }),
+        HostClass::Unspecified => acc.say(Reason::Unspecified {
+            addr,
+            effective: h.effective,
+        }),
         HostClass::OtherLoopback => {
-            acc.say(format!(
-                "{} is not assigned to an interface: the kernel sends from 127.0.0.1 \
-                 (the 127.0.0.0/8 route's preferred source), so source != destination \
-                 (only a client that binds {} itself could loop)",
-                h.addr, h.addr
-            ));
+            acc.say(Reason::OtherLoopback { addr });
             return (Verdict::Impossible, None);
         }
         HostClass::LoopbackDown => {
-            acc.say(format!(
-                "no interface carries {} (lo is down): connect() fails with ENETUNREACH",
-                h.addr
-            ));
+            acc.say(Reason::LoopbackDown { addr });
             return (Verdict::Impossible, None);
         }
         HostClass::Remote => {
-            acc.say(format!(
-                "{} is not an address of this network namespace: the connection's source \
-                 address differs from its destination, so it cannot loop",
-                h.addr
-            ));
+            acc.say(Reason::Remote { addr });
             return (Verdict::Impossible, None);
         }
     }
     let Some(kernel) = s.facts.kernel else {
-        acc.say(format!(
-            "kernel release {:?} not understood: the port-selection rules depend on it",
-            s.facts.release
-        ));
+        acc.say(Reason::KernelUnknown {
+            release: s.facts.release.clone(),
+        });
         return (Verdict::Unknown, None);
     };
 
@@ -197,62 +306,53 @@ fn decide(s: &Situation<'_>, port: u16, acc: &mut Acc) -> (Verdict, Option<f64>)
     if let Some(inv) = s.inventory {
         let u = inv.port(port);
         if !u.listen.is_empty() {
-            let covers = u.listen.iter().any(|l| covers(l.ip(), h.effective));
-            let list = join(u.listen.iter());
-            if covers {
-                acc.say(format!(
-                    "listening on {list}: connects to {}:{port} reach that server; they are not loops",
-                    h.effective
-                ));
+            let listen = u.listen.clone();
+            if u.listen.iter().any(|l| covers(l.ip(), h.effective)) {
+                acc.say(Reason::Listening {
+                    listen,
+                    dest: h.effective,
+                    port,
+                });
                 return (Verdict::Listening, None);
             }
-            acc.say(format!(
-                "a listener holds port {port} (on {list}): connect() never picks a port held by bind()/listen()"
-            ));
+            acc.say(Reason::ListenerHolds { port, listen });
             return (Verdict::Impossible, None);
         }
         if !u.bound.is_empty() {
-            acc.say(format!(
-                "bind() holds port {port} (on {}): connect() never picks a port held by bind()",
-                join(u.bound.iter())
-            ));
+            acc.say(Reason::BindHolds {
+                port,
+                bound: u.bound.clone(),
+            });
             return (Verdict::Impossible, None);
         }
-        let live: Vec<_> = u
+        let live = u
             .loops
             .iter()
-            .filter(|l| l.state != TcpState::TimeWait && l.local.ip() == h.effective)
-            .collect();
-        if !live.is_empty() {
-            acc.say(format!(
-                "a self-connected socket already holds {}:{port} (the port is stolen now: see `tcploop scan`)",
-                h.effective
-            ));
+            .any(|l| l.state != TcpState::TimeWait && l.local.ip() == h.effective);
+        if live {
+            acc.say(Reason::AlreadyLooped {
+                addr: h.effective,
+                port,
+            });
             return (Verdict::Impossible, None);
         }
         if let Some(tw) = u.loops.iter().find(|l| l.state == TcpState::TimeWait) {
-            acc.say(format!(
-                "an earlier loop on {port} is in TIME-WAIT ({:.0} s left): a server's bind() of it fails \
-                 until then; a new connect() may reuse the 4-tuple sooner (after about 1 s on loopback \
-                 with tcp_tw_reuse=2)",
-                f64::from(tw.expires_ms) / 1000.0
-            ));
+            acc.say(Reason::TimeWait {
+                port,
+                ms_left: tw.expires_ms,
+            });
         }
         if u.connected > 0 {
-            acc.say(format!(
-                "{} socket(s) use {port} as their local port; if connect() gave it to them (the usual case) \
-                 they do not protect it: the port is reused when the 4-tuple differs",
-                u.connected
-            ));
+            acc.say(Reason::ConnectedUsers {
+                port,
+                count: u.connected,
+            });
         }
         if !inv.bound_visible {
-            acc.say(
-                "this kernel's socket dump does not show sockets that are only bound (Linux 6.8+ does): \
-                 such a holder would make the port safe",
-            );
+            acc.say(Reason::BoundInvisible);
         }
     } else {
-        acc.say("the socket dump was not available: listeners and bind() holders are unknown");
+        acc.say(Reason::NoSocketDump);
     }
 
     let (verdict, expected) = match s.client {
@@ -276,21 +376,19 @@ fn connect_rules(
     let r = f.range;
     // C. Candidates.
     if !r.contains(port) {
-        acc.say(format!(
-            "{port} is outside the ephemeral range {r}: connect() never picks it as a source port"
-        ));
+        acc.say(Reason::OutsideRange {
+            port,
+            range: r,
+            chooser: Chooser::Connect,
+        });
         return (Verdict::Impossible, None);
     }
     if port > r.connect_high() {
-        acc.say(format!(
-            "the range {r} has an odd number of ports: connect() uses an even count and never picks its top port {port}"
-        ));
+        acc.say(Reason::OddTop { port, range: r });
         return (Verdict::Impossible, None);
     }
     if f.reserved.contains(port) {
-        acc.say(format!(
-            "{port} is in ip_local_reserved_ports: the kernel never hands it out"
-        ));
+        acc.say(Reason::Reserved { port });
         return (Verdict::Impossible, None);
     }
     let held = |p: u16| s.inventory.is_some_and(|i| i.bind_held(p));
@@ -298,54 +396,49 @@ fn connect_rules(
 
     if !kernel.has_parity_split() {
         let n = usable(Parity::Even) + usable(Parity::Odd);
-        acc.say(format!(
-            "kernel {kernel} (before 4.6) scans both parities sequentially: {port} is reached within one lap of {n} ports"
-        ));
+        acc.say(Reason::SequentialScan {
+            kernel,
+            port,
+            usable: n,
+        });
         return (Verdict::Possible, Some(n as f64 / 2.0));
     }
     // E. Parity.
-    let pref = r.connect_parity();
-    let par = Parity::of(port);
-    let same = usable(pref);
-    let n = if par == pref {
-        acc.say(format!(
-            "{port} is {par}: connect() tries {pref} ports first (the parity of the range's low end {})",
-            r.low
-        ));
+    let preferred = r.connect_parity();
+    let parity = Parity::of(port);
+    let same = usable(preferred);
+    let n = if parity == preferred {
+        acc.say(Reason::PreferredParity {
+            port,
+            parity,
+            low: r.low,
+        });
         same
     } else if same == 0 {
-        acc.say(format!(
-            "{port} is {par}, but every {pref} port of {r} is reserved or held by bind(): \
-             connect() falls back to {par} ports"
-        ));
-        usable(par)
+        acc.say(Reason::ParityFallback {
+            port,
+            parity,
+            preferred,
+            range: r,
+        });
+        usable(parity)
     } else {
-        acc.say(format!(
-            "{port} is {par}: connect() tries {pref} ports (the parity of the range's low end {}) and \
-             uses {par} ones only when all {pref} ports are taken; {} are free (kernel 4.6+)",
-            r.low,
-            thousands(same as u64)
-        ));
+        acc.say(Reason::OtherParity {
+            port,
+            parity,
+            preferred,
+            low: r.low,
+            free: same,
+        });
         return (Verdict::Impossible, None);
     };
     // F. Rate.
-    acc.say(rate_reason(kernel, n));
-    (Verdict::Possible, Some(n.max(1) as f64))
-}
-
-fn rate_reason(kernel: KernelVersion, n: usize) -> String {
-    if kernel.has_perturb_walk() {
-        let n = thousands(n as u64);
-        format!(
-            "{n} usable candidates of that parity: each try hits with probability about 1/{n}, \
-             so about {n} tries on average"
-        )
+    acc.say(if kernel.has_perturb_walk() {
+        Reason::Rate { usable: n }
     } else {
-        format!(
-            "{n} usable candidates of that parity; kernel {kernel} (before 5.12) walks them in order, \
-             so the port comes round within one lap"
-        )
-    }
+        Reason::InOrder { kernel, usable: n }
+    });
+    (Verdict::Possible, Some(n.max(1) as f64))
 }
 
 fn bind_rules(
@@ -360,15 +453,15 @@ fn bind_rules(
     let hi = u32::from(r.high) + 1; // exclusive
     let p = u32::from(port);
     if !(lo..hi).contains(&p) {
-        acc.say(format!(
-            "{port} is outside the ephemeral range {r}: bind(0) never picks it"
-        ));
+        acc.say(Reason::OutsideRange {
+            port,
+            range: r,
+            chooser: Chooser::BindZero,
+        });
         return (Verdict::Impossible, None);
     }
     if f.reserved.contains(port) {
-        acc.say(format!(
-            "{port} is in ip_local_reserved_ports: the kernel never hands it out"
-        ));
+        acc.say(Reason::Reserved { port });
         return (Verdict::Impossible, None);
     }
     // inet_csk_find_open_port(): halves (with SO_REUSEADDR), then parities,
@@ -396,36 +489,32 @@ fn bind_rules(
                     || !u.loops.is_empty()
             })
     };
-    for (i, &(a, b, par)) in tiers.iter().enumerate() {
+    for (i, &(a, b, parity)) in tiers.iter().enumerate() {
         let usable = (a..b)
-            .filter(|&q| Parity::of(q as u16) == par && !busy(q as u16))
+            .filter(|&q| Parity::of(q as u16) == parity && !busy(q as u16))
             .count();
-        if (a..b).contains(&p) && Parity::of(port) == par {
-            if i > 0 {
-                acc.say(format!(
-                    "bind(0) reaches {par} ports in {a}-{} only after every earlier candidate is busy, as here",
-                    b - 1
-                ));
+        // The tier's ports, inclusive: `b` is at most high + 1.
+        let (from, to) = (a as u16, (b - 1) as u16);
+        if (a..b).contains(&p) && Parity::of(port) == parity {
+            acc.say(if i > 0 {
+                Reason::BindLaterTier { parity, from, to }
             } else {
-                acc.say(format!(
-                    "bind(0) picks {par} ports (opposite to connect()) {}first",
-                    if reuseaddr {
-                        format!("in the lower half {a}-{} ", b - 1)
-                    } else {
-                        String::new()
-                    }
-                ));
-            }
-            acc.say(format!(
-                "{usable} usable candidates: a random one each try, so about {usable} tries on average"
-            ));
+                Reason::BindFirstTier {
+                    parity,
+                    lower_half: reuseaddr.then_some((from, to)),
+                }
+            });
+            acc.say(Reason::RandomPick { usable });
             return (Verdict::Possible, Some(usable.max(1) as f64));
         }
         if usable > 0 {
-            acc.say(format!(
-                "bind(0) picks among {usable} free {par} ports in {a}-{} before it would reach {port}",
-                b - 1
-            ));
+            acc.say(Reason::BindEarlierTier {
+                free: usable,
+                parity,
+                from,
+                to,
+                port,
+            });
             return (Verdict::Impossible, None);
         }
     }
@@ -441,9 +530,7 @@ fn local_range_rules(
 ) -> (Verdict, Option<f64>) {
     let f = s.facts;
     if !kernel.has_local_port_range_opt() {
-        acc.say(format!(
-            "kernel {kernel} has no IP_LOCAL_PORT_RANGE (6.3+): the option is ignored"
-        ));
+        acc.say(Reason::NoLocalRangeOption { kernel });
         return connect_rules(s, kernel, port, acc);
     }
     let low = f.range.low.max(sock.low);
@@ -454,16 +541,15 @@ fn local_range_rules(
         f.range
     };
     if !eff.contains(port) {
-        acc.say(format!(
-            "{port} is outside the socket's effective range {eff} (its IP_LOCAL_PORT_RANGE within {})",
-            f.range
-        ));
+        acc.say(Reason::OutsideSocketRange {
+            port,
+            effective: eff,
+            range: f.range,
+        });
         return (Verdict::Impossible, None);
     }
     if f.reserved.contains(port) {
-        acc.say(format!(
-            "{port} is in ip_local_reserved_ports: the kernel never hands it out"
-        ));
+        acc.say(Reason::Reserved { port });
         return (Verdict::Impossible, None);
     }
     let held = |p: u16| f.reserved.contains(p) || s.inventory.is_some_and(|i| i.bind_held(p));
@@ -473,27 +559,21 @@ fn local_range_rules(
             ..f.clone()
         };
         let sub_s = Situation { facts: &sub, ..*s };
-        acc.say(format!(
-            "kernel {kernel} (6.3-6.7) keeps the parity rule inside the socket's range {eff}"
-        ));
+        acc.say(Reason::LocalRangeKeepsParity {
+            kernel,
+            effective: eff,
+        });
         return connect_rules(&sub_s, kernel, port, acc);
     }
     let n = (eff.low..=eff.high).filter(|&p| !held(p)).count();
-    acc.say(format!(
-        "IP_LOCAL_PORT_RANGE (kernel 6.8+) removes the parity preference: every port of {eff} is a candidate"
-    ));
-    acc.say(format!("{n} usable candidates: about {n} tries on average"));
+    acc.say(Reason::LocalRangeNoParity { effective: eff });
+    acc.say(Reason::Candidates { usable: n });
     (Verdict::Possible, Some(n.max(1) as f64))
 }
 
 /// Whether a listener bound to `listen` accepts connections to `dest`.
 fn covers(listen: IpAddr, dest: IpAddr) -> bool {
     listen == dest || listen.is_unspecified() && (listen.is_ipv6() || dest.is_ipv4())
-}
-
-fn join<'a>(it: impl Iterator<Item = &'a std::net::SocketAddr>) -> String {
-    let v: Vec<String> = it.map(|a| a.to_string()).collect();
-    v.join(", ")
 }
 
 /// The nearest port to `port` (within the range) where a loop is possible,
@@ -560,7 +640,18 @@ mod tests {
         let f = facts(32768, 60999, "");
         let p = run(&f, &Inventory::default(), "127.0.0.1", 33333);
         assert_eq!(p.verdict, Verdict::Impossible);
-        assert!(p.reasons.iter().any(|r| r.contains("odd")), "{p:?}");
+        assert!(
+            p.reasons.iter().any(|r| matches!(
+                r,
+                Reason::OtherParity {
+                    parity: Parity::Odd,
+                    preferred: Parity::Even,
+                    free: 14116,
+                    ..
+                }
+            )),
+            "{p:?}"
+        );
         let p = run(&f, &Inventory::default(), "127.0.0.1", 33334);
         assert_eq!(p.verdict, Verdict::Possible);
         assert_eq!(p.expected_tries, Some(14116.0));

@@ -878,7 +878,7 @@ fn same_socket(was: &Socket, now: &Socket) -> bool {
 }
 
 fn port_state(s: &Socket) -> PortState {
-    match diag::port_bindable(s.local) {
+    match diag::bind_probe(s.local, false) {
         Ok(true) => PortState::Free,
         Ok(false) => {
             // who holds it: the destroyed socket itself (explicitly bound,

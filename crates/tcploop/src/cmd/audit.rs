@@ -138,7 +138,8 @@ struct ListenerOut {
 #[derive(Debug, Serialize)]
 struct WhenDown<'a> {
     verdict: &'a str,
-    reasons: &'a [String],
+    #[serde(serialize_with = "tcploop::report::predict::serialize")]
+    reasons: &'a [tcploop::predict::Reason],
     expected_tries: Option<f64>,
 }
 

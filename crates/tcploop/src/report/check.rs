@@ -35,7 +35,7 @@ pub struct CheckLine<'a> {
     pub host: String,
     pub port: u16,
     pub verdict: &'a str,
-    pub reasons: &'a [String],
+    pub reasons: Vec<String>,
     pub expected_tries: Option<f64>,
     pub holders: Vec<HolderOut>,
     pub when_down: Option<WhenDownOut<'a>>,
@@ -63,7 +63,7 @@ pub struct OwnerOut {
 #[derive(Debug, Serialize)]
 pub struct WhenDownOut<'a> {
     pub verdict: &'a str,
-    pub reasons: &'a [String],
+    pub reasons: Vec<String>,
     pub expected_tries: Option<f64>,
 }
 
@@ -124,12 +124,12 @@ pub fn port(out: &mut dyn Write, format: Format, host: &Host, c: &PortCheck) -> 
                 host: host.addr.to_string(),
                 port: p.port,
                 verdict: "stolen",
-                reasons: &reasons,
+                reasons,
                 expected_tries: None,
                 holders: holders(t),
                 when_down: Some(WhenDownOut {
                     verdict: t.when_down.verdict.as_str(),
-                    reasons: &t.when_down.reasons,
+                    reasons: super::predict::texts(&t.when_down.reasons),
                     expected_tries: t.when_down.expected_tries,
                 }),
             },
@@ -146,7 +146,7 @@ pub fn port(out: &mut dyn Write, format: Format, host: &Host, c: &PortCheck) -> 
                 tries(t.when_down.expected_tries)
             )?;
             for r in &t.when_down.reasons {
-                writeln!(out, "    - {}", escape(r))?;
+                writeln!(out, "    - {}", escape(&r.to_string()))?;
             }
             Ok(())
         }
@@ -243,7 +243,7 @@ pub fn prediction(
                 host: host.addr.to_string(),
                 port: p.port,
                 verdict: p.verdict.as_str(),
-                reasons: &p.reasons,
+                reasons: super::predict::texts(&p.reasons),
                 expected_tries: p.expected_tries,
                 holders: vec![],
                 when_down: None,
@@ -260,7 +260,7 @@ pub fn prediction(
 /// The reasons of a prediction, one `  - ` line each.
 pub fn reasons(out: &mut dyn Write, p: &Prediction) -> io::Result<()> {
     for r in &p.reasons {
-        writeln!(out, "  - {}", escape(r))?;
+        writeln!(out, "  - {}", escape(&r.to_string()))?;
     }
     Ok(())
 }
@@ -287,7 +287,7 @@ pub fn render(
 mod tests {
     use super::*;
     use crate::host::HostClass;
-    use crate::predict::Verdict;
+    use crate::predict::{Reason, Verdict};
     use crate::survey::Checked;
 
     fn loopback() -> Host {
@@ -307,7 +307,7 @@ mod tests {
                     prediction: Prediction {
                         port: 40004,
                         verdict: Verdict::Possible,
-                        reasons: vec!["40004 is in the range".into()],
+                        reasons: vec![Reason::Rate { usable: 12345 }],
                         expected_tries: Some(12345.4),
                     },
                     theft: None,
@@ -316,7 +316,13 @@ mod tests {
                     prediction: Prediction {
                         port: 33333,
                         verdict: Verdict::Impossible,
-                        reasons: vec!["33333 is odd\x1b[2J".into(), "connect() picks even".into()],
+                        reasons: vec![
+                            Reason::LocalAddress {
+                                addr: IpAddr::from([127, 0, 0, 1]),
+                                iface: "lo\x1b[2J".into(),
+                            },
+                            Reason::Reserved { port: 33333 },
+                        ],
                         expected_tries: None,
                     },
                     theft: None,
@@ -342,10 +348,12 @@ mod tests {
             render_to_string(Format::Human, "127.0.0.1", &r),
             "warning: dump refused\\x1b[2J: listeners and bound ports are unknown\n\
              127.0.0.1:40004  possible  about 12,345 tries\n  \
-             - 40004 is in the range\n\
+             - 12,345 usable candidates of that parity: each try hits with probability about \
+             1/12,345, so about 12,345 tries on average\n\
              127.0.0.1:33333  impossible\n  \
-             - 33333 is odd\\x1b[2J\n  \
-             - connect() picks even\n"
+             - 127.0.0.1 is an address of this host (on lo\\x1b[2J): the kernel sends from it, \
+             so source == destination\n  \
+             - 33333 is in ip_local_reserved_ports: the kernel never hands it out\n"
         );
     }
 
@@ -388,7 +396,9 @@ mod tests {
             lines[0],
             serde_json::json!({"type": "check", "data": {
                 "host": "127.0.0.1", "port": 40004, "verdict": "possible",
-                "reasons": ["40004 is in the range"], "expected_tries": 12345.4,
+                "reasons": ["12,345 usable candidates of that parity: each try hits with \
+                    probability about 1/12,345, so about 12,345 tries on average"],
+                "expected_tries": 12345.4,
                 "holders": [], "when_down": null}})
         );
         assert_eq!(lines[1]["data"]["expected_tries"], serde_json::Value::Null);

@@ -74,7 +74,8 @@ struct ResultLine<'a> {
     range: String,
     target: String,
     verdict: &'static str,
-    reasons: &'a [String],
+    #[serde(serialize_with = "super::predict::serialize")]
+    reasons: &'a [crate::predict::Reason],
     held: Vec<u16>,
     tries: u64,
     refused: usize,
@@ -145,7 +146,11 @@ pub fn reasons(o: &mut Out<'_>, pred: &Prediction) -> io::Result<()> {
     // The first reason is about the address (it is this host's): the
     // intro said so already.
     for (i, r) in pred.reasons.iter().skip(1).enumerate() {
-        say(o.w, if i == 0 { "  why      " } else { "           " }, r)?;
+        say(
+            o.w,
+            if i == 0 { "  why      " } else { "           " },
+            &r.to_string(),
+        )?;
     }
     Ok(())
 }
@@ -196,7 +201,7 @@ pub fn lesson_step(
         )?;
     }
     for reason in pred.reasons.iter().skip(1) {
-        say(o.w, "     ", reason)?;
+        say(o.w, "     ", &reason.to_string())?;
     }
     Ok(())
 }

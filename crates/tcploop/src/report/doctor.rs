@@ -87,7 +87,8 @@ struct HolderWire<'a> {
 struct WhenDownWire<'a> {
     host: String,
     verdict: &'static str,
-    reasons: &'a [String],
+    #[serde(serialize_with = "super::predict::serialize")]
+    reasons: &'a [crate::predict::Reason],
     expected_tries: Option<f64>,
 }
 

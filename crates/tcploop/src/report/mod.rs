@@ -11,7 +11,9 @@ pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod free_port;
+pub mod man;
 pub mod ports;
+pub mod predict;
 pub mod run;
 pub mod shield;
 

@@ -224,14 +224,6 @@ pub fn dump_all(states: u32, mut f: impl FnMut(&Socket)) -> Result<(), DiagError
     s.dump(Family::V6, states, &mut f)
 }
 
-/// Whether a server could `bind(2)` `addr` now, in the caller's namespace:
-/// a TCP socket without `SO_REUSEADDR` (IPv6: `IPV6_V6ONLY`) is bound to it
-/// and closed at once. `Ok(false)` is EADDRINUSE. The same as
-/// [`bind_probe`]`(addr, false)`.
-pub fn port_bindable(addr: SocketAddr) -> io::Result<bool> {
-    bind_probe(addr, false)
-}
-
 /// The one probe for "can a server bind this address now": a TCP socket
 /// (IPv6: `IPV6_V6ONLY`), with `SO_REUSEADDR` when `reuseaddr` (as most
 /// servers set it: redis, nginx, every Go or Rust server), bound to `addr`
