@@ -129,6 +129,9 @@ mod tests {
         assert_eq!(roff_text("a\\b"), "a\\eb");
         assert_eq!(roff_text(".SH not a macro"), "\\&.SH not a macro");
         assert_eq!(roff_text("'quote"), "\\&'quote");
-        assert_eq!(verbatim("  0  ok\n  2  error"), ".nf\n  0  ok\n  2  error\n.fi\n");
+        assert_eq!(
+            verbatim("  0  ok\n  2  error"),
+            ".nf\n  0  ok\n  2  error\n.fi\n"
+        );
     }
 }
