@@ -7,17 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::audit::audit_json;
-use crate::common::{self, json_lines, of_type, output, stderr, stdout, Sandbox};
-
-const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-
-fn reserved_now() -> String {
-    // one read, large buffer: /proc/sys answers EOF to a second read
-    let mut f = std::fs::File::open(RESERVED).unwrap();
-    let mut buf = vec![0u8; 1 << 19];
-    let n = std::io::Read::read(&mut f, &mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).trim().to_string()
-}
+use crate::common::{
+    self, json_lines, of_type, output, reserved_now, stderr, stdout, Sandbox, RESERVED_FILE,
+};
 
 /// Every port of a kernel-notation list ("1,3-5").
 fn ports_of(list: &str) -> std::collections::BTreeSet<u16> {
@@ -143,7 +135,7 @@ fn apply_waits_for_the_lock_before_reading_the_reservation() {
     let dir = common::temp_dir("apply-wait");
     let result = dir.join("reserved");
     let script = format!(
-        "{bin} audit --ports 40004 --apply >/dev/null; echo $? $(cat {RESERVED}) > {r}",
+        "{bin} audit --ports 40004 --apply >/dev/null; echo $? $(cat {RESERVED_FILE}) > {r}",
         bin = common::bin().display(),
         r = result.display()
     );
@@ -215,7 +207,7 @@ fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
 fn persist_into(path: &Path) -> (Option<i32>, Vec<serde_json::Value>, String, String) {
     let script = format!(
         "{bin} audit --json --ports 40004 --apply --persist --sysctl-file '{f}'; c=$?; \
-         echo \"reserved=$(cat {RESERVED})\" >&2; exit $c",
+         echo \"reserved=$(cat {RESERVED_FILE})\" >&2; exit $c",
         bin = common::bin().display(),
         f = path.display()
     );

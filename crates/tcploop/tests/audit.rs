@@ -82,7 +82,7 @@ scenario! {
         // the service on 40004 with two clients connected to it (from 5000x:
         // the range is set apart while they connect)
         let l = TcpListener::bind("0.0.0.0:40004").unwrap();
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "50000 50009").unwrap();
+        common::set_range(50000, 50009);
         let c1 = TcpStream::connect("127.0.0.1:40004").unwrap();
         let c2 = TcpStream::connect("127.0.0.1:40004").unwrap();
         let (a1, _) = l.accept().unwrap();
@@ -90,10 +90,10 @@ scenario! {
         // the control: a configured port (service down) that a connection took
         // as its source port, which is what the wording is for
         let other = TcpListener::bind("127.0.0.1:50020").unwrap();
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40006 40007").unwrap();
+        common::set_range(40006, 40007);
         let thief = TcpStream::connect("127.0.0.1:50020").unwrap();
         assert_eq!(thief.local_addr().unwrap().port(), 40006);
-        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "40000 40009").unwrap();
+        common::set_range(40000, 40009);
 
         let (lines, _, _) = audit_json(&["audit", "--json", "--ports", "40006"]);
         let ports = of_type(&lines, "port");
@@ -139,7 +139,7 @@ scenario! {
             "the existing 50000 is kept"
         );
         assert_eq!(applied["file_written"], true);
-        let reserved = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports").unwrap();
+        let reserved = common::reserved_now();
         assert_eq!(reserved.trim(), "40004,50000");
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(
@@ -167,9 +167,7 @@ scenario! {
         assert_eq!(of_type(&lines, "fix")[0]["needed"], false);
         assert_eq!(of_type(&lines, "applied")[0]["file_written"], false);
         assert_eq!(
-            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_reserved_ports")
-                .unwrap()
-                .trim(),
+            common::reserved_now(),
             "40004,50000"
         );
 

@@ -16,8 +16,6 @@ use crate::common::*;
 /// per parity, so a loop that can happen happens within a few dozen).
 const NEVER_TRIES: &str = "3000";
 
-const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-
 /// A bound-only socket (bind, no listen, no connect).
 fn bound(addr: &str, v6only: bool) -> Socket {
     let a: SocketAddr = addr.parse().unwrap();
@@ -96,10 +94,10 @@ scenario! {
             }
             "loop-holder" | "time-wait-loop-holder" => {
                 // a plain connect() that loops: the range leaves it one port
-                std::fs::write(RANGE_FILE, "40004 40005").unwrap();
+                set_range(40004, 40005);
                 let c = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
                 let r = c.connect(&"127.0.0.1:40004".parse::<SocketAddr>().unwrap().into());
-                std::fs::write(RANGE_FILE, "40000 40009").unwrap();
+                set_range(40000, 40009);
                 r.expect("self-connect");
                 assert_eq!(c.local_addr().unwrap(), c.peer_addr().unwrap());
                 if case == "loop-holder" {

@@ -316,6 +316,27 @@ pub fn run_scenario(sandbox: &Sandbox<'_>, module_path: &str) -> Option<String> 
     Some(text)
 }
 
+/// The ephemeral port range of the current network namespace.
+pub const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// The reserved ports of the current network namespace.
+pub const RESERVED_FILE: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Sets the ephemeral port range to `lo`-`hi`: inside a sandbox only (a
+/// scenario's child), never on the host.
+pub fn set_range(lo: u16, hi: u16) {
+    std::fs::write(RANGE_FILE, format!("{lo} {hi}")).expect("write ip_local_port_range");
+}
+
+/// The reserved ports, read whole: one read with a large buffer, because
+/// /proc/sys answers EOF to a second read (a value can be longer than a
+/// page).
+pub fn reserved_now() -> String {
+    let mut f = std::fs::File::open(RESERVED_FILE).unwrap();
+    let mut buf = vec![0u8; 1 << 19];
+    let n = std::io::Read::read(&mut f, &mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).trim().to_string()
+}
+
 /// A fresh scratch directory `tcploop-<PID>-<NAME>` in the temporary
 /// directory (emptied if an earlier run of this process id left it).
 pub fn temp_dir(name: &str) -> PathBuf {

@@ -19,8 +19,6 @@ use crate::common::*;
 
 const PORT: &str = "40004";
 const RANGE: &str = "40000-40009";
-const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-const RESERVED_FILE: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 /// Polls `f` every 20 ms until it holds or `limit` passes.
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -209,13 +207,6 @@ fn actions(d: &Value) -> Vec<String> {
         .collect()
 }
 
-fn reserved() -> String {
-    std::fs::read_to_string(RESERVED_FILE)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// A client that reconnects forever: a shell restarting `redis-cli`, which
 /// pings every 0.2 s once connected. Each try writes its number to `count`.
 fn retrying_client(count: &Path) -> Group {
@@ -370,7 +361,7 @@ scenario! {
                 // a client of another server got 40004 as its source port: the
                 // range is narrowed to 40004-40005 while it connects
                 let _server = redis_starts("50000", "the other server");
-                std::fs::write(RANGE_FILE, "40004 40005").unwrap();
+                set_range(40004, 40005);
                 let mut client = Group::spawn(
                     Command::new("redis-cli")
                         .args(["-p", "50000", "-i", "0.2", "-r", "-1", "ping"])
@@ -379,7 +370,7 @@ scenario! {
                 let connected = wait_for(Duration::from_secs(10), || {
                     ss(PORT).iter().any(|(_, _, p)| p == "127.0.0.1:50000")
                 });
-                std::fs::write(RANGE_FILE, "40000 40009").unwrap();
+                set_range(40000, 40009);
                 assert!(connected, "redis-cli did not connect from 40004");
                 let d = doctor(&[]);
                 assert_eq!(d.code, 1);
@@ -445,12 +436,12 @@ scenario! {
                 assert_eq!(d.holders[0]["owners"][0]["pid"], py.pid());
                 assert_eq!(actions(&d.diagnoses[0]), ["restart-holder"]);
                 redis_fails(PORT, "bind-only socket");
-                let before = reserved();
+                let before = reserved_now();
                 let f = doctor(&["--fix"]);
                 assert_eq!(f.code, 1);
                 assert_eq!(f.fixes[0]["reserved"], Value::Null);
                 assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
-                assert_eq!(reserved(), before);
+                assert_eq!(reserved_now(), before);
                 assert!(py.alive());
                 assert_eq!(f.diagnoses[1]["verdict"], "bind-held");
             }
@@ -504,12 +495,12 @@ scenario! {
                     .unwrap()
                     .contains("tcploop cannot help"));
                 redis_fails(PORT, "foreign listener");
-                let before = reserved();
+                let before = reserved_now();
                 let f = doctor(&["--fix"]);
                 assert_eq!(f.code, 1);
                 assert_eq!(f.fixes[0]["reserved"], Value::Null, "no action taken");
                 assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
-                assert_eq!(reserved(), before);
+                assert_eq!(reserved_now(), before);
                 assert!(py.alive() && listening(PORT));
             }
             "reuseport" => {

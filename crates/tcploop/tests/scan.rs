@@ -18,15 +18,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{self, Sandbox};
+use crate::common::{self, set_range, Sandbox};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-
-fn set_range(lo: u16, hi: u16) {
-    std::fs::write(RANGE_FILE, format!("{lo} {hi}")).expect("write ip_local_port_range");
-}
 
 fn raise_nofile() {
     use rustix::process::{getrlimit, setrlimit, Resource};
