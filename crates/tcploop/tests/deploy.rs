@@ -625,23 +625,7 @@ fn the_daemonset_parses_is_confined_and_its_command_line_is_accepted() {
     );
     assert_eq!(spec["automountServiceAccountToken"], false);
     let c = &spec["containers"][0];
-    let sc = &c["securityContext"];
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let mut add: Vec<String> = sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    add.sort();
-    assert_eq!(
-        add,
-        unit_caps("tcploop-watch.service"),
-        "the same capabilities as the systemd unit"
-    );
+    assert_confined_like(c, "tcploop-watch.service");
     for k in ["cpu", "memory"] {
         assert!(c["resources"]["limits"][k].is_string(), "a {k} limit");
         assert!(c["resources"]["requests"][k].is_string(), "a {k} request");
@@ -919,6 +903,29 @@ scenario! {
     }
 }
 
+/// A DaemonSet's container is confined as its systemd `unit` is: no
+/// privilege escalation, a read-only root, not privileged, every capability
+/// dropped but the unit's own.
+fn assert_confined_like(c: &serde_json::Value, unit: &str) {
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut add: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    add.sort();
+    assert_eq!(
+        add,
+        unit_caps(unit),
+        "the same capabilities as the systemd unit"
+    );
+}
+
 /// The capabilities of a systemd unit of deploy/systemd, as Kubernetes
 /// names them.
 fn unit_caps(unit: &str) -> Vec<String> {
@@ -953,19 +960,7 @@ fn the_shield_daemonset_is_confined_like_its_unit() {
         "the node's own lo is shielded too"
     );
     let c = &spec["containers"][0];
-    let sc = &c["securityContext"];
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let mut add: Vec<String> = sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    add.sort();
-    assert_eq!(add, unit_caps("tcploop-shield.service"));
+    assert_confined_like(c, "tcploop-shield.service");
     assert!(c["resources"]["limits"]["memory"].is_string());
     let mounts: Vec<&str> = c["volumeMounts"]
         .as_array()
