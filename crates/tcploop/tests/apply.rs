@@ -4,19 +4,12 @@
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::common::{self, json_lines, of_type, output, scenario, scenario_out, stderr, stdout};
-
-const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
-
-fn reserved_now() -> String {
-    // one read, large buffer: /proc/sys answers EOF to a second read
-    let mut f = std::fs::File::open(RESERVED).unwrap();
-    let mut buf = vec![0u8; 1 << 19];
-    let n = std::io::Read::read(&mut f, &mut buf).unwrap();
-    String::from_utf8_lossy(&buf[..n]).trim().to_string()
-}
+use crate::audit::audit_json;
+use crate::common::{
+    self, json_lines, of_type, output, reserved_now, stderr, stdout, Sandbox, RESERVED_FILE,
+};
 
 /// Every port of a kernel-notation list ("1,3-5").
 fn ports_of(list: &str) -> std::collections::BTreeSet<u16> {
@@ -32,51 +25,29 @@ fn ports_of(list: &str) -> std::collections::BTreeSet<u16> {
     s
 }
 
-fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>, String) {
-    let o = output(&mut common::tcploop(args));
-    let lines = json_lines(&o);
-    lines.iter().for_each(crate::audit::schema::check);
-    (lines, o.status.code(), stderr(&o))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcploop-apply-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// The issue's reproduction: 30000,30002,...,30012 reserved, then
 /// `audit --ports 30016 --apply` left `30,30000,...,30008,30016`.
 #[test]
 fn apply_keeps_every_reservation_of_a_long_list_and_invents_none() {
     let reserve = "30000,30002,30004,30006,30008,30010,30012";
-    assert_eq!(
-        scenario(
-            "30000-30999",
-            Some(reserve),
-            "apply::scenario_long_list_kept"
-        ),
-        "ok"
-    );
+    scenario_long_list_kept::run_ok(&Sandbox::range("30000-30999").reserve(reserve));
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from apply_keeps_every_reservation_of_a_long_list_..."]
-fn scenario_long_list_kept() {
-    let Some(out) = scenario_out() else { return };
-    let (lines, code, err) = audit_json(&["audit", "--json", "--ports", "30016", "--apply"]);
-    assert_eq!(code, Some(0), "{lines:?} {err}");
-    let applied = &of_type(&lines, "applied")[0];
-    let want = "30000,30002,30004,30006,30008,30010,30012,30016";
-    assert_eq!(
-        applied["previous"],
-        "30000,30002,30004,30006,30008,30010,30012"
-    );
-    assert_eq!(applied["value"], want);
-    assert_eq!(applied["written"], true);
-    assert_eq!(reserved_now(), want);
-    std::fs::write(out, "ok").unwrap();
+scenario! {
+    fn scenario_long_list_kept(out) {
+        let (lines, code, err) = audit_json(&["audit", "--json", "--ports", "30016", "--apply"]);
+        assert_eq!(code, Some(0), "{lines:?} {err}");
+        let applied = &of_type(&lines, "applied")[0];
+        let want = "30000,30002,30004,30006,30008,30010,30012,30016";
+        assert_eq!(
+            applied["previous"],
+            "30000,30002,30004,30006,30008,30010,30012"
+        );
+        assert_eq!(applied["value"], want);
+        assert_eq!(applied["written"], true);
+        assert_eq!(reserved_now(), want);
+        std::fs::write(out, "ok").unwrap();
+    }
 }
 
 /// 6 `audit --apply` runs at once, for different ports, 20 rounds, over a
@@ -93,61 +64,53 @@ fn concurrent_applies_never_lose_each_others_ports() {
         return;
     }
     let start: Vec<String> = (41000..41200).step_by(2).map(|p| p.to_string()).collect();
-    assert_eq!(
-        scenario(
-            "40000-41999",
-            Some(&start.join(",")),
-            "apply::scenario_concurrent"
-        ),
-        "ok"
-    );
+    scenario_concurrent::run_ok(&Sandbox::range("40000-41999").reserve(&start.join(",")));
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from concurrent_applies_never_lose_each_others_ports"]
-fn scenario_concurrent() {
-    let Some(out) = scenario_out() else { return };
-    let start = ports_of(&reserved_now());
-    assert_eq!(start.len(), 100);
-    let mut reported = vec![];
-    for round in 0..20u16 {
-        let children: Vec<_> = (0..6u16)
-            .map(|i| {
-                let port = 40000 + round * 12 + i * 2;
-                let child =
-                    common::tcploop(&["audit", "--json", "--ports", &port.to_string(), "--apply"])
-                        .stdout(Stdio::piped())
-                        .stderr(Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                (port, child)
-            })
-            .collect();
-        for (port, child) in children {
-            let o = child.wait_with_output().unwrap();
-            let lines = json_lines(&o);
-            assert_eq!(o.status.code(), Some(0), "port {port}: {}", stderr(&o));
-            let applied = &of_type(&lines, "applied")[0];
-            assert_eq!(
-                applied["lock"], "/run/tcploop-reserved-ports.lock",
-                "{applied}"
-            );
-            assert!(
-                ports_of(applied["value"].as_str().unwrap()).contains(&port),
-                "{applied}"
-            );
-            reported.push(port);
+scenario! {
+    fn scenario_concurrent(out) {
+        let start = ports_of(&reserved_now());
+        assert_eq!(start.len(), 100);
+        let mut reported = vec![];
+        for round in 0..20u16 {
+            let children: Vec<_> = (0..6u16)
+                .map(|i| {
+                    let port = 40000 + round * 12 + i * 2;
+                    let child =
+                        common::tcploop(&["audit", "--json", "--ports", &port.to_string(), "--apply"])
+                            .stdout(Stdio::piped())
+                            .stderr(Stdio::piped())
+                            .spawn()
+                            .unwrap();
+                    (port, child)
+                })
+                .collect();
+            for (port, child) in children {
+                let o = child.wait_with_output().unwrap();
+                let lines = json_lines(&o);
+                assert_eq!(o.status.code(), Some(0), "port {port}: {}", stderr(&o));
+                let applied = &of_type(&lines, "applied")[0];
+                assert_eq!(
+                    applied["lock"], "/run/tcploop-reserved-ports.lock",
+                    "{applied}"
+                );
+                assert!(
+                    ports_of(applied["value"].as_str().unwrap()).contains(&port),
+                    "{applied}"
+                );
+                reported.push(port);
+            }
         }
+        let end = ports_of(&reserved_now());
+        let lost: Vec<_> = reported
+            .iter()
+            .chain(start.iter())
+            .filter(|p| !end.contains(p))
+            .collect();
+        assert!(lost.is_empty(), "ports lost: {lost:?}");
+        assert_eq!(reported.len(), 120);
+        std::fs::write(out, "ok").unwrap();
     }
-    let end = ports_of(&reserved_now());
-    let lost: Vec<_> = reported
-        .iter()
-        .chain(start.iter())
-        .filter(|p| !end.contains(p))
-        .collect();
-    assert!(lost.is_empty(), "ports lost: {lost:?}");
-    assert_eq!(reported.len(), 120);
-    std::fs::write(out, "ok").unwrap();
 }
 
 /// While another run holds the lock, `audit --apply` waits for it (seen
@@ -169,18 +132,14 @@ fn apply_waits_for_the_lock_before_reading_the_reservation() {
         .open("/run/tcploop-reserved-ports.lock")
         .unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let dir = temp_dir("wait");
+    let dir = common::temp_dir("apply-wait");
     let result = dir.join("reserved");
     let script = format!(
-        "{bin} audit --ports 40004 --apply >/dev/null; echo $? $(cat {RESERVED}) > {r}",
+        "{bin} audit --ports 40004 --apply >/dev/null; echo $? $(cat {RESERVED_FILE}) > {r}",
         bin = common::bin().display(),
         r = result.display()
     );
-    let mut child = Command::new(common::bin())
-        .args(["sandbox", "--range", "40000-40009", "--", "sh", "-c"])
-        .arg(&script)
-        .spawn()
-        .unwrap();
+    let mut child = Sandbox::range("40000-40009").sh(&script).spawn().unwrap();
     // wait (bounded) until some process is blocked on our lock
     let ino = rustix::fs::fstat(&lock).unwrap().st_ino;
     let blocked = (0..200).any(|_| {
@@ -206,7 +165,10 @@ fn apply_waits_for_the_lock_before_reading_the_reservation() {
 /// 0644 whatever the umask, no temporary file left.
 #[test]
 fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
-    let dir = temp_dir("merge");
+    if crate::common::no_sandboxes() {
+        return;
+    }
+    let dir = common::temp_dir("apply-merge");
     let file = dir.join("60-tcploop.conf");
     let before = "# local settings\nnet.core.somaxconn = 4096\n\
                   net.ipv4.ip_local_reserved_ports = 8080,9000-9010\nvm.swappiness = 10\n";
@@ -216,20 +178,7 @@ fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
         bin = common::bin().display(),
         f = file.display()
     );
-    let o = output(
-        Command::new(common::bin())
-            .args([
-                "sandbox",
-                "--range",
-                "40000-40009",
-                "--reserve",
-                "50000",
-                "--",
-                "sh",
-                "-c",
-            ])
-            .arg(&script),
-    );
+    let o = output(&mut Sandbox::range("40000-40009").reserve("50000").sh(&script));
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let lines = json_lines(&o);
     lines.iter().for_each(crate::audit::schema::check);
@@ -258,15 +207,11 @@ fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
 fn persist_into(path: &Path) -> (Option<i32>, Vec<serde_json::Value>, String, String) {
     let script = format!(
         "{bin} audit --json --ports 40004 --apply --persist --sysctl-file '{f}'; c=$?; \
-         echo \"reserved=$(cat {RESERVED})\" >&2; exit $c",
+         echo \"reserved=$(cat {RESERVED_FILE})\" >&2; exit $c",
         bin = common::bin().display(),
         f = path.display()
     );
-    let o = output(
-        Command::new(common::bin())
-            .args(["sandbox", "--range", "40000-40009", "--", "sh", "-c"])
-            .arg(&script),
-    );
+    let o = output(&mut Sandbox::range("40000-40009").sh(&script));
     let lines = json_lines(&o);
     lines.iter().for_each(crate::audit::schema::check);
     let err = stderr(&o);
@@ -284,7 +229,10 @@ fn persist_into(path: &Path) -> (Option<i32>, Vec<serde_json::Value>, String, St
 /// exit 2.
 #[test]
 fn persist_refuses_a_symlink_a_directory_a_fifo_a_device_and_a_huge_file() {
-    let dir = temp_dir("refuse");
+    if crate::common::no_sandboxes() {
+        return;
+    }
+    let dir = common::temp_dir("apply-refuse");
     let victim = dir.join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
     let link = dir.join("link.conf");
@@ -362,7 +310,10 @@ fn persist_refuses_a_symlink_a_directory_a_fifo_a_device_and_a_huge_file() {
 /// The text output says plainly that the fix is live and was not persisted.
 #[test]
 fn applied_then_persisting_failed_is_said_in_text_too() {
-    let dir = temp_dir("text");
+    if crate::common::no_sandboxes() {
+        return;
+    }
+    let dir = common::temp_dir("apply-text");
     let sub = dir.join("sub.conf");
     std::fs::create_dir(&sub).unwrap();
     let o = output(&mut common::sandboxed(

@@ -22,6 +22,9 @@ fn bind_errno(addr: &str) -> Option<i32> {
 
 #[test]
 fn reproduces_the_article_output() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut sandboxed(NARROW, &["connect", "40004"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
@@ -41,6 +44,9 @@ fn reproduces_the_article_output() {
 
 #[test]
 fn the_article_form_without_subcommand_works() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut sandboxed(NARROW, &["40004", "--json", "--no-hold"]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let r = &of_type(&json_lines(&o), "result")[0];
@@ -55,6 +61,9 @@ fn the_article_form_without_subcommand_works() {
 
 #[test]
 fn every_socket_mode_loops() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     for extra in [
         &["--reuse-socket"][..],
         &["--fresh-socket"],
@@ -74,6 +83,9 @@ fn every_socket_mode_loops() {
 
 #[test]
 fn ipv6_loops_too() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut sandboxed(
         NARROW,
         &["connect", "40008", "--host", "::1", "--json", "--no-hold"],
@@ -157,11 +169,10 @@ fn held_loop_steals_the_port_and_release_frees_it() {
 
 #[test]
 fn a_real_listener_is_not_a_loop() {
-    let o = output(&mut tcploop(&[
-        "sandbox",
-        "--range",
-        NARROW,
-        "--",
+    if crate::common::no_sandboxes() {
+        return;
+    }
+    let o = output(Sandbox::range(NARROW).command().args([
         "python3",
         "-c",
         &format!(
@@ -182,6 +193,9 @@ fn a_real_listener_is_not_a_loop() {
 
 #[test]
 fn limits_end_the_run_without_a_loop() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut sandboxed(
         NARROW,
         &[
@@ -216,6 +230,9 @@ fn limits_end_the_run_without_a_loop() {
 
 #[test]
 fn ctrl_c_stops_cleanly_with_exit_130() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let child = sandboxed(
         NARROW,
         &[
@@ -244,6 +261,9 @@ fn ctrl_c_stops_cleanly_with_exit_130() {
 
 #[test]
 fn off_a_terminal_it_prints_the_article_dots() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut sandboxed(
         NARROW,
         &["connect", "40005", "--force", "--max-tries", "5000"],
@@ -255,13 +275,10 @@ fn off_a_terminal_it_prints_the_article_dots() {
 
 #[test]
 fn article_port_33333_is_refused_with_a_port_that_works() {
-    let o = output(&mut tcploop(&[
-        "sandbox",
-        "--",
-        bin().to_str().unwrap(),
-        "connect",
-        "33333",
-    ]));
+    if crate::common::no_sandboxes() {
+        return;
+    }
+    let o = output(&mut Sandbox::default().tcploop(&["connect", "33333"]));
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("33333 is odd"), "{text}");
@@ -273,6 +290,9 @@ fn article_port_33333_is_refused_with_a_port_that_works() {
 
 #[test]
 fn works_as_an_unprivileged_user() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let mut c = sandboxed(NARROW, &["connect", "40002", "--json", "--no-hold"]);
     let o = output(as_nobody(&mut c));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));

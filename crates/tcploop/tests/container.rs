@@ -5,51 +5,14 @@
 //! that container. The control: the same process, before it moves into
 //! the cgroup, is named no such container.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::common;
+use crate::common::{self, cgroup2_mount, Cgroup, Sandbox};
 
 const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on a v2
-/// host, `/sys/fs/cgroup/unified` on a hybrid one), from mountinfo.
-pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        if !right.starts_with("cgroup2 ") {
-            return None;
-        }
-        left.split(' ').nth(4).map(PathBuf::from)
-    })
-}
-
-/// Removes the test's cgroup, however the test ends.
-pub(crate) struct Cgroup(pub(crate) PathBuf);
-
-impl Cgroup {
-    /// Makes `docker-<ID>.scope` under the v2 mount: a test-unique id
-    /// (from the pid and `salt`), and the cgroup.
-    pub(crate) fn docker(mount: &Path, salt: u64) -> (Cgroup, String) {
-        let id = format!(
-            "{:016x}",
-            (std::process::id() as u64 + salt).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        )
-        .repeat(4);
-        let cg = Cgroup(mount.join(format!("docker-{id}.scope")));
-        std::fs::create_dir(&cg.0).unwrap();
-        (cg, id)
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 #[test]
 fn a_loop_in_a_docker_named_cgroup_is_named_by_its_container() {
@@ -62,13 +25,11 @@ fn a_loop_in_a_docker_named_cgroup_is_named_by_its_container() {
         return;
     }
     let (cg, id) = Cgroup::docker(&mount.unwrap(), 0);
-    let v: Value = serde_json::from_str(&common::scenario_with(
-        "40000-40009",
-        None,
-        "container::scenario_container",
-        &[(ENV_CGROUP, cg.0.to_str().unwrap())],
-    ))
-    .unwrap();
+    let envs = [(ENV_CGROUP, cg.0.to_str().unwrap())];
+    let Some(text) = scenario_container::run(&Sandbox::range("40000-40009").envs(&envs)) else {
+        return;
+    };
+    let v: Value = serde_json::from_str(&text).unwrap();
     let want = json!({"runtime": "docker", "id": id, "name": null, "pod_uid": null, "pod": null, "namespace": null});
     assert_ne!(
         v["before"], want,
@@ -120,63 +81,53 @@ fn scan_owner_container() -> Value {
     s["data"]["owners"][0]["container"].clone()
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from a_loop_in_a_docker_named_cgroup_is_named_by_its_container"]
-fn scenario_container() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let cg = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
-    let dest: SocketAddr = "127.0.0.1:40004".parse().unwrap();
-    let looped = (0..5000)
-        .find_map(|_| {
-            TcpStream::connect(dest)
-                .ok()
-                .filter(|s| s.local_addr().unwrap() == dest)
-        })
-        .expect("a loop within 5000 tries");
-    let _service = TcpListener::bind("127.0.0.1:40001").unwrap();
-    let before = scan_owner_container();
+scenario! {
+    fn scenario_container(out) {
+        let cg = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
+        let looped = common::make_loop("127.0.0.1", 40004);
+        let _service = TcpListener::bind("127.0.0.1:40001").unwrap();
+        let before = scan_owner_container();
 
-    // Into the cgroup ("0": the writing process itself).
-    std::fs::write(cg.join("cgroup.procs"), "0").unwrap();
-    let scan = scan_owner_container();
-    let scan_text = tcploop_out(&["scan"]);
-    let audit = lines(&tcploop_out(&["audit", "--json"]));
-    let audit_owner = audit
-        .iter()
-        .find(|l| l["type"] == "port" && l["data"]["port"] == 40001)
-        .map(|l| l["data"]["listening"][0]["owners"][0]["container"].clone())
-        .unwrap_or(Value::Null);
-    let dir = out.with_extension("d");
-    std::fs::create_dir_all(&dir).unwrap();
-    let textfile = dir.join("tcploop.prom");
-    let watch = lines(&tcploop_out(&[
-        "watch",
-        "--json",
-        "--count",
-        "1",
-        "--textfile",
-        textfile.to_str().unwrap(),
-    ]));
-    let event = watch
-        .iter()
-        .find(|l| l["type"] == "loop_appeared")
-        .map(|l| l["data"]["owners"][0]["container"].clone())
-        .unwrap_or(Value::Null);
-    let metrics = std::fs::read_to_string(&textfile).unwrap();
-    // Back to the root, so that the cgroup can be removed.
-    let root = cg.parent().unwrap_or(Path::new("/"));
-    std::fs::write(root.join("cgroup.procs"), std::process::id().to_string()).unwrap();
-    drop(looped);
-    std::fs::remove_dir_all(&dir).unwrap();
-    std::fs::write(
-        out,
-        json!({"before": before, "scan": scan, "scan_text": scan_text, "audit": audit_owner,
-               "metrics": metrics, "watch_event": event})
-        .to_string(),
-    )
-    .unwrap();
+        // Into the cgroup ("0": the writing process itself).
+        std::fs::write(cg.join("cgroup.procs"), "0").unwrap();
+        let scan = scan_owner_container();
+        let scan_text = tcploop_out(&["scan"]);
+        let audit = lines(&tcploop_out(&["audit", "--json"]));
+        let audit_owner = audit
+            .iter()
+            .find(|l| l["type"] == "port" && l["data"]["port"] == 40001)
+            .map(|l| l["data"]["listening"][0]["owners"][0]["container"].clone())
+            .unwrap_or(Value::Null);
+        let dir = out.with_extension("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let textfile = dir.join("tcploop.prom");
+        let watch = lines(&tcploop_out(&[
+            "watch",
+            "--json",
+            "--count",
+            "1",
+            "--textfile",
+            textfile.to_str().unwrap(),
+        ]));
+        let event = watch
+            .iter()
+            .find(|l| l["type"] == "loop_appeared")
+            .map(|l| l["data"]["owners"][0]["container"].clone())
+            .unwrap_or(Value::Null);
+        let metrics = std::fs::read_to_string(&textfile).unwrap();
+        // Back to the root, so that the cgroup can be removed.
+        let root = cg.parent().unwrap_or(Path::new("/"));
+        std::fs::write(root.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+        drop(looped);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::write(
+            out,
+            json!({"before": before, "scan": scan, "scan_text": scan_text, "audit": audit_owner,
+                   "metrics": metrics, "watch_event": event})
+            .to_string(),
+        )
+        .unwrap();
+    }
 }
 
 /// The names from a runtime's state file, for real: a process in a cgroup

@@ -116,18 +116,27 @@ fn assert_loop(lines: &[Value], phase: &str, target: &str) {
 
 #[test]
 fn ipv4_ladder_shows_exactly_the_loop() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let lines = run_json(&[]);
     assert_loop(&lines, "loop", "127.0.0.1:40004");
 }
 
 #[test]
 fn ipv6_ladder_shows_exactly_the_loop() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let lines = run_json(&["-6", "40006"]);
     assert_loop(&lines, "loop", "[::1]:40006");
 }
 
 #[test]
 fn human_output_draws_the_ladder() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut tcploop(&["demo"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
@@ -165,6 +174,9 @@ fn tcpdump(pcap: &Path) -> String {
 
 #[test]
 fn pcap_file_reads_with_tcpdump() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let dir = scratch("pcap");
     for (args, addr) in [(vec![], "127.0.0.1.40004"), (vec!["-6"], "::1.40004")] {
         let pcap = dir.join("loop.pcap");
@@ -198,6 +210,9 @@ fn pcap_file_reads_with_tcpdump() {
 
 #[test]
 fn works_as_an_unprivileged_user() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let dir = scratch("nobody");
     let pcap = dir.join("loop.pcap");
     let svg = dir.join("loop.svg");
@@ -223,6 +238,9 @@ fn works_as_an_unprivileged_user() {
 
 #[test]
 fn odd_port_loops_only_once_the_even_ports_are_held() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let lines = run_json(&["--odd"]);
     let results = of_type(&lines, "result");
     assert_eq!(results.len(), 2);
@@ -256,6 +274,9 @@ fn odd_port_loops_only_once_the_even_ports_are_held() {
 
 #[test]
 fn svg_is_well_formed_with_one_arrow_a_segment() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let dir = scratch("svg");
     let svg = dir.join("loop.svg");
     let lines = run_json(&["--svg", svg.to_str().unwrap()]);
@@ -298,6 +319,9 @@ fn netns_only_without_root_says_why() {
 
 #[test]
 fn ports_that_cannot_loop_are_explained() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     // odd, without --odd: the parity rule, and the way to see it
     let o = output(&mut tcploop(&["demo", "40005"]));
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
@@ -331,6 +355,9 @@ fn in_own_userns(shell: &str) -> Vec<Value> {
 
 #[test]
 fn falls_back_to_a_network_namespace_without_user_namespaces() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     // control: user namespaces allowed, a nested user+net namespace
     let lines = in_own_userns("");
     assert_eq!(of_type(&lines, "result")[0]["namespace"], "user+net");

@@ -6,19 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common;
 use crate::common::Reaped;
+use crate::common::{self, curl, prom_api, until, Sandbox};
 
 /// The repository's `deploy/` directory.
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tcploop-deploy-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// `name(1)` references in a roff page, with roff's `\-` unescaped.
@@ -43,7 +36,7 @@ fn man_references(roff: &str) -> Vec<String> {
 
 #[test]
 fn man_pages_name_only_pages_that_exist() {
-    let dir = temp_dir("man");
+    let dir = common::temp_dir("deploy-man");
     let o = common::output(&mut common::tcploop(&[
         "completions",
         "man",
@@ -108,7 +101,7 @@ fn exec_start(unit: &str) -> Vec<String> {
 
 #[test]
 fn systemd_units_verify_and_their_command_lines_are_accepted() {
-    let dir = temp_dir("units");
+    let dir = common::temp_dir("deploy-units");
     for name in ["tcploop-watch.service", "tcploop-shield.service"] {
         let text = std::fs::read_to_string(deploy().join("systemd").join(name)).unwrap();
         let mut line = exec_start(&text);
@@ -192,7 +185,7 @@ fn alert_rules_check_and_pass_their_unit_tests() {
         common::stderr(&o)
     );
     // The control: the same tests fail against a rule that never fires.
-    let tmp = temp_dir("rules");
+    let tmp = common::temp_dir("deploy-rules");
     let rules = std::fs::read_to_string(dir.join("tcploop-alerts.yml")).unwrap();
     let broken = rules.replace(
         "max by (instance) (tcploop_loops_present) > 0",
@@ -258,49 +251,11 @@ fn page_metrics(page: &str) -> std::collections::BTreeSet<String> {
         .collect()
 }
 
-fn curl(args: &[&str]) -> Option<String> {
-    let o = common::output(
-        std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "5"])
-            .args(args),
-    );
-    o.status.success().then(|| common::stdout(&o))
-}
-
-/// A Prometheus API call; its `data`, once `status` is `success`.
-fn prom_api(web: &str, path: &str, query: Option<&str>) -> Option<serde_json::Value> {
-    let url = format!("http://{web}{path}");
-    let q = query.map(|q| format!("query={q}"));
-    let mut args = vec![url.as_str()];
-    if let Some(q) = &q {
-        args.extend(["--data-urlencode", q.as_str()]);
-    }
-    let text = curl(&args)?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("Prometheus answered {path} with bad JSON ({e}): {text}"));
-    if v["status"] != "success" {
-        eprintln!("Prometheus: {path} {query:?}: {v}");
-    }
-    (v["status"] == "success").then(|| v["data"].clone())
-}
-
-/// Polls until `f` answers (bounded: 30 s, then a panic with `what`).
-fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-}
-
 const ENV_CGROUP: &str = "TCPLOOP_TEST_CGROUP";
 
 #[test]
 fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
-    let mount = crate::container::cgroup2_mount();
+    let mount = common::cgroup2_mount();
     if common::skip_unless(
         common::is_root() && mount.is_some(),
         "dashboard_and_alerts_work_against_a_real_watch_and_prometheus",
@@ -308,16 +263,10 @@ fn dashboard_and_alerts_work_against_a_real_watch_and_prometheus() {
     ) {
         return;
     }
-    let (cg, _id) = crate::container::Cgroup::docker(&mount.unwrap(), 1);
-    assert_eq!(
-        common::scenario_with(
-            "40000-40009",
-            None,
-            "deploy::scenario_dashboard_and_alerts",
-            &[(ENV_CGROUP, cg.0.to_str().unwrap())],
-        ),
-        "ok"
-    );
+    let (cg, _id) = common::Cgroup::docker(&mount.unwrap(), 1);
+    let envs = [(ENV_CGROUP, cg.0.to_str().unwrap())];
+    let sandbox = Sandbox::range("40000-40009").envs(&envs);
+    scenario_dashboard_and_alerts::run_ok(&sandbox);
 }
 
 /// The dashboard's panels of the shield daemon (`tcploop_shield_*`): not
@@ -327,192 +276,171 @@ fn is_shield_query(q: &str) -> bool {
     q.contains("tcploop_shield_")
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from dashboard_and_alerts_work_against_a_real_watch_and_prometheus"]
-fn scenario_dashboard_and_alerts() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let dir = out.with_extension("deploy.d");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let cgroup = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
-    // An exposed listener (in the range, not reserved) and the watcher.
-    let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
-    let _watch = Reaped(
-        common::tcploop(&[
-            "watch",
-            "--all-netns",
-            "--interval",
-            "200ms",
-            "--prometheus",
-            "127.0.0.1:9977",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
-    until("the watch serves /metrics", || {
-        curl(&["http://127.0.0.1:9977/metrics"])
-    });
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
-             rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n\
-             \x20 - job_name: tcploop-shield\n    static_configs:\n      - targets: ['127.0.0.1:9978']\n",
-            deploy().join("prometheus/tcploop-alerts.yml").display()
-        ),
-    )
-    .unwrap();
-    let web = "127.0.0.1:9090";
-    let _prometheus = Reaped(
-        std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus) must be installed"),
-    );
-
-    // A loop, made as a plain client would, in a namespace of its own, by
-    // a process in a docker-named cgroup; kept until the end.
-    let looped = spawn_looper(Some(&cgroup));
-    // The shield daemon, for its panels, once the loop is there (it would
-    // refuse it afterwards); in the sandbox it covers the sandbox's
-    // namespaces only, with its iptables mechanism.
-    let _shield = Reaped(
-        common::tcploop(&["shield", "daemon", "--prometheus", "127.0.0.1:9978"])
+scenario! {
+    fn scenario_dashboard_and_alerts(out) {
+        let dir = common::temp_dir("deploy");
+        let cgroup = PathBuf::from(std::env::var_os(ENV_CGROUP).unwrap());
+        // An exposed listener (in the range, not reserved) and the watcher.
+        let _service = std::net::TcpListener::bind("127.0.0.1:40001").unwrap();
+        let _watch = Reaped(
+            common::tcploop(&[
+                "watch",
+                "--all-netns",
+                "--interval",
+                "200ms",
+                "--prometheus",
+                "127.0.0.1:9977",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-    );
-
-    // Every metric the dashboard names is on the real page.
-    let page = until("the loop on /metrics", || {
-        curl(&["http://127.0.0.1:9977/metrics"])
-            .filter(|p| p.contains("\ntcploop_loops_present 1\n"))
-    });
-    let exported = page_metrics(&page);
-    let (shield, queries): (Vec<String>, Vec<String>) = dashboard_queries()
-        .into_iter()
-        .partition(|q| is_shield_query(q));
-    assert!(!shield.is_empty());
-    let daemon = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shield_daemon.rs");
-    let code = std::fs::read_to_string(&daemon).unwrap();
-    for q in &shield {
-        for n in tcploop_metrics(q) {
-            let family = n.strip_suffix("_total").unwrap_or(&n);
-            assert!(
-                code.contains(family),
-                "{q}: {n} is not in {}",
-                daemon.display()
-            );
-        }
-    }
-    for q in &queries {
-        let names = tcploop_metrics(q);
-        assert!(
-            !names.is_empty(),
-            "a dashboard query names no tcploop metric: {q}"
         );
-        for n in names {
-            assert!(
-                exported.contains(&n),
-                "dashboard query {q} names {n}, not exported: {exported:?}"
-            );
-        }
-    }
-    // ... and every panel has data once Prometheus has scraped a few times
-    // (the shield's too: its daemon runs here).
-    for q in queries.iter().chain(&shield) {
-        let promql = q
-            .replace("$instance", ".*")
-            .replace("$__rate_interval", "2s");
-        if promql.starts_with("label_values(") {
-            let metric = promql
-                .trim_start_matches("label_values(")
-                .split(',')
-                .next()
-                .unwrap()
-                .to_string();
-            until(&format!("{q} has values"), || {
-                prom_api(web, "/api/v1/query", Some(&metric))
-                    .filter(|d| d["result"][0]["metric"]["instance"].is_string())
-            });
-            continue;
-        }
-        until(&format!("the dashboard's query {q} has data"), || {
-            prom_api(web, "/api/v1/query", Some(&promql))
-                .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+        until("the watch serves /metrics", || {
+            curl(&["http://127.0.0.1:9977/metrics"])
         });
-    }
-
-    // The rules load, evaluate without error, and the loop alert goes
-    // pending (its `for: 1m` is longer than this test waits).
-    let alerts = until("TcploopLoopPresent pending", || {
-        prom_api(web, "/api/v1/alerts", None).filter(|d| {
-            d["alerts"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
-            })
-        })
-    });
-    let a = alerts["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
-        .unwrap();
-    assert_eq!(a["state"], "pending", "{a}");
-    assert_eq!(a["labels"]["instance"], "127.0.0.1:9977", "{a}");
-    // The loop is named by its container and namespace in Prometheus.
-    let by_container = until("the loop's series with its container", || {
-        prom_api(
-            web,
-            "/api/v1/query",
-            Some("tcploop_loops{container=~\"docker/.+\"}"),
-        )
-        .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
-    });
-    assert_eq!(by_container["result"][0]["value"][1], "1", "{by_container}");
-    assert!(
-        by_container["result"][0]["metric"]["netns"].is_string(),
-        "{by_container}"
-    );
-    let rules = until("the rules evaluated", || {
-        prom_api(web, "/api/v1/rules", None).filter(|d| {
-            d["groups"][0]["rules"]
-                .as_array()
-                .is_some_and(|r| r.iter().all(|r| r["health"] != "unknown"))
-        })
-    });
-    let all: Vec<&serde_json::Value> = rules["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| g["rules"].as_array().unwrap())
-        .collect();
-    assert_eq!(all.len(), 9, "{rules}");
-    for r in all {
-        assert_eq!(
-            r["health"], "ok",
-            "rule {} evaluates with an error: {r}",
-            r["name"]
+        let (_prometheus, web) = common::prometheus(
+            &dir,
+            &format!(
+                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n\
+                 \x20 - job_name: tcploop-shield\n    static_configs:\n      - targets: ['127.0.0.1:9978']\n",
+                deploy().join("prometheus/tcploop-alerts.yml").display()
+            ),
         );
+
+        // A loop, made as a plain client would, in a namespace of its own, by
+        // a process in a docker-named cgroup; kept until the end.
+        let looped = spawn_looper(Some(&cgroup));
+        // The shield daemon, for its panels, once the loop is there (it would
+        // refuse it afterwards); in the sandbox it covers the sandbox's
+        // namespaces only, with its iptables mechanism.
+        let _shield = Reaped(
+            common::tcploop(&["shield", "daemon", "--prometheus", "127.0.0.1:9978"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+
+        // Every metric the dashboard names is on the real page.
+        let page = until("the loop on /metrics", || {
+            curl(&["http://127.0.0.1:9977/metrics"])
+                .filter(|p| p.contains("\ntcploop_loops_present 1\n"))
+        });
+        let exported = page_metrics(&page);
+        let (shield, queries): (Vec<String>, Vec<String>) = dashboard_queries()
+            .into_iter()
+            .partition(|q| is_shield_query(q));
+        assert!(!shield.is_empty());
+        let daemon = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/shield_daemon.rs");
+        let code = std::fs::read_to_string(&daemon).unwrap();
+        for q in &shield {
+            for n in tcploop_metrics(q) {
+                let family = n.strip_suffix("_total").unwrap_or(&n);
+                assert!(
+                    code.contains(family),
+                    "{q}: {n} is not in {}",
+                    daemon.display()
+                );
+            }
+        }
+        for q in &queries {
+            let names = tcploop_metrics(q);
+            assert!(
+                !names.is_empty(),
+                "a dashboard query names no tcploop metric: {q}"
+            );
+            for n in names {
+                assert!(
+                    exported.contains(&n),
+                    "dashboard query {q} names {n}, not exported: {exported:?}"
+                );
+            }
+        }
+        // ... and every panel has data once Prometheus has scraped a few times
+        // (the shield's too: its daemon runs here).
+        for q in queries.iter().chain(&shield) {
+            let promql = q
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "2s");
+            if promql.starts_with("label_values(") {
+                let metric = promql
+                    .trim_start_matches("label_values(")
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                until(&format!("{q} has values"), || {
+                    prom_api(web, "/api/v1/query", Some(&metric))
+                        .filter(|d| d["result"][0]["metric"]["instance"].is_string())
+                });
+                continue;
+            }
+            until(&format!("the dashboard's query {q} has data"), || {
+                prom_api(web, "/api/v1/query", Some(&promql))
+                    .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+            });
+        }
+
+        // The rules load, evaluate without error, and the loop alert goes
+        // pending (its `for: 1m` is longer than this test waits).
+        let alerts = until("TcploopLoopPresent pending", || {
+            prom_api(web, "/api/v1/alerts", None).filter(|d| {
+                d["alerts"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
+                })
+            })
+        });
+        let a = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["labels"]["alertname"] == "TcploopLoopPresent")
+            .unwrap();
+        assert_eq!(a["state"], "pending", "{a}");
+        assert_eq!(a["labels"]["instance"], "127.0.0.1:9977", "{a}");
+        // The loop is named by its container and namespace in Prometheus.
+        let by_container = until("the loop's series with its container", || {
+            prom_api(
+                web,
+                "/api/v1/query",
+                Some("tcploop_loops{container=~\"docker/.+\"}"),
+            )
+            .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+        });
+        assert_eq!(by_container["result"][0]["value"][1], "1", "{by_container}");
+        assert!(
+            by_container["result"][0]["metric"]["netns"].is_string(),
+            "{by_container}"
+        );
+        let rules = until("the rules evaluated", || {
+            prom_api(web, "/api/v1/rules", None).filter(|d| {
+                d["groups"][0]["rules"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["health"] != "unknown"))
+            })
+        });
+        let all: Vec<&serde_json::Value> = rules["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(all.len(), 9, "{rules}");
+        for r in all {
+            assert_eq!(
+                r["health"], "ok",
+                "rule {} evaluates with an error: {r}",
+                r["name"]
+            );
+        }
+        drop(looped);
+        std::fs::write(out, "ok").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    drop(looped);
-    std::fs::write(out, "ok").unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A process in a network namespace of its own (made by `unshare -n`
@@ -556,116 +484,110 @@ fn spawn_looper(cgroup: Option<&Path>) -> Reaped {
 
 #[test]
 fn watch_all_netns_follows_namespaces_that_come_and_go() {
-    assert_eq!(
-        common::scenario("40000-40009", None, "deploy::scenario_watch_all_netns"),
-        "ok"
-    );
+    scenario_watch_all_netns::run_ok(&Sandbox::range("40000-40009"));
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from watch_all_netns_follows_namespaces_that_come_and_go"]
-fn scenario_watch_all_netns() {
-    use crate::audit::{spawn_watch, wait_for};
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    // The textfile is written after each scan: once it exists, the first
-    // scan (which reports no appearance, only what is there) is done.
-    let textfile = out.with_extension("prom");
-    let _ = std::fs::remove_file(&textfile);
-    let (_watch, rx) = spawn_watch(&[
-        "watch",
-        "--all-netns",
-        "--json",
-        "--interval",
-        "100ms",
-        "--textfile",
-        textfile.to_str().unwrap(),
-    ]);
-    wait_for(&rx, "watch_started");
-    until("the first scan", || textfile.exists().then_some(()));
-    // A namespace that appears after the watch started, with a loop in it.
-    let mut looper = spawn_looper(None);
-    let pid = looper.0.id();
-    let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap();
-    let appeared = until("its netns_appeared", || {
-        rx.recv_timeout(std::time::Duration::from_secs(20))
-            .ok()
-            .filter(|v| v["type"] == "netns_appeared" && v["data"]["netns"]["inode"] == ino)
-    });
-    assert_eq!(appeared["data"]["netns"]["pid"], pid, "{appeared}");
-    let ev = wait_for(&rx, "loop_appeared");
-    assert_eq!(ev["local"], "127.0.0.1:40004", "{ev}");
-    assert_eq!(ev["netns"]["inode"], ino, "{ev}");
-    assert_eq!(ev["owners"][0]["command"], "python3", "{ev}");
-    assert_eq!(ev["owners"][0]["pid"], pid, "{ev}");
+scenario! {
+    fn scenario_watch_all_netns(out) {
+        use crate::audit::{spawn_watch, wait_for};
+        // The textfile is written after each scan: once it exists, the first
+        // scan (which reports no appearance, only what is there) is done.
+        let textfile = out.with_extension("prom");
+        let _ = std::fs::remove_file(&textfile);
+        let (_watch, rx) = spawn_watch(&[
+            "watch",
+            "--all-netns",
+            "--json",
+            "--interval",
+            "100ms",
+            "--textfile",
+            textfile.to_str().unwrap(),
+        ]);
+        wait_for(&rx, "watch_started");
+        until("the first scan", || textfile.exists().then_some(()));
+        // A namespace that appears after the watch started, with a loop in it.
+        let mut looper = spawn_looper(None);
+        let pid = looper.0.id();
+        let ino = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .unwrap();
+        let appeared = until("its netns_appeared", || {
+            rx.recv_timeout(std::time::Duration::from_secs(20))
+                .ok()
+                .filter(|v| v["type"] == "netns_appeared" && v["data"]["netns"]["inode"] == ino)
+        });
+        assert_eq!(appeared["data"]["netns"]["pid"], pid, "{appeared}");
+        let ev = wait_for(&rx, "loop_appeared");
+        assert_eq!(ev["local"], "127.0.0.1:40004", "{ev}");
+        assert_eq!(ev["netns"]["inode"], ino, "{ev}");
+        assert_eq!(ev["owners"][0]["command"], "python3", "{ev}");
+        assert_eq!(ev["owners"][0]["pid"], pid, "{ev}");
 
-    // The control: a watch of its own namespace only does not see it.
-    let o = common::output(&mut common::tcploop(&["watch", "--json", "--count", "1"]));
-    let own = common::json_lines(&o);
-    assert!(
-        !own.iter().any(|l| l["type"] == "loop_appeared"),
-        "without --all-netns: {own:?}"
-    );
-
-    // The capabilities of tcploop-watch.service are enough (the loop is
-    // found, owner included), and the one that setns(2) asks for is needed.
-    let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
-    let caps: Vec<String> = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .unwrap()
-        .split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
-        .collect();
-    let with_caps = |caps: &[String]| {
-        let set: String = std::iter::once("-all".to_string())
-            .chain(caps.iter().map(|c| format!("+{c}")))
-            .collect::<Vec<_>>()
-            .join(",");
-        let o = common::output(
-            std::process::Command::new("setpriv")
-                .args(["--bounding-set", &set, "--no-new-privs", "--"])
-                .arg(common::bin())
-                .args(["watch", "--all-netns", "--json", "--count", "1"]),
+        // The control: a watch of its own namespace only does not see it.
+        let o = common::output(&mut common::tcploop(&["watch", "--json", "--count", "1"]));
+        let own = common::json_lines(&o);
+        assert!(
+            !own.iter().any(|l| l["type"] == "loop_appeared"),
+            "without --all-netns: {own:?}"
         );
-        assert!(o.status.success(), "{}", common::stderr(&o));
-        common::json_lines(&o)
-    };
-    let full = with_caps(&caps);
-    let found = full
-        .iter()
-        .find(|l| l["type"] == "loop_appeared" && l["data"]["netns"]["inode"] == ino)
-        .unwrap_or_else(|| panic!("with the unit's capabilities {caps:?}: {full:?}"));
-    assert_eq!(found["data"]["owners"][0]["command"], "python3", "{found}");
-    let less: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
-    let without = with_caps(&less);
-    assert!(
-        !without.iter().any(|l| l["type"] == "loop_appeared"),
-        "without CAP_SYS_ADMIN: {without:?}"
-    );
-    assert!(
-        without
-            .iter()
-            .any(|l| l["type"] == "netns_skipped" && l["data"]["netns"]["inode"] == ino),
-        "without CAP_SYS_ADMIN the namespace is skipped, and said so: {without:?}"
-    );
 
-    // The namespace goes: the loop and the namespace are reported gone.
-    drop(looper.0.stdin.take());
-    let _ = looper.0.wait();
-    let gone = wait_for(&rx, "loop_gone");
-    assert_eq!(gone["netns"]["inode"], ino, "{gone}");
-    let ns_gone = until("its netns_gone", || {
-        rx.recv_timeout(std::time::Duration::from_secs(20))
-            .ok()
-            .filter(|v| v["type"] == "netns_gone" && v["data"]["netns"]["inode"] == ino)
-    });
-    assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
-    let _ = std::fs::remove_file(&textfile);
-    std::fs::write(out, "ok").unwrap();
+        // The capabilities of tcploop-watch.service are enough (the loop is
+        // found, owner included), and the one that setns(2) asks for is needed.
+        let unit = std::fs::read_to_string(deploy().join("systemd/tcploop-watch.service")).unwrap();
+        let caps: Vec<String> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+            .unwrap()
+            .split_whitespace()
+            .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+            .collect();
+        let with_caps = |caps: &[String]| {
+            let set: String = std::iter::once("-all".to_string())
+                .chain(caps.iter().map(|c| format!("+{c}")))
+                .collect::<Vec<_>>()
+                .join(",");
+            let o = common::output(
+                std::process::Command::new("setpriv")
+                    .args(["--bounding-set", &set, "--no-new-privs", "--"])
+                    .arg(common::bin())
+                    .args(["watch", "--all-netns", "--json", "--count", "1"]),
+            );
+            assert!(o.status.success(), "{}", common::stderr(&o));
+            common::json_lines(&o)
+        };
+        let full = with_caps(&caps);
+        let found = full
+            .iter()
+            .find(|l| l["type"] == "loop_appeared" && l["data"]["netns"]["inode"] == ino)
+            .unwrap_or_else(|| panic!("with the unit's capabilities {caps:?}: {full:?}"));
+        assert_eq!(found["data"]["owners"][0]["command"], "python3", "{found}");
+        let less: Vec<String> = caps.iter().filter(|c| *c != "sys_admin").cloned().collect();
+        let without = with_caps(&less);
+        assert!(
+            !without.iter().any(|l| l["type"] == "loop_appeared"),
+            "without CAP_SYS_ADMIN: {without:?}"
+        );
+        assert!(
+            without
+                .iter()
+                .any(|l| l["type"] == "netns_skipped" && l["data"]["netns"]["inode"] == ino),
+            "without CAP_SYS_ADMIN the namespace is skipped, and said so: {without:?}"
+        );
+
+        // The namespace goes: the loop and the namespace are reported gone.
+        drop(looper.0.stdin.take());
+        let _ = looper.0.wait();
+        let gone = wait_for(&rx, "loop_gone");
+        assert_eq!(gone["netns"]["inode"], ino, "{gone}");
+        let ns_gone = until("its netns_gone", || {
+            rx.recv_timeout(std::time::Duration::from_secs(20))
+                .ok()
+                .filter(|v| v["type"] == "netns_gone" && v["data"]["netns"]["inode"] == ino)
+        });
+        assert_eq!(ns_gone["data"]["netns"]["pid"], pid);
+        let _ = std::fs::remove_file(&textfile);
+        std::fs::write(out, "ok").unwrap();
+    }
 }
 
 /// Every YAML document of a file, as JSON values (PyYAML, Debian's
@@ -703,23 +625,7 @@ fn the_daemonset_parses_is_confined_and_its_command_line_is_accepted() {
     );
     assert_eq!(spec["automountServiceAccountToken"], false);
     let c = &spec["containers"][0];
-    let sc = &c["securityContext"];
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let mut add: Vec<String> = sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    add.sort();
-    assert_eq!(
-        add,
-        unit_caps("tcploop-watch.service"),
-        "the same capabilities as the systemd unit"
-    );
+    assert_confined_like(c, "tcploop-watch.service");
     for k in ["cpu", "memory"] {
         assert!(c["resources"]["limits"][k].is_string(), "a {k} limit");
         assert!(c["resources"]["requests"][k].is_string(), "a {k} request");
@@ -805,6 +711,9 @@ fn the_image_command_line_is_accepted_and_prometheus_config_checks() {
 
 #[test]
 fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let emit = |format: &str| {
         let o = common::output(&mut common::sandboxed(
             "40000-40009",
@@ -813,7 +722,7 @@ fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
         assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
         common::stdout(&o)
     };
-    let dir = temp_dir("emit");
+    let dir = common::temp_dir("deploy-emit");
     let k8s = dir.join("pod.yaml");
     std::fs::write(&k8s, emit("k8s")).unwrap();
     let pod = yaml_docs(&k8s);
@@ -834,15 +743,7 @@ fn audit_emit_prints_one_reservation_for_a_pod_a_container_and_a_host() {
             if set { "" } else { ":" },
             common::bin().display()
         );
-        let o = common::output(&mut common::tcploop(&[
-            "sandbox",
-            "--range",
-            "40000-40009",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ]));
+        let o = common::output(&mut Sandbox::range("40000-40009").sh(&script));
         o.status.code()
     };
     assert_eq!(audit_after(true), Some(0));
@@ -889,147 +790,140 @@ fn the_dashboard_is_well_formed() {
 /// `for`) fires and is delivered.
 #[test]
 fn an_alert_reaches_alertmanager_and_its_receiver() {
-    assert_eq!(
-        common::scenario("40000-40009", None, "deploy::scenario_alertmanager"),
-        "ok"
-    );
+    scenario_alertmanager::run_ok(&Sandbox::range("40000-40009"));
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from an_alert_reaches_alertmanager_and_its_receiver"]
-fn scenario_alertmanager() {
-    use crate::audit::{make_loop, spawn_watch, wait_for};
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let dir = out.with_extension("am.d");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (_watch, rx) = spawn_watch(&[
-        "watch",
-        "--json",
-        "--interval",
-        "100ms",
-        "--prometheus",
-        "127.0.0.1:9977",
-    ]);
-    wait_for(&rx, "watch_started");
+scenario! {
+    fn scenario_alertmanager(out) {
+        use crate::audit::{spawn_watch, wait_for};
+        use common::make_loop;
+        let dir = common::temp_dir("am");
+        let (_watch, rx) = spawn_watch(&[
+            "watch",
+            "--json",
+            "--interval",
+            "100ms",
+            "--prometheus",
+            "127.0.0.1:9977",
+        ]);
+        wait_for(&rx, "watch_started");
 
-    // The receiver: every POST body appended to a file.
-    let received = dir.join("received.json");
-    let _hook = Reaped(
-        std::process::Command::new("python3")
-            .args([
-                "-c",
-                "import http.server,sys\n\
-                 class H(http.server.BaseHTTPRequestHandler):\n\
-                 \x20   def do_POST(self):\n\
-                 \x20       b=self.rfile.read(int(self.headers['Content-Length']))\n\
-                 \x20       open(sys.argv[1],'ab').write(b+b'\\n')\n\
-                 \x20       self.send_response(200); self.end_headers()\n\
-                 \x20   def log_message(self,*a): pass\n\
-                 http.server.HTTPServer(('127.0.0.1',5001),H).serve_forever()\n",
-            ])
-            .arg(&received)
-            .spawn()
-            .expect("python3"),
-    );
-    let am_config = dir.join("alertmanager.yml");
-    std::fs::write(
-        &am_config,
-        "route:\n  receiver: hook\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
-         receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:5001/\n",
-    )
-    .unwrap();
-    let _alertmanager = Reaped(
-        std::process::Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}", am_config.display()))
-            .arg(format!("--storage.path={}", dir.join("am").display()))
-            .args([
-                "--web.listen-address=127.0.0.1:9093",
-                "--cluster.listen-address=",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus-alertmanager (Debian package prometheus-alertmanager)"),
-    );
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n\
-             rule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
-            deploy().join("prometheus/tcploop-alerts.yml").display()
-        ),
-    )
-    .unwrap();
-    let web = "127.0.0.1:9090";
-    let _prometheus = Reaped(
-        std::process::Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus"),
-    );
-    until("Prometheus scrapes the watch", || {
-        prom_api(web, "/api/v1/query", Some("up{job=\"tcploop\"} == 1"))
-            .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
-    });
-
-    // Five loops, one after the other, each seen and scraped.
-    for i in 1..=5u32 {
-        let s = make_loop("127.0.0.1", 40004);
-        wait_for(&rx, "loop_appeared");
-        socket2::SockRef::from(&s)
-            .set_linger(Some(std::time::Duration::ZERO))
-            .unwrap();
-        drop(s);
-        wait_for(&rx, "loop_gone");
-        until(&format!("loop {i} scraped"), || {
-            prom_api(web, "/api/v1/query", Some("sum(tcploop_loops_seen_total)"))
-                .filter(|d| d["result"][0]["value"][1].as_str() == Some(i.to_string().as_str()))
-        });
-    }
-
-    // Delivered (that fewer than 3 loops do not fire is the control of the
-    // rule's unit tests, alert_rules_check_and_pass_their_unit_tests).
-    let body = until("TcploopLoopsForming delivered to the receiver", || {
-        std::fs::read_to_string(&received)
-            .ok()
-            .filter(|t| t.contains("TcploopLoopsForming"))
-    });
-    let payload: serde_json::Value = body
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v.to_string().contains("TcploopLoopsForming"))
+        // The receiver: every POST body appended to a file.
+        let received = dir.join("received.json");
+        let _hook = Reaped(
+            std::process::Command::new("python3")
+                .args([
+                    "-c",
+                    include_str!("fixtures/deploy_webhook.py"),
+                ])
+                .arg(&received)
+                .spawn()
+                .expect("python3"),
+        );
+        let am_config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &am_config,
+            "route:\n  receiver: hook\n  group_wait: 0s\n  group_interval: 1s\n  repeat_interval: 1h\n\
+             receivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:5001/\n",
+        )
         .unwrap();
-    let alert = payload["alerts"]
+        let _alertmanager = Reaped(
+            std::process::Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", am_config.display()))
+                .arg(format!("--storage.path={}", dir.join("am").display()))
+                .args([
+                    "--web.listen-address=127.0.0.1:9093",
+                    "--cluster.listen-address=",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("prometheus-alertmanager (Debian package prometheus-alertmanager)"),
+        );
+        let (_prometheus, web) = common::prometheus(
+            &dir,
+            &format!(
+                "global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\n  evaluation_interval: 500ms\n\
+                 alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:9093']\n\
+                 rule_files:\n  - {}\n\
+                 scrape_configs:\n  - job_name: tcploop\n    static_configs:\n      - targets: ['127.0.0.1:9977']\n",
+                deploy().join("prometheus/tcploop-alerts.yml").display()
+            ),
+        );
+        until("Prometheus scrapes the watch", || {
+            prom_api(web, "/api/v1/query", Some("up{job=\"tcploop\"} == 1"))
+                .filter(|d| d["result"].as_array().is_some_and(|r| !r.is_empty()))
+        });
+
+        // Five loops, one after the other, each seen and scraped.
+        for i in 1..=5u32 {
+            let s = make_loop("127.0.0.1", 40004);
+            wait_for(&rx, "loop_appeared");
+            socket2::SockRef::from(&s)
+                .set_linger(Some(std::time::Duration::ZERO))
+                .unwrap();
+            drop(s);
+            wait_for(&rx, "loop_gone");
+            until(&format!("loop {i} scraped"), || {
+                prom_api(web, "/api/v1/query", Some("sum(tcploop_loops_seen_total)"))
+                    .filter(|d| d["result"][0]["value"][1].as_str() == Some(i.to_string().as_str()))
+            });
+        }
+
+        // Delivered (that fewer than 3 loops do not fire is the control of the
+        // rule's unit tests, alert_rules_check_and_pass_their_unit_tests).
+        let body = until("TcploopLoopsForming delivered to the receiver", || {
+            std::fs::read_to_string(&received)
+                .ok()
+                .filter(|t| t.contains("TcploopLoopsForming"))
+        });
+        let payload: serde_json::Value = body
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.to_string().contains("TcploopLoopsForming"))
+            .unwrap();
+        let alert = payload["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "TcploopLoopsForming")
+            .unwrap();
+        assert_eq!(alert["status"], "firing", "{payload}");
+        assert_eq!(alert["labels"]["instance"], "127.0.0.1:9977", "{payload}");
+        assert_eq!(alert["labels"]["severity"], "warning", "{payload}");
+        assert!(
+            alert["annotations"]["summary"]
+                .as_str()
+                .unwrap()
+                .contains("TCP loops keep forming"),
+            "{payload}"
+        );
+        std::fs::write(out, "ok").unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A DaemonSet's container is confined as its systemd `unit` is: no
+/// privilege escalation, a read-only root, not privileged, every capability
+/// dropped but the unit's own.
+fn assert_confined_like(c: &serde_json::Value, unit: &str) {
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let mut add: Vec<String> = sc["capabilities"]["add"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|a| a["labels"]["alertname"] == "TcploopLoopsForming")
-        .unwrap();
-    assert_eq!(alert["status"], "firing", "{payload}");
-    assert_eq!(alert["labels"]["instance"], "127.0.0.1:9977", "{payload}");
-    assert_eq!(alert["labels"]["severity"], "warning", "{payload}");
-    assert!(
-        alert["annotations"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains("TCP loops keep forming"),
-        "{payload}"
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    add.sort();
+    assert_eq!(
+        add,
+        unit_caps(unit),
+        "the same capabilities as the systemd unit"
     );
-    std::fs::write(out, "ok").unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The capabilities of a systemd unit of deploy/systemd, as Kubernetes
@@ -1066,19 +960,7 @@ fn the_shield_daemonset_is_confined_like_its_unit() {
         "the node's own lo is shielded too"
     );
     let c = &spec["containers"][0];
-    let sc = &c["securityContext"];
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let mut add: Vec<String> = sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    add.sort();
-    assert_eq!(add, unit_caps("tcploop-shield.service"));
+    assert_confined_like(c, "tcploop-shield.service");
     assert!(c["resources"]["limits"]["memory"].is_string());
     let mounts: Vec<&str> = c["volumeMounts"]
         .as_array()

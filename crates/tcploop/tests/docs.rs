@@ -54,9 +54,7 @@ fn the_quick_start_builds_the_preload_library_too() {
 /// and the single page refers to none that does not exist.
 #[test]
 fn man_pages_exist_for_every_reference() {
-    let dir = std::env::temp_dir().join(format!("tcploop-man-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crate::common::temp_dir("man");
     let o = crate::common::output(&mut crate::common::tcploop(&[
         "completions",
         "man",

@@ -19,8 +19,6 @@ use crate::common::*;
 
 const PORT: &str = "40004";
 const RANGE: &str = "40000-40009";
-const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-const RESERVED_FILE: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 
 /// Polls `f` every 20 ms until it holds or `limit` passes.
 fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -209,13 +207,6 @@ fn actions(d: &Value) -> Vec<String> {
         .collect()
 }
 
-fn reserved() -> String {
-    std::fs::read_to_string(RESERVED_FILE)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// A client that reconnects forever: a shell restarting `redis-cli`, which
 /// pings every 0.2 s once connected. Each try writes its number to `count`.
 fn retrying_client(count: &Path) -> Group {
@@ -241,360 +232,358 @@ fn tries(count: &Path) -> u64 {
 /// How long the server must keep its port while the client retries.
 const HOLD: Duration = Duration::from_secs(3);
 
-/// Inside the sandbox: set up one cause, check the diagnosis and the fix.
-#[test]
-#[ignore = "scenario: run inside a sandbox by the tests below"]
-fn doctor_case() {
-    let Some(out) = scenario_out() else { return };
-    let case = std::env::var("TCPLOOP_CASE").unwrap();
-    let dir = std::env::temp_dir().join(format!("tcploop-doctor-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let count = dir.join("tries");
-    match case.as_str() {
-        "free" => {
-            let d = doctor(&[]);
-            assert_eq!(d.code, 0);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "free", "{dg}");
-            assert_eq!(dg["bind"], "ok");
-            assert_eq!(dg["exposed"], true);
-            assert_eq!(dg["when_down"]["verdict"], "possible");
-            assert_eq!(actions(dg), ["reserve"]);
-            let mut r = redis_starts(PORT, "free port");
-            // the service itself, already running
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            assert_eq!(d.diagnoses[0]["verdict"], "listening");
-            assert!(
-                d.holders.iter().any(|h| h["is_service"] == true),
-                "{:?}",
-                d.holders
-            );
-            assert!(r.alive());
-        }
-        "loop" | "loop-kill-only" => {
-            let mut client = retrying_client(&count);
-            assert!(
-                wait_for(Duration::from_secs(10), || ss_loops(PORT) == 1),
-                "the retrying client never looped"
-            );
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "stolen-by-loop", "{dg}");
-            assert_eq!(dg["bind"], "eaddrinuse");
-            assert_eq!(dg["bind_reuseaddr"], "eaddrinuse");
-            assert_eq!(actions(dg), ["reserve", "kill-loops", "start-server"]);
-            let h = &d.holders[0];
-            assert_eq!(h["kind"], "self-connected");
-            assert_eq!(h["owners"][0]["command"], "redis-cli", "{h}");
-            // read from redis-cli itself: it did not set SO_REUSEADDR, so
-            // even a server that does gets EADDRINUSE (redis-server, below)
-            assert_eq!(h["reuseaddr"], false, "{h}");
-            assert_eq!(h["bind_reuseaddr"], "eaddrinuse", "{h}");
-            assert!(dg["summary"].as_str().unwrap().contains("redis-cli (pid "));
-            redis_fails(PORT, "while the client is looped");
-            if case == "loop-kill-only" {
-                // the control: a kill alone does not last
-                let k = output(&mut tcploop(&["kill", "--port", PORT, "--yes"]));
-                assert!(k.status.success(), "{}", stderr(&k));
+scenario! {
+    /// Inside the sandbox: set up one cause, check the diagnosis and the fix.
+    fn doctor_case(out) {
+        let case = std::env::var("TCPLOOP_CASE").unwrap();
+        let dir = temp_dir("doctor");
+        let count = dir.join("tries");
+        match case.as_str() {
+            "free" => {
+                let d = doctor(&[]);
+                assert_eq!(d.code, 0);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "free", "{dg}");
+                assert_eq!(dg["bind"], "ok");
+                assert_eq!(dg["exposed"], true);
+                assert_eq!(dg["when_down"]["verdict"], "possible");
+                assert_eq!(actions(dg), ["reserve"]);
+                let mut r = redis_starts(PORT, "free port");
+                // the service itself, already running
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                assert_eq!(d.diagnoses[0]["verdict"], "listening");
                 assert!(
-                    wait_for(Duration::from_secs(15), || ss_loops(PORT) == 1),
-                    "the client did not loop again after a kill alone ({} tries)",
-                    tries(&count)
+                    d.holders.iter().any(|h| h["is_service"] == true),
+                    "{:?}",
+                    d.holders
                 );
-                redis_fails(PORT, "after a kill alone");
-            } else {
+                assert!(r.alive());
+            }
+            "loop" | "loop-kill-only" => {
+                let mut client = retrying_client(&count);
+                assert!(
+                    wait_for(Duration::from_secs(10), || ss_loops(PORT) == 1),
+                    "the retrying client never looped"
+                );
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "stolen-by-loop", "{dg}");
+                assert_eq!(dg["bind"], "eaddrinuse");
+                assert_eq!(dg["bind_reuseaddr"], "eaddrinuse");
+                assert_eq!(actions(dg), ["reserve", "kill-loops", "start-server"]);
+                let h = &d.holders[0];
+                assert_eq!(h["kind"], "self-connected");
+                assert_eq!(h["owners"][0]["command"], "redis-cli", "{h}");
+                // read from redis-cli itself: it did not set SO_REUSEADDR, so
+                // even a server that does gets EADDRINUSE (redis-server, below)
+                assert_eq!(h["reuseaddr"], false, "{h}");
+                assert_eq!(h["bind_reuseaddr"], "eaddrinuse", "{h}");
+                assert!(dg["summary"].as_str().unwrap().contains("redis-cli (pid "));
+                redis_fails(PORT, "while the client is looped");
+                if case == "loop-kill-only" {
+                    // the control: a kill alone does not last
+                    let k = output(&mut tcploop(&["kill", "--port", PORT, "--yes"]));
+                    assert!(k.status.success(), "{}", stderr(&k));
+                    assert!(
+                        wait_for(Duration::from_secs(15), || ss_loops(PORT) == 1),
+                        "the client did not loop again after a kill alone ({} tries)",
+                        tries(&count)
+                    );
+                    redis_fails(PORT, "after a kill alone");
+                } else {
+                    let f = doctor(&["--fix"]);
+                    assert_eq!(f.code, 0, "{:?}", f.diagnoses);
+                    let fx = &f.fixes[0];
+                    assert!(fx["reserved"].as_str().unwrap().contains(PORT), "{fx}");
+                    assert_eq!(fx["killed"][0]["outcome"], "destroyed", "{fx}");
+                    assert_eq!(fx["bind"], "ok");
+                    assert_eq!(fx["bind_reuseaddr"], "ok");
+                    assert_eq!(f.diagnoses[1]["after_fix"], true);
+                    assert_eq!(f.diagnoses[1]["verdict"], "free");
+                    // the client keeps retrying: 100 more tries, where a loop
+                    // would come every 5 or so without the reservation
+                    let t0 = tries(&count);
+                    assert!(
+                        wait_for(Duration::from_secs(20), || tries(&count) >= t0 + 100),
+                        "the client stopped retrying"
+                    );
+                    assert_eq!(ss_loops(PORT), 0, "the client looped again");
+                    let mut r = redis_starts(PORT, "after --fix");
+                    let t1 = tries(&count);
+                    std::thread::sleep(HOLD);
+                    assert!(r.alive() && listening(PORT), "redis-server lost its port");
+                    assert_eq!(ss_loops(PORT), 0);
+                    let ping = output(Command::new("redis-cli").args(["-p", PORT, "ping"]));
+                    assert_eq!(stdout(&ping).trim(), "PONG");
+                    // the retrying client now talks to the real server
+                    assert!(
+                        ss(PORT)
+                            .iter()
+                            .any(|(st, l, p)| st == "ESTAB" && l == "127.0.0.1:40004" && l != p),
+                        "{:?}",
+                        ss(PORT)
+                    );
+                    assert!(tries(&count) >= t1, "{t1}");
+                    assert!(client.alive());
+                }
+            }
+            "time-wait" => {
+                // a python3 client that closes normally once it got through: a
+                // loop closed gracefully leaves TIME-WAIT behind
+                let py = "import socket\n\
+                    for i in range(3000):\n\
+                    \x20   s = socket.socket()\n\
+                    \x20   try:\n\
+                    \x20       s.connect(('127.0.0.1', 40004))\n\
+                    \x20   except OSError:\n\
+                    \x20       s.close(); continue\n\
+                    \x20   s.close(); break\n";
+                let o = output(Command::new("python3").args(["-c", py]));
+                assert!(o.status.success(), "{}", stderr(&o));
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "time-wait", "{dg}");
+                let h = &d.holders[0];
+                assert_eq!(h["kind"], "self-connected-time-wait", "{h}");
+                assert!(h["time_wait_left_ms"].as_u64().unwrap() > 30_000, "{h}");
+                assert_eq!(actions(dg), ["reserve", "kill-loops", "start-server"]);
+                redis_fails(PORT, "TIME-WAIT of a closed loop");
                 let f = doctor(&["--fix"]);
+                assert_eq!(f.code, 0);
+                assert_eq!(f.fixes[0]["killed"][0]["state"], "TIME-WAIT");
+                assert_eq!(f.fixes[0]["killed"][0]["outcome"], "destroyed");
+                let _r = redis_starts(PORT, "after --fix of a TIME-WAIT loop");
+            }
+            "source-port" => {
+                // a client of another server got 40004 as its source port: the
+                // range is narrowed to 40004-40005 while it connects
+                let _server = redis_starts("50000", "the other server");
+                set_range(40004, 40005);
+                let mut client = Group::spawn(
+                    Command::new("redis-cli")
+                        .args(["-p", "50000", "-i", "0.2", "-r", "-1", "ping"])
+                        .stdout(Stdio::null()),
+                );
+                let connected = wait_for(Duration::from_secs(10), || {
+                    ss(PORT).iter().any(|(_, _, p)| p == "127.0.0.1:50000")
+                });
+                set_range(40000, 40009);
+                assert!(connected, "redis-cli did not connect from 40004");
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "stolen-by-source-port", "{dg}");
+                let h = &d.holders[0];
+                assert_eq!(h["kind"], "source-port");
+                assert_eq!(h["sockets"], 1);
+                assert_eq!(h["peers"][0], "127.0.0.1:50000");
+                assert_eq!(h["owners"][0]["command"], "redis-cli");
+                assert_eq!(actions(dg), ["reserve", "restart-holder", "start-server"]);
+                redis_fails(PORT, "source port of a connection");
+                let f = doctor(&["--fix"]);
+                assert_eq!(f.code, 1, "the connection still holds it");
+                assert!(f.fixes[0]["reserved"].as_str().unwrap().contains(PORT));
+                assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
+                assert_eq!(f.fixes[0]["bind"], "eaddrinuse");
+                // the ordinary connection was not touched
+                assert!(client.alive());
+                assert!(ss(PORT)
+                    .iter()
+                    .any(|(st, _, p)| st == "ESTAB" && p == "127.0.0.1:50000"));
+                redis_fails(PORT, "after --fix: source-port holders are waited for");
+                // the client ends: its side of the connection waits out TIME-WAIT
+                // on 40004, which still refuses the bind (redis-cli had no
+                // SO_REUSEADDR)
+                drop(client);
+                assert!(wait_for(Duration::from_secs(5), || ss(PORT)
+                    .iter()
+                    .any(|(st, _, _)| st == "TIME-WAIT")));
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "time-wait", "{dg}");
+                assert_eq!(d.holders[0]["kind"], "time-wait");
+                assert_eq!(
+                    actions(dg),
+                    ["wait", "start-server"],
+                    "reserved already: {dg}"
+                );
+                assert!(dg["steps"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("s more at most"));
+                redis_fails(PORT, "TIME-WAIT of a closed connection");
+            }
+            "bind-only" => {
+                let mut py = Group::spawn(
+                    Command::new("python3")
+                        .args([
+                            "-c",
+                            "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',40004))\n\
+                             print('bound',flush=True)\ntime.sleep(60)",
+                        ])
+                        .stdout(Stdio::piped()),
+                );
+                let mut line = [0u8; 5];
+                py.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                assert_eq!(d.diagnoses[0]["verdict"], "bind-held", "{:?}", d.diagnoses);
+                assert_eq!(d.holders[0]["kind"], "bind-only");
+                assert_eq!(d.holders[0]["owners"][0]["pid"], py.pid());
+                assert_eq!(actions(&d.diagnoses[0]), ["restart-holder"]);
+                redis_fails(PORT, "bind-only socket");
+                let before = reserved_now();
+                let f = doctor(&["--fix"]);
+                assert_eq!(f.code, 1);
+                assert_eq!(f.fixes[0]["reserved"], Value::Null);
+                assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
+                assert_eq!(reserved_now(), before);
+                assert!(py.alive());
+                assert_eq!(f.diagnoses[1]["verdict"], "bind-held");
+            }
+            "bind-only-reuseaddr" => {
+                // the holder set SO_REUSEADDR: read from its process, the effect
+                // is exact, and redis-server (which sets it too) can bind
+                let mut py = Group::spawn(
+                    Command::new("python3")
+                        .args([
+                            "-c",
+                            "import socket,time\ns=socket.socket()\n\
+                             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                             s.bind(('127.0.0.1',40004))\nprint('bound',flush=True)\ntime.sleep(60)",
+                        ])
+                        .stdout(Stdio::piped()),
+                );
+                let mut line = [0u8; 5];
+                py.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "bind-held", "{dg}");
+                assert_eq!(dg["bind"], "eaddrinuse");
+                assert_eq!(dg["bind_reuseaddr"], "ok");
+                let h = &d.holders[0];
+                assert_eq!(h["reuseaddr"], true, "{h}");
+                assert_eq!(h["bind"], "eaddrinuse");
+                assert_eq!(h["bind_reuseaddr"], "ok", "{h}");
+                assert_eq!(actions(dg)[0], "start-server", "{dg}");
+                let _r = redis_starts(PORT, "beside a SO_REUSEADDR bind-only socket");
+                assert!(py.alive());
+            }
+            "foreign-listener" => {
+                let mut py = Group::spawn(
+                    Command::new("python3")
+                        .args(["-m", "http.server", PORT, "--bind", "127.0.0.1"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null()),
+                );
+                assert!(wait_for(Duration::from_secs(10), || listening(PORT)));
+                let d = doctor(&[]);
+                assert_eq!(d.code, 1);
+                let dg = &d.diagnoses[0];
+                assert_eq!(dg["verdict"], "listening", "{dg}");
+                let h = &d.holders[0];
+                assert_eq!(h["owners"][0]["command"], "python3");
+                assert_eq!(h["is_service"], false);
+                assert_eq!(actions(dg), ["nothing"]);
+                assert!(dg["steps"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tcploop cannot help"));
+                redis_fails(PORT, "foreign listener");
+                let before = reserved_now();
+                let f = doctor(&["--fix"]);
+                assert_eq!(f.code, 1);
+                assert_eq!(f.fixes[0]["reserved"], Value::Null, "no action taken");
+                assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
+                assert_eq!(reserved_now(), before);
+                assert!(py.alive() && listening(PORT));
+            }
+            "reuseport" => {
+                let py = "import socket,time\nss=[]\nfor i in range(2):\n\
+                    \x20   s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+                    \x20   s.bind(('127.0.0.1',40004)); s.listen(); ss.append(s)\n\
+                    print('ok',flush=True)\ntime.sleep(60)";
+                let mut g = Group::spawn(
+                    Command::new("python3")
+                        .args(["-c", py])
+                        .stdout(Stdio::piped()),
+                );
+                let mut line = [0u8; 2];
+                g.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+                let d = doctor(&["--host", "127.0.0.1"]);
+                assert_eq!(d.code, 1);
+                assert_eq!(d.diagnoses[0]["verdict"], "listening");
+                let h = &d.holders[0];
+                assert_eq!(h["reuseport_group"], true, "{h}");
+                assert_eq!(h["reuseport"], true, "{h}");
+                assert_eq!(h["sockets"], 2);
+                assert_eq!(h["bind"], "eaddrinuse-unless-reuseport");
+                redis_fails(PORT, "reuseport group");
+            }
+            "all-netns" => {
+                // a loop in a namespace nested in this one (a container's)
+                let py = "import socket,time\n\
+                    for i in range(3000):\n\
+                    \x20   s = socket.socket()\n\
+                    \x20   try:\n\
+                    \x20       s.connect(('127.0.0.1', 40004))\n\
+                    \x20   except OSError:\n\
+                    \x20       s.close(); continue\n\
+                    \x20   print('looped', flush=True); break\n\
+                    time.sleep(60)\n";
+                let script = format!(
+                    "ip link set lo up && echo '40000 40009' > {RANGE_FILE} && exec python3 -c \"{py}\""
+                );
+                let mut inner = Group::spawn(
+                    Command::new("unshare")
+                        .args(["-n", "sh", "-c", &script])
+                        .stdout(Stdio::piped()),
+                );
+                let mut line = [0u8; 6];
+                inner
+                    .0
+                    .stdout
+                    .as_mut()
+                    .unwrap()
+                    .read_exact(&mut line)
+                    .unwrap();
+                assert_eq!(&line, b"looped");
+                let here = doctor(&[]);
+                assert_eq!(here.code, 0, "nothing on the port in this namespace");
+                let all = doctor(&["--all-netns"]);
+                assert_eq!(all.code, 1);
+                let own = all.diagnoses[0]["netns"].clone();
+                assert_eq!(all.diagnoses[0]["verdict"], "free", "{:?}", all.diagnoses);
+                let nested: Vec<&Value> = all.diagnoses.iter().filter(|d| d["netns"] != own).collect();
+                assert_eq!(nested.len(), 1, "{:?}", all.diagnoses);
+                assert_eq!(nested[0]["verdict"], "stolen-by-loop");
+                let h = all
+                    .holders
+                    .iter()
+                    .find(|h| h["netns"] == nested[0]["netns"])
+                    .unwrap();
+                assert_eq!(h["owners"][0]["command"], "python3", "{h}");
+                let f = doctor(&["--all-netns", "--fix"]);
                 assert_eq!(f.code, 0, "{:?}", f.diagnoses);
-                let fx = &f.fixes[0];
-                assert!(fx["reserved"].as_str().unwrap().contains(PORT), "{fx}");
+                let fx = f
+                    .fixes
+                    .iter()
+                    .find(|x| x["netns"] == nested[0]["netns"])
+                    .unwrap();
                 assert_eq!(fx["killed"][0]["outcome"], "destroyed", "{fx}");
                 assert_eq!(fx["bind"], "ok");
-                assert_eq!(fx["bind_reuseaddr"], "ok");
-                assert_eq!(f.diagnoses[1]["after_fix"], true);
-                assert_eq!(f.diagnoses[1]["verdict"], "free");
-                // the client keeps retrying: 100 more tries, where a loop
-                // would come every 5 or so without the reservation
-                let t0 = tries(&count);
-                assert!(
-                    wait_for(Duration::from_secs(20), || tries(&count) >= t0 + 100),
-                    "the client stopped retrying"
-                );
-                assert_eq!(ss_loops(PORT), 0, "the client looped again");
-                let mut r = redis_starts(PORT, "after --fix");
-                let t1 = tries(&count);
-                std::thread::sleep(HOLD);
-                assert!(r.alive() && listening(PORT), "redis-server lost its port");
-                assert_eq!(ss_loops(PORT), 0);
-                let ping = output(Command::new("redis-cli").args(["-p", PORT, "ping"]));
-                assert_eq!(stdout(&ping).trim(), "PONG");
-                // the retrying client now talks to the real server
-                assert!(
-                    ss(PORT)
-                        .iter()
-                        .any(|(st, l, p)| st == "ESTAB" && l == "127.0.0.1:40004" && l != p),
-                    "{:?}",
-                    ss(PORT)
-                );
-                assert!(tries(&count) >= t1, "{t1}");
-                assert!(client.alive());
+                assert!(inner.alive());
             }
+            other => panic!("unknown case {other}"),
         }
-        "time-wait" => {
-            // a python3 client that closes normally once it got through: a
-            // loop closed gracefully leaves TIME-WAIT behind
-            let py = "import socket\n\
-                for i in range(3000):\n\
-                \x20   s = socket.socket()\n\
-                \x20   try:\n\
-                \x20       s.connect(('127.0.0.1', 40004))\n\
-                \x20   except OSError:\n\
-                \x20       s.close(); continue\n\
-                \x20   s.close(); break\n";
-            let o = output(Command::new("python3").args(["-c", py]));
-            assert!(o.status.success(), "{}", stderr(&o));
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "time-wait", "{dg}");
-            let h = &d.holders[0];
-            assert_eq!(h["kind"], "self-connected-time-wait", "{h}");
-            assert!(h["time_wait_left_ms"].as_u64().unwrap() > 30_000, "{h}");
-            assert_eq!(actions(dg), ["reserve", "kill-loops", "start-server"]);
-            redis_fails(PORT, "TIME-WAIT of a closed loop");
-            let f = doctor(&["--fix"]);
-            assert_eq!(f.code, 0);
-            assert_eq!(f.fixes[0]["killed"][0]["state"], "TIME-WAIT");
-            assert_eq!(f.fixes[0]["killed"][0]["outcome"], "destroyed");
-            let _r = redis_starts(PORT, "after --fix of a TIME-WAIT loop");
-        }
-        "source-port" => {
-            // a client of another server got 40004 as its source port: the
-            // range is narrowed to 40004-40005 while it connects
-            let _server = redis_starts("50000", "the other server");
-            std::fs::write(RANGE_FILE, "40004 40005").unwrap();
-            let mut client = Group::spawn(
-                Command::new("redis-cli")
-                    .args(["-p", "50000", "-i", "0.2", "-r", "-1", "ping"])
-                    .stdout(Stdio::null()),
-            );
-            let connected = wait_for(Duration::from_secs(10), || {
-                ss(PORT).iter().any(|(_, _, p)| p == "127.0.0.1:50000")
-            });
-            std::fs::write(RANGE_FILE, "40000 40009").unwrap();
-            assert!(connected, "redis-cli did not connect from 40004");
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "stolen-by-source-port", "{dg}");
-            let h = &d.holders[0];
-            assert_eq!(h["kind"], "source-port");
-            assert_eq!(h["sockets"], 1);
-            assert_eq!(h["peers"][0], "127.0.0.1:50000");
-            assert_eq!(h["owners"][0]["command"], "redis-cli");
-            assert_eq!(actions(dg), ["reserve", "restart-holder", "start-server"]);
-            redis_fails(PORT, "source port of a connection");
-            let f = doctor(&["--fix"]);
-            assert_eq!(f.code, 1, "the connection still holds it");
-            assert!(f.fixes[0]["reserved"].as_str().unwrap().contains(PORT));
-            assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
-            assert_eq!(f.fixes[0]["bind"], "eaddrinuse");
-            // the ordinary connection was not touched
-            assert!(client.alive());
-            assert!(ss(PORT)
-                .iter()
-                .any(|(st, _, p)| st == "ESTAB" && p == "127.0.0.1:50000"));
-            redis_fails(PORT, "after --fix: source-port holders are waited for");
-            // the client ends: its side of the connection waits out TIME-WAIT
-            // on 40004, which still refuses the bind (redis-cli had no
-            // SO_REUSEADDR)
-            drop(client);
-            assert!(wait_for(Duration::from_secs(5), || ss(PORT)
-                .iter()
-                .any(|(st, _, _)| st == "TIME-WAIT")));
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "time-wait", "{dg}");
-            assert_eq!(d.holders[0]["kind"], "time-wait");
-            assert_eq!(
-                actions(dg),
-                ["wait", "start-server"],
-                "reserved already: {dg}"
-            );
-            assert!(dg["steps"][0]["text"]
-                .as_str()
-                .unwrap()
-                .contains("s more at most"));
-            redis_fails(PORT, "TIME-WAIT of a closed connection");
-        }
-        "bind-only" => {
-            let mut py = Group::spawn(
-                Command::new("python3")
-                    .args([
-                        "-c",
-                        "import socket,time\ns=socket.socket()\ns.bind(('127.0.0.1',40004))\n\
-                         print('bound',flush=True)\ntime.sleep(60)",
-                    ])
-                    .stdout(Stdio::piped()),
-            );
-            let mut line = [0u8; 5];
-            py.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            assert_eq!(d.diagnoses[0]["verdict"], "bind-held", "{:?}", d.diagnoses);
-            assert_eq!(d.holders[0]["kind"], "bind-only");
-            assert_eq!(d.holders[0]["owners"][0]["pid"], py.pid());
-            assert_eq!(actions(&d.diagnoses[0]), ["restart-holder"]);
-            redis_fails(PORT, "bind-only socket");
-            let before = reserved();
-            let f = doctor(&["--fix"]);
-            assert_eq!(f.code, 1);
-            assert_eq!(f.fixes[0]["reserved"], Value::Null);
-            assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
-            assert_eq!(reserved(), before);
-            assert!(py.alive());
-            assert_eq!(f.diagnoses[1]["verdict"], "bind-held");
-        }
-        "bind-only-reuseaddr" => {
-            // the holder set SO_REUSEADDR: read from its process, the effect
-            // is exact, and redis-server (which sets it too) can bind
-            let mut py = Group::spawn(
-                Command::new("python3")
-                    .args([
-                        "-c",
-                        "import socket,time\ns=socket.socket()\n\
-                         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                         s.bind(('127.0.0.1',40004))\nprint('bound',flush=True)\ntime.sleep(60)",
-                    ])
-                    .stdout(Stdio::piped()),
-            );
-            let mut line = [0u8; 5];
-            py.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "bind-held", "{dg}");
-            assert_eq!(dg["bind"], "eaddrinuse");
-            assert_eq!(dg["bind_reuseaddr"], "ok");
-            let h = &d.holders[0];
-            assert_eq!(h["reuseaddr"], true, "{h}");
-            assert_eq!(h["bind"], "eaddrinuse");
-            assert_eq!(h["bind_reuseaddr"], "ok", "{h}");
-            assert_eq!(actions(dg)[0], "start-server", "{dg}");
-            let _r = redis_starts(PORT, "beside a SO_REUSEADDR bind-only socket");
-            assert!(py.alive());
-        }
-        "foreign-listener" => {
-            let mut py = Group::spawn(
-                Command::new("python3")
-                    .args(["-m", "http.server", PORT, "--bind", "127.0.0.1"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            );
-            assert!(wait_for(Duration::from_secs(10), || listening(PORT)));
-            let d = doctor(&[]);
-            assert_eq!(d.code, 1);
-            let dg = &d.diagnoses[0];
-            assert_eq!(dg["verdict"], "listening", "{dg}");
-            let h = &d.holders[0];
-            assert_eq!(h["owners"][0]["command"], "python3");
-            assert_eq!(h["is_service"], false);
-            assert_eq!(actions(dg), ["nothing"]);
-            assert!(dg["steps"][0]["text"]
-                .as_str()
-                .unwrap()
-                .contains("tcploop cannot help"));
-            redis_fails(PORT, "foreign listener");
-            let before = reserved();
-            let f = doctor(&["--fix"]);
-            assert_eq!(f.code, 1);
-            assert_eq!(f.fixes[0]["reserved"], Value::Null, "no action taken");
-            assert_eq!(f.fixes[0]["killed"], serde_json::json!([]));
-            assert_eq!(reserved(), before);
-            assert!(py.alive() && listening(PORT));
-        }
-        "reuseport" => {
-            let py = "import socket,time\nss=[]\nfor i in range(2):\n\
-                \x20   s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
-                \x20   s.bind(('127.0.0.1',40004)); s.listen(); ss.append(s)\n\
-                print('ok',flush=True)\ntime.sleep(60)";
-            let mut g = Group::spawn(
-                Command::new("python3")
-                    .args(["-c", py])
-                    .stdout(Stdio::piped()),
-            );
-            let mut line = [0u8; 2];
-            g.0.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
-            let d = doctor(&["--host", "127.0.0.1"]);
-            assert_eq!(d.code, 1);
-            assert_eq!(d.diagnoses[0]["verdict"], "listening");
-            let h = &d.holders[0];
-            assert_eq!(h["reuseport_group"], true, "{h}");
-            assert_eq!(h["reuseport"], true, "{h}");
-            assert_eq!(h["sockets"], 2);
-            assert_eq!(h["bind"], "eaddrinuse-unless-reuseport");
-            redis_fails(PORT, "reuseport group");
-        }
-        "all-netns" => {
-            // a loop in a namespace nested in this one (a container's)
-            let py = "import socket,time\n\
-                for i in range(3000):\n\
-                \x20   s = socket.socket()\n\
-                \x20   try:\n\
-                \x20       s.connect(('127.0.0.1', 40004))\n\
-                \x20   except OSError:\n\
-                \x20       s.close(); continue\n\
-                \x20   print('looped', flush=True); break\n\
-                time.sleep(60)\n";
-            let script = format!(
-                "ip link set lo up && echo '40000 40009' > {RANGE_FILE} && exec python3 -c \"{py}\""
-            );
-            let mut inner = Group::spawn(
-                Command::new("unshare")
-                    .args(["-n", "sh", "-c", &script])
-                    .stdout(Stdio::piped()),
-            );
-            let mut line = [0u8; 6];
-            inner
-                .0
-                .stdout
-                .as_mut()
-                .unwrap()
-                .read_exact(&mut line)
-                .unwrap();
-            assert_eq!(&line, b"looped");
-            let here = doctor(&[]);
-            assert_eq!(here.code, 0, "nothing on the port in this namespace");
-            let all = doctor(&["--all-netns"]);
-            assert_eq!(all.code, 1);
-            let own = all.diagnoses[0]["netns"].clone();
-            assert_eq!(all.diagnoses[0]["verdict"], "free", "{:?}", all.diagnoses);
-            let nested: Vec<&Value> = all.diagnoses.iter().filter(|d| d["netns"] != own).collect();
-            assert_eq!(nested.len(), 1, "{:?}", all.diagnoses);
-            assert_eq!(nested[0]["verdict"], "stolen-by-loop");
-            let h = all
-                .holders
-                .iter()
-                .find(|h| h["netns"] == nested[0]["netns"])
-                .unwrap();
-            assert_eq!(h["owners"][0]["command"], "python3", "{h}");
-            let f = doctor(&["--all-netns", "--fix"]);
-            assert_eq!(f.code, 0, "{:?}", f.diagnoses);
-            let fx = f
-                .fixes
-                .iter()
-                .find(|x| x["netns"] == nested[0]["netns"])
-                .unwrap();
-            assert_eq!(fx["killed"][0]["outcome"], "destroyed", "{fx}");
-            assert_eq!(fx["bind"], "ok");
-            assert!(inner.alive());
-        }
-        other => panic!("unknown case {other}"),
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::write(out, "ok").unwrap();
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::write(out, "ok").unwrap();
 }
 
 fn case(name: &str) {
@@ -606,13 +595,7 @@ fn case(name: &str) {
     ) {
         return;
     }
-    let text = scenario_with(
-        RANGE,
-        None,
-        "doctor::doctor_case",
-        &[("TCPLOOP_CASE", name)],
-    );
-    assert_eq!(text, "ok");
+    doctor_case::run_ok(&Sandbox::range(RANGE).envs(&[("TCPLOOP_CASE", name)]));
 }
 
 fn which(prog: &str) -> bool {
@@ -672,6 +655,9 @@ fn a_reuseport_group_is_one_holder() {
 
 #[test]
 fn text_output_of_a_free_port_says_how_to_keep_it_free() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = output(&mut sandboxed(RANGE, &["doctor", PORT]));
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let t = stdout(&o);
@@ -695,8 +681,7 @@ fn fix_without_privilege_says_what_it_needs_and_exits_2() {
     ) {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("tcploop-doctor-unpriv-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("doctor-unpriv");
     let mark = dir.join("looped");
     let py = format!(
         "import socket,time\n\
@@ -737,6 +722,9 @@ fn fix_without_privilege_says_what_it_needs_and_exits_2() {
 
 #[test]
 fn bad_input_is_a_one_line_error_and_exit_2() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     for args in [
         &["doctor"][..],
         &["doctor", "0"],
@@ -856,11 +844,7 @@ mod schema {
         reason: String,
     }
 
-    fn parse<T: for<'a> Deserialize<'a>>(ty: &str, d: &serde_json::Value) {
-        if let Err(e) = serde_json::from_value::<T>(d.clone()) {
-            panic!("{ty} line does not match its schema: {e}: {d}");
-        }
-    }
+    use crate::common::conforms as parse;
 
     /// Checks one line against its type's schema.
     pub fn check(line: &serde_json::Value) {

@@ -7,87 +7,77 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 
 use crate::common::Reaped;
-use crate::common::{self, json_lines, of_type, output, scenario, scenario_out, stdout};
+use crate::common::{self, json_lines, of_type, output, stdout, Sandbox};
 
 /// The hostile name, 12 bytes (comm holds 15).
 const NAME: &str = "\x1b[2J\x1b[31mX\nY";
 /// How the text output must show it.
+/// python3 renames itself to its first argument, then connects a socket
+/// to its own address (a loop held by that name), says `ready` and waits.
+const HOLDER: &str = include_str!("fixtures/escape_hostile_name.py");
 const SHOWN: &str = "\\x1b[2J\\x1b[31mX\\nY";
 
 #[test]
 fn a_process_name_with_escape_sequences_and_a_newline_is_escaped_in_text_output() {
-    assert_eq!(
-        scenario("40000-40009", None, "escape::scenario_hostile_name"),
-        "ok"
-    );
+    scenario_hostile_name::run_ok(&Sandbox::range("40000-40009"));
 }
 
-#[test]
-#[ignore = "runs inside a sandbox, from a_process_name_with_escape_sequences_..."]
-fn scenario_hostile_name() {
-    let Some(out) = scenario_out() else { return };
-    // python3 renames itself, then connects a socket to its own address:
-    // a loop, held by the hostile name
-    let script = r#"
-import ctypes, socket, sys, time
-ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)
-s = socket.socket()
-s.bind(("127.0.0.1", 40004))
-s.connect(("127.0.0.1", 40004))
-print("ready", flush=True)
-time.sleep(60)
-"#;
-    let mut holder = Reaped(
-        Command::new("python3")
-            .args(["-c", script, NAME])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3"),
-    );
-    let mut ready = String::new();
-    std::io::BufReader::new(holder.0.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
-    assert_eq!(ready, "ready\n");
-    let comm = std::fs::read_to_string(format!("/proc/{}/comm", holder.0.id())).unwrap();
-    assert_eq!(comm, format!("{NAME}\n"), "the name really is hostile");
-
-    let check = |what: &str, text: &str| {
-        assert!(
-            !text.contains('\x1b'),
-            "{what}: an ESC byte reached the terminal:\n{text}"
+scenario! {
+    fn scenario_hostile_name(out) {
+        // python3 renames itself, then connects a socket to its own address:
+        // a loop, held by the hostile name
+        let mut holder = Reaped(
+            Command::new("python3")
+                .args(["-c", HOLDER, NAME])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3"),
         );
-        assert!(
-            text.contains(SHOWN),
-            "{what}: the name is not shown escaped:\n{text}"
-        );
-        assert!(
-            !text.lines().any(|l| l.starts_with('Y')),
-            "{what}: the name started a line of its own:\n{text}"
-        );
-    };
-    let text = |args: &[&str]| {
-        let o = output(&mut common::tcploop(args));
-        stdout(&o)
-    };
-    check("scan", &text(&["scan"]));
-    check(
-        "watch",
-        &text(&["watch", "--count", "1", "--interval", "10ms"]),
-    );
-    check("audit", &text(&["audit"]));
+        let mut ready = String::new();
+        std::io::BufReader::new(holder.0.stdout.take().unwrap())
+            .read_line(&mut ready)
+            .unwrap();
+        assert_eq!(ready, "ready\n");
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", holder.0.id())).unwrap();
+        assert_eq!(comm, format!("{NAME}\n"), "the name really is hostile");
 
-    // the control: JSON carries the exact name
-    let o = output(&mut common::tcploop(&["scan", "--json"]));
-    let lines = json_lines(&o);
-    let loops = of_type(&lines, "socket");
-    assert!(
-        loops
-            .iter()
-            .any(|l| l.to_string().contains(r#""\u001b[2J\u001b[31mX\nY""#)),
-        "{lines:?}"
-    );
+        let check = |what: &str, text: &str| {
+            assert!(
+                !text.contains('\x1b'),
+                "{what}: an ESC byte reached the terminal:\n{text}"
+            );
+            assert!(
+                text.contains(SHOWN),
+                "{what}: the name is not shown escaped:\n{text}"
+            );
+            assert!(
+                !text.lines().any(|l| l.starts_with('Y')),
+                "{what}: the name started a line of its own:\n{text}"
+            );
+        };
+        let text = |args: &[&str]| {
+            let o = output(&mut common::tcploop(args));
+            stdout(&o)
+        };
+        check("scan", &text(&["scan"]));
+        check(
+            "watch",
+            &text(&["watch", "--count", "1", "--interval", "10ms"]),
+        );
+        check("audit", &text(&["audit"]));
 
-    check("kill", &text(&["kill", "--port", "40004", "--yes"]));
-    std::fs::write(out, "ok").unwrap();
+        // the control: JSON carries the exact name
+        let o = output(&mut common::tcploop(&["scan", "--json"]));
+        let lines = json_lines(&o);
+        let loops = of_type(&lines, "socket");
+        assert!(
+            loops
+                .iter()
+                .any(|l| l.to_string().contains(r#""\u001b[2J\u001b[31mX\nY""#)),
+            "{lines:?}"
+        );
+
+        check("kill", &text(&["kill", "--port", "40004", "--yes"]));
+        std::fs::write(out, "ok").unwrap();
+    }
 }

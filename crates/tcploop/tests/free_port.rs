@@ -28,10 +28,9 @@ fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
-/// Writes a scenario's findings for the parent test.
-fn report(v: &Value) {
-    let path = common::scenario_out().expect("inside a scenario");
-    std::fs::write(path, v.to_string()).unwrap();
+/// Writes a scenario's findings to `out`, for the parent test.
+fn report(out: &std::path::Path, v: &Value) {
+    std::fs::write(out, v.to_string()).unwrap();
 }
 
 fn parse(text: &str) -> Value {
@@ -143,7 +142,7 @@ fn guard_std_never_returns_a_loop() {
 }
 
 scenario! {
-    fn guard_std(_out) {
+    fn guard_std(out) {
         let addr = closed();
         let control = plain_until_loop(addr, 1000);
         assert!(control.is_some(), "no loop without the guard: bad sandbox?");
@@ -170,7 +169,7 @@ scenario! {
             Ok(_) => "ok".to_string(),
             Err(e) => e.to_string(),
         };
-        report(&json!({
+        report(&out, &json!({
             "control_loop_after": control,
             "connect": connect.json(), "connect_timeout": timeout.json(), "no_retry": no_retry.json(),
             "fds_before": fds_before, "fds_after": fds_after, "rebind": rebind,
@@ -199,7 +198,7 @@ fn guard_tokio_never_returns_a_loop() {
 }
 
 scenario! {
-    fn guard_tokio(_out) {
+    fn guard_tokio(out) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -242,7 +241,7 @@ scenario! {
                 "fds_before": fds_before, "fds_after": fds_after, "rebind": rebind,
             })
         });
-        report(&v);
+        report(&out, &v);
     }
 }
 
@@ -257,7 +256,7 @@ fn guard_connects_to_a_live_listener_on_the_first_try() {
 }
 
 scenario! {
-    fn guard_live_listener(_out) {
+    fn guard_live_listener(out) {
         // A listener on the port the control loops into.
         let addr = closed();
         let server = TcpListener::bind(addr).unwrap();
@@ -291,7 +290,7 @@ scenario! {
             }
             n
         });
-        report(&json!({"std": std_ok, "tokio": tokio_ok}));
+        report(&out, &json!({"std": std_ok, "tokio": tokio_ok}));
     }
 }
 
@@ -311,16 +310,20 @@ fn free_port_json(range: &str, reserve: Option<&str>, args: &[&str]) -> (Vec<Val
 }
 
 fn free_port_cmd(range: &str, reserve: Option<&str>, args: &[&str]) -> std::process::Command {
-    let mut c = common::tcploop(&["sandbox", "--range", range]);
-    if let Some(r) = reserve {
-        c.args(["--reserve", r]);
+    let mut c = Sandbox {
+        reserve,
+        ..Sandbox::range(range)
     }
-    c.arg("--").arg(common::bin()).arg("free-port").args(args);
+    .tcploop(&["free-port"]);
+    c.args(args);
     c
 }
 
 #[test]
 fn free_port_gives_distinct_ports_outside_the_range() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let (ports, summary) = free_port_json(RANGE, None, &["--count", "50", "--json"]);
     assert_eq!(ports.len(), 50);
     let mut seen = std::collections::BTreeSet::new();
@@ -350,6 +353,9 @@ fn free_port_gives_distinct_ports_outside_the_range() {
 
 #[test]
 fn free_port_prints_one_port_a_line() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = common::output(&mut free_port_cmd(RANGE, None, &["-n", "3"]));
     assert!(o.status.success(), "{}", common::stderr(&o));
     let ports: Vec<u16> = common::stdout(&o)
@@ -365,6 +371,9 @@ fn free_port_prints_one_port_a_line() {
 
 #[test]
 fn free_port_uses_reserved_ports_when_the_range_covers_everything() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let (ports, summary) = free_port_json(
         "1024-65535",
         Some("40004-40005"),
@@ -397,6 +406,9 @@ fn free_port_uses_reserved_ports_when_the_range_covers_everything() {
 
 #[test]
 fn free_port_rejects_bad_input_with_one_line() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     for (args, says) in [
         (&["--count", "0"][..], "--count"),
         (&["--host", "not-an-ip"][..], "--host"),
@@ -432,7 +444,7 @@ fn free_port_skips_ports_in_use() {
 }
 
 scenario! {
-    fn free_port_in_use(_out) {
+    fn free_port_in_use(out) {
         let host = "127.0.0.1".parse().unwrap();
         let sorted = |n| {
             let mut v: Vec<u16> = tcploop::freeport::free_ports(n, host)
@@ -458,7 +470,7 @@ scenario! {
         let not_enough = tcploop::freeport::free_ports(2, host)
             .map(|_| String::new())
             .unwrap_or_else(|e| e.to_string());
-        report(&json!({
+        report(&out, &json!({
             "with_listener": with_listener, "with_bound": with_bound, "not_enough": not_enough,
         }));
     }
@@ -485,7 +497,7 @@ fn free_ports_never_loop() {
 }
 
 scenario! {
-    fn inside_free_ports_never_loop(_out) {
+    fn inside_free_ports_never_loop(out) {
         let control = plain_until_loop(closed(), 1000);
         // Five from the library, five from the command, as a test suite would get them.
         let lib = tcploop::freeport::free_ports(5, "127.0.0.1".parse().unwrap()).unwrap();
@@ -509,7 +521,7 @@ scenario! {
                 hammer.add(TcpStream::connect(("127.0.0.1", p)));
             }
         }
-        report(&json!({
+        report(&out, &json!({
             "control_loop_after": control, "ports": ports, "unbindable": unbindable,
             "hammer": hammer.json(),
         }));
@@ -533,7 +545,7 @@ fn a_port_held_bound_never_loops() {
 }
 
 scenario! {
-    fn inside_a_port_held_bound_never_loops(_out) {
+    fn inside_a_port_held_bound_never_loops(out) {
         let control = plain_until_loop(closed(), 1000);
         let held = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         held.bind(&closed().into()).unwrap();
@@ -542,6 +554,6 @@ scenario! {
             hammer.add(TcpStream::connect(closed()));
         }
         drop(held);
-        report(&json!({ "control_loop_after": control, "hammer": hammer.json() }));
+        report(&out, &json!({ "control_loop_after": control, "hammer": hammer.json() }));
     }
 }

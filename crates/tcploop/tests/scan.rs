@@ -18,15 +18,10 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common;
+use crate::common::{self, set_range, Sandbox};
 
 const V4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const V6: IpAddr = IpAddr::V6(Ipv6Addr::LOCALHOST);
-const RANGE_FILE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-
-fn set_range(lo: u16, hi: u16) {
-    std::fs::write(RANGE_FILE, format!("{lo} {hi}")).expect("write ip_local_port_range");
-}
 
 fn raise_nofile() {
     use rustix::process::{getrlimit, setrlimit, Resource};
@@ -99,167 +94,166 @@ fn loop_keys(socks: &[Value]) -> BTreeSet<String> {
 
 #[test]
 fn ten_loops_hidden_among_thousands_are_found_and_killed_exactly() {
-    let out = common::scenario("41000-49999", None, "scan::scenario_hidden_loops");
+    let Some(out) = scenario_hidden_loops::run(&Sandbox::range("41000-49999")) else {
+        return;
+    };
     assert!(out.starts_with("ok"), "{out}");
 }
 
-#[test]
-#[ignore = "scenario: runs inside a sandbox"]
-fn scenario_hidden_loops() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    raise_nofile();
-    let range = (41000, 49999);
-    set_range(range.0, range.1);
-    let me = std::process::id();
+scenario! {
+    fn scenario_hidden_loops(out) {
+        raise_nofile();
+        let range = (41000, 49999);
+        set_range(range.0, range.1);
+        let me = std::process::id();
 
-    // thousands of ordinary loopback connections, IPv4 and IPv6
-    let mut ordinary = vec![];
-    for ip in [V4, V6] {
-        let l = TcpListener::bind((ip, 50000)).unwrap();
-        for _ in 0..1500 {
-            let c = TcpStream::connect((ip, 50000)).unwrap();
-            let (a, _) = l.accept().unwrap();
-            ordinary.push((c, a));
+        // thousands of ordinary loopback connections, IPv4 and IPv6
+        let mut ordinary = vec![];
+        for ip in [V4, V6] {
+            let l = TcpListener::bind((ip, 50000)).unwrap();
+            for _ in 0..1500 {
+                let c = TcpStream::connect((ip, 50000)).unwrap();
+                let (a, _) = l.accept().unwrap();
+                ordinary.push((c, a));
+            }
+            ordinary.push((
+                TcpStream::connect((ip, 50000)).unwrap(),
+                l.accept().unwrap().0,
+            ));
         }
-        ordinary.push((
-            TcpStream::connect((ip, 50000)).unwrap(),
-            l.accept().unwrap().0,
-        ));
-    }
-    // 10 loops: 3 plain and 2 bound per family
-    let mut loops: Vec<(TcpStream, bool)> = vec![];
-    for (ip, base) in [(V4, 40100), (V6, 40110)] {
-        for i in 0..3 {
-            loops.push((plain_loop(ip, base + 2 * i, range), true));
+        // 10 loops: 3 plain and 2 bound per family
+        let mut loops: Vec<(TcpStream, bool)> = vec![];
+        for (ip, base) in [(V4, 40100), (V6, 40110)] {
+            for i in 0..3 {
+                loops.push((plain_loop(ip, base + 2 * i, range), true));
+            }
+            for i in 3..5 {
+                loops.push((bound_loop(ip, base + 2 * i), false));
+            }
         }
-        for i in 3..5 {
-            loops.push((bound_loop(ip, base + 2 * i), false));
-        }
-    }
-    let expected: BTreeSet<String> = loops
-        .iter()
-        .map(|(s, _)| s.local_addr().unwrap().to_string())
-        .collect();
-    assert_eq!(expected.len(), 10);
-
-    // scan: exactly the 10, each owned by this process through its fd
-    let (code, lines, err) = run(&["scan", "--json"]);
-    assert_eq!(code, 1, "{err}");
-    let socks = common::of_type(&lines, "socket");
-    let found: BTreeSet<String> = socks
-        .iter()
-        .map(|s| s["local"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(found, expected, "exactly the 10 loops");
-    assert_eq!(socks.len(), 10);
-    for s in &socks {
-        assert_eq!(s["local"], s["peer"]);
-        assert_eq!(s["state"], "ESTABLISHED");
-        let (stream, _) = loops
+        let expected: BTreeSet<String> = loops
             .iter()
-            .find(|(l, _)| l.local_addr().unwrap().to_string() == s["local"])
-            .unwrap();
-        assert_eq!(
-            s["owners"],
-            serde_json::json!([{"pid": me, "comm": s["owners"][0]["comm"], "fd": stream.as_raw_fd(),
-                "container": s["owners"][0]["container"]}]),
-            "{s}"
+            .map(|(s, _)| s.local_addr().unwrap().to_string())
+            .collect();
+        assert_eq!(expected.len(), 10);
+
+        // scan: exactly the 10, each owned by this process through its fd
+        let (code, lines, err) = run(&["scan", "--json"]);
+        assert_eq!(code, 1, "{err}");
+        let socks = common::of_type(&lines, "socket");
+        let found: BTreeSet<String> = socks
+            .iter()
+            .map(|s| s["local"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(found, expected, "exactly the 10 loops");
+        assert_eq!(socks.len(), 10);
+        for s in &socks {
+            assert_eq!(s["local"], s["peer"]);
+            assert_eq!(s["state"], "ESTABLISHED");
+            let (stream, _) = loops
+                .iter()
+                .find(|(l, _)| l.local_addr().unwrap().to_string() == s["local"])
+                .unwrap();
+            assert_eq!(
+                s["owners"],
+                serde_json::json!([{"pid": me, "comm": s["owners"][0]["comm"], "fd": stream.as_raw_fd(),
+                    "container": s["owners"][0]["container"]}]),
+                "{s}"
+            );
+            assert_eq!(s["owner_status"], "found");
+            assert!(s["cookie"].as_u64().is_some());
+            assert!(s["consequence"]
+                .as_str()
+                .unwrap()
+                .contains("gets EADDRINUSE"));
+        }
+        let sum = summary(&lines);
+        assert_eq!(sum["loops_found"], 10);
+        assert_eq!(sum["owners_unknown"], 0);
+        assert_eq!(sum["source"], "netlink");
+        assert!(sum["sockets_seen"].as_u64().unwrap() >= 6004, "{sum}");
+
+        // the /proc source gives the same answer
+        let (code, plines, err) = run(&["scan", "--source", "proc", "--json"]);
+        assert_eq!(code, 1, "{err}");
+        let psocks = common::of_type(&plines, "socket");
+        assert_eq!(loop_keys(&psocks), loop_keys(&socks));
+        assert_eq!(summary(&plines)["source"], "proc");
+        assert!(psocks.iter().all(|s| s["cookie"].is_null()));
+
+        // --port narrows
+        let (code, l, _) = run(&["scan", "--json", "--port", "40112"]);
+        assert_eq!(code, 1);
+        assert_eq!(common::of_type(&l, "socket").len(), 1);
+        assert_eq!(common::of_type(&l, "socket")[0]["local"], "[::1]:40112");
+
+        // kill without --yes: a dry run that touches nothing
+        let (code, l, err) = run(&["kill", "--json"]);
+        assert_eq!(code, 1, "{err}");
+        let k = common::of_type(&l, "kill");
+        assert_eq!(k.len(), 10);
+        assert!(k.iter().all(|k| k["action"] == "would-destroy"));
+        assert!(
+            loops.iter().all(|(s, _)| alive(s)),
+            "the dry run destroyed something"
         );
-        assert_eq!(s["owner_status"], "found");
-        assert!(s["cookie"].as_u64().is_some());
-        assert!(s["consequence"]
-            .as_str()
-            .unwrap()
-            .contains("gets EADDRINUSE"));
-    }
-    let sum = summary(&lines);
-    assert_eq!(sum["loops_found"], 10);
-    assert_eq!(sum["owners_unknown"], 0);
-    assert_eq!(sum["source"], "netlink");
-    assert!(sum["sockets_seen"].as_u64().unwrap() >= 6004, "{sum}");
 
-    // the /proc source gives the same answer
-    let (code, plines, err) = run(&["scan", "--source", "proc", "--json"]);
-    assert_eq!(code, 1, "{err}");
-    let psocks = common::of_type(&plines, "socket");
-    assert_eq!(loop_keys(&psocks), loop_keys(&socks));
-    assert_eq!(summary(&plines)["source"], "proc");
-    assert!(psocks.iter().all(|s| s["cookie"].is_null()));
+        // kill --yes: exactly those 10
+        let (code, l, err) = run(&["kill", "--yes", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let k = common::of_type(&l, "kill");
+        assert_eq!(k.len(), 10);
+        for line in &k {
+            assert_eq!(line["action"], "destroyed", "{line}");
+            let plain = loops
+                .iter()
+                .find(|(s, _)| s.local_addr().unwrap().to_string() == line["local"])
+                .unwrap()
+                .1;
+            // a plain loop frees its port at once; a bound one when its owner closes it
+            let want = if plain {
+                "free"
+            } else {
+                "held-until-owner-closes"
+            };
+            assert_eq!(line["port_state"], want, "{line}");
+        }
+        assert_eq!(summary(&l)["destroyed"], 10);
+        assert_eq!(summary(&l)["ports_free"], 6);
 
-    // --port narrows
-    let (code, l, _) = run(&["scan", "--json", "--port", "40112"]);
-    assert_eq!(code, 1);
-    assert_eq!(common::of_type(&l, "socket").len(), 1);
-    assert_eq!(common::of_type(&l, "socket")[0]["local"], "[::1]:40112");
-
-    // kill without --yes: a dry run that touches nothing
-    let (code, l, err) = run(&["kill", "--json"]);
-    assert_eq!(code, 1, "{err}");
-    let k = common::of_type(&l, "kill");
-    assert_eq!(k.len(), 10);
-    assert!(k.iter().all(|k| k["action"] == "would-destroy"));
-    assert!(
-        loops.iter().all(|(s, _)| alive(s)),
-        "the dry run destroyed something"
-    );
-
-    // kill --yes: exactly those 10
-    let (code, l, err) = run(&["kill", "--yes", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let k = common::of_type(&l, "kill");
-    assert_eq!(k.len(), 10);
-    for line in &k {
-        assert_eq!(line["action"], "destroyed", "{line}");
-        let plain = loops
-            .iter()
-            .find(|(s, _)| s.local_addr().unwrap().to_string() == line["local"])
-            .unwrap()
-            .1;
-        // a plain loop frees its port at once; a bound one when its owner closes it
-        let want = if plain {
-            "free"
-        } else {
-            "held-until-owner-closes"
-        };
-        assert_eq!(line["port_state"], want, "{line}");
+        // the owners see ECONNABORTED
+        for (s, _) in &loops {
+            let mut b = [0u8; 1];
+            let e = (&*s)
+                .read(&mut b)
+                .expect_err("a destroyed loop reads an error");
+            assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e}");
+        }
+        // the ordinary connections are untouched, and still carry data
+        for (c, a) in &ordinary {
+            assert!(alive(c) && alive(a));
+        }
+        for (c, a) in ordinary.iter_mut().step_by(100) {
+            c.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            a.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"x");
+        }
+        // a server can bind each port (a bound loop's once its owner closed it)
+        let addrs: Vec<SocketAddr> = loops.iter().map(|(s, _)| s.local_addr().unwrap()).collect();
+        drop(loops);
+        for a in &addrs {
+            TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a} after kill: {e}"));
+        }
+        let (code, l, _) = run(&["scan", "--json"]);
+        assert_eq!(code, 0);
+        assert_eq!(summary(&l)["loops_found"], 0);
+        std::fs::write(
+            out,
+            format!("ok: {} ordinary connections\n", ordinary.len()),
+        )
+        .unwrap();
     }
-    assert_eq!(summary(&l)["destroyed"], 10);
-    assert_eq!(summary(&l)["ports_free"], 6);
-
-    // the owners see ECONNABORTED
-    for (s, _) in &loops {
-        let mut b = [0u8; 1];
-        let e = (&*s)
-            .read(&mut b)
-            .expect_err("a destroyed loop reads an error");
-        assert_eq!(e.kind(), ErrorKind::ConnectionAborted, "{e}");
-    }
-    // the ordinary connections are untouched, and still carry data
-    for (c, a) in &ordinary {
-        assert!(alive(c) && alive(a));
-    }
-    for (c, a) in ordinary.iter_mut().step_by(100) {
-        c.write_all(b"x").unwrap();
-        let mut b = [0u8; 1];
-        a.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"x");
-    }
-    // a server can bind each port (a bound loop's once its owner closed it)
-    let addrs: Vec<SocketAddr> = loops.iter().map(|(s, _)| s.local_addr().unwrap()).collect();
-    drop(loops);
-    for a in &addrs {
-        TcpListener::bind(a).unwrap_or_else(|e| panic!("bind {a} after kill: {e}"));
-    }
-    let (code, l, _) = run(&["scan", "--json"]);
-    assert_eq!(code, 0);
-    assert_eq!(summary(&l)["loops_found"], 0);
-    std::fs::write(
-        out,
-        format!("ok: {} ordinary connections\n", ordinary.len()),
-    )
-    .unwrap();
 }
 
 /// The JSON Lines schema of README's scan section, field for field: a
@@ -386,240 +380,200 @@ mod wire {
 
 #[test]
 fn time_wait_loops_are_reported_with_their_time_left_and_can_be_killed() {
-    let out = common::scenario("40000-40009", None, "scan::scenario_time_wait");
+    let Some(out) = scenario_time_wait::run(&Sandbox::range("40000-40009")) else {
+        return;
+    };
     assert!(out.starts_with("ok"), "{out}");
 }
 
-#[test]
-#[ignore = "scenario: runs inside a sandbox"]
-fn scenario_time_wait() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    // closed gracefully: the P<->P 4-tuple waits out TIME-WAIT
-    drop(bound_loop(V4, 40100));
-    let (code, l, err) = run(&["scan", "--json"]);
-    assert_eq!(code, 1, "{err}");
-    wire::check(&l, false);
-    let s = &common::of_type(&l, "socket")[0];
-    assert_eq!(s["state"], "TIME-WAIT");
-    assert_eq!(s["owner_status"], "none");
-    assert_eq!(s["owners"], serde_json::json!([]));
-    let left = s["time_wait_left_ms"].as_u64().unwrap();
-    assert!(left > 0 && left <= 60_000, "{left}");
-    assert_eq!(summary(&l)["owners_unknown"], 0);
-    assert!(
-        TcpListener::bind((V4, 40100)).is_err(),
-        "TIME-WAIT blocks the port"
-    );
-    let o = common::output(&mut common::tcploop(&["scan"]));
-    let text = common::stdout(&o);
-    assert!(
-        text.contains("TIME-WAIT") && text.contains("at most"),
-        "{text}"
-    );
-    let (code, l, err) = run(&["kill", "--json"]);
-    assert_eq!(code, 1, "{err}");
-    wire::check(&l, true);
-    let (code, l, err) = run(&["kill", "--yes", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    wire::check(&l, true);
-    assert_eq!(common::of_type(&l, "kill")[0]["port_state"], "free");
-    TcpListener::bind((V4, 40100)).expect("bind after killing the TIME-WAIT loop");
-    std::fs::write(out, "ok\n").unwrap();
+scenario! {
+    fn scenario_time_wait(out) {
+        // closed gracefully: the P<->P 4-tuple waits out TIME-WAIT
+        drop(bound_loop(V4, 40100));
+        let (code, l, err) = run(&["scan", "--json"]);
+        assert_eq!(code, 1, "{err}");
+        wire::check(&l, false);
+        let s = &common::of_type(&l, "socket")[0];
+        assert_eq!(s["state"], "TIME-WAIT");
+        assert_eq!(s["owner_status"], "none");
+        assert_eq!(s["owners"], serde_json::json!([]));
+        let left = s["time_wait_left_ms"].as_u64().unwrap();
+        assert!(left > 0 && left <= 60_000, "{left}");
+        assert_eq!(summary(&l)["owners_unknown"], 0);
+        assert!(
+            TcpListener::bind((V4, 40100)).is_err(),
+            "TIME-WAIT blocks the port"
+        );
+        let o = common::output(&mut common::tcploop(&["scan"]));
+        let text = common::stdout(&o);
+        assert!(
+            text.contains("TIME-WAIT") && text.contains("at most"),
+            "{text}"
+        );
+        let (code, l, err) = run(&["kill", "--json"]);
+        assert_eq!(code, 1, "{err}");
+        wire::check(&l, true);
+        let (code, l, err) = run(&["kill", "--yes", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        wire::check(&l, true);
+        assert_eq!(common::of_type(&l, "kill")[0]["port_state"], "free");
+        TcpListener::bind((V4, 40100)).expect("bind after killing the TIME-WAIT loop");
+        std::fs::write(out, "ok\n").unwrap();
+    }
 }
 
 #[test]
 fn a_scan_racing_with_churn_finds_only_the_real_loop() {
-    let out = common::scenario("41000-49999", None, "scan::scenario_churn");
+    let Some(out) = scenario_churn::run(&Sandbox::range("41000-49999")) else {
+        return;
+    };
     assert!(out.starts_with("ok"), "{out}");
 }
 
-#[test]
-#[ignore = "scenario: runs inside a sandbox"]
-fn scenario_churn() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let real = bound_loop(V4, 40100);
-    let stop = Arc::new(AtomicBool::new(false));
-    let churned = Arc::new(AtomicU64::new(0));
-    let mut threads = vec![];
-    for ip in [V4, V6] {
-        let (stop, churned) = (stop.clone(), churned.clone());
-        threads.push(std::thread::spawn(move || {
-            let l = TcpListener::bind((ip, 50000)).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                // connections open and close (some leave TIME-WAIT behind)
-                let batch: Vec<_> = (0..50)
-                    .map(|_| {
-                        let c = TcpStream::connect((ip, 50000)).unwrap();
-                        (c, l.accept().unwrap().0)
-                    })
-                    .collect();
-                churned.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                drop(batch);
-            }
-        }));
-    }
-    // processes come and go during the owner walk (forked by a shell, not
-    // by this process: a child of ours holds our fds until it execs)
-    let mut forker = Command::new("sh")
-        .args(["-c", "while :; do /bin/true; done"])
-        .spawn()
-        .unwrap();
-    // A table read while it changes may show a socket twice or miss one
-    // (netlink dumps and /proc files resume by position): no false loop,
-    // no failure, no duplicate, and the real loop seen nearly every time.
-    let mut seen = 0;
-    for i in 0..20 {
-        let src = if i % 2 == 0 { "netlink" } else { "proc" };
-        let (code, l, err) = run(&["scan", "--json", "--source", src]);
-        assert!(code == 0 || code == 1, "scan {i} ({src}): {err}");
-        let socks = common::of_type(&l, "socket");
-        assert!(socks.len() <= 1, "scan {i} ({src}): {socks:?}");
-        for s in &socks {
-            assert_eq!(s["local"], "127.0.0.1:40100");
-            assert_eq!(s["owners"][0]["pid"], std::process::id());
-            seen += 1;
+scenario! {
+    fn scenario_churn(out) {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let real = bound_loop(V4, 40100);
+        let stop = Arc::new(AtomicBool::new(false));
+        let churned = Arc::new(AtomicU64::new(0));
+        let mut threads = vec![];
+        for ip in [V4, V6] {
+            let (stop, churned) = (stop.clone(), churned.clone());
+            threads.push(std::thread::spawn(move || {
+                let l = TcpListener::bind((ip, 50000)).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    // connections open and close (some leave TIME-WAIT behind)
+                    let batch: Vec<_> = (0..50)
+                        .map(|_| {
+                            let c = TcpStream::connect((ip, 50000)).unwrap();
+                            (c, l.accept().unwrap().0)
+                        })
+                        .collect();
+                    churned.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    drop(batch);
+                }
+            }));
         }
+        // processes come and go during the owner walk (forked by a shell, not
+        // by this process: a child of ours holds our fds until it execs)
+        let mut forker = Command::new("sh")
+            .args(["-c", "while :; do /bin/true; done"])
+            .spawn()
+            .unwrap();
+        // A table read while it changes may show a socket twice or miss one
+        // (netlink dumps and /proc files resume by position): no false loop,
+        // no failure, no duplicate, and the real loop seen nearly every time.
+        let mut seen = 0;
+        for i in 0..20 {
+            let src = if i % 2 == 0 { "netlink" } else { "proc" };
+            let (code, l, err) = run(&["scan", "--json", "--source", src]);
+            assert!(code == 0 || code == 1, "scan {i} ({src}): {err}");
+            let socks = common::of_type(&l, "socket");
+            assert!(socks.len() <= 1, "scan {i} ({src}): {socks:?}");
+            for s in &socks {
+                assert_eq!(s["local"], "127.0.0.1:40100");
+                assert_eq!(s["owners"][0]["pid"], std::process::id());
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 10,
+            "the real loop was seen in only {seen} of 20 scans"
+        );
+        stop.store(true, Ordering::Relaxed);
+        forker.kill().unwrap();
+        forker.wait().unwrap();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(alive(&real));
+        std::fs::write(
+            out,
+            format!(
+                "ok: {} connections churned\n",
+                churned.load(Ordering::Relaxed)
+            ),
+        )
+        .unwrap();
     }
-    assert!(
-        seen >= 10,
-        "the real loop was seen in only {seen} of 20 scans"
-    );
-    stop.store(true, Ordering::Relaxed);
-    forker.kill().unwrap();
-    forker.wait().unwrap();
-    for t in threads {
-        t.join().unwrap();
-    }
-    assert!(alive(&real));
-    std::fs::write(
-        out,
-        format!(
-            "ok: {} connections churned\n",
-            churned.load(Ordering::Relaxed)
-        ),
-    )
-    .unwrap();
-}
-
-/// Like `common::scenario`, in a plain network namespace (root only), so
-/// that an unprivileged user in it lacks CAP_NET_ADMIN over it.
-fn root_netns_scenario(name: &str) -> Option<String> {
-    root_netns_scenario_in(name, "40000-40009")
-}
-
-/// [`root_netns_scenario`] with port range `range`.
-fn root_netns_scenario_in(name: &str, range: &str) -> Option<String> {
-    if common::skip_unless(common::is_root(), name, "root (a plain network namespace)") {
-        return None;
-    }
-    let file = std::env::temp_dir().join(format!("tcploop-scan-{}-{name}", std::process::id()));
-    let mut c = Command::new(common::bin());
-    c.args(["sandbox", "--netns-only", "--range", range, "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            &format!("scan::{name}"),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("TCPLOOP_SCENARIO_OUT", &file);
-    let o = common::output(&mut c);
-    assert!(
-        o.status.success(),
-        "{}\n{}",
-        common::stdout(&o),
-        common::stderr(&o)
-    );
-    let text = std::fs::read_to_string(&file).unwrap();
-    let _ = std::fs::remove_file(&file);
-    Some(text)
 }
 
 #[test]
 fn unprivileged_scan_works_but_kill_fails_clearly_with_exit_2() {
-    if let Some(out) = root_netns_scenario("scenario_unprivileged") {
+    if let Some(out) = scenario_unprivileged::run(&Sandbox::range("40000-40009").netns_only()) {
         assert!(out.starts_with("ok"), "{out}");
     }
 }
 
-#[test]
-#[ignore = "scenario: runs inside a sandbox"]
-fn scenario_unprivileged() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let loops = [bound_loop(V4, 40100), bound_loop(V6, 40102)];
-    let nobody = |args: &[&str]| {
-        let o = common::output(common::as_nobody(&mut common::tcploop(args)));
-        (o.status.code().unwrap_or(-1), o)
-    };
-    // the dump needs no privilege; root's fd tables are closed to nobody
-    let (code, o) = nobody(&["scan", "--json"]);
-    assert_eq!(code, 1, "{}", common::stderr(&o));
-    let l = common::json_lines(&o);
-    let socks = common::of_type(&l, "socket");
-    assert_eq!(socks.len(), 2);
-    assert!(socks.iter().all(|s| s["owner_status"] == "unknown"));
-    let sum = summary(&l);
-    assert_eq!(sum["owners_unknown"], 2);
-    assert!(sum["processes_unreadable"].as_u64().unwrap() >= 1, "{sum}");
-    // BPF is not allowed: auto falls back to the /proc walk, and says why
-    assert_eq!(sum["owners_source"], "proc", "{sum}");
-    let why = sum["owners_fallback"].as_str().unwrap_or_default();
-    assert!(why.contains("permission denied"), "{sum}");
-    let (_, o) = nobody(&["scan", "--verbose"]);
-    let text = common::stdout(&o);
-    assert!(
-        text.contains("owners: /proc/PID/fd walk") && text.contains("BPF not used: "),
-        "{text}"
-    );
-    // forcing it: exit 2, one line that says what is missing
-    let (code, o) = nobody(&["scan", "--owners", "bpf"]);
-    let err = common::stderr(&o);
-    assert_eq!(code, 2, "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("--owners bpf") && err.contains("needs root"),
-        "{err}"
-    );
-    assert!(common::stdout(&o).is_empty());
-    // the /proc walk forced: the same answer as auto, and no fallback to explain
-    let (code, o) = nobody(&["scan", "--json", "--owners", "proc"]);
-    assert_eq!(code, 1);
-    let lp = common::json_lines(&o);
-    assert_eq!(
-        loop_keys(&common::of_type(&lp, "socket")),
-        loop_keys(&socks)
-    );
-    assert_eq!(summary(&lp)["owners_fallback"], Value::Null);
-    let (_, o) = nobody(&["scan"]);
-    let text = common::stdout(&o);
-    assert!(
-        text.contains("owners unknown for 2 socket(s)") && text.contains("run as root"),
-        "{text}"
-    );
-    // kill: the dry run works, the real one says what is missing, exit 2
-    let (code, _) = nobody(&["kill"]);
-    assert_eq!(code, 1);
-    let (code, o) = nobody(&["kill", "--yes"]);
-    let err = common::stderr(&o);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("CAP_NET_ADMIN") && err.contains("EPERM"),
-        "{err}"
-    );
-    assert!(loops.iter().all(alive), "nobody destroyed a loop");
-    // root (of this namespace) can
-    let (code, _, err) = run(&["kill", "--yes", "--json"]);
-    assert_eq!(code, 0, "{err}");
-    std::fs::write(out, "ok\n").unwrap();
+scenario! {
+    fn scenario_unprivileged(out) {
+        let loops = [bound_loop(V4, 40100), bound_loop(V6, 40102)];
+        let nobody = |args: &[&str]| {
+            let o = common::output(common::as_nobody(&mut common::tcploop(args)));
+            (o.status.code().unwrap_or(-1), o)
+        };
+        // the dump needs no privilege; root's fd tables are closed to nobody
+        let (code, o) = nobody(&["scan", "--json"]);
+        assert_eq!(code, 1, "{}", common::stderr(&o));
+        let l = common::json_lines(&o);
+        let socks = common::of_type(&l, "socket");
+        assert_eq!(socks.len(), 2);
+        assert!(socks.iter().all(|s| s["owner_status"] == "unknown"));
+        let sum = summary(&l);
+        assert_eq!(sum["owners_unknown"], 2);
+        assert!(sum["processes_unreadable"].as_u64().unwrap() >= 1, "{sum}");
+        // BPF is not allowed: auto falls back to the /proc walk, and says why
+        assert_eq!(sum["owners_source"], "proc", "{sum}");
+        let why = sum["owners_fallback"].as_str().unwrap_or_default();
+        assert!(why.contains("permission denied"), "{sum}");
+        let (_, o) = nobody(&["scan", "--verbose"]);
+        let text = common::stdout(&o);
+        assert!(
+            text.contains("owners: /proc/PID/fd walk") && text.contains("BPF not used: "),
+            "{text}"
+        );
+        // forcing it: exit 2, one line that says what is missing
+        let (code, o) = nobody(&["scan", "--owners", "bpf"]);
+        let err = common::stderr(&o);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("--owners bpf") && err.contains("needs root"),
+            "{err}"
+        );
+        assert!(common::stdout(&o).is_empty());
+        // the /proc walk forced: the same answer as auto, and no fallback to explain
+        let (code, o) = nobody(&["scan", "--json", "--owners", "proc"]);
+        assert_eq!(code, 1);
+        let lp = common::json_lines(&o);
+        assert_eq!(
+            loop_keys(&common::of_type(&lp, "socket")),
+            loop_keys(&socks)
+        );
+        assert_eq!(summary(&lp)["owners_fallback"], Value::Null);
+        let (_, o) = nobody(&["scan"]);
+        let text = common::stdout(&o);
+        assert!(
+            text.contains("owners unknown for 2 socket(s)") && text.contains("run as root"),
+            "{text}"
+        );
+        // kill: the dry run works, the real one says what is missing, exit 2
+        let (code, _) = nobody(&["kill"]);
+        assert_eq!(code, 1);
+        let (code, o) = nobody(&["kill", "--yes"]);
+        let err = common::stderr(&o);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("CAP_NET_ADMIN") && err.contains("EPERM"),
+            "{err}"
+        );
+        assert!(loops.iter().all(alive), "nobody destroyed a loop");
+        // root (of this namespace) can
+        let (code, _, err) = run(&["kill", "--yes", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        std::fs::write(out, "ok\n").unwrap();
+    }
 }
 
 #[test]
@@ -631,8 +585,9 @@ fn all_netns_finds_a_loop_in_another_namespace_with_its_process() {
     let script = "import socket,sys\n\
         s=socket.socket(); s.bind(('127.0.0.1',40100)); s.connect(('127.0.0.1',40100))\n\
         print('ready', s.fileno(), flush=True); sys.stdin.read()";
-    let mut child = Command::new(common::bin())
-        .args(["sandbox", "--", "python3", "-c", script])
+    let mut child = Sandbox::default()
+        .command()
+        .args(["python3", "-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -688,6 +643,9 @@ fn all_netns_finds_a_loop_in_another_namespace_with_its_process() {
 
 #[test]
 fn no_loop_means_exit_0_and_kill_has_nothing_to_do() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     let o = common::output(&mut common::sandboxed("40000-40009", &["scan"]));
     assert_eq!(o.status.code(), Some(0), "{}", common::stderr(&o));
     assert!(common::stdout(&o).contains("No self-connected socket"));
@@ -727,34 +685,7 @@ fn bad_input_is_a_one_line_error_and_exit_2() {
 /// `{"pid", "loops": {PORT: fd}, "child"}` when ready and holding them until
 /// its stdin closes. With `share` (a port), it forks after making the loops:
 /// the child keeps only that loop, the same socket through the same fd.
-const HOLDER: &str = r#"
-import json, os, socket, sys
-lport, nconn, loops, share = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-l = socket.socket(); l.bind(("127.0.0.1", lport)); l.listen(4096)
-conns = []
-for _ in range(nconn):
-    c = socket.create_connection(("127.0.0.1", lport)); conns.append((c, l.accept()[0]))
-out, keep = {"pid": os.getpid(), "loops": {}}, {}
-for spec in loops.split(","):
-    fam, port = spec.split(":"); port = int(port)
-    if fam == "v4":
-        s, a = socket.socket(), ("127.0.0.1", port)
-    else:
-        s, a = socket.socket(socket.AF_INET6), ("::1", port)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-    s.bind(a); s.connect(a)
-    out["loops"][str(port)] = s.fileno(); keep[port] = s
-if share != "-":
-    pid = os.fork()
-    if pid == 0:
-        for port, s in keep.items():
-            if port != int(share):
-                s.close()
-        sys.stdin.read(); os._exit(0)
-    out["child"] = pid
-print(json.dumps(out), flush=True)
-sys.stdin.read()
-"#;
+const HOLDER: &str = include_str!("fixtures/scan_holder.py");
 
 /// Short-lived processes, each with a few hundred sockets: they exit while
 /// scans walk the process table. Started by a shell, so that no fork of the
@@ -762,17 +693,6 @@ sys.stdin.read()
 const EXITERS: &str = r#"while :; do python3 -c 'import socket
 l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(512)
 cs = [socket.create_connection(l.getsockname()) for _ in range(200)]'; done"#;
-
-/// A child killed when dropped, even by a failing assertion (a shell loop
-/// left running would keep the scenario's output open forever).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn owner_sources_agree_on_loops_hidden_among_thousands_in_several_processes() {
@@ -784,162 +704,159 @@ fn owner_sources_agree_on_loops_hidden_among_thousands_in_several_processes() {
     ) {
         return;
     }
-    if let Some(out) = root_netns_scenario_in("scenario_owner_sources", "41000-49999") {
+    if let Some(out) = scenario_owner_sources::run(&Sandbox::range("41000-49999").netns_only()) {
         assert!(out.starts_with("ok"), "{out}");
     }
 }
 
-#[test]
-#[ignore = "scenario: runs inside a sandbox"]
-fn scenario_owner_sources() {
-    use std::collections::BTreeMap;
-    use std::io::BufRead;
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    raise_nofile();
-    let range = (41000, 49999);
-    set_range(range.0, range.1);
-    let me = std::process::id();
-    // this process: thousands of connections and 4 loops (2 plain, 2 bound)
-    let mut ordinary = vec![];
-    let l = TcpListener::bind((V4, 50000)).unwrap();
-    for _ in 0..3000 {
-        let c = TcpStream::connect((V4, 50000)).unwrap();
-        ordinary.push((c, l.accept().unwrap().0));
-    }
-    let mine = [
-        plain_loop(V4, 40100, range),
-        plain_loop(V6, 40102, range),
-        bound_loop(V4, 40104),
-        bound_loop(V6, 40106),
-    ];
-    // expected owners: local address -> [(pid, fd)]
-    let mut expected: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
-    for s in &mine {
-        expected.insert(
-            s.local_addr().unwrap().to_string(),
-            vec![(u64::from(me), i64::from(s.as_raw_fd()))],
-        );
-    }
-    // two more processes with 2,000 sockets and 3 loops each; the second
-    // forks, and its child shares one of the loops
-    let mut holders = vec![];
-    for (lport, loops, share) in [
-        (50001, "v4:40110,v6:40112,v4:40114", "-"),
-        (50002, "v4:40120,v6:40122,v6:40124", "40122"),
-    ] {
-        let mut child = Command::new("python3")
-            .args(["-c", HOLDER, &lport.to_string(), "1000", loops, share])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 is needed by this test");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        let pid = ready["pid"].as_u64().unwrap();
-        for (port, fd) in ready["loops"].as_object().unwrap() {
-            let ip = if loops.contains(&format!("v4:{port}")) {
-                "127.0.0.1".to_string()
-            } else {
-                "[::1]".to_string()
-            };
-            let mut owners = vec![(pid, fd.as_i64().unwrap())];
-            if port == share {
-                owners.push((ready["child"].as_u64().unwrap(), fd.as_i64().unwrap()));
+scenario! {
+    fn scenario_owner_sources(out) {
+        use std::collections::BTreeMap;
+        use std::io::BufRead;
+        raise_nofile();
+        let range = (41000, 49999);
+        set_range(range.0, range.1);
+        let me = std::process::id();
+        // this process: thousands of connections and 4 loops (2 plain, 2 bound)
+        let mut ordinary = vec![];
+        let l = TcpListener::bind((V4, 50000)).unwrap();
+        for _ in 0..3000 {
+            let c = TcpStream::connect((V4, 50000)).unwrap();
+            ordinary.push((c, l.accept().unwrap().0));
+        }
+        let mine = [
+            plain_loop(V4, 40100, range),
+            plain_loop(V6, 40102, range),
+            bound_loop(V4, 40104),
+            bound_loop(V6, 40106),
+        ];
+        // expected owners: local address -> [(pid, fd)]
+        let mut expected: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+        for s in &mine {
+            expected.insert(
+                s.local_addr().unwrap().to_string(),
+                vec![(u64::from(me), i64::from(s.as_raw_fd()))],
+            );
+        }
+        // two more processes with 2,000 sockets and 3 loops each; the second
+        // forks, and its child shares one of the loops
+        let mut holders = vec![];
+        for (lport, loops, share) in [
+            (50001, "v4:40110,v6:40112,v4:40114", "-"),
+            (50002, "v4:40120,v6:40122,v6:40124", "40122"),
+        ] {
+            let mut child = Command::new("python3")
+                .args(["-c", HOLDER, &lport.to_string(), "1000", loops, share])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3 is needed by this test");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            let pid = ready["pid"].as_u64().unwrap();
+            for (port, fd) in ready["loops"].as_object().unwrap() {
+                let ip = if loops.contains(&format!("v4:{port}")) {
+                    "127.0.0.1".to_string()
+                } else {
+                    "[::1]".to_string()
+                };
+                let mut owners = vec![(pid, fd.as_i64().unwrap())];
+                if port == share {
+                    owners.push((ready["child"].as_u64().unwrap(), fd.as_i64().unwrap()));
+                }
+                expected.insert(format!("{ip}:{port}"), owners);
             }
-            expected.insert(format!("{ip}:{port}"), owners);
+            holders.push(child);
         }
-        holders.push(child);
-    }
-    assert_eq!(expected.len(), 10);
-    // owners come sorted by pid (a forked child's pid can be the lower one)
-    expected.values_mut().for_each(|v| v.sort_unstable());
-    // processes exiting all the time while the scans run
-    let exiters = KillOnDrop(Command::new("sh").args(["-c", EXITERS]).spawn().unwrap());
+        assert_eq!(expected.len(), 10);
+        // owners come sorted by pid (a forked child's pid can be the lower one)
+        expected.values_mut().for_each(|v| v.sort_unstable());
+        // processes exiting all the time while the scans run
+        let exiters = common::Reaped(Command::new("sh").args(["-c", EXITERS]).spawn().unwrap());
 
-    let mut by_source: Vec<(String, BTreeSet<String>)> = vec![];
-    for round in 0..3 {
-        for src in ["proc", "bpf"] {
-            let (code, l, err) = run(&["scan", "--json", "--owners", src]);
-            assert_eq!(code, 1, "{src} round {round}: {err}");
-            wire::check(&l, false);
-            let socks = common::of_type(&l, "socket");
-            let found: BTreeMap<String, Vec<(u64, i64)>> = socks
-                .iter()
-                .map(|s| {
-                    let owners = s["owners"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|o| (o["pid"].as_u64().unwrap(), o["fd"].as_i64().unwrap()))
-                        .collect();
-                    (s["local"].as_str().unwrap().to_string(), owners)
-                })
-                .collect();
-            assert_eq!(found, expected, "{src} round {round}");
-            assert_eq!(socks.len(), 10, "{src}: one line a loop");
-            let sum = summary(&l);
-            assert_eq!(sum["owners_source"], src, "{sum}");
-            assert_eq!(sum["owners_fallback"], Value::Null, "{sum}");
-            assert_eq!(sum["owners_unknown"], 0, "{sum}");
-            assert!(sum["sockets_seen"].as_u64().unwrap() >= 10_000, "{sum}");
-            by_source.push((src.to_string(), loop_keys(&socks)));
+        let mut by_source: Vec<(String, BTreeSet<String>)> = vec![];
+        for round in 0..3 {
+            for src in ["proc", "bpf"] {
+                let (code, l, err) = run(&["scan", "--json", "--owners", src]);
+                assert_eq!(code, 1, "{src} round {round}: {err}");
+                wire::check(&l, false);
+                let socks = common::of_type(&l, "socket");
+                let found: BTreeMap<String, Vec<(u64, i64)>> = socks
+                    .iter()
+                    .map(|s| {
+                        let owners = s["owners"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|o| (o["pid"].as_u64().unwrap(), o["fd"].as_i64().unwrap()))
+                            .collect();
+                        (s["local"].as_str().unwrap().to_string(), owners)
+                    })
+                    .collect();
+                assert_eq!(found, expected, "{src} round {round}");
+                assert_eq!(socks.len(), 10, "{src}: one line a loop");
+                let sum = summary(&l);
+                assert_eq!(sum["owners_source"], src, "{sum}");
+                assert_eq!(sum["owners_fallback"], Value::Null, "{sum}");
+                assert_eq!(sum["owners_unknown"], 0, "{sum}");
+                assert!(sum["sockets_seen"].as_u64().unwrap() >= 10_000, "{sum}");
+                by_source.push((src.to_string(), loop_keys(&socks)));
+            }
         }
-    }
-    // the whole lines agree, command names included
-    for (src, keys) in &by_source {
-        assert_eq!(keys, &by_source[0].1, "{src} differs from proc");
-    }
-    // the iterator's other program, which tests the loop condition in the
-    // kernel (the benchmark's alternative), finds the same owners by itself
-    let (_, l, _) = run(&["scan", "--json"]);
-    let by_inode: BTreeMap<u64, String> = common::of_type(&l, "socket")
-        .iter()
-        .map(|s| {
-            (
-                s["inode"].as_u64().unwrap(),
-                s["local"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    let it = tcploop::sys::bpf::owners::OwnerIter::load_with_loop_test().unwrap();
-    let mut in_kernel: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
-    for r in it.loops().unwrap().records {
-        // host-wide: other namespaces' loops are not ours
-        if let Some(local) = by_inode.get(&r.inode) {
-            in_kernel
-                .entry(local.clone())
-                .or_default()
-                .push((u64::from(r.pid), i64::from(r.fd)));
+        // the whole lines agree, command names included
+        for (src, keys) in &by_source {
+            assert_eq!(keys, &by_source[0].1, "{src} differs from proc");
         }
-    }
-    in_kernel.values_mut().for_each(|v| v.sort_unstable());
-    assert_eq!(in_kernel, expected, "the loop-condition pass");
-    // auto picks the kernel's walk here, and says so
-    let (_, l, _) = run(&["scan", "--json"]);
-    assert_eq!(summary(&l)["owners_source"], "bpf");
-    let o = common::output(&mut common::tcploop(&["scan", "--verbose"]));
-    let text = common::stdout(&o);
-    assert!(
-        text.contains("owners: in-kernel BPF task_file iterator"),
-        "{text}"
-    );
-    assert!(text.contains("python3 (pid"), "{text}");
+        // the iterator's other program, which tests the loop condition in the
+        // kernel (the benchmark's alternative), finds the same owners by itself
+        let (_, l, _) = run(&["scan", "--json"]);
+        let by_inode: BTreeMap<u64, String> = common::of_type(&l, "socket")
+            .iter()
+            .map(|s| {
+                (
+                    s["inode"].as_u64().unwrap(),
+                    s["local"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let it = tcploop::sys::bpf::owners::OwnerIter::load_with_loop_test().unwrap();
+        let mut in_kernel: BTreeMap<String, Vec<(u64, i64)>> = BTreeMap::new();
+        for r in it.loops().unwrap().records {
+            // host-wide: other namespaces' loops are not ours
+            if let Some(local) = by_inode.get(&r.inode) {
+                in_kernel
+                    .entry(local.clone())
+                    .or_default()
+                    .push((u64::from(r.pid), i64::from(r.fd)));
+            }
+        }
+        in_kernel.values_mut().for_each(|v| v.sort_unstable());
+        assert_eq!(in_kernel, expected, "the loop-condition pass");
+        // auto picks the kernel's walk here, and says so
+        let (_, l, _) = run(&["scan", "--json"]);
+        assert_eq!(summary(&l)["owners_source"], "bpf");
+        let o = common::output(&mut common::tcploop(&["scan", "--verbose"]));
+        let text = common::stdout(&o);
+        assert!(
+            text.contains("owners: in-kernel BPF task_file iterator"),
+            "{text}"
+        );
+        assert!(text.contains("python3 (pid"), "{text}");
 
-    drop(exiters);
-    for mut h in holders {
-        drop(h.stdin.take());
-        h.wait().unwrap();
+        drop(exiters);
+        for mut h in holders {
+            drop(h.stdin.take());
+            h.wait().unwrap();
+        }
+        std::fs::write(
+            out,
+            format!("ok: {} ordinary connections here\n", ordinary.len()),
+        )
+        .unwrap();
     }
-    std::fs::write(
-        out,
-        format!("ok: {} ordinary connections here\n", ordinary.len()),
-    )
-    .unwrap();
 }
 
 /// In a PID namespace of its own (and a network namespace, `unshare -pfn

@@ -6,7 +6,7 @@
 //! control without the shield that must loop, then the same client with the
 //! shield, 20,000 fresh-socket tries that must all end in ECONNREFUSED.
 //!
-//! The client is `tests/shield_try.c`, compiled here with `cc`: blocking,
+//! The client is `tests/fixtures/shield_try.c`, compiled here with `cc`: blocking,
 //! non-blocking, io_uring (liburing), TCP Fast Open, bind-then-connect, a
 //! real listener, and a statically linked build. Every try is bounded to
 //! 1 s (SO_SNDTIMEO, poll, io_uring timeout) and counted as `other` if it
@@ -18,9 +18,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::common;
+use crate::common::{self, Sandbox};
 
-const SRC: &str = include_str!("shield_try.c");
+const SRC: &str = include_str!("fixtures/shield_try.c");
 const RANGE: &str = "40000-40009";
 const TRIES: u64 = 20_000;
 
@@ -62,12 +62,12 @@ fn clients() -> &'static Clients {
 /// (the range file).
 fn sandbox_sh(netns_only: bool, script: &str) -> Output {
     let cl = clients();
-    let mut c = Command::new(common::bin());
-    c.arg("sandbox");
-    if netns_only {
-        c.arg("--netns-only");
-    }
-    c.args(["--range", RANGE, "--", "sh", "-euc", script])
+    let sandbox = Sandbox {
+        netns_only,
+        ..Sandbox::range(RANGE)
+    };
+    let mut c = sandbox.command();
+    c.args(["sh", "-euc", script])
         .env("T", &cl.dynamic)
         .env("S", &cl.static_)
         .env("B", common::bin())
@@ -425,6 +425,9 @@ echo filters-off; tc filter show dev lo egress; echo end",
 
 #[test]
 fn without_bpf_or_iptables_rights_on_exits_2_and_says_what_to_do() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     // As nobody on the host: neither mechanism can work, nothing changes.
     let o = common::output(common::as_nobody(&mut common::tcploop(&["shield", "on"])));
     assert_eq!(o.status.code(), Some(2), "{}", common::stdout(&o));
@@ -599,7 +602,7 @@ fn the_daemon_covers_namespaces_made_before_and_after_it_starts() {
         return;
     }
     let cl = clients();
-    let cg = TestCgroup::new("daemon");
+    let cg = common::Cgroup::new("daemon");
     if common::skip_unless(
         cg.is_some(),
         "shield daemon --cgroup-root",
@@ -708,37 +711,12 @@ fn the_pins_of_a_namespace_that_died_are_removed_by_the_next_on() {
     panic!("the defunct {dir} is still there after 50 tries over 10 s");
 }
 
-/// A cgroup v2 directory made for one test (under the host's cgroup v2
-/// root), removed when dropped; processes are moved in by the test's
-/// scripts, which have exited by then.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(name: &str) -> Option<TestCgroup> {
-        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| {
-                p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists()
-            })?;
-        let d = root.join(format!("tcploop-test-{}-{name}", std::process::id()));
-        std::fs::create_dir(&d).ok()?;
-        Some(TestCgroup(d))
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[test]
 fn the_cgroup_hook_refuses_loopback_self_connects_and_misses_interface_addresses() {
     if !bpf_ok("the_cgroup_hook_refuses_loopback_self_connects_and_misses_interface_addresses") {
         return;
     }
-    let cg = TestCgroup::new("hook");
+    let cg = common::Cgroup::new("hook");
     if common::skip_unless(cg.is_some(), "cgroup hook", "a cgroup v2 mount") {
         return;
     }

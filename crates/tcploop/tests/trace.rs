@@ -11,7 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::common::{self, json_lines, of_type, output, stderr, tcploop};
+use crate::common::{self, json_lines, of_type, output, stderr, tcploop, Sandbox};
 
 const RANGE: &str = "40000-40009";
 const PORT: u16 = 40004;
@@ -24,9 +24,9 @@ fn bpf_works() -> bool {
             return false;
         }
         let o = output(
-            tcploop(&["sandbox", "--netns-only", "--"])
-                .arg(common::bin())
-                .args(["trace", "--duration", "0"]),
+            &mut Sandbox::default()
+                .netns_only()
+                .tcploop(&["trace", "--duration", "0"]),
         );
         if !o.status.success() {
             eprintln!("BPF probe: {}", stderr(&o));
@@ -107,7 +107,9 @@ fn trace_reports_each_loop_once_and_only_from_its_namespace() {
     if skip("trace_reports_each_loop_once_and_only_from_its_namespace") {
         return;
     }
-    let text = common::scenario_netns_only(RANGE, "trace::scenario_two_namespaces");
+    let Some(text) = scenario_two_namespaces::run(&Sandbox::range(RANGE).netns_only()) else {
+        return;
+    };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let n = v["n"].as_u64().unwrap();
     let me = v["pid"].as_u64().unwrap();
@@ -154,74 +156,42 @@ fn trace_reports_each_loop_once_and_only_from_its_namespace() {
     assert!(loops.iter().all(|l| l["pid"] != other_pid));
 }
 
-#[test]
-#[ignore = "runs inside a namespace, through trace_reports_each_loop_once_and_only_from_its_namespace"]
-fn scenario_two_namespaces() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let n = 20;
-    let current = start(&["trace", "--json"]);
-    let all = start(&["trace", "--json", "--netns", "all"]);
-    // a loop in a second namespace (a user+net sandbox of its own)
-    // (the sandbox enters it and execs connect: one pid throughout)
-    let other = tcploop(&["sandbox", "--range", RANGE, "--"])
-        .arg(common::bin())
-        .args(["connect", &PORT.to_string(), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let other_pid = other.id();
-    let o = other.wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(
-        of_type(&json_lines(&o), "result")[0]["outcome"],
-        "self-connect"
-    );
-    make_loops(n, PORT);
-    let v = serde_json::json!({
-        "n": n,
-        "pid": std::process::id(),
-        "netns": own_netns(),
-        "other_pid": other_pid,
-        "current": stop(current),
-        "all": stop(all),
-    });
-    std::fs::write(out, v.to_string()).unwrap();
+scenario! {
+    fn scenario_two_namespaces(out) {
+        let n = 20;
+        let current = start(&["trace", "--json"]);
+        let all = start(&["trace", "--json", "--netns", "all"]);
+        // a loop in a second namespace (a user+net sandbox of its own)
+        // (the sandbox enters it and execs connect: one pid throughout)
+        let other = Sandbox::range(RANGE)
+            .tcploop(&["connect", &PORT.to_string(), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let other_pid = other.id();
+        let o = other.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            of_type(&json_lines(&o), "result")[0]["outcome"],
+            "self-connect"
+        );
+        make_loops(n, PORT);
+        let v = serde_json::json!({
+            "n": n,
+            "pid": std::process::id(),
+            "netns": own_netns(),
+            "other_pid": other_pid,
+            "current": stop(current),
+            "all": stop(all),
+        });
+        std::fs::write(out, v.to_string()).unwrap();
+    }
 }
 
 /// Children of a Python program, forked, each make loops and exit; the
 /// program exits 3. `trace -- python3 ...` names the children, and exits 3.
-const FORKING_CLIENT: &str = r#"
-import os, socket, struct, sys
-out, port = sys.argv[1], int(sys.argv[2])
-def loops(n):
-    made = 0
-    while made < n:
-        s = socket.socket()
-        try:
-            s.connect(("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
-        if s.getsockname() == s.getpeername():
-            made += 1
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
-kids = []
-for _ in range(2):
-    pid = os.fork()
-    if pid == 0:
-        loops(2)
-        os._exit(0)
-    kids.append(pid)
-for k in kids:
-    os.waitpid(k, 0)
-with open(out, "w") as f:
-    f.write(" ".join(map(str, kids)))
-sys.exit(3)
-"#;
+const FORKING_CLIENT: &str = include_str!("fixtures/trace_forking_client.py");
 
 #[test]
 fn trace_command_names_the_loops_of_its_children_and_exits_with_its_status() {
@@ -230,9 +200,9 @@ fn trace_command_names_the_loops_of_its_children_and_exits_with_its_status() {
     }
     let kids_file = std::env::temp_dir().join(format!("tcploop-trace-kids-{}", std::process::id()));
     let o = output(
-        tcploop(&["sandbox", "--netns-only", "--range", RANGE, "--"])
-            .arg(common::bin())
-            .args(["trace", "--json", "--", "python3", "-c", FORKING_CLIENT])
+        Sandbox::range(RANGE)
+            .netns_only()
+            .tcploop(&["trace", "--json", "--", "python3", "-c", FORKING_CLIENT])
             .arg(&kids_file)
             .arg(PORT.to_string()),
     );
@@ -258,13 +228,14 @@ fn trace_command_names_the_loops_of_its_children_and_exits_with_its_status() {
 
 #[test]
 fn trace_as_nobody_says_what_is_missing_and_exits_2() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     // as uid 65534 in the host's user namespace, and inside an unprivileged
     // user namespace of its own: both refused, one line each
     for inner in [false, true] {
         let mut c = if inner {
-            let mut c = tcploop(&["sandbox", "--"]);
-            c.arg(common::bin()).arg("trace");
-            c
+            Sandbox::default().tcploop(&["trace"])
         } else {
             tcploop(&["trace"])
         };
@@ -288,7 +259,9 @@ fn a_full_ring_buffer_is_reported_as_lost() {
     if skip("a_full_ring_buffer_is_reported_as_lost") {
         return;
     }
-    let text = common::scenario_netns_only(RANGE, "trace::scenario_overflow");
+    let Some(text) = scenario_overflow::run(&Sandbox::range(RANGE).netns_only()) else {
+        return;
+    };
     let lines: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     let summary = &of_type(&lines, "summary")[0];
     let loops = of_type(&lines, "loop").len() as u64;
@@ -306,18 +279,15 @@ fn a_full_ring_buffer_is_reported_as_lost() {
     assert_eq!(summary["lost_loops"], lost);
 }
 
-#[test]
-#[ignore = "runs inside a namespace, through a_full_ring_buffer_is_reported_as_lost"]
-fn scenario_overflow() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let t = start(&["trace", "--json", "--ring-bytes", "4096"]);
-    common::signal(t.id(), libc::SIGSTOP);
-    make_loops(100, PORT);
-    common::signal(t.id(), libc::SIGCONT);
-    let lines = stop(t);
-    std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
+scenario! {
+    fn scenario_overflow(out) {
+        let t = start(&["trace", "--json", "--ring-bytes", "4096"]);
+        common::signal(t.id(), libc::SIGSTOP);
+        make_loops(100, PORT);
+        common::signal(t.id(), libc::SIGCONT);
+        let lines = stop(t);
+        std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
+    }
 }
 
 /// A watch whose JSON lines arrive on a channel (each checked against the
@@ -393,7 +363,9 @@ fn watch_on_events_counts_the_loops_that_polling_misses() {
     if skip("watch_on_events_counts_the_loops_that_polling_misses") {
         return;
     }
-    let text = common::scenario_netns_only(RANGE, "trace::scenario_watch_sources");
+    let Some(text) = scenario_watch_sources::run(&Sandbox::range(RANGE).netns_only()) else {
+        return;
+    };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let n = v["n"].as_u64().unwrap();
     let events: Vec<serde_json::Value> = serde_json::from_value(v["ebpf"].clone()).unwrap();
@@ -423,39 +395,36 @@ fn watch_on_events_counts_the_loops_that_polling_misses() {
     assert!(prom.contains("\ntcploop_loops_present 0\n"), "{prom}");
 }
 
-#[test]
-#[ignore = "runs inside a namespace, through watch_on_events_counts_the_loops_that_polling_misses"]
-fn scenario_watch_sources() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let textfile = out.with_extension("prom");
-    let n = 20;
-    let ebpf = Watch::start(&[
-        "watch",
-        "--json",
-        "--source",
-        "ebpf",
-        "--textfile",
-        textfile.to_str().unwrap(),
-    ]);
-    let poll = Watch::start(&["watch", "--json", "--source", "poll", "--interval", "1s"]);
-    make_loops(n, PORT);
-    let mut ebpf = ebpf;
-    for _ in 0..n {
-        ebpf.wait_for("loop_gone");
+scenario! {
+    fn scenario_watch_sources(out) {
+        let textfile = out.with_extension("prom");
+        let n = 20;
+        let ebpf = Watch::start(&[
+            "watch",
+            "--json",
+            "--source",
+            "ebpf",
+            "--textfile",
+            textfile.to_str().unwrap(),
+        ]);
+        let poll = Watch::start(&["watch", "--json", "--source", "poll", "--interval", "1s"]);
+        make_loops(n, PORT);
+        let mut ebpf = ebpf;
+        for _ in 0..n {
+            ebpf.wait_for("loop_gone");
+        }
+        let ebpf = ebpf.stop();
+        let prom = std::fs::read_to_string(&textfile).unwrap();
+        let _ = std::fs::remove_file(&textfile);
+        let v = serde_json::json!({
+            "n": n,
+            "pid": std::process::id(),
+            "ebpf": ebpf,
+            "poll": poll.stop(),
+            "textfile": prom,
+        });
+        std::fs::write(out, v.to_string()).unwrap();
     }
-    let ebpf = ebpf.stop();
-    let prom = std::fs::read_to_string(&textfile).unwrap();
-    let _ = std::fs::remove_file(&textfile);
-    let v = serde_json::json!({
-        "n": n,
-        "pid": std::process::id(),
-        "ebpf": ebpf,
-        "poll": poll.stop(),
-        "textfile": prom,
-    });
-    std::fs::write(out, v.to_string()).unwrap();
 }
 
 #[test]
@@ -463,7 +432,9 @@ fn watch_catches_up_with_a_scan_after_lost_events() {
     if skip("watch_catches_up_with_a_scan_after_lost_events") {
         return;
     }
-    let text = common::scenario_netns_only(RANGE, "trace::scenario_watch_overflow");
+    let Some(text) = scenario_watch_overflow::run(&Sandbox::range(RANGE).netns_only()) else {
+        return;
+    };
     let lines: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     let lost_at = lines
         .iter()
@@ -484,57 +455,47 @@ fn watch_catches_up_with_a_scan_after_lost_events() {
     assert_eq!(stopped["scans"], 2, "one scan at start, one after the loss");
 }
 
-#[test]
-#[ignore = "runs inside a namespace, through watch_catches_up_with_a_scan_after_lost_events"]
-fn scenario_watch_overflow() {
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let mut w = Watch::start(&[
-        "watch",
-        "--json",
-        "--source",
-        "ebpf",
-        "--ring-bytes",
-        "4096",
-    ]);
-    // once a loop's end is reported, the watch is past its first scan and
-    // reading events: stop it there
-    make_loops(1, PORT);
-    w.wait_for("loop_gone");
-    common::signal(w.child.id(), libc::SIGSTOP);
-    make_loops(100, PORT);
-    let held: Vec<TcpStream> = [40006, 40008].into_iter().map(hold_loop).collect();
-    common::signal(w.child.id(), libc::SIGCONT);
-    w.wait_for("events_lost");
-    for _ in 0..2 {
-        loop {
-            let a = w.wait_for("loop_appeared");
-            if a["owners"][0]["fd"].as_i64().unwrap() >= 0 {
-                break;
+scenario! {
+    fn scenario_watch_overflow(out) {
+        let mut w = Watch::start(&[
+            "watch",
+            "--json",
+            "--source",
+            "ebpf",
+            "--ring-bytes",
+            "4096",
+        ]);
+        // once a loop's end is reported, the watch is past its first scan and
+        // reading events: stop it there
+        make_loops(1, PORT);
+        w.wait_for("loop_gone");
+        common::signal(w.child.id(), libc::SIGSTOP);
+        make_loops(100, PORT);
+        let held: Vec<TcpStream> = [40006, 40008]
+            .into_iter()
+            .map(|p| common::make_loop("127.0.0.1", p))
+            .collect();
+        common::signal(w.child.id(), libc::SIGCONT);
+        w.wait_for("events_lost");
+        for _ in 0..2 {
+            loop {
+                let a = w.wait_for("loop_appeared");
+                if a["owners"][0]["fd"].as_i64().unwrap() >= 0 {
+                    break;
+                }
             }
         }
+        let lines = w.stop();
+        drop(held);
+        std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
     }
-    let lines = w.stop();
-    drop(held);
-    std::fs::write(out, serde_json::Value::from(lines).to_string()).unwrap();
-}
-
-/// A loop on `port`, kept open.
-fn hold_loop(port: u16) -> TcpStream {
-    let to: SocketAddr = ([127, 0, 0, 1], port).into();
-    for _ in 0..100_000 {
-        if let Ok(s) = TcpStream::connect(to) {
-            if s.local_addr().ok() == s.peer_addr().ok() {
-                return s;
-            }
-        }
-    }
-    panic!("no loop on {port}");
 }
 
 #[test]
 fn watch_without_privileges_polls_and_says_why() {
+    if crate::common::no_sandboxes() {
+        return;
+    }
     // auto: falls back to polling, and says why (as uid 65534, in a user
     // namespace of its own)
     let mut c = common::sandboxed(RANGE, &["watch", "--json", "--interval", "10ms"]);
@@ -579,7 +540,9 @@ fn trace_kill_destroys_a_loop_by_its_cookie() {
     if skip("trace_kill_destroys_a_loop_by_its_cookie") {
         return;
     }
-    let text = common::scenario_netns_only(RANGE, "trace::scenario_kill");
+    let Some(text) = scenario_kill::run(&Sandbox::range(RANGE).netns_only()) else {
+        return;
+    };
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     // the control: traced without --kill, the loop lives on
     assert_eq!(v["control"], "alive", "{v}");
@@ -592,52 +555,49 @@ fn trace_kill_destroys_a_loop_by_its_cookie() {
     assert_eq!(v["read"], "ConnectionAborted", "{v}");
 }
 
-#[test]
-#[ignore = "runs inside a namespace, through trace_kill_destroys_a_loop_by_its_cookie"]
-fn scenario_kill() {
-    use std::io::Read;
-    let Some(out) = common::scenario_out() else {
-        return;
-    };
-    let run = |kill: bool, port: u16| {
-        let mut args = vec!["trace", "--json", "--count", "1"];
-        if kill {
-            args.push("--kill");
-        }
-        let t = start(&args);
-        // the destroy may land while connect() still waits for its
-        // handshake to finish (the event comes at SYN-RECV): then connect()
-        // itself fails with ECONNABORTED; else the next read does
-        let to: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut tries = 0;
-        let held = loop {
-            tries += 1;
-            assert!(tries < 100_000, "no loop on {port}");
-            match TcpStream::connect(to) {
-                // a loop's local address is the target; compare with it,
-                // not with peer_addr(), which fails once the loop is destroyed
-                Ok(s) if s.local_addr().ok() == Some(to) => break Ok(s),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => break Err(e),
-                _ => {}
+scenario! {
+    fn scenario_kill(out) {
+        use std::io::Read;
+        let run = |kill: bool, port: u16| {
+            let mut args = vec!["trace", "--json", "--count", "1"];
+            if kill {
+                args.push("--kill");
             }
-        };
-        let o = t.wait_with_output().unwrap();
-        assert_eq!(o.status.code(), Some(1), "loops seen: exit 1");
-        let read = match held {
-            Err(e) => format!("{:?}", e.kind()),
-            Ok(s) => {
-                s.set_nonblocking(true).unwrap();
-                match (&s).read(&mut [0u8; 16]) {
-                    Ok(n) => format!("read {n}"),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => "alive".to_string(),
-                    Err(e) => format!("{:?}", e.kind()),
+            let t = start(&args);
+            // the destroy may land while connect() still waits for its
+            // handshake to finish (the event comes at SYN-RECV): then connect()
+            // itself fails with ECONNABORTED; else the next read does
+            let to: SocketAddr = ([127, 0, 0, 1], port).into();
+            let mut tries = 0;
+            let held = loop {
+                tries += 1;
+                assert!(tries < 100_000, "no loop on {port}");
+                match TcpStream::connect(to) {
+                    // a loop's local address is the target; compare with it,
+                    // not with peer_addr(), which fails once the loop is destroyed
+                    Ok(s) if s.local_addr().ok() == Some(to) => break Ok(s),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => break Err(e),
+                    _ => {}
                 }
-            }
+            };
+            let o = t.wait_with_output().unwrap();
+            assert_eq!(o.status.code(), Some(1), "loops seen: exit 1");
+            let read = match held {
+                Err(e) => format!("{:?}", e.kind()),
+                Ok(s) => {
+                    s.set_nonblocking(true).unwrap();
+                    match (&s).read(&mut [0u8; 16]) {
+                        Ok(n) => format!("read {n}"),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => "alive".to_string(),
+                        Err(e) => format!("{:?}", e.kind()),
+                    }
+                }
+            };
+            (json_lines(&o), read)
         };
-        (json_lines(&o), read)
-    };
-    let (_, control) = run(false, 40006);
-    let (killed, read) = run(true, 40008);
-    let v = serde_json::json!({ "control": control, "killed": killed, "read": read });
-    std::fs::write(out, v.to_string()).unwrap();
+        let (_, control) = run(false, 40006);
+        let (killed, read) = run(true, 40008);
+        let v = serde_json::json!({ "control": control, "killed": killed, "read": read });
+        std::fs::write(out, v.to_string()).unwrap();
+    }
 }
