@@ -2,11 +2,11 @@
 //! generated from the same clap definitions as `--help`.
 //!
 //! `man` prints tcploop(1) on stdout; `man --dir DIR` writes tcploop.1 and
-//! one page a command into DIR: see [`tcploop::report::man`].
+//! one page a command into DIR: see [`tcploop::report::completions`].
 
 use std::io::Write;
 
-use tcploop::report;
+use tcploop::report::completions;
 
 use crate::exit::Exit;
 
@@ -47,21 +47,13 @@ pub fn run(args: Args, mut cmd: clap::Command, out: &mut dyn Write) -> anyhow::R
         Target::Man => {
             cmd.build();
             match &args.dir {
-                None => report::man::render(out, &cmd)?,
-                Some(dir) => {
-                    for p in report::man::write_pages(dir, &cmd)? {
-                        writeln!(out, "{}", report::escape(&p.display().to_string()))?;
-                    }
-                }
+                None => completions::man(out, &cmd)?,
+                Some(dir) => completions::written(out, &completions::write_pages(dir, &cmd)?)?,
             }
             return Ok(Exit::Ok);
         }
     };
     anyhow::ensure!(args.dir.is_none(), "--dir goes with `man` only");
-    // clap_complete panics when its writer fails (a full disk, /dev/full):
-    // generate in memory, then write, so a write error is an error (exit 2).
-    let mut buf = Vec::new();
-    clap_complete::generate(shell, &mut cmd, "tcploop", &mut buf);
-    out.write_all(&buf)?;
+    completions::script(out, shell, &mut cmd)?;
     Ok(Exit::Ok)
 }

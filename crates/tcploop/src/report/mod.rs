@@ -8,25 +8,24 @@
 
 pub mod audit;
 pub mod check;
+pub mod completions;
 pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod free_port;
-pub mod man;
+pub mod kill;
 pub mod ports;
 pub mod predict;
 pub mod run;
+pub mod scan;
 pub mod shield;
 pub mod shield_daemon;
+pub mod trace;
+pub mod watch;
 
 use std::io::{self, Write};
 
 use serde::Serialize;
-
-pub mod kill;
-pub mod scan;
-pub mod trace;
-pub mod watch;
 
 /// Human text or JSON Lines: the one choice a command's `--json` makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

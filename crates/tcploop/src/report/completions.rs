@@ -1,5 +1,5 @@
-//! Man pages, rendered from the clap definitions that also make `--help`
-//! (`tcploop completions man`).
+//! The output of `tcploop completions`: shell completion scripts and man
+//! pages, both rendered from the clap definitions that also make `--help`.
 //!
 //! tcploop(1) has the options, the commands (each with its one-line
 //! summary) and the exit status as a table; with pages, one page a command
@@ -9,8 +9,29 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// Writes the completion script for `shell` to `out`.
+pub fn script(
+    out: &mut dyn Write,
+    shell: clap_complete::Shell,
+    cmd: &mut clap::Command,
+) -> io::Result<()> {
+    // clap_complete panics when its writer fails (a full disk, /dev/full):
+    // generate in memory, then write, so a write error is an error (exit 2).
+    let mut buf = Vec::new();
+    clap_complete::generate(shell, cmd, "tcploop", &mut buf);
+    out.write_all(&buf)
+}
+
+/// Says the pages [`write_pages`] wrote, a path a line (escaped).
+pub fn written(out: &mut dyn Write, paths: &[PathBuf]) -> io::Result<()> {
+    for p in paths {
+        writeln!(out, "{}", super::escape(&p.display().to_string()))?;
+    }
+    Ok(())
+}
+
 /// Writes tcploop(1) (the commands summarized) to `out`.
-pub fn render(out: &mut dyn Write, cmd: &clap::Command) -> io::Result<()> {
+pub fn man(out: &mut dyn Write, cmd: &clap::Command) -> io::Result<()> {
     out.write_all(&main_page(cmd, false)?)
 }
 
