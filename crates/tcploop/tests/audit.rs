@@ -602,7 +602,7 @@ scenario! {
 
 /// The JSON Lines contract of `audit` and `watch`: every line's `data`
 /// deserializes into these, with no unknown field (see the README's JSON
-/// section and the rustdoc of report/audit.rs and cmd/watch.rs).
+/// section and the rustdoc of report/audit.rs and report/watch.rs).
 pub(crate) mod schema {
     #![allow(dead_code)]
     use serde::Deserialize;
