@@ -158,13 +158,71 @@ impl Action {
     }
 }
 
+/// What a step of the fix is about, with the facts it rests on; the
+/// output layer (`report::doctor`) words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Todo {
+    /// Reserve `port` (`ip_local_reserved_ports`): the kernel never hands it
+    /// to a client again; the server can still bind it.
+    Reserve { port: u16 },
+    /// Start (or restart) the server on `addr`.
+    StartServer { addr: SocketAddr },
+    /// A server that sets SO_REUSEADDR can bind `addr` now (the probe says
+    /// so); one that does not must wait for the steps after this one.
+    ReuseaddrBindsNow { addr: SocketAddr },
+    /// The service already runs: `owners` listen on `addrs`.
+    ServiceRunning {
+        owners: Vec<Owner>,
+        addrs: Vec<SocketAddr>,
+    },
+    /// `owners` listen on `local` as a SO_REUSEPORT group of `sockets`.
+    ReuseportGroup {
+        owners: Vec<Owner>,
+        local: SocketAddr,
+        sockets: usize,
+    },
+    /// Another program (`owners`) listens on `addrs`: nothing to do here.
+    OtherListener {
+        owners: Vec<Owner>,
+        addrs: Vec<SocketAddr>,
+    },
+    /// Destroy the `count` self-connected sockets on `port`; `exposed`: the
+    /// port is still in the kernel's hands (else only a client that binds
+    /// it explicitly can loop again).
+    DestroyLoops {
+        port: u16,
+        count: usize,
+        exposed: bool,
+    },
+    /// Destroy the TIME-WAIT socket a closed loop left on `port`, or wait
+    /// `secs` more.
+    DestroyTimeWait { port: u16, secs: u32 },
+    /// Wait for the `count` connections on `port`, all in TIME-WAIT, to
+    /// end: `secs` more at most.
+    WaitTimeWait { port: u16, count: usize, secs: u32 },
+    /// Wait for the `count` connections on `port` to end, or restart
+    /// `clients` (ordinary connections are never destroyed).
+    WaitOrRestart {
+        port: u16,
+        count: usize,
+        clients: Vec<Owner>,
+    },
+    /// A socket the dump does not show (only bound, before 6.8) holds `port`.
+    InvisibleBind { port: u16 },
+    /// `owners` bound `local` without listening or connecting.
+    BoundOnly {
+        owners: Vec<Owner>,
+        local: SocketAddr,
+    },
+}
+
 /// One step of the fix, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// What it does.
     pub action: Action,
-    /// In words (may carry process names: escape before printing).
-    pub text: String,
+    /// What it is about (process names inside: the renderer escapes them).
+    pub todo: Todo,
     /// The command that does it, when there is one.
     pub command: Option<String>,
 }
@@ -642,29 +700,10 @@ fn build(
     d
 }
 
-/// `redis-cli (pid 31201)`, `redis-cli (pid 31201), python3 (pid 7)`, or
-/// `an unknown process` (not escaped: the renderer escapes).
-pub fn who(owners: &[Owner]) -> String {
-    if owners.is_empty() {
-        return "a process tcploop could not identify".into();
-    }
-    let v: Vec<String> = owners
-        .iter()
-        .take(3)
-        .map(|o| format!("{} (pid {})", o.comm, o.pid))
-        .collect();
-    let more = owners.len().saturating_sub(3);
-    if more > 0 {
-        format!("{} and {more} more", v.join(", "))
-    } else {
-        v.join(", ")
-    }
-}
-
-fn step(action: Action, text: impl Into<String>, command: Option<String>) -> Step {
+fn step(action: Action, todo: Todo, command: Option<String>) -> Step {
     Step {
         action,
-        text: text.into(),
+        todo,
         command,
     }
 }
@@ -672,24 +711,17 @@ fn step(action: Action, text: impl Into<String>, command: Option<String>) -> Ste
 /// The fix, in the order that works (pure: from the diagnosis).
 pub fn steps(d: &Diagnosis) -> Vec<Step> {
     let p = d.port;
-    let addr = crate::report::addr(SocketAddr::new(d.server, p));
+    let addr = SocketAddr::new(d.server, p);
     let reserve_cmd = format!("tcploop audit --ports {p} --apply --persist");
     let kill_cmd = format!("tcploop kill --port {p} --yes");
     let reserve = || {
         step(
             Action::Reserve,
-            format!(
-                "reserve {p} (net.ipv4.ip_local_reserved_ports), so that the kernel never hands it \
-                 to a client again; the server can still bind it"
-            ),
+            Todo::Reserve { port: p },
             Some(reserve_cmd.clone()),
         )
     };
-    let start = step(
-        Action::StartServer,
-        format!("start (or restart) the server on {addr}"),
-        None,
-    );
+    let start = step(Action::StartServer, Todo::StartServer { addr }, None);
     let exposed = d.standing.exposed();
     let mut v = vec![];
     if d.verdict != Verdict::Free
@@ -700,10 +732,7 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
         // e.g. the server's own connections in TIME-WAIT after a restart
         v.push(step(
             Action::StartServer,
-            format!(
-                "a server that sets SO_REUSEADDR (redis, nginx and most servers do) can bind \
-                 {addr} now, as the check shows; one that does not must wait for the steps below"
-            ),
+            Todo::ReuseaddrBindsNow { addr },
             None,
         ));
     }
@@ -718,12 +747,7 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
                 .conflicting()
                 .filter(|h| h.holder.kind == Kind::Listener)
                 .collect();
-            let addrs = |hs: &[&Owned]| {
-                hs.iter()
-                    .map(|h| h.holder.local().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let addrs = |hs: &[&Owned]| hs.iter().map(|h| h.holder.local()).collect::<Vec<_>>();
             let owners = |hs: &[&Owned]| {
                 let mut o: Vec<Owner> = hs.iter().flat_map(|h| h.owners.clone()).collect();
                 o.sort_by_key(|o| o.pid);
@@ -744,39 +768,31 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
             if !service.is_empty() {
                 v.push(step(
                     Action::Nothing,
-                    format!(
-                        "the service is already running: {} listens on {}; stop it first if you \
-                         meant to start another copy",
-                        who(&owners(&service)),
-                        addrs(&service)
-                    ),
+                    Todo::ServiceRunning {
+                        owners: owners(&service),
+                        addrs: addrs(&service),
+                    },
                     None,
                 ));
             }
             for h in groups {
                 v.push(step(
                     Action::Nothing,
-                    format!(
-                        "{} listen on {} as a SO_REUSEPORT group of {} sockets: a server of the \
-                         same user that sets SO_REUSEPORT would join the group and share its \
-                         connections; any other gets EADDRINUSE. tcploop cannot help: stop that \
-                         program, or run the server on another port (`tcploop free-port`)",
-                        who(&h.owners),
-                        h.holder.local(),
-                        h.holder.sockets.len()
-                    ),
+                    Todo::ReuseportGroup {
+                        owners: h.owners.clone(),
+                        local: h.holder.local(),
+                        sockets: h.holder.sockets.len(),
+                    },
                     None,
                 ));
             }
             if !others.is_empty() {
                 v.push(step(
                     Action::Nothing,
-                    format!(
-                        "{} listens on {}: tcploop cannot help; stop that program, or run the \
-                         server on another port (`tcploop free-port`)",
-                        who(&owners(&others)),
-                        addrs(&others)
-                    ),
+                    Todo::OtherListener {
+                        owners: owners(&others),
+                        addrs: addrs(&others),
+                    },
                     None,
                 ));
             }
@@ -786,38 +802,31 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
                 v.push(reserve());
             }
             let live = d.loops().any(|h| h.holder.kind == Kind::Loop);
-            let text = if live {
-                format!(
-                    "destroy the self-connected socket{} on {p} (SOCK_DESTROY; its owner gets \
-                     ECONNABORTED){}",
-                    if d.loops().count() == 1 { "" } else { "s" },
-                    if exposed {
-                        ""
-                    } else {
-                        " (the port is already out of the kernel's hands: a client that bound it \
-                         explicitly can loop again)"
-                    }
-                )
+            let todo = if live {
+                Todo::DestroyLoops {
+                    port: p,
+                    count: d.loops().count(),
+                    exposed,
+                }
             } else {
                 let left = d
                     .loops()
                     .filter_map(|h| h.holder.time_wait_left_ms())
                     .max()
                     .unwrap_or(0);
-                format!(
-                    "destroy the TIME-WAIT socket a closed loop left on {p} (SOCK_DESTROY), or wait \
-                     {} s more until it ends by itself",
-                    left.div_ceil(1000)
-                )
+                Todo::DestroyTimeWait {
+                    port: p,
+                    secs: left.div_ceil(1000),
+                }
             };
-            v.push(step(Action::KillLoops, text, Some(kill_cmd)));
+            v.push(step(Action::KillLoops, todo, Some(kill_cmd)));
             v.push(start);
         }
         Verdict::StolenBySourcePort | Verdict::TimeWait => {
             if exposed {
                 v.push(reserve());
             }
-            let mut n = 0;
+            let mut count = 0;
             let mut left = 0u32;
             let mut clients: Vec<Owner> = vec![];
             for h in d.conflicting().filter(|h| {
@@ -826,7 +835,7 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
                     Kind::SourcePort | Kind::Accepted | Kind::TimeWait
                 )
             }) {
-                n += h.holder.sockets.len();
+                count += h.holder.sockets.len();
                 left = left.max(h.holder.time_wait_left_ms().unwrap_or(0));
                 clients.extend(h.owners.iter().cloned());
             }
@@ -834,33 +843,28 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
             clients.dedup_by_key(|o| o.pid);
             let live = d
                 .conflicting()
-                .filter(|h| matches!(h.holder.kind, Kind::SourcePort | Kind::Accepted))
-                .map(|h| h.holder.sockets.len())
-                .sum::<usize>();
-            let mut text = format!(
-                "wait for the {n} connection{} on {p} to end",
-                if n == 1 { "" } else { "s" }
-            );
-            if live == 0 {
-                text.push_str(&format!(
-                    " (TIME-WAIT: {} s more at most)",
-                    left.div_ceil(1000)
-                ));
+                .any(|h| matches!(h.holder.kind, Kind::SourcePort | Kind::Accepted));
+            v.push(if live {
+                step(
+                    Action::RestartHolder,
+                    Todo::WaitOrRestart {
+                        port: p,
+                        count,
+                        clients,
+                    },
+                    None,
+                )
             } else {
-                text.push_str(&format!(
-                    ", or restart {} (tcploop never destroys ordinary connections)",
-                    who(&clients)
-                ));
-            }
-            v.push(step(
-                if live == 0 {
-                    Action::Wait
-                } else {
-                    Action::RestartHolder
-                },
-                text,
-                None,
-            ));
+                step(
+                    Action::Wait,
+                    Todo::WaitTimeWait {
+                        port: p,
+                        count,
+                        secs: left.div_ceil(1000),
+                    },
+                    None,
+                )
+            });
             v.push(start);
         }
         Verdict::StolenByLoop => {}
@@ -870,24 +874,15 @@ pub fn steps(d: &Diagnosis) -> Vec<Step> {
                 .filter(|h| h.holder.kind == Kind::BindOnly)
                 .collect();
             if holders.is_empty() {
-                v.push(step(
-                    Action::Nothing,
-                    format!(
-                        "a socket the kernel's dump does not show holds {p} (a socket that is only \
-                         bound, on a kernel before 6.8): find it with `ss -tanp` or `lsof -i :{p}`"
-                    ),
-                    None,
-                ));
+                v.push(step(Action::Nothing, Todo::InvisibleBind { port: p }, None));
             }
             for h in holders {
                 v.push(step(
                     Action::RestartHolder,
-                    format!(
-                        "{} has bound {} without listening or connecting: only it can release the \
-                         port (restart or stop it); tcploop cannot help",
-                        who(&h.owners),
-                        h.holder.local()
-                    ),
+                    Todo::BoundOnly {
+                        owners: h.owners.clone(),
+                        local: h.holder.local(),
+                    },
                     None,
                 ));
             }
@@ -1247,8 +1242,19 @@ pub(crate) mod tests {
             actions(&d),
             [Action::Reserve, Action::RestartHolder, Action::StartServer]
         );
-        assert!(d.steps[1].text.contains("2 connections"), "{:?}", d.steps);
-        assert!(d.steps[1].text.contains("sidecar (pid 7)"));
+        let Todo::WaitOrRestart {
+            count: 2, clients, ..
+        } = &d.steps[1].todo
+        else {
+            panic!("{:?}", d.steps)
+        };
+        assert_eq!(
+            clients
+                .iter()
+                .map(|o| (o.pid, &*o.comm))
+                .collect::<Vec<_>>(),
+            [(7, "sidecar")]
+        );
     }
 
     #[test]
@@ -1257,11 +1263,19 @@ pub(crate) mod tests {
         let d = diagnosis(&l, "", false, &[(9, owner(5, "redis-server", 6))]);
         assert_eq!(d.verdict, Verdict::Listening);
         assert!(d.holders[0].is_service);
-        assert!(d.steps[0].text.contains("already running"));
+        assert!(
+            matches!(&d.steps[0].todo, Todo::ServiceRunning { owners, .. } if owners[0].pid == 5),
+            "{:?}",
+            d.steps
+        );
         let d = diagnosis(&l, "", false, &[(9, owner(5, "python3", 6))]);
         assert!(!d.holders[0].is_service);
         assert_eq!(actions(&d), [Action::Nothing]);
-        assert!(d.steps[0].text.contains("tcploop cannot help"));
+        assert!(
+            matches!(d.steps[0].todo, Todo::OtherListener { .. }),
+            "{:?}",
+            d.steps
+        );
     }
 
     #[test]
@@ -1290,7 +1304,14 @@ pub(crate) mod tests {
         other.expires_ms = 41_500;
         let d = diagnosis(&[other], "40004", false, &[]);
         assert_eq!(actions(&d), [Action::Wait, Action::StartServer]);
-        assert!(d.steps[0].text.contains("42 s more"), "{:?}", d.steps);
+        assert_eq!(
+            d.steps[0].todo,
+            Todo::WaitTimeWait {
+                port: 40004,
+                count: 1,
+                secs: 42
+            }
+        );
         // the TIME-WAIT sockets had SO_REUSEADDR (a server's own, after a
         // restart): the check lets a SO_REUSEADDR server bind now, and says so
         let d = diagnosis_with(&[other], "", (false, true), &[]);
@@ -1303,7 +1324,12 @@ pub(crate) mod tests {
                 Action::StartServer
             ]
         );
-        assert!(d.steps[0].text.contains("can bind 0.0.0.0:40004 now"));
+        assert_eq!(
+            d.steps[0].todo,
+            Todo::ReuseaddrBindsNow {
+                addr: "0.0.0.0:40004".parse().unwrap()
+            }
+        );
     }
 
     #[test]

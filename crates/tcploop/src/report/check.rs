@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use super::{escape, thousands, Format};
-use crate::doctor::{self, Theft};
+use crate::doctor::Theft;
 use crate::holders::Kind;
 use crate::host::{Host, Resolved};
 use crate::predict::Prediction;
@@ -190,7 +190,7 @@ fn holders(t: &Theft) -> Vec<HolderOut> {
 fn stolen_reasons(t: &Theft, hostport: &str, port: u16) -> Vec<String> {
     let mut v = vec![];
     for h in &t.holders {
-        let who = doctor::who(&h.owners);
+        let who = super::doctor::who(&h.owners);
         let n = h.holder.sockets.len();
         v.push(match h.holder.kind {
             Kind::Loop => format!(

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::doctor::{Diagnosis, FixReport, Outcome, Owned, ServicePort, Step};
+use crate::doctor::{Diagnosis, FixReport, Outcome, Owned, ServicePort, Step, Todo};
 use crate::holders::{Effect, Kind, Verdict};
 use crate::owners::Owner;
 use crate::report::{self, escape, json_line, Format};
@@ -95,7 +95,7 @@ struct WhenDownWire<'a> {
 #[derive(Debug, Serialize)]
 struct StepWire<'a> {
     action: &'static str,
-    text: &'a str,
+    text: String,
     command: Option<&'a str>,
     automatic: bool,
 }
@@ -190,12 +190,12 @@ pub fn summary(d: &Diagnosis) -> String {
         Verdict::Listening => match first(&[Kind::Listener]) {
             Some(h) if h.is_service => format!(
                 "the service itself is already running: {} listens on {}",
-                crate::doctor::who(&h.owners),
+                who(&h.owners),
                 h.holder.local()
             ),
             Some(h) => format!(
                 "{} listens on {}{}",
-                crate::doctor::who(&h.owners),
+                who(&h.owners),
                 h.holder.local(),
                 if h.holder.reuseport_group() {
                     format!(
@@ -212,7 +212,7 @@ pub fn summary(d: &Diagnosis) -> String {
             Some(h) => format!(
                 "{} is connected to itself on {} (a TCP self-connect: it dialed the port while \
                  nothing listened, and the kernel gave it that very port as its source port)",
-                crate::doctor::who(&h.owners),
+                who(&h.owners),
                 h.holder.local()
             ),
             None => format!("a self-connected socket holds port {p}"),
@@ -257,7 +257,7 @@ pub fn summary(d: &Diagnosis) -> String {
                 "{n} connection{} of {} use{} port {p} as {} source port (to {}{}): the kernel \
                  handed it out because it lies in the ephemeral range",
                 if n == 1 { "" } else { "s" },
-                crate::doctor::who(&owners),
+                who(&owners),
                 if n == 1 { "s" } else { "" },
                 if n == 1 { "its" } else { "their" },
                 shown.join(", "),
@@ -271,7 +271,7 @@ pub fn summary(d: &Diagnosis) -> String {
         Verdict::BindHeld => match first(&[Kind::BindOnly]) {
             Some(h) => format!(
                 "{} has bound {} without listening or connecting",
-                crate::doctor::who(&h.owners),
+                who(&h.owners),
                 h.holder.local()
             ),
             None => format!(
@@ -447,7 +447,7 @@ fn diagnosis_json(out: &mut dyn Write, d: &Diagnosis, after_fix: bool) -> io::Re
                 .iter()
                 .map(|s| StepWire {
                     action: s.action.as_str(),
-                    text: &s.text,
+                    text: todo_text(&s.todo),
                     command: s.command.as_deref(),
                     automatic: s.action.automatic(),
                 })
@@ -601,7 +601,7 @@ fn steps_text(out: &mut dyn Write, steps: &[Step], title: &str) -> io::Result<()
     writeln!(out, "{title}:")?;
     for (i, s) in steps.iter().enumerate() {
         let auto = if s.action.automatic() { " [--fix]" } else { "" };
-        writeln!(out, "  {}. {}{auto}", i + 1, escape(&s.text))?;
+        writeln!(out, "  {}. {}{auto}", i + 1, escape(&todo_text(&s.todo)))?;
         if let Some(c) = &s.command {
             writeln!(out, "       {c}")?;
         }
@@ -761,6 +761,122 @@ fn fix_text(out: &mut dyn Write, f: &FixReport, d: &Diagnosis) -> io::Result<()>
     Ok(())
 }
 
+/// `redis-cli (pid 31201)`, `redis-cli (pid 31201), python3 (pid 7)`, or
+/// `a process tcploop could not identify` (not escaped: callers escape).
+pub fn who(owners: &[Owner]) -> String {
+    if owners.is_empty() {
+        return "a process tcploop could not identify".into();
+    }
+    let v: Vec<String> = owners
+        .iter()
+        .take(3)
+        .map(|o| format!("{} (pid {})", o.comm, o.pid))
+        .collect();
+    let more = owners.len().saturating_sub(3);
+    if more > 0 {
+        format!("{} and {more} more", v.join(", "))
+    } else {
+        v.join(", ")
+    }
+}
+
+fn addrs(a: &[SocketAddr]) -> String {
+    a.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// A step of the fix in words (not escaped: process names inside; the
+/// text renderer escapes, JSON carries the exact bytes).
+pub fn todo_text(t: &Todo) -> String {
+    match t {
+        Todo::Reserve { port } => format!(
+            "reserve {port} (net.ipv4.ip_local_reserved_ports), so that the kernel never hands \
+             it to a client again; the server can still bind it"
+        ),
+        Todo::StartServer { addr } => format!("start (or restart) the server on {addr}"),
+        Todo::ReuseaddrBindsNow { addr } => format!(
+            "a server that sets SO_REUSEADDR (redis, nginx and most servers do) can bind {addr} \
+             now, as the check shows; one that does not must wait for the steps below"
+        ),
+        Todo::ServiceRunning { owners, addrs: a } => format!(
+            "the service is already running: {} listens on {}; stop it first if you meant to \
+             start another copy",
+            who(owners),
+            addrs(a)
+        ),
+        Todo::ReuseportGroup {
+            owners,
+            local,
+            sockets,
+        } => format!(
+            "{} listen on {local} as a SO_REUSEPORT group of {sockets} sockets: a server of the \
+             same user that sets SO_REUSEPORT would join the group and share its connections; \
+             any other gets EADDRINUSE. tcploop cannot help: stop that program, or run the \
+             server on another port (`tcploop free-port`)",
+            who(owners)
+        ),
+        Todo::OtherListener { owners, addrs: a } => format!(
+            "{} listens on {}: tcploop cannot help; stop that program, or run the server on \
+             another port (`tcploop free-port`)",
+            who(owners),
+            addrs(a)
+        ),
+        Todo::DestroyLoops {
+            port,
+            count,
+            exposed,
+        } => format!(
+            "destroy the self-connected socket{} on {port} (SOCK_DESTROY; its owner gets \
+             ECONNABORTED){}",
+            plural(*count),
+            if *exposed {
+                ""
+            } else {
+                " (the port is already out of the kernel's hands: a client that bound it \
+                 explicitly can loop again)"
+            }
+        ),
+        Todo::DestroyTimeWait { port, secs } => format!(
+            "destroy the TIME-WAIT socket a closed loop left on {port} (SOCK_DESTROY), or wait \
+             {secs} s more until it ends by itself"
+        ),
+        Todo::WaitTimeWait { port, count, secs } => format!(
+            "wait for the {count} connection{} on {port} to end (TIME-WAIT: {secs} s more at \
+             most)",
+            plural(*count)
+        ),
+        Todo::WaitOrRestart {
+            port,
+            count,
+            clients,
+        } => format!(
+            "wait for the {count} connection{} on {port} to end, or restart {} (tcploop never \
+             destroys ordinary connections)",
+            plural(*count),
+            who(clients)
+        ),
+        Todo::InvisibleBind { port } => format!(
+            "a socket the kernel's dump does not show holds {port} (a socket that is only \
+             bound, on a kernel before 6.8): find it with `ss -tanp` or `lsof -i :{port}`"
+        ),
+        Todo::BoundOnly { owners, local } => format!(
+            "{} has bound {local} without listening or connecting: only it can release the \
+             port (restart or stop it); tcploop cannot help",
+            who(owners)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -826,5 +942,52 @@ mod tests {
         let mut json = vec![];
         render(&mut json, Format::Json, Some(("redis", &sp)), &o).unwrap();
         assert!(json.is_empty());
+    }
+
+    #[test]
+    fn steps_in_words_name_the_processes_and_the_counts() {
+        let o = |pid, comm: &str| Owner {
+            pid,
+            comm: comm.into(),
+            fd: 3,
+            container: None,
+        };
+        assert_eq!(
+            todo_text(&Todo::WaitOrRestart {
+                port: 40004,
+                count: 2,
+                clients: vec![o(7, "sidecar")]
+            }),
+            "wait for the 2 connections on 40004 to end, or restart sidecar (pid 7) (tcploop \
+             never destroys ordinary connections)"
+        );
+        assert_eq!(
+            todo_text(&Todo::DestroyLoops {
+                port: 40004,
+                count: 1,
+                exposed: false
+            }),
+            "destroy the self-connected socket on 40004 (SOCK_DESTROY; its owner gets \
+             ECONNABORTED) (the port is already out of the kernel's hands: a client that bound \
+             it explicitly can loop again)"
+        );
+        assert_eq!(
+            todo_text(&Todo::OtherListener {
+                owners: (1..=5).map(|p| o(p, "w")).collect(),
+                addrs: vec!["0.0.0.0:80".parse().unwrap(), "[::]:80".parse().unwrap()]
+            }),
+            "w (pid 1), w (pid 2), w (pid 3) and 2 more listens on 0.0.0.0:80, [::]:80: tcploop \
+             cannot help; stop that program, or run the server on another port (`tcploop \
+             free-port`)"
+        );
+        assert_eq!(
+            todo_text(&Todo::BoundOnly {
+                owners: vec![],
+                local: "127.0.0.1:40004".parse().unwrap()
+            }),
+            "a process tcploop could not identify has bound 127.0.0.1:40004 without listening \
+             or connecting: only it can release the port (restart or stop it); tcploop cannot \
+             help"
+        );
     }
 }
