@@ -6,7 +6,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use crate::audit::audit_json;
+use crate::common::audit_json;
 use crate::common::{
     self, json_lines, of_type, output, reserved_now, stderr, stdout, Sandbox, RESERVED_FILE,
 };
@@ -181,7 +181,7 @@ fn persist_merges_into_an_existing_file_and_keeps_its_other_lines() {
     let o = output(&mut Sandbox::range("40000-40009").reserve("50000").sh(&script));
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let lines = json_lines(&o);
-    lines.iter().for_each(crate::audit::schema::check);
+    lines.iter().for_each(crate::schema::check);
     let applied = &of_type(&lines, "applied")[0];
     assert_eq!(applied["value"], "40004,50000");
     assert_eq!(applied["file_written"], true);
@@ -213,7 +213,7 @@ fn persist_into(path: &Path) -> (Option<i32>, Vec<serde_json::Value>, String, St
     );
     let o = output(&mut Sandbox::range("40000-40009").sh(&script));
     let lines = json_lines(&o);
-    lines.iter().for_each(crate::audit::schema::check);
+    lines.iter().for_each(crate::schema::check);
     let err = stderr(&o);
     let reserved = err
         .lines()

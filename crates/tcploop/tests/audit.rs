@@ -2,8 +2,10 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use crate::common::Reaped;
-use crate::common::{self, json_lines, make_loop, of_type, output, sandboxed, stdout, Sandbox};
+use crate::common::{
+    self, audit_json, json_lines, make_loop, of_type, output, sandboxed, spawn_watch, stdout,
+    wait_for, Sandbox,
+};
 
 /// Plain `connect()`s to 127.0.0.1:port, `tries` times (a client that keeps
 /// reconnecting to a service that is down); returns how many looped.
@@ -18,15 +20,6 @@ fn hammer(port: u16, tries: u32) -> u32 {
         }
     }
     loops
-}
-
-/// `tcploop ARGS` (an `audit --json` or `watch --json`): its lines, each
-/// checked against [`schema`], its exit code and its stderr.
-pub(crate) fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>, String) {
-    let o = output(&mut common::tcploop(args));
-    let lines = json_lines(&o);
-    lines.iter().for_each(schema::check);
-    (lines, o.status.code(), common::stderr(&o))
 }
 
 #[test]
@@ -244,48 +237,8 @@ fn nothing_exposed_exits_0_and_bad_input_exits_2() {
 
 // ---- tcploop watch ----
 
-use std::io::BufRead;
 use std::process::Stdio;
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
-
-/// `tcploop watch ARGS` in the background (killed if the test fails
-/// half-way, else it would outlive the scenario and hold its output pipes
-/// open); its JSON lines arrive on the channel.
-pub(crate) fn spawn_watch(args: &[&str]) -> (Reaped, Receiver<serde_json::Value>) {
-    let mut child = common::tcploop(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tcploop watch");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let v: serde_json::Value =
-                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
-            schema::check(&v);
-            if tx.send(v).is_err() {
-                break;
-            }
-        }
-    });
-    (Reaped(child), rx)
-}
-
-/// The next event of type `ty` (others are skipped), within 20 s.
-pub(crate) fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(v) if v["type"] == ty => return v["data"].clone(),
-            Ok(_) => {}
-            Err(e) => panic!("no {ty} event from watch: {e}"),
-        }
-    }
-}
 
 /// GET /metrics with curl, optionally asking for OpenMetrics.
 fn scrape(addr: &str, openmetrics: bool) -> String {
@@ -545,7 +498,7 @@ fn a_textfile_in_a_missing_or_unwritable_directory_fails_at_start_up() {
     // the control: a writable directory works and gets the file
     let (code, lines, err) = run(&mut common::tcploop(&a));
     assert_eq!(code, Some(0), "{err}");
-    lines.iter().for_each(schema::check);
+    lines.iter().for_each(crate::schema::check);
     assert!(of_type(&lines, "output_error").is_empty(), "{lines:?}");
     assert!(std::fs::read_to_string(&file)
         .unwrap()
@@ -597,201 +550,5 @@ scenario! {
         drop(prometheus);
         std::fs::write(out, "ok").unwrap();
         let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-/// The JSON Lines contract of `audit` and `watch`: every line's `data`
-/// deserializes into these, with no unknown field (see the README's JSON
-/// section and the rustdoc of report/audit.rs and report/watch.rs).
-pub(crate) mod schema {
-    #![allow(dead_code)]
-    use serde::Deserialize;
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Owner {
-        pid: u32,
-        command: String,
-        fd: i32,
-        container: Option<Container>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Container {
-        runtime: String,
-        id: String,
-        name: Option<String>,
-        pod_uid: Option<String>,
-        pod: Option<String>,
-        namespace: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Listener {
-        addr: String,
-        inode: u32,
-        uid: u32,
-        owners: Vec<Owner>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct WhenDown {
-        verdict: String,
-        reasons: Vec<String>,
-        expected_tries: Option<f64>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Port {
-        port: u16,
-        status: String,
-        configured: bool,
-        listening: Vec<Listener>,
-        host: String,
-        when_down: WhenDown,
-        advice: Vec<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Loop {
-        local: String,
-        state: String,
-        inode: u32,
-        owners: Vec<Owner>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Fix {
-        key: String,
-        current: String,
-        add: String,
-        value: String,
-        needed: bool,
-        command: String,
-        sysctl_d: String,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Applied {
-        value: String,
-        previous: String,
-        written: bool,
-        lock: Option<String>,
-        file: Option<String>,
-        file_written: bool,
-        file_value: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct PersistFailed {
-        file: String,
-        error: String,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Summary {
-        kernel: String,
-        range: String,
-        reserved: String,
-        exposed: u64,
-        loops: u64,
-        owners_unknown: u64,
-        processes_unreadable: u64,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Started {
-        time: String,
-        interval_s: f64,
-        prometheus: Option<String>,
-        textfile: Option<String>,
-        kill_after_s: Option<f64>,
-        source: String,
-        source_reason: String,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Lost {
-        time: String,
-        loops: u64,
-        ends: u64,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct LoopEvent {
-        time: String,
-        local: String,
-        state: String,
-        inode: u32,
-        cookie: u64,
-        owners: Vec<Owner>,
-        #[serde(default)]
-        netns: Option<Netns>,
-        #[serde(default)]
-        seen_s: Option<f64>,
-        #[serde(default)]
-        error: Option<String>,
-        #[serde(default)]
-        kills_on_port: Option<u64>,
-        #[serde(default)]
-        advice: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Netns {
-        inode: u64,
-        pid: Option<u32>,
-        comm: Option<String>,
-        name: Option<String>,
-        container: Option<Container>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct NetnsEvent {
-        time: String,
-        netns: Netns,
-        #[serde(default)]
-        error: Option<String>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct ErrorEvent {
-        time: String,
-        error: String,
-        #[serde(default)]
-        errors_total: Option<u64>,
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Stopped {
-        time: String,
-        scans: u64,
-        scan_errors: u64,
-        loops_seen: u64,
-        kills: u64,
-    }
-
-    use crate::common::conforms as parse;
-
-    /// Checks one `{"type", "data"}` line.
-    pub fn check(line: &serde_json::Value) {
-        let d = &line["data"];
-        match line["type"].as_str().expect("a type") {
-            t @ "port" => parse::<Port>(t, d),
-            t @ "loop" => parse::<Loop>(t, d),
-            t @ "fix" => parse::<Fix>(t, d),
-            t @ "applied" => parse::<Applied>(t, d),
-            t @ "persist_failed" => parse::<PersistFailed>(t, d),
-            t @ "summary" => parse::<Summary>(t, d),
-            t @ "watch_started" => parse::<Started>(t, d),
-            t @ ("loop_appeared" | "loop_gone" | "loop_killed" | "kill_failed") => {
-                parse::<LoopEvent>(t, d)
-            }
-            t @ ("scan_error" | "owner_error" | "output_error") => parse::<ErrorEvent>(t, d),
-            t @ "watch_stopped" => parse::<Stopped>(t, d),
-            t @ ("netns_appeared" | "netns_gone" | "netns_skipped") => parse::<NetnsEvent>(t, d),
-            t @ "events_lost" => parse::<Lost>(t, d),
-            other => panic!("unknown line type {other}: {line}"),
-        }
     }
 }

@@ -19,9 +19,11 @@
 //! fails under `TCPLOOP_REQUIRE_PRIVILEGED` ([`skip_unless`]).
 #![allow(dead_code)]
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
 
 /// The `tcploop` binary under test.
 pub fn bin() -> PathBuf {
@@ -532,4 +534,51 @@ pub fn make_loop(ip: &str, port: u16) -> std::net::TcpStream {
         }
     }
     panic!("no loop to {dest} in 5000 tries");
+}
+
+/// `tcploop ARGS` (an `audit --json` or `watch --json`): its lines, each
+/// checked against [`schema`], its exit code and its stderr.
+pub(crate) fn audit_json(args: &[&str]) -> (Vec<serde_json::Value>, Option<i32>, String) {
+    let o = output(&mut tcploop(args));
+    let lines = json_lines(&o);
+    lines.iter().for_each(crate::schema::check);
+    (lines, o.status.code(), stderr(&o))
+}
+
+/// `tcploop watch ARGS` in the background (killed if the test fails
+/// half-way, else it would outlive the scenario and hold its output pipes
+/// open); its JSON lines arrive on the channel.
+pub(crate) fn spawn_watch(args: &[&str]) -> (Reaped, Receiver<serde_json::Value>) {
+    let mut child = tcploop(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tcploop watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}"));
+            crate::schema::check(&v);
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    (Reaped(child), rx)
+}
+
+/// The next event of type `ty` (others are skipped), within 20 s.
+pub(crate) fn wait_for(rx: &Receiver<serde_json::Value>, ty: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(v) if v["type"] == ty => return v["data"].clone(),
+            Ok(_) => {}
+            Err(e) => panic!("no {ty} event from watch: {e}"),
+        }
+    }
 }

@@ -489,7 +489,7 @@ fn watch_all_netns_follows_namespaces_that_come_and_go() {
 
 scenario! {
     fn scenario_watch_all_netns(out) {
-        use crate::audit::{spawn_watch, wait_for};
+        use crate::common::{spawn_watch, wait_for};
         // The textfile is written after each scan: once it exists, the first
         // scan (which reports no appearance, only what is there) is done.
         let textfile = out.with_extension("prom");
@@ -795,7 +795,7 @@ fn an_alert_reaches_alertmanager_and_its_receiver() {
 
 scenario! {
     fn scenario_alertmanager(out) {
-        use crate::audit::{spawn_watch, wait_for};
+        use crate::common::{spawn_watch, wait_for};
         use common::make_loop;
         let dir = common::temp_dir("am");
         let (_watch, rx) = spawn_watch(&[

@@ -22,6 +22,7 @@ mod kill;
 mod procsys;
 mod run;
 mod scan;
+mod schema;
 mod serve;
 mod shield;
 mod trace;

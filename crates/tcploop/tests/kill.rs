@@ -146,7 +146,7 @@ scenario! {
         let mut killed = vec![];
         for l in lines {
             let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
-            crate::audit::schema::check(&v);
+            crate::schema::check(&v);
             if v["type"] == "loop_killed" {
                 killed.push(v["data"].clone());
                 if killed.len() == 2 {

@@ -310,7 +310,7 @@ impl Watch {
         std::thread::spawn(move || {
             for line in out.lines().map_while(Result::ok) {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                crate::audit::schema::check(&v);
+                crate::schema::check(&v);
                 if tx.send(v).is_err() {
                     break;
                 }
