@@ -1,5 +1,8 @@
-//! The domain's model: a TCP socket as the kernel shows it, its state, and
-//! the two questions every command asks of it.
+//! The domain's model: a TCP socket as the kernel shows it, its state, the
+//! process that owns it, the network namespace it lives in, a loop (the
+//! socket, its owners and its namespace, as scan, kill, trace, watch and
+//! doctor pass it on), and the two questions every command asks of a
+//! socket.
 //!
 //! `sys/` produces these values (the `sock_diag` dump in `sys::diag` and
 //! `sys::tcpdiag`, the `/proc/net/tcp{,6}` parser in `sys::procnet`); the
@@ -13,6 +16,8 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::ports::EphemeralFacts;
 
@@ -210,6 +215,83 @@ pub struct Owner {
 /// is not reserved (`ip_local_reserved_ports` keeps it out of that choice).
 pub fn is_exposed_port(facts: &EphemeralFacts, port: u16) -> bool {
     facts.range.contains(port) && !facts.reserved.contains(port)
+}
+
+/// A network namespace, as a scan labels it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetnsLabel {
+    /// The namespace's inode (`net:[INODE]` in `/proc/PID/ns/net`).
+    pub inode: u64,
+    /// A process in it (the lowest pid), if any.
+    pub pid: Option<u32>,
+    /// That process's command name.
+    pub comm: Option<String>,
+    /// Its `/run/netns` name, if any.
+    pub name: Option<String>,
+    /// The file to `setns(2)` into (`None`: the caller's own namespace).
+    pub path: Option<PathBuf>,
+}
+
+impl NetnsLabel {
+    /// Whether this is the caller's own namespace.
+    pub fn is_own(&self) -> bool {
+        self.path.is_none()
+    }
+}
+
+/// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`,
+/// `net:[...] (the current one)`: the label as text and errors show it
+/// (a process name inside: escape it before a terminal).
+impl fmt::Display for NetnsLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "net:[{}]", self.inode)?;
+        if self.is_own() {
+            return f.write_str(" (the current one)");
+        }
+        if let Some(n) = &self.name {
+            write!(f, " \"{n}\"")?;
+        }
+        match (self.pid, &self.comm) {
+            (Some(pid), Some(c)) => write!(f, " (pid {pid} {c})"),
+            (Some(pid), None) => write!(f, " (pid {pid})"),
+            (None, _) => Ok(()),
+        }
+    }
+}
+
+/// One self-connected socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loop {
+    /// The socket as the dump reported it (4-tuple, state, uid, inode,
+    /// cookie; the cookie is 0 when read from `/proc`).
+    pub socket: Socket,
+    /// The processes holding it (empty for TIME-WAIT, and when unknown).
+    pub owners: Vec<Owner>,
+    /// The namespace it lives in.
+    pub netns: NetnsLabel,
+}
+
+impl Loop {
+    /// The port it holds.
+    pub fn port(&self) -> u16 {
+        self.socket.local.port()
+    }
+
+    /// Whether it is a closed loop waiting out TIME-WAIT (no owner).
+    pub fn is_time_wait(&self) -> bool {
+        self.socket.state == TcpState::TimeWait
+    }
+
+    /// Whether an owner can be expected (a live socket has an inode).
+    pub fn has_inode(&self) -> bool {
+        self.socket.inode != 0
+    }
+
+    /// For TIME-WAIT: the longest it can still block the port.
+    pub fn held_for(&self) -> Option<Duration> {
+        self.is_time_wait()
+            .then(|| Duration::from_millis(u64::from(self.socket.expires_ms)))
+    }
 }
 
 #[cfg(test)]

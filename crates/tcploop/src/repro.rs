@@ -49,7 +49,7 @@ pub struct Config {
     /// bound by a server even with SO_REUSEADDR.
     pub reuseaddr: bool,
     /// Sample the source port for [`Progress::last_port`] (a live display
-    /// wants it; costs a few system calls every [`CHECK_EVERY`] tries).
+    /// wants it; costs a few system calls every `CHECK_EVERY` (64) tries).
     pub sample_port: bool,
 }
 

@@ -4,7 +4,7 @@
 //!
 //! A root process that writes `/tmp/x.tmp1234` with `File::create` follows
 //! a symlink planted there by any local user, and overwrites the file it
-//! points to (`/etc/shadow`). So [`write`]:
+//! points to (`/etc/shadow`). So [`write()`]:
 //!
 //! 1. refuses a target that exists and is not a regular file (a symlink, a
 //!    directory, a FIFO, a device, a socket): [`SafeFileError::NotRegular`];
@@ -38,7 +38,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, CWD};
 /// The default limit of [`read`]: 1 MiB, far above any sysctl.d file.
 pub const READ_LIMIT: u64 = 1024 * 1024;
 
-/// What [`read`] or [`write`] refused, or what failed, naming the file.
+/// What [`read()`] or [`write()`] refused, or what failed, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SafeFileError {
     /// The path exists and is not a regular file.
@@ -217,7 +217,7 @@ fn split(path: &Path) -> Result<(PathBuf, OsString), SafeFileError> {
     Ok((dir, name.to_owned()))
 }
 
-/// Checks, before any work, that [`write`] can create a file beside `path`:
+/// Checks, before any work, that [`write()`] can create a file beside `path`:
 /// the directory exists and is one, and the target is absent or a regular
 /// file. (Whether the directory is writable is known only by trying: this
 /// creates and removes one temporary file.)
@@ -304,7 +304,7 @@ pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<(), SafeFileErro
     rustix::fs::fsync(&dirfd).map_err(io_err("syncing the directory", &dir))
 }
 
-/// Whether a name is one of [`write`]'s temporary files (for tests and
+/// Whether a name is one of [`write()`]'s temporary files (for tests and
 /// clean-up tools).
 pub fn is_temp_name(name: &std::ffi::OsStr) -> bool {
     let b = name.as_bytes();

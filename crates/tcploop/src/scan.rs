@@ -39,14 +39,11 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use crate::container::Container;
 use crate::model::{Socket, TcpState};
-use crate::owners::{
-    self, InKernel, InKernelError, Owner, OwnerSource, OwnerSourceUsed, Owners, Search,
-};
+use crate::owners::{self, InKernel, InKernelError, OwnerSource, OwnerSourceUsed, Owners, Search};
 use crate::ports::FactsError;
 use crate::sys::diag::{self, DiagError, DiagSocketFd, Family};
 use crate::sys::netns::{self, NetnsError};
@@ -101,105 +98,8 @@ pub struct ScanOptions {
     pub all_netns: bool,
 }
 
-/// A network namespace, as a scan labels it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetnsLabel {
-    /// The namespace's inode (`net:[INODE]` in `/proc/PID/ns/net`).
-    pub inode: u64,
-    /// A process in it (the lowest pid), if any.
-    pub pid: Option<u32>,
-    /// That process's command name.
-    pub comm: Option<String>,
-    /// Its `/run/netns` name, if any.
-    pub name: Option<String>,
-    /// The file to `setns(2)` into (`None`: the caller's own namespace).
-    pub path: Option<PathBuf>,
-}
-
-impl NetnsLabel {
-    /// Whether this is the caller's own namespace.
-    pub fn is_own(&self) -> bool {
-        self.path.is_none()
-    }
-
-    /// `net:[4026531840] (pid 1 systemd)`, `net:[...] "blue"`,
-    /// `net:[...] (the current one)`.
-    pub fn describe(&self) -> String {
-        let mut s = format!("net:[{}]", self.inode);
-        if self.is_own() {
-            s.push_str(" (the current one)");
-            return s;
-        }
-        if let Some(n) = &self.name {
-            s.push_str(&format!(" \"{n}\""));
-        }
-        if let Some(pid) = self.pid {
-            match &self.comm {
-                Some(c) => s.push_str(&format!(" (pid {pid} {c})")),
-                None => s.push_str(&format!(" (pid {pid})")),
-            }
-        }
-        s
-    }
-}
-
-/// One self-connected socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Loop {
-    /// The socket as the dump reported it (4-tuple, state, uid, inode,
-    /// cookie; the cookie is 0 when read from `/proc`).
-    pub socket: Socket,
-    /// The processes holding it (empty for TIME-WAIT, and when unknown).
-    pub owners: Vec<Owner>,
-    /// The namespace it lives in.
-    pub netns: NetnsLabel,
-}
-
-impl Loop {
-    /// The port it holds.
-    pub fn port(&self) -> u16 {
-        self.socket.local.port()
-    }
-
-    /// Whether it is a closed loop waiting out TIME-WAIT (no owner).
-    pub fn is_time_wait(&self) -> bool {
-        self.socket.state == TcpState::TimeWait
-    }
-
-    /// Whether an owner can be expected (a live socket has an inode).
-    pub fn has_inode(&self) -> bool {
-        self.socket.inode != 0
-    }
-
-    /// For TIME-WAIT: the longest it can still block the port.
-    pub fn held_for(&self) -> Option<Duration> {
-        self.is_time_wait()
-            .then(|| Duration::from_millis(u64::from(self.socket.expires_ms)))
-    }
-
-    /// The consequence, in words.
-    pub fn consequence(&self) -> String {
-        let p = self.port();
-        let a = self.socket.local;
-        if self.socket.state == TcpState::Close {
-            return format!(
-                "port {p} is held until the owner closes this socket (the connection was \
-                 aborted, the socket is still open): a server binding {a} gets EADDRINUSE"
-            );
-        }
-        match self.held_for() {
-            Some(d) => format!(
-                "port {p} is held for at most {} s more (TIME-WAIT of a closed loop): \
-                 a server binding {a} gets EADDRINUSE until then",
-                d.as_secs().max(1)
-            ),
-            None => format!(
-                "port {p} is held: a server binding {a} gets EADDRINUSE, \
-                 and the holder reads back its own bytes"
-            ),
-        }
-    }
-}
+/// A scan's loops and namespaces are the model's.
+pub use crate::model::{Loop, NetnsLabel};
 
 /// A namespace that could not be scanned, and why.
 #[derive(Debug, Clone)]
@@ -828,7 +728,7 @@ pub fn kill(l: &Loop) -> Result<Killed, KillError> {
     if l.socket.state == TcpState::Close {
         return Ok(Killed::AlreadyAborted);
     }
-    let ns = l.netns.describe();
+    let ns = l.netns.to_string();
     match &l.netns.path {
         None => kill_here(&l.socket, &ns),
         Some(p) => netns::run_in(p, || kill_here(&l.socket, &ns)).map_err(KillError::Netns)?,
@@ -993,7 +893,7 @@ mod tests {
     }
 
     #[test]
-    fn consequences_in_words() {
+    fn a_namespace_label_as_text() {
         let ns = NetnsLabel {
             inode: 1,
             pid: Some(5),
@@ -1001,25 +901,13 @@ mod tests {
             name: None,
             path: None,
         };
-        let mut l = Loop {
-            socket: sock("127.0.0.1:40004", "127.0.0.1:40004", TcpState::Established),
-            owners: vec![],
-            netns: ns.clone(),
-        };
-        assert!(l
-            .consequence()
-            .starts_with("port 40004 is held: a server binding 127.0.0.1:40004 gets EADDRINUSE"));
-        l.socket.state = TcpState::TimeWait;
-        l.socket.expires_ms = 59_200;
-        assert_eq!(l.held_for(), Some(Duration::from_millis(59_200)));
-        assert!(l.consequence().contains("at most 59 s more"));
-        assert_eq!(ns.describe(), "net:[1] (the current one)");
+        assert_eq!(ns.to_string(), "net:[1] (the current one)");
         let other = NetnsLabel {
             path: Some("/proc/5/ns/net".into()),
             name: Some("blue".into()),
             ..ns
         };
-        assert_eq!(other.describe(), "net:[1] \"blue\" (pid 5 a)");
+        assert_eq!(other.to_string(), "net:[1] \"blue\" (pid 5 a)");
     }
 
     #[test]

@@ -333,7 +333,7 @@ pub fn render(
             }
         } else {
             if many {
-                writeln!(out, "== {}", escape(&ns.before.netns.describe()))?;
+                writeln!(out, "== {}", escape(&ns.before.netns.to_string()))?;
             }
             diagnosis_text(out, &ns.before, ns.fix.is_none())?;
             if let Some(f) = &ns.fix {
@@ -364,7 +364,7 @@ pub fn render(
                 "skipped",
                 &SkippedWire {
                     netns: s.netns.inode,
-                    netns_label: s.netns.describe(),
+                    netns_label: s.netns.to_string(),
                     reason: s.reason.clone(),
                 },
             )?;
@@ -372,7 +372,7 @@ pub fn render(
             writeln!(
                 out,
                 "note: {} not looked at: {}",
-                escape(&s.netns.describe()),
+                escape(&s.netns.to_string()),
                 escape(&s.reason)
             )?;
         }
@@ -422,7 +422,7 @@ fn diagnosis_json(out: &mut dyn Write, d: &Diagnosis, after_fix: bool) -> io::Re
         "diagnosis",
         &DiagnosisWire {
             netns: d.netns.inode,
-            netns_label: d.netns.describe(),
+            netns_label: d.netns.to_string(),
             after_fix,
             port: d.port,
             server: d.server.to_string(),

@@ -37,9 +37,10 @@ use serde::Serialize;
 
 use super::Format;
 use crate::container::{Container, Runtime};
+use crate::model::{Loop, NetnsLabel, TcpState};
 use crate::owners::{Owner, OwnerSourceUsed};
 use crate::report;
-use crate::scan::{Loop, NetnsLabel, ScanReport, SourceUsed};
+use crate::scan::{ScanReport, SourceUsed};
 
 /// What the human text needs to know of the request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -243,7 +244,7 @@ impl From<&Loop> for SocketWire {
                 })
                 .collect(),
             owner_status: owner_status(l),
-            consequence: l.consequence(),
+            consequence: consequence(l),
         }
     }
 }
@@ -383,7 +384,7 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> io::Result<()> {
         writeln!(
             out,
             "note: skipped namespace {}: {}",
-            report::escape(&s.netns.describe()),
+            report::escape(&s.netns.to_string()),
             report::escape(&s.reason)
         )?;
     }
@@ -394,7 +395,7 @@ pub fn notes(r: &ScanReport, out: &mut dyn Write) -> io::Result<()> {
             "note: the shield is off in namespace {}, whose listening port(s) {} lie in the \
              ephemeral range: their clients can loop while they are down \
              (`tcploop shield on` prevents it)",
-            report::escape(&u.netns.describe()),
+            report::escape(&u.netns.to_string()),
             ports.join(", ")
         )?;
     }
@@ -454,7 +455,7 @@ fn human(r: &ScanReport, view: &View, out: &mut dyn Write) -> io::Result<()> {
             writeln!(
                 out,
                 "namespace {}{}:",
-                report::escape(&l.netns.describe()),
+                report::escape(&l.netns.to_string()),
                 container_text(c)
             )?;
             last_ns = Some(l.netns.inode);
@@ -470,7 +471,7 @@ fn human(r: &ScanReport, view: &View, out: &mut dyn Write) -> io::Result<()> {
         } else {
             format!("; free it: tcploop kill --port {}{all} --yes", l.port())
         };
-        writeln!(out, "     {}{fix}", l.consequence())?;
+        writeln!(out, "     {}{fix}", consequence(l))?;
     }
     let scope = if many_ns {
         format!(" in {} network namespaces", r.namespaces.len())
@@ -497,6 +498,29 @@ fn human(r: &ScanReport, view: &View, out: &mut dyn Write) -> io::Result<()> {
         )?,
     }
     notes(r, out)
+}
+
+/// What the loop does to its port, in words.
+fn consequence(l: &Loop) -> String {
+    let p = l.port();
+    let a = l.socket.local;
+    if l.socket.state == TcpState::Close {
+        return format!(
+            "port {p} is held until the owner closes this socket (the connection was \
+             aborted, the socket is still open): a server binding {a} gets EADDRINUSE"
+        );
+    }
+    match l.held_for() {
+        Some(d) => format!(
+            "port {p} is held for at most {} s more (TIME-WAIT of a closed loop): \
+             a server binding {a} gets EADDRINUSE until then",
+            d.as_secs().max(1)
+        ),
+        None => format!(
+            "port {p} is held: a server binding {a} gets EADDRINUSE, \
+             and the holder reads back its own bytes"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -661,5 +685,29 @@ mod tests {
         assert_eq!(lines[1]["data"]["source"], "netlink");
         assert_eq!(lines[1]["data"]["owners_source"], "proc");
         assert_eq!(lines[1]["data"]["shield_off"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn consequences_in_words() {
+        let mut l = Loop {
+            socket: Socket::fixture(TcpState::Established, "127.0.0.1:40004", "127.0.0.1:40004"),
+            owners: vec![],
+            netns: own_ns(),
+        };
+        assert_eq!(
+            consequence(&l),
+            "port 40004 is held: a server binding 127.0.0.1:40004 gets EADDRINUSE, and the \
+             holder reads back its own bytes"
+        );
+        l.socket.state = TcpState::TimeWait;
+        l.socket.expires_ms = 59_200;
+        assert_eq!(l.held_for(), Some(std::time::Duration::from_millis(59_200)));
+        assert_eq!(
+            consequence(&l),
+            "port 40004 is held for at most 59 s more (TIME-WAIT of a closed loop): a server \
+             binding 127.0.0.1:40004 gets EADDRINUSE until then"
+        );
+        l.socket.state = TcpState::Close;
+        assert!(consequence(&l).contains("until the owner closes this socket"));
     }
 }

@@ -181,7 +181,7 @@ pub fn loop_event(
     };
     let where_ = e
         .netns
-        .map(|(n, _)| format!("  in netns {}", report::escape(&n.describe())))
+        .map(|(n, _)| format!("  in netns {}", report::escape(&n.to_string())))
         .unwrap_or_default();
     if let Some(a) = advice {
         extra.push_str(&format!("\n    note: {a}"));
@@ -228,7 +228,7 @@ pub fn netns_event(
     let why = error
         .map(|e| format!(": {}", report::escape(e)))
         .unwrap_or_default();
-    writeln!(out, "{time} {what} {}{why}", report::escape(&n.describe()))
+    writeln!(out, "{time} {what} {}{why}", report::escape(&n.to_string()))
 }
 
 /// `events_lost`: the kernel's ring buffer was full.
