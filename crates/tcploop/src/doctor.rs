@@ -412,13 +412,7 @@ pub fn diagnose(cfg: &Config) -> Result<Outcome, DoctorError> {
     if cfg.all_netns {
         let list = netns::list(&proc).map_err(DoctorError::Proc)?;
         for n in &list.found {
-            let label = NetnsLabel {
-                inode: n.inode,
-                pid: n.pid,
-                comm: n.pid.and_then(|p| proc.comm(p)),
-                name: n.name.clone(),
-                path: (n.inode != own).then(|| n.path.clone()),
-            };
+            let label = n.label(&proc, own);
             match in_ns(&label, || look_here(cfg.port, cfg.server)) {
                 Ok(Ok(l)) => {
                     if label.is_own() || !l.on_port.is_empty() || l.probe.plain == Ok(false) {

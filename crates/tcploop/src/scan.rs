@@ -339,16 +339,6 @@ fn dump_with(
     }
 }
 
-fn label(proc: &Proc, n: &netns::Netns, own: u64) -> NetnsLabel {
-    NetnsLabel {
-        inode: n.inode,
-        pid: n.pid,
-        comm: n.pid.and_then(|p| proc.comm(p)),
-        name: n.name.clone(),
-        path: (n.inode != own).then(|| n.path.clone()),
-    }
-}
-
 /// Scans for loops (see the module documentation).
 pub fn scan(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
     let mut report = scan_with_owners(opts)?;
@@ -456,7 +446,7 @@ fn dump_all(opts: &ScanOptions) -> Result<ScanReport, ScanError> {
         let list = netns::list(&proc).map_err(ScanError::Proc)?;
         report.netns_unreadable_pids = list.unreadable_pids;
         for n in &list.found {
-            let l = label(&proc, n, own);
+            let l = n.label(&proc, own);
             let res = match &l.path {
                 None => dump_here(opts.source, opts.port),
                 Some(p) => match netns::run_in(p, || dump_here(opts.source, opts.port)) {

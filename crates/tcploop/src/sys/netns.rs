@@ -40,6 +40,21 @@ pub struct Netns {
     pub name: Option<String>,
 }
 
+impl Netns {
+    /// The model's label of this namespace: its process's command name read
+    /// from `proc`, and no path when it is the caller's own (`own`, its
+    /// inode: nothing to `setns(2)` into).
+    pub fn label(&self, proc: &Proc, own: u64) -> crate::model::NetnsLabel {
+        crate::model::NetnsLabel {
+            inode: self.inode,
+            pid: self.pid,
+            comm: self.pid.and_then(|p| proc.comm(p)),
+            name: self.name.clone(),
+            path: (self.inode != own).then(|| self.path.clone()),
+        }
+    }
+}
+
 /// The namespaces of the host, and what could not be looked at.
 #[derive(Debug, Clone, Default)]
 pub struct NetnsList {

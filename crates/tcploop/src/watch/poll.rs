@@ -197,13 +197,7 @@ impl HostScanner {
         let mut out = HostSnapshot::default();
         let mut now: BTreeMap<u64, NetnsLabel> = BTreeMap::new();
         for n in &list.found {
-            let label = NetnsLabel {
-                inode: n.inode,
-                pid: n.pid,
-                comm: n.pid.and_then(|p| proc.comm(p)),
-                name: n.name.clone(),
-                path: (n.inode != self.own).then(|| n.path.clone()),
-            };
+            let label = n.label(&proc, self.own);
             if self.scan_one(&label, &mut out)? {
                 now.insert(n.inode, label);
             }
