@@ -30,7 +30,7 @@
 //! use tcploop::scan::{scan, kill, ScanOptions};
 //! let report = scan(&ScanOptions::default()).unwrap();
 //! for l in &report.loops {
-//!     println!("{} {:?}: {}", l.socket.local, l.owners, l.consequence());
+//!     println!("{} in {}: {:?}", l.socket.local, l.netns, l.owners);
 //!     let killed = kill(l).unwrap();
 //!     println!("{killed:?}");
 //! }
